@@ -1,0 +1,350 @@
+//! The embedded broker: streams in this process's memory.
+//!
+//! Each channel's stream sits behind its own mutex; a publish assigns the offset, appends to
+//! history and calls the listener all under that lock, which is what makes deliveries come in
+//! offset order. Epochs are random per stream, so a restart (or a stream swept away after it
+//! went idle) starts a new epoch. A sweeper task trims expired history and forgets idle streams
+//! so that memory tracks what is in use.
+
+use super::*;
+use crate::constants::HISTORY_SWEEP_PERIOD;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{OnceLock, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// One channel's stream.
+struct Stream {
+    epoch: Arc<str>,
+    offset: u64,
+    history: VecDeque<Arc<Publication>>,
+    /// Idempotency keys of publications still in `history`, with their offsets.
+    keys: HashMap<Box<str>, u64>,
+    /// Local subscribers that need deliveries.
+    interest: usize,
+    /// Retention last asked for (the sweeper uses it).
+    retention: Retention,
+    /// Last publish or read, in Unix ms (idle streams are forgotten).
+    touched: u64,
+}
+
+impl Stream {
+    fn new(retention: Retention) -> Stream {
+        Stream {
+            epoch: new_epoch(),
+            offset: 0,
+            history: VecDeque::new(),
+            keys: HashMap::new(),
+            interest: 0,
+            retention,
+            touched: now_ms(),
+        }
+    }
+
+    /// Drops publications beyond the retention: too many or too old.
+    fn trim(&mut self, now: u64) {
+        let ttl = self.retention.ttl.as_millis() as u64;
+        while let Some(front) = self.history.front() {
+            if self.history.len() > self.retention.size || front.ts.saturating_add(ttl) <= now {
+                let p = self.history.pop_front().expect("front exists; qed");
+                if let Some(k) = &p.key {
+                    self.keys.remove(k);
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn page(&self, range: HistoryRange) -> HistoryPage {
+        let h = &self.history;
+        let publications: Vec<_> = match range {
+            HistoryRange::Newest(limit) => {
+                let n = limit.unwrap_or(h.len()).min(h.len());
+                h.range(h.len() - n..).cloned().collect()
+            }
+            HistoryRange::After(offset, limit) => {
+                // Offsets in history are consecutive, so the start is arithmetic.
+                let first = h.front().map_or(0, |p| p.offset);
+                let skip = (offset + 1).saturating_sub(first) as usize;
+                h.iter().skip(skip).take(limit.unwrap_or(usize::MAX)).cloned().collect()
+            }
+        };
+        HistoryPage { epoch: self.epoch.clone(), offset: self.offset, publications }
+    }
+}
+
+fn new_epoch() -> Arc<str> {
+    format!("{:012x}", rand::random::<u64>() >> 16).into()
+}
+
+/// The embedded broker.
+pub struct MemoryBroker {
+    streams: RwLock<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
+    listener: OnceLock<Weak<dyn Listener>>,
+    max_channels: usize,
+}
+
+impl MemoryBroker {
+    /// A broker holding at most `max_channels` streams, with its sweeper running on the current
+    /// tokio runtime (it stops when the broker is dropped).
+    pub fn start(max_channels: usize) -> Arc<MemoryBroker> {
+        let broker = Arc::new(MemoryBroker {
+            streams: RwLock::new(HashMap::new()),
+            listener: OnceLock::new(),
+            max_channels,
+        });
+        let weak = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HISTORY_SWEEP_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(b) => b.sweep(now_ms()),
+                    None => return,
+                }
+            }
+        });
+        broker
+    }
+
+    fn stream(&self, channel: &str, retention: Retention) -> Result<Arc<Mutex<Stream>>, BrokerError> {
+        if let Some(s) = self.streams.read().get(channel) {
+            return Ok(s.clone());
+        }
+        let mut map = self.streams.write();
+        if let Some(s) = map.get(channel) {
+            return Ok(s.clone());
+        }
+        if map.len() >= self.max_channels {
+            return Err(BrokerError::TooManyChannels(self.max_channels));
+        }
+        let s = Arc::new(Mutex::new(Stream::new(retention)));
+        map.insert(channel.into(), s.clone());
+        Ok(s)
+    }
+
+    /// Trims expired history and forgets streams that are empty, unwatched and idle for their TTL.
+    pub fn sweep(&self, now: u64) {
+        let mut idle = Vec::new();
+        for (name, s) in self.streams.read().iter() {
+            let mut st = s.lock();
+            st.trim(now);
+            if is_idle(&st, now) {
+                idle.push(name.clone());
+            }
+        }
+        if idle.is_empty() {
+            return;
+        }
+        let mut map = self.streams.write();
+        for name in idle {
+            // Checked again: a publish or subscribe may have come in between.
+            if map.get(&name).is_some_and(|s| is_idle(&s.lock(), now)) {
+                map.remove(&name);
+            }
+        }
+    }
+
+    /// Streams held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.streams.read().len()
+    }
+
+    /// True when no stream is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn is_idle(st: &Stream, now: u64) -> bool {
+    st.history.is_empty() && st.interest == 0 && st.touched + st.retention.ttl.as_millis() as u64 <= now
+}
+
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn set_listener(&self, listener: Weak<dyn Listener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        p: NewPublication,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<Published, BrokerError>> {
+        let result = self.stream(channel, retention).map(|stream| {
+            let mut st = stream.lock();
+            let now = now_ms();
+            st.retention = retention;
+            st.touched = now;
+            st.trim(now);
+            if let Some(key) = &p.idempotency_key {
+                if let Some(&offset) = st.keys.get(key.as_str()) {
+                    let position = StreamPosition { epoch: st.epoch.to_string(), offset };
+                    return Published { position, duplicate: true };
+                }
+            }
+            st.offset += 1;
+            // Keys only matter while their publication is in history.
+            let key = p.idempotency_key.filter(|_| retention.size > 0).map(String::into_boxed_str);
+            let publication = Arc::new(Publication::new(st.offset, now, p.event.as_deref(), &p.data, key));
+            if retention.size > 0 {
+                if let Some(k) = &publication.key {
+                    let offset = st.offset;
+                    st.keys.insert(k.clone(), offset);
+                }
+                st.history.push_back(publication.clone());
+                st.trim(now);
+            }
+            if st.interest > 0 {
+                if let Some(listener) = self.listener.get().and_then(Weak::upgrade) {
+                    listener.deliver(channel, &st.epoch, &publication);
+                }
+            }
+            Published { position: StreamPosition { epoch: st.epoch.to_string(), offset: st.offset }, duplicate: false }
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        range: HistoryRange,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        let result = self.stream(channel, retention).map(|stream| {
+            let mut st = stream.lock();
+            let now = now_ms();
+            st.retention = retention;
+            st.touched = now;
+            st.trim(now);
+            st.page(range)
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str, retention: Retention) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let result = self.stream(channel, retention).map(|stream| {
+            let mut st = stream.lock();
+            st.interest += 1;
+            st.touched = now_ms();
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        if let Some(s) = self.streams.read().get(channel) {
+            let mut st = s.lock();
+            st.interest = st.interest.saturating_sub(1);
+            st.touched = now_ms();
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn retention(size: usize) -> Retention {
+        Retention { size, ttl: Duration::from_secs(300) }
+    }
+
+    fn new_pub(n: u64, key: Option<&str>) -> NewPublication {
+        NewPublication {
+            data: RawValue::from_string(n.to_string()).unwrap(),
+            event: None,
+            idempotency_key: key.map(String::from),
+        }
+    }
+
+    fn publish(b: &MemoryBroker, ch: &str, n: u64, key: Option<&str>, size: usize) -> Published {
+        b.publish(ch, new_pub(n, key), retention(size)).now_or_never().unwrap().unwrap()
+    }
+
+    fn history(b: &MemoryBroker, ch: &str, range: HistoryRange) -> HistoryPage {
+        b.history(ch, range, retention(3)).now_or_never().unwrap().unwrap()
+    }
+
+    fn offsets(p: &HistoryPage) -> Vec<u64> {
+        p.publications.iter().map(|p| p.offset).collect()
+    }
+
+    #[tokio::test]
+    async fn offsets_count_from_one_and_history_keeps_the_newest() {
+        let b = MemoryBroker::start(10);
+        for n in 1..=5 {
+            assert_eq!(publish(&b, "a", n, None, 3).position.offset, n);
+        }
+        let page = history(&b, "a", HistoryRange::Newest(None));
+        assert_eq!((page.offset, offsets(&page)), (5, vec![3, 4, 5]));
+        assert_eq!(offsets(&history(&b, "a", HistoryRange::Newest(Some(2)))), vec![4, 5]);
+        assert_eq!(offsets(&history(&b, "a", HistoryRange::After(3, None))), vec![4, 5]);
+        assert_eq!(offsets(&history(&b, "a", HistoryRange::After(0, Some(1)))), vec![3]);
+        assert_eq!(offsets(&history(&b, "a", HistoryRange::After(5, None))), Vec::<u64>::new());
+        assert_eq!(offsets(&history(&b, "a", HistoryRange::After(9, None))), Vec::<u64>::new());
+        // Channels are independent and epochs differ.
+        assert_eq!(publish(&b, "b", 1, None, 3).position.offset, 1);
+        assert_ne!(history(&b, "b", HistoryRange::Newest(None)).epoch, page.epoch);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_publishes_nothing_while_in_history() {
+        let b = MemoryBroker::start(10);
+        let first = publish(&b, "a", 1, Some("k"), 2);
+        let again = publish(&b, "a", 2, Some("k"), 2);
+        assert_eq!((again.position.clone(), again.duplicate), (first.position.clone(), true));
+        assert_eq!(history(&b, "a", HistoryRange::Newest(None)).offset, 1);
+        // Two more publications push it out of history; the key is free again.
+        publish(&b, "a", 3, None, 2);
+        publish(&b, "a", 4, None, 2);
+        let later = publish(&b, "a", 5, Some("k"), 2);
+        assert_eq!((later.position.offset, later.duplicate), (4, false));
+    }
+
+    #[tokio::test]
+    async fn channel_limit_and_idle_sweep() {
+        let b = MemoryBroker::start(2);
+        publish(&b, "a", 1, None, 0);
+        publish(&b, "b", 1, None, 0);
+        let e = b.publish("c", new_pub(1, None), retention(0)).now_or_never().unwrap().unwrap_err();
+        assert!(matches!(e, BrokerError::TooManyChannels(2)));
+        // Nothing retained, nobody interested: gone once idle for the TTL.
+        b.subscribe("a", retention(0)).now_or_never().unwrap().unwrap();
+        b.sweep(now_ms() + 301_000);
+        assert_eq!(b.len(), 1, "a is watched and stays; b is swept");
+        b.unsubscribe("a");
+        b.sweep(now_ms() + 301_000);
+        assert!(b.is_empty());
+    }
+
+    #[tokio::test]
+    async fn ttl_expires_history_and_idle_streams_start_a_new_epoch() {
+        let b = MemoryBroker::start(10);
+        b.subscribe("watched", retention(10)).now_or_never().unwrap().unwrap();
+        publish(&b, "watched", 1, None, 10);
+        publish(&b, "idle", 1, None, 10);
+        let idle_epoch = history(&b, "idle", HistoryRange::Newest(None)).epoch;
+        let watched_epoch = history(&b, "watched", HistoryRange::Newest(None)).epoch;
+        b.sweep(now_ms() + 301_000);
+        let w = history(&b, "watched", HistoryRange::Newest(None));
+        assert_eq!((w.offset, w.publications.len(), w.epoch), (1, 0, watched_epoch), "the data goes, the offset stays");
+        let i = history(&b, "idle", HistoryRange::Newest(None));
+        assert_eq!(i.offset, 0, "an idle stream is forgotten");
+        assert_ne!(i.epoch, idle_epoch, "so its epoch changes");
+    }
+}

@@ -1,0 +1,217 @@
+//! The broker: where channels' offsets, epochs and history live, and how publications reach
+//! every node's hub.
+//!
+//! # The contract every implementation keeps
+//!
+//! - **Offsets.** Each channel has an offset that starts at 0 and grows by exactly 1 per
+//!   publication: the first publication has offset 1. Offsets are assigned by the broker, never
+//!   by a node, so concurrent publishers on any nodes get distinct, gap-free offsets.
+//! - **Epochs.** Each channel's stream has an epoch, an opaque string. It changes exactly when
+//!   the stream's history and offset are lost (the memory broker restarted; the stream expired or
+//!   was evicted), and then the offset starts again at 0. A position `{epoch, offset}` from one
+//!   epoch says nothing about another.
+//! - **Ordering.** [`Listener::deliver`] is called for every publication of a channel that has
+//!   local interest ([`Broker::subscribe`]), in offset order, each exactly once per epoch, after
+//!   that publication is visible to [`Broker::history`]. So a history read started after a
+//!   listener registered interest, merged with the deliveries that arrive after the registration,
+//!   yields every publication once, with no gap (the hub relies on this for snapshot-then-live).
+//! - **History.** The newest `history_size` publications no older than `history_ttl` are kept
+//!   (per the channel's namespace). A read returns them oldest first.
+//! - **Idempotency.** A publish whose `idempotency_key` equals that of a publication still in the
+//!   channel's history returns that publication's position and publishes nothing.
+//! - **Loss.** If the broker cannot keep a promise (a stream was lost, a connection to a shared
+//!   broker dropped), it starts a new epoch rather than reuse offsets, so recovering clients see
+//!   `recovered: false` instead of silently missing publications.
+//!
+//! Implementations: [`memory::MemoryBroker`] (one process).
+
+pub mod memory;
+
+use futures_util::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A place in a channel's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StreamPosition {
+    /// The stream's epoch: changes when its history is lost.
+    pub epoch: String,
+    /// Offset of a publication (0: before the first).
+    pub offset: u64,
+}
+
+/// One publication, as kept in history and delivered to subscribers. Its JSON form is encoded
+/// once, when it is created, and copied (never re-serialized) into every snapshot and
+/// notification.
+#[derive(Debug)]
+pub struct Publication {
+    /// Offset in its channel.
+    pub offset: u64,
+    /// Unix time in milliseconds when the broker accepted it.
+    pub ts: u64,
+    /// `{"offset":..,"ts":..,"event":..,"data":..}` (`event` only when set).
+    json: Box<str>,
+    /// Where `data` starts in `json`.
+    data_at: u32,
+    /// Idempotency key it was published with.
+    pub(crate) key: Option<Box<str>>,
+}
+
+impl Publication {
+    /// Encodes a publication.
+    pub fn new(offset: u64, ts: u64, event: Option<&str>, data: &RawValue, key: Option<Box<str>>) -> Publication {
+        use std::fmt::Write;
+        let mut json = String::with_capacity(48 + data.get().len() + event.map_or(0, |e| e.len() + 12));
+        write!(json, r#"{{"offset":{offset},"ts":{ts}"#).expect("writing to a String; qed");
+        if let Some(e) = event {
+            json.push_str(r#","event":"#);
+            json.push_str(&serde_json::to_string(e).expect("a str serializes; qed"));
+        }
+        json.push_str(r#","data":"#);
+        let data_at = json.len() as u32;
+        json.push_str(data.get());
+        json.push('}');
+        Publication { offset, ts, json: json.into_boxed_str(), data_at, key }
+    }
+
+    /// The publication as a JSON object.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The JSON of its `data`.
+    pub fn data(&self) -> &str {
+        &self.json[self.data_at as usize..self.json.len() - 1]
+    }
+
+    /// The fields after the opening brace: `"offset":..,...}`, for building event objects that
+    /// add fields in front.
+    pub fn fields_and_close(&self) -> &str {
+        &self.json[1..]
+    }
+}
+
+/// What a publisher sends.
+#[derive(Debug)]
+pub struct NewPublication {
+    /// Any JSON value.
+    pub data: Box<RawValue>,
+    /// Optional event name.
+    pub event: Option<String>,
+    /// Optional key: a repeat within the history window publishes nothing.
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Where the publication is (or was, for a repeated idempotency key).
+    pub position: StreamPosition,
+    /// True when the idempotency key was seen before and nothing was published.
+    pub duplicate: bool,
+}
+
+/// Which part of the history to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryRange {
+    /// The newest `limit` publications (all retained when `None`).
+    Newest(Option<usize>),
+    /// The first `limit` publications with an offset above `offset` (all when `None`).
+    After(u64, Option<usize>),
+}
+
+/// A history read.
+#[derive(Clone, Debug)]
+pub struct HistoryPage {
+    /// The stream's epoch.
+    pub epoch: Arc<str>,
+    /// The stream's offset when it was read (the newest publication's offset).
+    pub offset: u64,
+    /// Oldest first.
+    pub publications: Vec<Arc<Publication>>,
+}
+
+/// A namespace's retention, passed with each call so that brokers need no configuration of
+/// their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Publications kept.
+    pub size: usize,
+    /// How long each is kept.
+    pub ttl: Duration,
+}
+
+/// Receives the publications of channels with local interest.
+pub trait Listener: Send + Sync + 'static {
+    /// One publication of `channel`, in offset order (see the module contract). Called with the
+    /// broker's stream lock held for the memory broker: it must not call back into the broker.
+    fn deliver(&self, channel: &str, epoch: &Arc<str>, publication: &Arc<Publication>);
+}
+
+/// Broker failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Creating the channel would exceed `limits.max_channels`.
+    #[error("the node holds its maximum of {0} channels")]
+    TooManyChannels(usize),
+    /// A shared broker cannot be reached.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where publications go and come from; see the module documentation for the contract.
+pub trait Broker: Send + Sync + 'static {
+    /// `memory` or `redis`, for `info`.
+    fn name(&self) -> &'static str;
+
+    /// Registers the node's listener (once, at start).
+    fn set_listener(&self, listener: std::sync::Weak<dyn Listener>);
+
+    /// Appends a publication, assigning its offset, and delivers it to every node with interest.
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        publication: NewPublication,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<Published, BrokerError>>;
+
+    /// Reads history (creating the stream, with a new epoch, if it does not exist).
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        range: HistoryRange,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>>;
+
+    /// One more local subscriber needs the channel's deliveries. Counted: deliveries continue
+    /// until as many [`Broker::unsubscribe`] calls.
+    fn subscribe<'a>(&'a self, channel: &'a str, retention: Retention) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// One local subscriber fewer.
+    fn unsubscribe(&self, channel: &str);
+
+    /// Finishes pending work before the process exits.
+    fn flush(&self) -> BoxFuture<'_, ()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publication_json_is_encoded_once_with_its_parts_reachable() {
+        let data = RawValue::from_string(r#"{"px":"1.5"}"#.into()).unwrap();
+        let p = Publication::new(7, 1_700_000_000_000, Some("trade \"x\""), &data, None);
+        let v: serde_json::Value = serde_json::from_str(p.json()).unwrap();
+        assert_eq!(v["offset"], 7);
+        assert_eq!(v["event"], "trade \"x\"");
+        assert_eq!(v["data"]["px"], "1.5");
+        assert_eq!(p.data(), r#"{"px":"1.5"}"#);
+        let no_event = Publication::new(1, 2, None, &data, None);
+        assert_eq!(no_event.json(), r#"{"offset":1,"ts":2,"data":{"px":"1.5"}}"#);
+        assert_eq!(no_event.fields_and_close(), r#""offset":1,"ts":2,"data":{"px":"1.5"}}"#);
+    }
+}

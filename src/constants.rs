@@ -1,0 +1,77 @@
+//! Every default of the configuration, in one place, each with the reason for its value.
+//!
+//! `Config::default()` is built from these; `rpchub.example.toml` shows the same values and a test
+//! keeps the two in step.
+
+use std::time::Duration;
+
+/// Listen address: loopback, so a fresh install is not exposed until someone decides to.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7410";
+
+/// Broker: the embedded one, so a single process needs nothing else.
+pub const DEFAULT_BROKER: &str = "memory";
+
+/// Largest client message (after reassembling fragments), in bytes. JSON-RPC calls are small; a
+/// bound this low keeps a flood of big frames cheap to refuse (Centrifugo and Hyperliquid use
+/// similar limits).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Messages a client connection may have queued (not yet taken by its socket) before it is
+/// dropped as a slow consumer. 256 is what Centrifugo and most exchange gateways allow.
+pub const DEFAULT_OUTBOUND_QUEUE_MESSAGES: usize = 256;
+
+/// Bytes a client connection may have queued before it is dropped as a slow consumer: the
+/// message bound alone would let 256 large snapshots pile up.
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 8 << 20;
+
+/// How often the server pings an idle client. 54 s and 60 s are the classic pair (9/10 of the
+/// pong wait), below the 60 s idle timeout of most load balancers.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(54);
+
+/// A client that sends nothing (no pong, no message) for this long is disconnected.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// WebSocket upgrades per minute from one client IP address.
+pub const DEFAULT_UPGRADES_PER_MINUTE: u32 = 100;
+
+/// Concurrent WebSocket connections; beyond it upgrades are refused with 429.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
+/// Subscriptions one connection may hold.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
+
+/// JSON-RPC calls per second per connection (a token bucket holding one second's worth).
+pub const DEFAULT_CALLS_PER_SECOND: u32 = 200;
+
+/// Channels the node keeps state for (history, offsets, subscribers). Bounds the memory that
+/// publishers and subscribers can make the node spend on distinct channel names.
+pub const DEFAULT_MAX_CHANNELS: usize = 100_000;
+
+/// Publications kept per channel for snapshots and recovery.
+pub const DEFAULT_HISTORY_SIZE: usize = 100;
+
+/// How long a publication stays in history.
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+
+/// How long shutdown waits for clients to go before it stops anyway.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Default log filter (`tracing_subscriber::EnvFilter` syntax).
+pub const DEFAULT_LOG: &str = "info";
+
+/// Time a client has to send its HTTP request head (slow-loris bound).
+pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After the server sends a close frame, how long it waits for the client's close frame before
+/// it drops the TCP connection.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often the connection registry checks ping deadlines.
+pub const PING_SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// How often expired history and idle channels are swept.
+pub const HISTORY_SWEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// Calls rejected by the rate limit, within one second, after which a connection is closed as a
+/// flood (policy violation, close code 1008).
+pub const FLOOD_REJECTIONS_PER_SECOND: u32 = 200;

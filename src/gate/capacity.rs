@@ -1,0 +1,49 @@
+//! Layer 4: room for one more WebSocket connection (`limits.max_connections`).
+//!
+//! Reserves a slot in the connection registry for the upgrade; the slot travels in the request
+//! extensions to the connection, which holds it until it ends. Full: 429.
+
+use super::{Body, Check, WsRoute, json_error};
+use crate::transport::registry::{Registry, Slot};
+use hyper::{Request, Response, StatusCode};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// A reserved slot, handed from this layer to the connection (extensions must be `Clone`).
+#[derive(Clone)]
+pub struct SlotTicket(Arc<Mutex<Option<Slot>>>);
+
+impl SlotTicket {
+    /// Takes the slot out (once).
+    pub fn take(&self) -> Option<Slot> {
+        self.0.lock().take()
+    }
+}
+
+/// The connection limit.
+#[derive(Clone)]
+pub struct CapacityCheck {
+    registry: Arc<Registry>,
+}
+
+impl CapacityCheck {
+    /// Checks against `registry`'s limit.
+    pub fn new(registry: Arc<Registry>) -> CapacityCheck {
+        CapacityCheck { registry }
+    }
+}
+
+impl Check for CapacityCheck {
+    fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
+        if req.extensions().get::<WsRoute>().is_none() {
+            return Ok(());
+        }
+        let slot = self.registry.reserve().ok_or_else(|| {
+            let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, "the server holds its maximum of connections; retry later");
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, 5.into());
+            r
+        })?;
+        req.extensions_mut().insert(SlotTicket(Arc::new(Mutex::new(Some(slot)))));
+        Ok(())
+    }
+}

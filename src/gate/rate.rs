@@ -1,0 +1,143 @@
+//! Layer 3: WebSocket upgrades per client IP address.
+//!
+//! A token bucket per address (IPv6 addresses by their /64, which one client usually holds
+//! whole) holding `per_minute` upgrades and refilling at `per_minute / 60` a second. Over the
+//! limit: 429 with `Retry-After` (seconds until the next upgrade is allowed). Buckets that have
+//! refilled are forgotten, so the table only holds addresses that upgraded recently; it is
+//! capped, and when full (an attack from very many addresses) new addresses are refused too.
+
+use super::{Body, Check, ClientAddr, WsRoute, json_error};
+use hyper::{Request, Response, StatusCode};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Addresses tracked at most.
+const MAX_TRACKED: usize = 262_144;
+/// How often refilled buckets are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+struct Table {
+    buckets: HashMap<IpAddr, Bucket>,
+    swept: Instant,
+}
+
+/// The per-address upgrade limiter.
+#[derive(Clone)]
+pub struct UpgradeRate {
+    table: Arc<Mutex<Table>>,
+    capacity: f64,
+    per_second: f64,
+}
+
+/// The address a bucket is kept for.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+impl UpgradeRate {
+    /// `per_minute` upgrades per address.
+    pub fn new(per_minute: u32) -> UpgradeRate {
+        UpgradeRate {
+            table: Arc::new(Mutex::new(Table { buckets: HashMap::new(), swept: Instant::now() })),
+            capacity: per_minute as f64,
+            per_second: per_minute as f64 / 60.0,
+        }
+    }
+
+    /// Takes one upgrade for `ip` at `now`; `Err(seconds)` to wait when none is left.
+    pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
+        let mut t = self.table.lock();
+        if now.saturating_duration_since(t.swept) >= SWEEP_EVERY || t.buckets.len() >= MAX_TRACKED {
+            let (cap, rate) = (self.capacity, self.per_second);
+            t.buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < cap);
+            t.swept = now;
+        }
+        let key = key(ip);
+        if !t.buckets.contains_key(&key) && t.buckets.len() >= MAX_TRACKED {
+            return Err(60);
+        }
+        let b = t.buckets.entry(key).or_insert(Bucket { tokens: self.capacity, last: now });
+        b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * self.per_second).min(self.capacity);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - b.tokens) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+impl Check for UpgradeRate {
+    fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
+        if req.extensions().get::<WsRoute>().is_none() {
+            return Ok(());
+        }
+        let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied() else { return Ok(()) };
+        self.take(addr.ip(), Instant::now()).map_err(|wait| {
+            let mut r = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("too many WebSocket upgrades from this address; retry in {wait} s"),
+            );
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, wait.into());
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_address_and_refills() {
+        let r = UpgradeRate::new(60);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        assert!((0..60).all(|_| r.take(a, t0).is_ok()));
+        assert_eq!(r.take(a, t0), Err(1));
+        assert!(r.take(b, t0).is_ok(), "addresses are independent");
+        // One a second comes back.
+        assert!(r.take(a, t0 + Duration::from_millis(1100)).is_ok());
+        assert!(r.take(a, t0 + Duration::from_millis(1100)).is_err());
+        assert!((0..60).all(|_| r.take(a, t0 + Duration::from_secs(70)).is_ok()), "full after a minute");
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let r = UpgradeRate::new(2);
+        let t0 = Instant::now();
+        assert!(r.take("2001:db8::1".parse().unwrap(), t0).is_ok());
+        assert!(r.take("2001:db8::2".parse().unwrap(), t0).is_ok());
+        assert!(r.take("2001:db8::3".parse().unwrap(), t0).is_err());
+        assert!(r.take("2001:db8:0:1::1".parse().unwrap(), t0).is_ok());
+    }
+
+    #[test]
+    fn refilled_buckets_are_forgotten() {
+        let r = UpgradeRate::new(10);
+        let t0 = Instant::now();
+        for i in 0..100u8 {
+            r.take(IpAddr::from([10, 0, 0, i]), t0).unwrap();
+        }
+        r.take(IpAddr::from([10, 0, 1, 0]), t0 + Duration::from_secs(61)).unwrap();
+        assert_eq!(r.table.lock().buckets.len(), 1);
+    }
+}

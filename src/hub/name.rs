@@ -1,0 +1,48 @@
+//! Channel names: `namespace:rest` or a bare name, 1..=255 bytes of `[A-Za-z0-9_.:@/=,+-]`.
+//! Every byte allowed needs no escaping in JSON, so names are spliced into frames as they are.
+
+/// Longest channel name in bytes.
+pub const MAX_CHANNEL_LEN: usize = 255;
+
+/// True for the bytes a channel name may contain.
+pub fn is_channel_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'/' | b'=' | b',' | b'+' | b'-')
+}
+
+/// Checks a channel name; the error says what is wrong with it.
+pub fn validate_channel(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("channel name is empty".into());
+    }
+    if name.len() > MAX_CHANNEL_LEN {
+        return Err(format!("channel name is {} bytes; the limit is {MAX_CHANNEL_LEN}", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii() || !is_channel_byte(*c as u8)) {
+        return Err(format!("channel name contains {c:?}; allowed are letters, digits and _.:@/=,+-"));
+    }
+    Ok(())
+}
+
+/// The namespace of a channel: the part before the first `:`, or `""` for a bare name.
+pub fn namespace(name: &str) -> &str {
+    name.split_once(':').map_or("", |(ns, _)| ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["trades:SOL", "l2Book:BTC", "conversation:conv-123", "a", "x:y:z", "a.b@c/d=e,f+g_h"] {
+            assert_eq!(validate_channel(ok), Ok(()), "{ok}");
+        }
+        assert!(validate_channel(&"a".repeat(255)).is_ok());
+        for bad in ["", "has space", "quote\"", "back\\slash", "ünï", "new\nline", "star*"] {
+            assert!(validate_channel(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_channel(&"a".repeat(256)).unwrap_err().contains("255"));
+        assert_eq!(namespace("trades:SOL"), "trades");
+        assert_eq!(namespace("bare"), "");
+    }
+}

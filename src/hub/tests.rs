@@ -1,0 +1,190 @@
+//! The hub's promises, checked on the hub itself (the integration tests check them again over
+//! real sockets): snapshot then live with no gap and no duplicate under concurrent publishers,
+//! recovery rules, slow subscribers dropped without disturbing others.
+
+use super::*;
+use crate::broker::memory::MemoryBroker;
+use crate::transport::outbox::Take;
+use serde_json::Value;
+use std::time::Duration;
+
+fn hub_with(config: Config) -> Arc<Hub> {
+    let broker = MemoryBroker::start(config.limits.max_channels);
+    Hub::new(Arc::new(config), broker, Arc::new(Metrics::new(&[])))
+}
+
+fn hub() -> Arc<Hub> {
+    hub_with(Config::default())
+}
+
+fn data(v: Value) -> NewPublication {
+    NewPublication { data: serde_json::value::to_raw_value(&v).unwrap(), event: None, idempotency_key: None }
+}
+
+/// Splits server frames (unmasked) into their JSON payloads.
+fn frames(mut bytes: &[u8]) -> Vec<Value> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (len, h) = match bytes[1] {
+            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        out.push(serde_json::from_slice(&bytes[h..h + len]).unwrap());
+        bytes = &bytes[h + len..];
+    }
+    out
+}
+
+fn drain(out: &Outbox) -> Vec<Value> {
+    let mut buf = Vec::new();
+    match out.take(&mut buf) {
+        Take::Data => frames(&buf),
+        _ => Vec::new(),
+    }
+}
+
+fn events(out: &Outbox) -> Vec<Value> {
+    drain(out).into_iter().map(|f| f["params"]["result"].clone()).collect()
+}
+
+fn big_outbox() -> Arc<Outbox> {
+    Arc::new(Outbox::new(1 << 20, 1 << 30))
+}
+
+#[tokio::test]
+async fn snapshot_then_live_in_order() {
+    let hub = hub();
+    for i in 1..=3 {
+        hub.publish("t:a", data(serde_json::json!(i))).await.unwrap();
+    }
+    let out = big_outbox();
+    let sub = hub.subscribe(&out, "t:a", None, Some(2)).await.unwrap();
+    hub.publish("t:a", data(serde_json::json!(4))).await.unwrap();
+    let ev = events(&out);
+    assert_eq!(ev[0]["type"], "snapshot");
+    assert_eq!(ev[0]["offset"], 3);
+    assert_eq!(ev[0]["recovered"], false);
+    assert_eq!(ev[0]["publications"].as_array().unwrap().len(), 2, "limit 2: the newest two");
+    assert_eq!(ev[0]["publications"][0]["offset"], 2);
+    assert_eq!(ev[1]["type"], "publication");
+    assert_eq!((ev[1]["offset"].clone(), ev[1]["data"].clone()), (4.into(), 4.into()));
+    assert!(hub.unsubscribe(&sub));
+    hub.publish("t:a", data(serde_json::json!(5))).await.unwrap();
+    assert!(drain(&out).is_empty(), "nothing after unsubscribe");
+    assert!(hub.channels("").is_empty(), "the channel is forgotten once unused");
+}
+
+#[tokio::test]
+async fn recovery_rules() {
+    let mut config = Config::default();
+    config.default_namespace.history_size = 5;
+    let hub = hub_with(config);
+    let mut last = None;
+    for i in 1..=10 {
+        last = Some(hub.publish("r", data(serde_json::json!(i))).await.unwrap().position);
+    }
+    let epoch = last.unwrap().epoch;
+    let since = |offset| Some(StreamPosition { epoch: epoch.clone(), offset });
+
+    // Covered: everything after 7, recovered.
+    let out = big_outbox();
+    hub.subscribe(&out, "r", since(7), Some(1)).await.unwrap();
+    let snap = &events(&out)[0];
+    assert_eq!(snap["recovered"], true);
+    let offsets: Vec<_> = snap["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![8, 9, 10], "recovery ignores limit");
+
+    // Up to date: nothing missed, recovered.
+    let out = big_outbox();
+    hub.subscribe(&out, "r", since(10), None).await.unwrap();
+    let snap = &events(&out)[0];
+    assert_eq!((snap["recovered"].clone(), snap["publications"].as_array().unwrap().len()), (true.into(), 0));
+
+    // Too old (history keeps 6..=10), another epoch, or from the future: the tail, not recovered.
+    for s in [since(2), Some(StreamPosition { epoch: "other".into(), offset: 8 }), since(11)] {
+        let out = big_outbox();
+        hub.subscribe(&out, "r", s.clone(), None).await.unwrap();
+        let snap = &events(&out)[0];
+        assert_eq!(snap["recovered"], false, "{s:?}");
+        assert_eq!(snap["publications"][0]["offset"], 6, "{s:?}");
+        assert_eq!(snap["offset"], 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_gap_and_no_duplicate_while_publishers_race_and_subscribers_join() {
+    const PUBLISHERS: u64 = 4;
+    const EACH: u64 = 2_500;
+    const TOTAL: u64 = PUBLISHERS * EACH;
+    let hub = hub();
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        let hub = hub.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                hub.publish("race", data(serde_json::json!([p, i]))).await.unwrap();
+                if i % 100 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    // Subscribers join while the publishers run, each draining its outbox concurrently.
+    let mut subs = Vec::new();
+    for s in 0..8u64 {
+        let hub = hub.clone();
+        subs.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(300 * s)).await;
+            let out = big_outbox();
+            let _sub = hub.subscribe(&out, "race", None, Some(0)).await.unwrap();
+            let mut seen = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while seen.last().copied() != Some(TOTAL) && tokio::time::Instant::now() < deadline {
+                for e in events(&out) {
+                    seen.push(e["offset"].as_u64().unwrap_or_else(|| panic!("no offset in {e}")));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            seen
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for s in subs {
+        let seen = s.await.unwrap();
+        let start = seen[0];
+        let expected: Vec<u64> = (start..=TOTAL).collect();
+        assert_eq!(seen, expected, "snapshot at {start}, then every offset once, in order");
+    }
+}
+
+#[tokio::test]
+async fn an_overflowing_subscriber_is_dropped_and_others_continue() {
+    let hub = hub();
+    let slow = Arc::new(Outbox::new(3, 1 << 20));
+    let fast = big_outbox();
+    hub.subscribe(&slow, "s", None, None).await.unwrap();
+    hub.subscribe(&fast, "s", None, None).await.unwrap();
+    for i in 0..10 {
+        hub.publish("s", data(serde_json::json!(i))).await.unwrap();
+    }
+    assert!(slow.is_ending(), "the slow outbox is aborted");
+    let ev = events(&fast);
+    assert_eq!(ev.len(), 11, "snapshot and all ten publications");
+    assert_eq!(hub.channels("")[0].subscribers, 1);
+}
+
+#[tokio::test]
+async fn idempotent_publish_and_invalid_names() {
+    let hub = hub();
+    let key = |k: &str| NewPublication { idempotency_key: Some(k.into()), ..data(serde_json::json!(1)) };
+    let a = hub.publish("i", key("k1")).await.unwrap();
+    let b = hub.publish("i", key("k1")).await.unwrap();
+    assert!(!a.duplicate && b.duplicate);
+    assert_eq!(a.position, b.position);
+    assert!(matches!(hub.publish("bad name", data(serde_json::json!(1))).await, Err(HubError::InvalidChannel(_))));
+    let out = big_outbox();
+    assert!(matches!(hub.subscribe(&out, "", None, None).await, Err(HubError::InvalidChannel(_))));
+}

@@ -1,0 +1,60 @@
+//! The `rpchub` binary: command line -> configuration -> library calls.
+
+mod cli;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::anyhow!("cannot start the runtime: {e}")),
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            other => cli::run_client(other).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    eprintln!("rpchub: {}", chain.join(": "));
+    ExitCode::FAILURE
+}
+
+async fn serve(args: cli::ServeArgs) -> Result<()> {
+    let config = args.config()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
+        .context("log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    raise_open_file_limit();
+    let running = rpchub::start(config).await?;
+    rpchub::shutdown::signal().await;
+    running.shutdown();
+    running.wait().await;
+    Ok(())
+}
+
+/// Each connection is a file descriptor: take the hard limit as the soft one.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The JSON-RPC methods, one `#[rpc]` trait per concern. The doc comments here are the methods'
+//! documentation for users; the types are their params and results.
+//!
+//! Every method accepts params by name or by position (in the order declared). Rust names that
+//! differ from the method names (`subscribe_channel`) avoid clashing with jsonrpsee's client
+//! traits; the wire names are the `name = ...` ones.
+
+use crate::broker::StreamPosition;
+use crate::hub::ChannelInfo;
+use jsonrpsee::core::RpcResult;
+use jsonrpsee::proc_macros::rpc;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Channels: subscribe, publish, read history.
+#[rpc(server, client)]
+pub trait ChannelApi {
+    /// Subscribes to `channel`. Returns the subscription id; notifications follow with method
+    /// `subscription`, the first one the snapshot: with `since` in the same epoch and still in
+    /// history, every publication after it (`recovered: true`); otherwise the newest `limit`
+    /// retained publications (all by default). Live publications continue at the snapshot's
+    /// `offset + 1` with no gap and no duplicate.
+    #[method(name = "subscribe", with_extensions)]
+    async fn subscribe_channel(
+        &self,
+        channel: String,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> RpcResult<String>;
+
+    /// Ends a subscription of this connection. `true` if it was active, else `false`.
+    #[method(name = "unsubscribe", with_extensions)]
+    fn unsubscribe_channel(&self, subscription: String) -> RpcResult<bool>;
+
+    /// Publishes `data` (any JSON) to `channel`, with an optional `event` name. A repeated
+    /// `idempotency_key` within the channel's history returns the first publication's position
+    /// and publishes nothing. Returns the publication's `{epoch, offset}`.
+    #[method(name = "publish", with_extensions)]
+    async fn publish(
+        &self,
+        channel: String,
+        data: Box<RawValue>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> RpcResult<StreamPosition>;
+
+    /// Reads a channel's history, oldest first: with `since`, the first `limit` publications
+    /// after it; without, the newest `limit`.
+    #[method(name = "history", with_extensions)]
+    async fn history(
+        &self,
+        channel: String,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> RpcResult<HistoryResult>;
+
+    /// Channels with subscribers on this node, optionally only those starting with `prefix`
+    /// (callers with a token only).
+    #[method(name = "channels", with_extensions)]
+    fn channels(&self, prefix: Option<String>) -> RpcResult<Vec<ChannelInfo>>;
+}
+
+/// The node itself: liveness, identity, authentication.
+#[rpc(server, client)]
+pub trait NodeApi {
+    /// Answers `"pong"`.
+    #[method(name = "ping")]
+    fn ping(&self) -> RpcResult<String>;
+
+    /// The node's name, version, id, uptime, open connections and broker.
+    #[method(name = "info")]
+    fn info(&self) -> RpcResult<NodeInfo>;
+
+    /// Authenticates the connection with a token (a static key or a JWT), replacing its rights.
+    /// A failed `auth` leaves the connection's rights as they were.
+    #[method(name = "auth", with_extensions)]
+    fn auth(&self, token: String) -> RpcResult<AuthResult>;
+}
+
+/// The result of `history`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct HistoryResult {
+    /// The channel's epoch.
+    pub epoch: String,
+    /// The channel's newest offset.
+    pub offset: u64,
+    /// Publications, oldest first.
+    pub publications: Vec<PublicationJson>,
+}
+
+/// A publication as it is on the wire: `{"offset","ts","event"?,"data"}`, passed through
+/// without re-encoding.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PublicationJson(pub Box<RawValue>);
+
+/// The documented shape of [`PublicationJson`].
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct Publication {
+    /// Offset in the channel.
+    offset: u64,
+    /// When the broker accepted it, Unix milliseconds.
+    ts: u64,
+    /// Event name, if the publisher gave one.
+    event: Option<String>,
+    /// What was published.
+    data: serde_json::Value,
+}
+
+impl JsonSchema for PublicationJson {
+    fn schema_name() -> Cow<'static, str> {
+        "Publication".into()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        Publication::json_schema(g)
+    }
+}
+
+/// The result of `info`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct NodeInfo {
+    /// `rpchub`.
+    pub name: String,
+    /// The server's version.
+    pub version: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+    /// Open WebSocket connections on this node.
+    pub connections: u64,
+    /// `memory` or `redis`.
+    pub broker: String,
+}
+
+/// The result of `auth`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct AuthResult {
+    /// Who the token says the client is.
+    pub sub: String,
+    /// When the token expires, Unix seconds (JWTs only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}

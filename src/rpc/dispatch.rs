@@ -1,0 +1,259 @@
+//! JSON-RPC 2.0 over our own transport: parsing, batches, notifications, errors, and dispatch
+//! into the jsonrpsee method table built from the `#[rpc]` traits.
+//!
+//! jsonrpsee's server would spawn a task per message and write every answer on its own; here a
+//! connection's reader calls [`Dispatcher::handle`] for one message at a time and queues the
+//! answer into its outbox, so calls on a connection run in order, answers are batched with
+//! notifications, and a client cannot have more than one message in flight on the server.
+//!
+//! The error rules follow the JSON-RPC 2.0 specification: invalid JSON is -32700 with id
+//! null; valid JSON that is not a request object (or an empty batch) is -32600; a batch answers
+//! with an array of the answers to its requests, or nothing if it held only notifications; a
+//! notification (no `id`) is executed but never answered.
+
+use super::error::{self, standard};
+use super::session::{Session, Verdict};
+use crate::metrics::Metrics;
+use crate::transport::frame;
+use crate::transport::outbox::Push;
+use jsonrpsee::core::server::{MethodCallback, MethodResponse, Methods};
+use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Params};
+use jsonrpsee::{ConnectionId, Extensions};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, de::IgnoredAny};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Largest answer a method may produce.
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// The method that queues notifications behind its own answer.
+const SUBSCRIBE: &str = "subscribe";
+
+/// A request or notification object, borrowing from the message.
+#[derive(Deserialize)]
+struct Call<'a> {
+    #[serde(rename = "jsonrpc")]
+    _version: Version,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    /// `None`: absent (a notification). `Some(Id::Null)`: `"id": null`, which is answered.
+    #[serde(borrow, default, deserialize_with = "present_id")]
+    id: Option<Id<'a>>,
+}
+
+/// Only the id of an invalid request, to echo it when it can be read.
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow, default, deserialize_with = "present_id")]
+    id: Option<Id<'a>>,
+}
+
+/// `"2.0"` and nothing else.
+struct Version;
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <Cow<'de, str>>::deserialize(d)?;
+        if s == "2.0" { Ok(Version) } else { Err(de::Error::custom("jsonrpc must be \"2.0\"")) }
+    }
+}
+
+fn present_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Id<'de>>, D::Error> {
+    d.deserialize_any(IdVisitor).map(Some)
+}
+
+/// Reads an id without serde's untagged-enum buffering: null, a non-negative integer, or a string.
+struct IdVisitor;
+
+impl<'de> Visitor<'de> for IdVisitor {
+    type Value = Id<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("null, a non-negative integer or a string")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Id<'de>, E> {
+        Ok(Id::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Id<'de>, E> {
+        Ok(Id::Null)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id<'de>, E> {
+        Ok(Id::Number(v))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Id<'de>, E> {
+        Ok(Id::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Id<'de>, E> {
+        Ok(Id::Str(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Id<'de>, E> {
+        Ok(Id::Str(Cow::Owned(v)))
+    }
+}
+
+/// What handling one message produced.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// JSON to send back (`None`: nothing, e.g. only notifications).
+    pub json: Option<String>,
+    /// The client kept sending far over its call rate: close the connection.
+    pub flood: bool,
+    /// A subscribe ran: notifications are held in the outbox until the answer is queued.
+    held: bool,
+}
+
+/// Dispatches JSON-RPC messages to the method table.
+pub struct Dispatcher {
+    methods: Methods,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `methods`.
+    pub fn new(methods: Methods, metrics: Arc<Metrics>) -> Dispatcher {
+        Dispatcher { methods, metrics }
+    }
+
+    /// The method names served, sorted.
+    pub fn method_names(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.methods.method_names().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Handles one WebSocket text message and queues the answer into the session's outbox.
+    /// Returns true when the connection must be closed for flooding.
+    pub async fn handle_ws(&self, session: &Arc<Session>, text: &str) -> bool {
+        let answer = self.handle(session, text).await;
+        let out = session.outbox().expect("a WebSocket session has an outbox; qed");
+        if let Some(json) = &answer.json {
+            let (h, n) = frame::header_bytes(frame::OP_TEXT, json.len());
+            if out.push_answer(&[&h[..n], json.as_bytes()]) == Push::Overflow {
+                self.metrics.slow_consumers.inc();
+            }
+        }
+        if answer.held {
+            out.release();
+        }
+        answer.flood
+    }
+
+    /// Handles one message (a request, a notification or a batch).
+    pub async fn handle(&self, session: &Arc<Session>, text: &str) -> Answer {
+        let mut answer = Answer::default();
+        let trimmed = text.trim_start();
+        if trimmed.starts_with('[') {
+            let Ok(entries) = serde_json::from_str::<Vec<&RawValue>>(text) else {
+                answer.json = Some(error_json(Id::Null, standard(error::PARSE_ERROR)));
+                return answer;
+            };
+            if entries.is_empty() {
+                answer.json = Some(error_json(Id::Null, invalid_request("empty batch")));
+                return answer;
+            }
+            let mut out = String::from("[");
+            for e in entries {
+                if let Some(json) = self.call(session, e.get(), true, &mut answer).await {
+                    if out.len() > 1 {
+                        out.push(',');
+                    }
+                    out.push_str(&json);
+                }
+            }
+            if out.len() > 1 {
+                out.push(']');
+                answer.json = Some(out);
+            }
+        } else {
+            answer.json = self.call(session, text, false, &mut answer).await;
+        }
+        answer
+    }
+
+    /// One request or notification. Returns its answer, if it gets one.
+    async fn call(&self, session: &Arc<Session>, text: &str, in_batch: bool, answer: &mut Answer) -> Option<String> {
+        let call = match serde_json::from_str::<Call>(text) {
+            Ok(c) => c,
+            Err(e) => return Some(self.invalid(text, in_batch, &e)),
+        };
+        let id = call.id;
+        if let Some(p) = call.params {
+            if !matches!(p.get().as_bytes().first(), Some(b'[' | b'{')) {
+                let err = invalid_request("params must be an array or an object");
+                return Some(error_json(id.unwrap_or(Id::Null), err));
+            }
+        }
+        let counters = self.metrics.method(&call.method);
+        match session.charge_call() {
+            Verdict::Allow => {}
+            verdict => {
+                answer.flood |= verdict == Verdict::Flood;
+                self.metrics.rate_limited.inc();
+                counters.error.inc();
+                let err: ErrorObjectOwned = super::RpcError::RateLimited(
+                    "too many calls on this connection; slow down (see limits.calls_per_second)".into(),
+                )
+                .into();
+                return id.map(|id| error_json(id, err));
+            }
+        }
+        let Some((name, callback)) = self.methods.method_with_name(&call.method) else {
+            counters.error.inc();
+            return id.map(|id| error_json(id, standard(error::METHOD_NOT_FOUND)));
+        };
+        if name == SUBSCRIBE && !answer.held {
+            if let Some(out) = session.outbox() {
+                out.hold();
+                answer.held = true;
+            }
+        }
+        let is_notification = id.is_none();
+        let id = id.unwrap_or(Id::Null);
+        let params = Params::new(call.params.map(RawValue::get));
+        let mut ext = Extensions::new();
+        ext.insert(session.clone());
+        let response = match callback {
+            MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),
+            MethodCallback::Async(f) => {
+                f(id.into_owned(), params.into_owned(), ConnectionId(session.id as usize), MAX_RESPONSE_BYTES, ext)
+                    .await
+            }
+            MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_) => {
+                MethodResponse::error(id, standard(error::INTERNAL_ERROR))
+            }
+        };
+        if response.is_success() {
+            counters.ok.inc();
+        } else {
+            counters.error.inc();
+        }
+        if is_notification {
+            return None;
+        }
+        let (json, _, _) = response.into_parts();
+        Some(json.get().to_string())
+    }
+
+    /// The answer to something that is not a valid request object.
+    fn invalid(&self, text: &str, in_batch: bool, why: &serde_json::Error) -> String {
+        self.metrics.method("").error.inc();
+        if !in_batch && serde_json::from_str::<IgnoredAny>(text).is_err() {
+            return error_json(Id::Null, standard(error::PARSE_ERROR));
+        }
+        let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id).unwrap_or(Id::Null);
+        error_json(id, invalid_request(&why.to_string()))
+    }
+}
+
+fn invalid_request(why: &str) -> ErrorObjectOwned {
+    ErrorObject::owned(error::INVALID_REQUEST, "Invalid Request", Some(why))
+}
+
+/// An error response object as JSON.
+pub fn error_json(id: Id<'_>, err: ErrorObjectOwned) -> String {
+    let (json, _, _) = MethodResponse::error(id, err).into_parts();
+    json.get().to_string()
+}

@@ -1,0 +1,103 @@
+//! JSON-RPC error codes and the one conversion from rpchub's errors to error objects.
+//!
+//! Standard codes come from the JSON-RPC 2.0 specification; rpchub's own carry
+//! `data: {"code": NAME}` so that clients can switch on a stable name.
+
+use crate::hub::HubError;
+use jsonrpsee::types::{ErrorObject, ErrorObjectOwned};
+use serde_json::json;
+
+/// Invalid JSON was received.
+pub const PARSE_ERROR: i32 = -32700;
+/// The JSON sent is not a valid request object.
+pub const INVALID_REQUEST: i32 = -32600;
+/// The method does not exist.
+pub const METHOD_NOT_FOUND: i32 = -32601;
+/// Invalid method parameters.
+pub const INVALID_PARAMS: i32 = -32602;
+/// Internal error.
+pub const INTERNAL_ERROR: i32 = -32603;
+/// Missing or insufficient credentials.
+pub const UNAUTHORIZED: i32 = -32001;
+/// A subscription could not be made.
+pub const SUBSCRIPTION_FAILED: i32 = -32002;
+/// Too many calls.
+pub const RATE_LIMITED: i32 = -32003;
+/// Something named does not exist.
+pub const NOT_FOUND: i32 = -32004;
+/// Well-formed but unacceptable input (a bad channel name, a subscription over HTTP, ...).
+pub const UNACCEPTABLE: i32 = -32005;
+/// A client message over the size limit.
+pub const MESSAGE_TOO_BIG: i32 = -32007;
+
+/// rpchub's errors, each a code and a message that says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    /// -32001 `unauthorized`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// -32002 `subscription_failed`.
+    #[error("{0}")]
+    SubscriptionFailed(String),
+    /// -32003 `rate_limited`.
+    #[error("{0}")]
+    RateLimited(String),
+    /// -32004 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// -32005 `invalid_request`.
+    #[error("{0}")]
+    Unacceptable(String),
+    /// -32603, for failures that are the server's fault.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl RpcError {
+    /// The code and its name.
+    pub fn code(&self) -> (i32, &'static str) {
+        match self {
+            RpcError::Unauthorized(_) => (UNAUTHORIZED, "unauthorized"),
+            RpcError::SubscriptionFailed(_) => (SUBSCRIPTION_FAILED, "subscription_failed"),
+            RpcError::RateLimited(_) => (RATE_LIMITED, "rate_limited"),
+            RpcError::NotFound(_) => (NOT_FOUND, "not_found"),
+            RpcError::Unacceptable(_) => (UNACCEPTABLE, "invalid_request"),
+            RpcError::Internal(_) => (INTERNAL_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl From<RpcError> for ErrorObjectOwned {
+    fn from(e: RpcError) -> Self {
+        let (code, name) = e.code();
+        if code == INTERNAL_ERROR {
+            return ErrorObject::owned(code, e.to_string(), None::<()>);
+        }
+        ErrorObject::owned(code, e.to_string(), Some(json!({ "code": name })))
+    }
+}
+
+impl From<HubError> for RpcError {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::InvalidChannel(m) => RpcError::Unacceptable(format!("invalid channel: {m}")),
+            HubError::Broker(crate::broker::BrokerError::TooManyChannels(n)) => RpcError::SubscriptionFailed(
+                format!("this node already holds its maximum of {n} channels (limits.max_channels)"),
+            ),
+            HubError::Broker(e) => RpcError::Internal(e.to_string()),
+            HubError::ConnectionClosed | HubError::Busy => RpcError::SubscriptionFailed(e.to_string()),
+        }
+    }
+}
+
+/// A standard error object with a fixed message.
+pub fn standard(code: i32) -> ErrorObjectOwned {
+    let message = match code {
+        PARSE_ERROR => "Parse error",
+        INVALID_REQUEST => "Invalid Request",
+        METHOD_NOT_FOUND => "Method not found",
+        INVALID_PARAMS => "Invalid params",
+        _ => "Internal error",
+    };
+    ErrorObject::owned(code, message, None::<()>)
+}

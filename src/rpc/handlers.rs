@@ -1,0 +1,171 @@
+//! The method implementations: thin translations from JSON-RPC calls to the hub and the
+//! authenticator, with the permission checks in front.
+
+use super::api::{AuthResult, ChannelApiServer, HistoryResult, NodeApiServer, NodeInfo, PublicationJson};
+use super::error::RpcError;
+use super::session::Session;
+use crate::auth::{Action, AuthError, Authenticator, authorize};
+use crate::broker::{NewPublication, StreamPosition, memory::now_ms};
+use crate::config::Config;
+use crate::hub::{ChannelInfo, Hub, SubId, validate_channel};
+use crate::metrics::Metrics;
+use jsonrpsee::Extensions;
+use jsonrpsee::core::{RpcResult, async_trait};
+use serde_json::value::RawValue;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every method handler shares: the node's parts.
+pub struct NodeState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Channels and fan-out.
+    pub hub: Arc<Hub>,
+    /// Token checking.
+    pub auth: Arc<Authenticator>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// When the node started.
+    pub started: Instant,
+    /// This node's id.
+    pub node_id: String,
+}
+
+/// The handlers of every `#[rpc]` trait.
+#[derive(Clone)]
+pub struct Handlers(pub Arc<NodeState>);
+
+fn session(ext: &Extensions) -> Result<Arc<Session>, RpcError> {
+    ext.get::<Arc<Session>>().cloned().ok_or_else(|| RpcError::Internal("call without a session".into()))
+}
+
+impl Handlers {
+    /// Checks that the session may do `action` on `channel` (a valid name).
+    fn allow(&self, s: &Session, action: Action, channel: &str) -> Result<(), RpcError> {
+        validate_channel(channel).map_err(|m| RpcError::Unacceptable(format!("invalid channel: {m}")))?;
+        let p = s.principal();
+        if p.is_expired(now_ms() / 1000) {
+            return Err(RpcError::Unauthorized("the connection's token has expired; call auth with a fresh one".into()));
+        }
+        authorize(&p, self.0.config.namespace_of(channel), action, channel).map_err(RpcError::Unauthorized)
+    }
+}
+
+#[async_trait]
+impl ChannelApiServer for Handlers {
+    async fn subscribe_channel(
+        &self,
+        ext: &Extensions,
+        channel: String,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> RpcResult<String> {
+        let s = session(ext)?;
+        let Some(out) = s.outbox() else {
+            return Err(RpcError::Unacceptable("subscriptions need a WebSocket: connect to /ws/rpc".into()).into());
+        };
+        self.allow(&s, Action::Subscribe, &channel)?;
+        let max = self.0.config.limits.max_subscriptions;
+        if s.subscriptions.lock().len() >= max {
+            return Err(RpcError::SubscriptionFailed(format!(
+                "this connection holds its maximum of {max} subscriptions; unsubscribe first"
+            ))
+            .into());
+        }
+        let sub = self.0.hub.subscribe(out, &channel, since, limit).await.map_err(RpcError::from)?;
+        let id = sub.id.as_str().to_string();
+        s.subscriptions.lock().push(sub);
+        Ok(id)
+    }
+
+    fn unsubscribe_channel(&self, ext: &Extensions, subscription: String) -> RpcResult<bool> {
+        let s = session(ext)?;
+        let Some(id) = SubId::parse(&subscription) else { return Ok(false) };
+        let mut subs = s.subscriptions.lock();
+        let Some(at) = subs.iter().position(|x| x.id == id) else { return Ok(false) };
+        let sub = subs.swap_remove(at);
+        drop(subs);
+        Ok(self.0.hub.unsubscribe(&sub))
+    }
+
+    async fn publish(
+        &self,
+        ext: &Extensions,
+        channel: String,
+        data: Box<RawValue>,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> RpcResult<StreamPosition> {
+        let s = session(ext)?;
+        self.allow(&s, Action::Publish, &channel)?;
+        if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > 255) {
+            return Err(RpcError::Unacceptable("event must be 1 to 255 bytes".into()).into());
+        }
+        if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+            return Err(RpcError::Unacceptable("idempotency_key must be 1 to 255 bytes".into()).into());
+        }
+        let p = NewPublication { data, event, idempotency_key };
+        let published = self.0.hub.publish(&channel, p).await.map_err(RpcError::from)?;
+        Ok(published.position)
+    }
+
+    async fn history(
+        &self,
+        ext: &Extensions,
+        channel: String,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> RpcResult<HistoryResult> {
+        let s = session(ext)?;
+        self.allow(&s, Action::Subscribe, &channel)?;
+        let h = self.0.hub.history(&channel, since, limit).await.map_err(RpcError::from)?;
+        let publications = h
+            .publications
+            .iter()
+            .map(|p| {
+                RawValue::from_string(p.json().to_string())
+                    .map(PublicationJson)
+                    .map_err(|e| RpcError::Internal(format!("stored publication is not JSON: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(HistoryResult { epoch: h.position.epoch, offset: h.position.offset, publications })
+    }
+
+    fn channels(&self, ext: &Extensions, prefix: Option<String>) -> RpcResult<Vec<ChannelInfo>> {
+        let s = session(ext)?;
+        if !s.principal().is_authenticated() {
+            return Err(RpcError::Unauthorized("channels is for callers with a token".into()).into());
+        }
+        Ok(self.0.hub.channels(prefix.as_deref().unwrap_or("")))
+    }
+}
+
+impl NodeApiServer for Handlers {
+    fn ping(&self) -> RpcResult<String> {
+        Ok("pong".to_string())
+    }
+
+    fn info(&self) -> RpcResult<NodeInfo> {
+        Ok(NodeInfo {
+            name: "rpchub".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            node_id: self.0.node_id.clone(),
+            uptime_s: self.0.started.elapsed().as_secs(),
+            connections: self.0.metrics.connections.get().max(0) as u64,
+            broker: self.0.hub.broker().name().into(),
+        })
+    }
+
+    fn auth(&self, ext: &Extensions, token: String) -> RpcResult<AuthResult> {
+        let s = session(ext)?;
+        let p = self.0.auth.authenticate(&token).map_err(|e| {
+            RpcError::Unauthorized(match e {
+                AuthError::Invalid(m) => m,
+                e => e.to_string(),
+            })
+        })?;
+        let result = AuthResult { sub: p.subject.clone(), expires_at: p.expires_at };
+        s.set_principal(p, self.0.config.limits.calls_per_second);
+        Ok(result)
+    }
+}

@@ -1,0 +1,349 @@
+//! Binds the port, routes requests, upgrades WebSockets and serves until shutdown.
+//!
+//! One port serves everything. Each TCP connection is an HTTP/1.1 connection (hyper) whose
+//! requests pass the gate ([`crate::gate`]) and then the router below; a WebSocket upgrade hands
+//! the raw TCP stream to [`crate::transport::ws`], after which hyper is out of the picture.
+//!
+//! Routes: `GET /health`, `GET /metrics`, `POST /rpc`, `GET /ws/rpc` (upgrade); anything else 404.
+
+use crate::auth::{Authenticator, Principal};
+use crate::broker::memory::MemoryBroker;
+use crate::config::Config;
+use crate::constants::{HTTP_HEADER_TIMEOUT, PING_SWEEP_PERIOD};
+use crate::gate::capacity::{CapacityCheck, SlotTicket};
+use crate::gate::origin::OriginCheck;
+use crate::gate::rate::UpgradeRate;
+use crate::gate::route::RouteCheck;
+use crate::gate::token::TokenCheck;
+use crate::gate::{Body, ClientAddr, GateLayer, WsRoute, json_error, json_response, redacted_uri};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::rpc::{self, Dispatcher, Handlers, NodeState, Session};
+use crate::shutdown::Shutdown;
+use crate::transport::frame;
+use crate::transport::handshake;
+use crate::transport::outbox::Outbox;
+use crate::transport::registry::Registry;
+use crate::transport::ws;
+use futures_util::future::BoxFuture;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The configuration is unusable (keys, patterns).
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Everything a running node shares.
+pub struct Node {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Channels and fan-out.
+    pub hub: Arc<Hub>,
+    /// Open WebSocket connections.
+    pub registry: Arc<Registry>,
+    /// What WebSocket connections share.
+    ws: Arc<ws::Context>,
+    /// The shutdown signal.
+    pub shutdown: Shutdown,
+    next_session: AtomicU64,
+}
+
+/// A started server.
+pub struct Running {
+    /// The address it listens on (with the real port when bound to port 0).
+    pub addr: SocketAddr,
+    /// The node, for in-process use (tests, the demo).
+    pub node: Arc<Node>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown: no new connections, close 1001 to every client.
+    pub fn shutdown(&self) {
+        self.node.shutdown.trigger();
+    }
+
+    /// Waits until the server has shut down.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds `config.listen` and starts serving on the current tokio runtime.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Bind(config.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Bind(config.listen, e))?;
+    let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+
+    // The method table first: metrics are labelled by its names.
+    let broker = MemoryBroker::start(config.limits.max_channels);
+    let metrics_names = rpc::method_names();
+    let metrics = Arc::new(Metrics::new(&metrics_names));
+    let hub = Hub::new(config.clone(), broker, metrics.clone());
+    let auth = Arc::new(Authenticator::new(&config).map_err(StartError::Config)?);
+    let state = Arc::new(NodeState {
+        config: config.clone(),
+        hub: hub.clone(),
+        auth: auth.clone(),
+        metrics: metrics.clone(),
+        started: Instant::now(),
+        node_id: node_id.clone(),
+    });
+    let dispatcher = Dispatcher::new(rpc::methods(Handlers(state)), metrics.clone());
+    let registry = Registry::new(config.limits.max_connections);
+    let ws = Arc::new(ws::Context {
+        dispatcher,
+        hub: hub.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        max_message: config.limits.max_message_bytes,
+        pause_reading_at: (config.limits.outbound_queue_messages / 2).max(1),
+    });
+    let node = Arc::new(Node {
+        config: config.clone(),
+        metrics,
+        hub,
+        registry,
+        ws,
+        shutdown: Shutdown::new(),
+        next_session: AtomicU64::new(1),
+    });
+    let gate = Gate {
+        origin: OriginCheck::new(&config.allowed_origins),
+        rate: UpgradeRate::new(config.limits.upgrades_per_minute),
+        capacity: CapacityCheck::new(node.registry.clone()),
+        token: TokenCheck::new(auth),
+    };
+
+    tracing::info!(%addr, node_id = %node_id, broker = node.hub.broker().name(), "rpchub listening");
+    spawn_sweeper(&node);
+    if config.demo {
+        crate::demo::spawn(node.hub.clone(), node.shutdown.clone());
+    }
+    let done = tokio::spawn(accept_loop(listener, node.clone(), gate));
+    Ok(Running { addr, node, done })
+}
+
+/// Pings, silence checks.
+fn spawn_sweeper(node: &Arc<Node>) {
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PING_SWEEP_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let limits = &node.config.limits;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = node.shutdown.triggered() => return,
+            }
+            let ended = node.registry.sweep(limits.ping_interval, limits.pong_timeout);
+            if ended > 0 {
+                tracing::debug!(ended, "closed connections that stopped answering pings");
+            }
+        }
+    });
+}
+
+/// The checks of the gate, built once.
+#[derive(Clone)]
+struct Gate {
+    origin: OriginCheck,
+    rate: UpgradeRate,
+    capacity: CapacityCheck,
+    token: TokenCheck,
+}
+
+async fn accept_loop(listener: TcpListener, node: Arc<Node>, gate: Gate) {
+    let service = tower::ServiceBuilder::new()
+        .layer(GateLayer(RouteCheck))
+        .layer(GateLayer(gate.origin))
+        .layer(GateLayer(gate.rate))
+        .layer(GateLayer(gate.capacity))
+        .layer(GateLayer(gate.token))
+        .service(Router { node: node.clone() });
+    loop {
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = node.shutdown.triggered() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = tower::util::MapRequest::new(service.clone(), move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ClientAddr(remote));
+            req
+        });
+        let shutdown = node.shutdown.clone();
+        node.shutdown.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HTTP_HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%remote, "HTTP connection ended: {e}") },
+                _ = shutdown.triggered() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    shut_down(&node).await;
+}
+
+async fn shut_down(node: &Arc<Node>) {
+    tracing::info!(connections = node.registry.len(), "shutting down: closing every connection with 1001");
+    node.registry.close_all(frame::code::GOING_AWAY, "server shutting down");
+    let grace = node.config.shutdown_grace;
+    if tokio::time::timeout(grace, node.shutdown.wait_idle()).await.is_err() {
+        tracing::warn!(remaining = node.registry.len(), "shutdown grace of {grace:?} ran out; exiting anyway");
+    }
+    node.hub.broker().flush().await;
+    tracing::info!("shut down");
+}
+
+/// The router behind the gate.
+#[derive(Clone)]
+struct Router {
+    node: Arc<Node>,
+}
+
+impl tower::Service<Request<Incoming>> for Router {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let node = self.node.clone();
+        Box::pin(async move { Ok(route(node, req).await) })
+    }
+}
+
+async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    if let Some(WsRoute::Rpc) = req.extensions().get::<WsRoute>().copied() {
+        return upgrade(&node, req);
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(Body::from(node.metrics.render()))
+            .expect("static header is valid; qed"),
+        (&Method::POST, "/rpc") => http_rpc(&node, req).await,
+        (_, "/health" | "/metrics" | "/rpc") => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+        _ => {
+            tracing::debug!(path = %redacted_uri(req.uri()), "no route");
+            json_error(StatusCode::NOT_FOUND, "not found")
+        }
+    }
+}
+
+fn client_addr<B>(req: &Request<B>) -> SocketAddr {
+    req.extensions().get::<ClientAddr>().map(|c| c.0).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+fn principal_of<B>(req: &Request<B>) -> Arc<Principal> {
+    req.extensions().get::<Arc<Principal>>().cloned().unwrap_or_else(|| Arc::new(Principal::anonymous()))
+}
+
+/// Answers the upgrade with 101 and runs the connection once hyper hands the stream over.
+fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+    let accept = match handshake::accept_key(req.headers()) {
+        Ok(a) => a,
+        Err(m) => return json_error(StatusCode::BAD_REQUEST, m),
+    };
+    let Some(slot) = req.extensions().get::<SlotTicket>().and_then(SlotTicket::take) else {
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error: no connection slot");
+    };
+    let remote = client_addr(&req);
+    let principal = principal_of(&req);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let id = node.next_session.fetch_add(1, Ordering::Relaxed);
+    let limits = &node.config.limits;
+    let outbox = Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes));
+    let session = Arc::new(Session::new(id, remote, principal, Some(outbox), limits.calls_per_second));
+    let ctx = node.ws.clone();
+    node.shutdown.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(%remote, "upgrade did not complete: {e}"),
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let leftover = parts.read_buf.to_vec();
+                drop(parts.read_buf);
+                ws::run(ctx, parts.io.into_inner(), leftover, session, slot).await;
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Body::default())
+        .expect("static headers are valid; qed")
+}
+
+/// JSON-RPC over HTTP: the same methods, no subscriptions.
+async fn http_rpc(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let max = node.config.limits.max_message_bytes;
+    let remote = client_addr(&req);
+    let principal = principal_of(&req);
+    let body = match Limited::new(req.into_body(), max).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let err = jsonrpsee::types::ErrorObject::owned(
+                rpc::error::MESSAGE_TOO_BIG,
+                "Request is too big",
+                Some(format!("the limit is {max} bytes (limits.max_message_bytes)")),
+            );
+            let body = rpc::dispatch::error_json(jsonrpsee::types::Id::Null, err);
+            return json_response(StatusCode::PAYLOAD_TOO_LARGE, body);
+        }
+        Err(_) => return json_error(StatusCode::BAD_REQUEST, "could not read the request body"),
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        let body = rpc::dispatch::error_json(jsonrpsee::types::Id::Null, rpc::error::standard(rpc::error::PARSE_ERROR));
+        return json_response(StatusCode::OK, body);
+    };
+    let id = node.next_session.fetch_add(1, Ordering::Relaxed);
+    let session = Arc::new(Session::new(id, remote, principal, None, node.config.limits.calls_per_second));
+    match node.ws.dispatcher.handle(&session, text).await.json {
+        Some(json) => json_response(StatusCode::OK, json),
+        None => Response::builder().status(StatusCode::NO_CONTENT).body(Body::default()).expect("static; qed"),
+    }
+}

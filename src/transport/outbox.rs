@@ -1,0 +1,331 @@
+//! A connection's outgoing bytes: one buffer of ready-made frames, filled by any thread (the
+//! hub's fan-out, the connection's own reader answering calls) and emptied by the connection's
+//! writer task, which takes everything queued in one swap and writes it with as few syscalls as
+//! the socket allows. A delivery is therefore a memcpy under a short, uncontended-in-practice
+//! lock; nothing is allocated per delivery once the buffer has grown to its working size.
+//!
+//! The outbox also enforces the slow-consumer rule: a connection with more than
+//! `max_messages` messages or `max_bytes` bytes queued (not yet taken by its writer) is aborted:
+//! its queue is dropped and the writer fails the connection (close code 1008 if the socket still
+//! takes it, else the TCP connection is reset). Producers never wait on it.
+
+use super::frame;
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
+
+/// What happened to a pushed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Push {
+    /// Queued for the writer.
+    Queued,
+    /// This push went over the slow-consumer bound: the connection is now aborted. Exactly one
+    /// push sees this, so the caller can count the drop once.
+    Overflow,
+    /// The connection is closing or gone; nothing was queued.
+    Closed,
+}
+
+/// Why and how a connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A close frame with this code and reason is queued behind everything else; the writer
+    /// sends it and then half-closes the socket.
+    Close(u16, &'static str),
+    /// Queued data was dropped; the writer stops at once and fails the connection with this code
+    /// and reason if it can, else resets it.
+    Abort(u16, &'static str),
+}
+
+/// What the writer found.
+pub enum Take {
+    /// Bytes were moved into the caller's buffer.
+    Data,
+    /// Nothing queued; wait on [`Outbox::writer_wait`].
+    Idle,
+    /// Everything is written and the connection is ending this way.
+    End(Ending),
+}
+
+struct State {
+    buf: Vec<u8>,
+    messages: usize,
+    /// While a subscribe call runs, live messages go here so that the call's answer goes out
+    /// before them (see [`Outbox::hold`]).
+    held: Vec<u8>,
+    held_messages: usize,
+    holding: bool,
+    ending: Option<Ending>,
+    /// The reader waits for the queue to drain before reading more calls.
+    reader_waits_for_drain: bool,
+}
+
+/// The shared half of a WebSocket connection: its outgoing queue and the signals between its
+/// reader task, its writer task and everyone else who sends to it.
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer: data queued into an empty buffer, or the connection is ending.
+    writer: Notify,
+    /// Wakes the reader: the connection is ending, or the queue drained.
+    reader: Notify,
+    /// Set once the connection is ending, readable without the lock.
+    ending: AtomicBool,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// An empty outbox with the slow-consumer bounds.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State {
+                buf: Vec::new(),
+                messages: 0,
+                held: Vec::new(),
+                held_messages: 0,
+                holding: false,
+                ending: None,
+                reader_waits_for_drain: false,
+            }),
+            writer: Notify::new(),
+            reader: Notify::new(),
+            ending: AtomicBool::new(false),
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    /// Queues one data message made of `parts` (a complete frame: header and payload). Held back
+    /// while a subscribe call is in progress.
+    pub fn push(&self, parts: &[&[u8]]) -> Push {
+        self.push_inner(parts, true)
+    }
+
+    /// Queues an answer to a call: never held back.
+    pub fn push_answer(&self, parts: &[&[u8]]) -> Push {
+        self.push_inner(parts, false)
+    }
+
+    fn push_inner(&self, parts: &[&[u8]], may_hold: bool) -> Push {
+        let mut st = self.state.lock();
+        if st.ending.is_some() {
+            return Push::Closed;
+        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let queued_bytes = st.buf.len() + st.held.len();
+        let queued_messages = st.messages + st.held_messages;
+        if queued_messages >= self.max_messages || queued_bytes + len > self.max_bytes {
+            drop(st);
+            self.end(Ending::Abort(frame::code::POLICY, "slow consumer"));
+            return Push::Overflow;
+        }
+        let was_empty = st.buf.is_empty();
+        if may_hold && st.holding {
+            for p in parts {
+                st.held.extend_from_slice(p);
+            }
+            st.held_messages += 1;
+            return Push::Queued;
+        }
+        for p in parts {
+            st.buf.extend_from_slice(p);
+        }
+        st.messages += 1;
+        drop(st);
+        if was_empty {
+            self.writer.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Queues a control frame (ping, pong). Not counted as a message; dropped if ending.
+    pub fn push_control(&self, opcode: u8, payload: &[u8]) {
+        let mut st = self.state.lock();
+        if st.ending.is_some() {
+            return;
+        }
+        let was_empty = st.buf.is_empty();
+        frame::put_frame(&mut st.buf, opcode, payload);
+        drop(st);
+        if was_empty {
+            self.writer.notify_one();
+        }
+    }
+
+    /// From now until [`Outbox::release`], messages pushed with [`Outbox::push`] wait behind the
+    /// answer of the call in progress. Only the connection's reader calls this, one call at a time.
+    pub fn hold(&self) {
+        self.state.lock().holding = true;
+    }
+
+    /// Ends a [`Outbox::hold`]: the held messages follow whatever was queued meanwhile.
+    pub fn release(&self) {
+        let mut st = self.state.lock();
+        st.holding = false;
+        if st.held.is_empty() {
+            return;
+        }
+        let was_empty = st.buf.is_empty();
+        let held = std::mem::take(&mut st.held);
+        st.buf.extend_from_slice(&held);
+        st.messages += std::mem::take(&mut st.held_messages);
+        drop(st);
+        if was_empty {
+            self.writer.notify_one();
+        }
+    }
+
+    /// Ends the connection (the first ending wins). `Close` lets queued data go first; `Abort`
+    /// drops it.
+    pub fn end(&self, how: Ending) {
+        let mut st = self.state.lock();
+        if st.ending.is_some() {
+            return;
+        }
+        st.ending = Some(how);
+        if let Ending::Abort(..) = how {
+            st.buf = Vec::new();
+            st.held = Vec::new();
+            st.messages = 0;
+            st.held_messages = 0;
+        } else if !st.held.is_empty() {
+            let held = std::mem::take(&mut st.held);
+            st.buf.extend_from_slice(&held);
+        }
+        drop(st);
+        self.ending.store(true, Ordering::Release);
+        self.writer.notify_one();
+        self.reader.notify_one();
+    }
+
+    /// True once the connection is ending (closing or aborted).
+    pub fn is_ending(&self) -> bool {
+        self.ending.load(Ordering::Acquire)
+    }
+
+    /// How the connection is ending, if it is.
+    pub fn ending(&self) -> Option<Ending> {
+        self.state.lock().ending
+    }
+
+    /// Messages queued and not yet taken by the writer.
+    pub fn queued_messages(&self) -> usize {
+        let st = self.state.lock();
+        st.messages + st.held_messages
+    }
+
+    /// Writer: swaps the queued bytes into `into` (which must be empty), keeping buffers' capacity
+    /// so that a busy connection allocates nothing.
+    pub fn take(&self, into: &mut Vec<u8>) -> Take {
+        debug_assert!(into.is_empty());
+        let mut st = self.state.lock();
+        if let Some(Ending::Abort(..)) = st.ending {
+            return Take::End(st.ending.expect("matched above; qed"));
+        }
+        if st.buf.is_empty() {
+            if st.reader_waits_for_drain {
+                st.reader_waits_for_drain = false;
+                self.reader.notify_one();
+            }
+            return match st.ending {
+                Some(e) => Take::End(e),
+                None => Take::Idle,
+            };
+        }
+        std::mem::swap(&mut st.buf, into);
+        st.messages = 0;
+        Take::Data
+    }
+
+    /// Writer: waits until something is queued or the connection ends.
+    pub async fn writer_wait(&self) {
+        self.writer.notified().await
+    }
+
+    /// Reader: waits for the writer to drain the queue (or for the connection to end), so that
+    /// a client that sends calls without reading answers stops being read instead of growing
+    /// the queue.
+    pub async fn drained(&self) {
+        {
+            let mut st = self.state.lock();
+            if st.buf.is_empty() || st.ending.is_some() {
+                return;
+            }
+            st.reader_waits_for_drain = true;
+        }
+        self.reader.notified().await
+    }
+
+    /// Reader: resolves when the connection starts ending or the queue drains (a wake-up; check
+    /// [`Outbox::is_ending`]).
+    pub async fn reader_wait(&self) {
+        self.reader.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_is_reported_once_and_drops_the_queue() {
+        let o = Outbox::new(3, 1 << 20);
+        for _ in 0..3 {
+            assert_eq!(o.push(&[b"abc"]), Push::Queued);
+        }
+        assert_eq!(o.push(&[b"abc"]), Push::Overflow);
+        assert_eq!(o.push(&[b"abc"]), Push::Closed);
+        assert!(o.is_ending());
+        let mut b = Vec::new();
+        assert!(matches!(o.take(&mut b), Take::End(Ending::Abort(1008, _))));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn byte_bound_counts_too() {
+        let o = Outbox::new(100, 10);
+        assert_eq!(o.push(&[b"12345", b"678"]), Push::Queued);
+        assert_eq!(o.push(&[b"123"]), Push::Overflow);
+    }
+
+    #[test]
+    fn taking_resets_the_count() {
+        let o = Outbox::new(2, 1 << 20);
+        let mut b = Vec::new();
+        for round in 0..5 {
+            assert_eq!(o.push(&[b"a"]), Push::Queued, "round {round}");
+            assert_eq!(o.push(&[b"b"]), Push::Queued);
+            assert!(matches!(o.take(&mut b), Take::Data));
+            assert_eq!(b, b"ab");
+            b.clear();
+        }
+    }
+
+    #[test]
+    fn held_messages_follow_the_answer() {
+        let o = Outbox::new(10, 1 << 20);
+        o.hold();
+        assert_eq!(o.push(&[b"snapshot,"]), Push::Queued);
+        assert_eq!(o.push(&[b"live,"]), Push::Queued);
+        assert_eq!(o.push_answer(&[b"answer,"]), Push::Queued);
+        o.release();
+        let mut b = Vec::new();
+        assert!(matches!(o.take(&mut b), Take::Data));
+        assert_eq!(b, b"answer,snapshot,live,");
+    }
+
+    #[test]
+    fn close_lets_queued_data_go_first() {
+        let o = Outbox::new(10, 1 << 20);
+        assert_eq!(o.push(&[b"x"]), Push::Queued);
+        o.end(Ending::Close(1001, "server shutting down"));
+        o.end(Ending::Abort(1008, "ignored: the first ending wins"));
+        assert_eq!(o.push(&[b"y"]), Push::Closed);
+        let mut b = Vec::new();
+        assert!(matches!(o.take(&mut b), Take::Data));
+        assert_eq!(b, b"x");
+        b.clear();
+        assert!(matches!(o.take(&mut b), Take::End(Ending::Close(1001, _))));
+    }
+}

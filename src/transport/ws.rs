@@ -1,0 +1,279 @@
+//! One WebSocket connection after the upgrade: a reader (the task that upgraded it) and a
+//! writer task, sharing the session's [`Outbox`].
+//!
+//! The reader parses client frames from a buffer that exists only while there are bytes to
+//! parse (an idle connection holds none), answers pings, dispatches each text message to
+//! JSON-RPC in order, and stops reading while the outbox holds many unsent messages, so a
+//! client that sends without reading is slowed down by TCP instead of growing server memory.
+//! The writer takes everything queued and writes it with as few syscalls as the socket allows;
+//! it never waits on anything but the socket and the outbox.
+//!
+//! Endings: the client's close frame is answered with the same code; a protocol violation is
+//! answered with the RFC's code; the server's own endings (shutdown 1001, flood / slow consumer /
+//! ping timeout 1008) go through [`Outbox::end`]. A graceful close waits at most
+//! [`CLOSE_HANDSHAKE_TIMEOUT`] for the client; an abort resets the TCP connection.
+
+use super::frame::{self, Event, Failure, OP_PONG, Reassembly};
+use super::outbox::{Ending, Outbox, Take};
+use super::registry::{Registry, Slot};
+use crate::constants::CLOSE_HANDSHAKE_TIMEOUT;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::rpc::{Dispatcher, Session};
+use std::io::ErrorKind;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+
+/// Smallest read: enough for a typical call and several frames.
+const READ_CHUNK: usize = 4096;
+/// A writer's batch buffer above this size is released after use instead of kept.
+const KEEP_BATCH_CAPACITY: usize = 256 << 10;
+
+/// What every connection needs from the node.
+pub struct Context {
+    /// JSON-RPC dispatch.
+    pub dispatcher: Dispatcher,
+    /// For ending subscriptions when the connection ends.
+    pub hub: Arc<Hub>,
+    /// Open connections.
+    pub registry: Arc<Registry>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Largest client message.
+    pub max_message: usize,
+    /// The reader pauses while this many messages wait in the outbox.
+    pub pause_reading_at: usize,
+}
+
+/// How the reader stopped.
+enum ReadEnd {
+    /// The client closed TCP or the socket failed.
+    Gone,
+    /// The client sent a close frame (already answered).
+    ClientClosed,
+    /// The client broke the protocol.
+    Failed(Failure),
+    /// The connection was ended through the outbox (by the server, or the close handshake ran
+    /// out of time).
+    Ended,
+}
+
+/// Runs a connection until it ends, then releases everything it held.
+pub async fn run(ctx: Arc<Context>, stream: TcpStream, leftover: Vec<u8>, session: Arc<Session>, slot: Slot) {
+    let out = session.outbox().cloned().expect("a WebSocket session has an outbox; qed");
+    ctx.registry.insert(session.clone());
+    ctx.metrics.connections.inc();
+    ctx.metrics.connections_total.inc();
+    let (rd, wr) = stream.into_split();
+    let mut writer = tokio::spawn(write_loop(out.clone(), wr));
+
+    let end = read_loop(&ctx, &rd, leftover, &session, &out).await;
+    match end {
+        ReadEnd::Gone => out.end(Ending::Abort(frame::code::NORMAL, "")),
+        ReadEnd::Failed(f) => out.end(Ending::Close(f.code, f.reason)),
+        ReadEnd::ClientClosed | ReadEnd::Ended => {}
+    }
+    if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut writer).await.is_err() {
+        writer.abort();
+        let _ = rd.as_ref().set_zero_linger();
+    }
+    count_ending(&ctx.metrics, out.ending());
+
+    let subs = std::mem::take(&mut *session.subscriptions.lock());
+    for sub in &subs {
+        ctx.hub.unsubscribe(sub);
+    }
+    ctx.registry.remove(session.id);
+    ctx.metrics.connections.dec();
+    drop(slot);
+}
+
+fn count_ending(m: &Metrics, ending: Option<Ending>) {
+    let reason = match ending {
+        Some(Ending::Abort(_, "slow consumer")) => {
+            m.slow_consumers.inc();
+            "slow_consumer"
+        }
+        Some(Ending::Close(_, "ping timeout")) => "ping_timeout",
+        Some(Ending::Close(_, "rate limit exceeded")) => "flood",
+        Some(Ending::Close(frame::code::GOING_AWAY, _)) => "shutdown",
+        Some(Ending::Close(frame::code::TOO_BIG, _)) => "message_too_big",
+        Some(Ending::Close(frame::code::PROTOCOL_ERROR | frame::code::INVALID_PAYLOAD, _)) => "protocol_error",
+        Some(Ending::Close(frame::code::UNSUPPORTED_DATA, _)) => "binary_message",
+        _ => return,
+    };
+    m.closed(reason);
+}
+
+async fn read_loop(
+    ctx: &Context,
+    rd: &OwnedReadHalf,
+    mut buf: Vec<u8>,
+    session: &Arc<Session>,
+    out: &Outbox,
+) -> ReadEnd {
+    let mut asm = Reassembly::default();
+    let mut close_deadline: Option<Instant> = None;
+    loop {
+        // Parse and handle every complete frame in the buffer.
+        let mut at = 0;
+        let mut need = 0;
+        while at < buf.len() {
+            let allowance = ctx.max_message.saturating_sub(asm.pending());
+            let h = match frame::parse_header(&buf[at..], allowance) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(f) => return ReadEnd::Failed(f),
+            };
+            let total = h.header_len + h.len;
+            if buf.len() - at < total {
+                need = total - (buf.len() - at);
+                break;
+            }
+            let payload = &mut buf[at + h.header_len..at + total];
+            at += total;
+            frame::unmask(payload, h.mask);
+            let event = match asm.frame(&h, payload, ctx.max_message) {
+                Ok(e) => e,
+                Err(f) => return ReadEnd::Failed(f),
+            };
+            match event {
+                Event::Text(text) if close_deadline.is_none() && !out.is_ending() => {
+                    if ctx.dispatcher.handle_ws(session, text).await {
+                        out.end(Ending::Close(frame::code::POLICY, "rate limit exceeded"));
+                    }
+                }
+                Event::Text(_) | Event::Partial | Event::Pong => {}
+                Event::Ping(p) => out.push_control(OP_PONG, p),
+                Event::Close(code) => {
+                    // Answers the client's close, or completes the server's.
+                    out.end(Ending::Close(code, ""));
+                    return ReadEnd::ClientClosed;
+                }
+            }
+            asm.finish();
+        }
+        buf.drain(..at);
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
+
+        // Ending? Aborts stop at once; a close waits a while for the client's close frame.
+        if out.is_ending() {
+            match out.ending() {
+                Some(Ending::Abort(..)) => return ReadEnd::Ended,
+                _ => {
+                    close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
+                }
+            }
+        } else if out.queued_messages() >= ctx.pause_reading_at {
+            // The client is not reading its answers: stop reading its calls until it does.
+            tokio::select! {
+                _ = out.drained() => {}
+                _ = sleep_until(close_deadline) => return ReadEnd::Ended,
+            }
+            continue;
+        }
+
+        tokio::select! {
+            biased;
+            _ = out.reader_wait() => continue,
+            _ = sleep_until(close_deadline) => return ReadEnd::Ended,
+            r = rd.readable() => if r.is_err() { return ReadEnd::Gone },
+        }
+        buf.reserve(need.max(READ_CHUNK));
+        match rd.try_read_buf(&mut buf) {
+            Ok(0) => return ReadEnd::Gone,
+            Ok(_) => session.touch(ctx.registry.now_ms()),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => return ReadEnd::Gone,
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_loop(out: Arc<Outbox>, wr: OwnedWriteHalf) {
+    let mut batch = Vec::new();
+    loop {
+        match out.take(&mut batch) {
+            Take::Data => {
+                if write_all(&out, &wr, &batch).await.is_err() {
+                    out.end(Ending::Abort(frame::code::NORMAL, ""));
+                    let _ = wr.as_ref().set_zero_linger();
+                    return;
+                }
+                batch.clear();
+                if batch.capacity() > KEEP_BATCH_CAPACITY {
+                    batch = Vec::new();
+                }
+            }
+            Take::Idle => out.writer_wait().await,
+            Take::End(Ending::Close(code, reason)) => {
+                let mut f = Vec::new();
+                frame::put_close(&mut f, code, reason);
+                if write_all(&out, &wr, &f).await.is_ok() {
+                    // Half-close: the client sees the end of the stream after the close frame.
+                    let _ = socket_shutdown(&wr, libc::SHUT_WR);
+                }
+                return;
+            }
+            Take::End(Ending::Abort(code, reason)) => {
+                // Nothing is half-written here, so the close frame goes out if the socket has
+                // room; either way the connection is reset, dropping what the kernel holds.
+                if code != frame::code::NORMAL {
+                    let mut f = Vec::new();
+                    frame::put_close(&mut f, code, reason);
+                    let _ = wr.try_write(&f);
+                }
+                let _ = wr.as_ref().set_zero_linger();
+                let _ = socket_shutdown(&wr, libc::SHUT_RD);
+                return;
+            }
+        }
+    }
+}
+
+/// Writes all of `bytes`, unless the connection is aborted meanwhile (then the connection is
+/// reset, as a frame may be half-written).
+async fn write_all(out: &Outbox, wr: &OwnedWriteHalf, bytes: &[u8]) -> Result<(), ()> {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        match wr.try_write(&bytes[pos..]) {
+            Ok(n) => pos += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    _ = out.writer_wait() => {
+                        if let Some(Ending::Abort(..)) = out.ending() {
+                            let _ = wr.as_ref().set_zero_linger();
+                            let _ = socket_shutdown(wr, libc::SHUT_RD);
+                            return Err(());
+                        }
+                    }
+                    r = wr.writable() => r.map_err(|_| ())?,
+                }
+            }
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(())
+}
+
+/// `shutdown(2)` on the connection's socket. tokio's write half only offers the write side;
+/// shutting the read side is how the writer wakes the reader when it resets the connection.
+fn socket_shutdown(wr: &OwnedWriteHalf, how: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor belongs to a socket both halves keep open while `wr` lives;
+    // shutdown(2) neither closes nor invalidates it.
+    let rc = unsafe { libc::shutdown(wr.as_ref().as_raw_fd(), how) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
