@@ -9,6 +9,7 @@ use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::ws_client::WsClientBuilder;
 use rpchub::Config;
 use serde_json::Value;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -235,10 +236,16 @@ async fn subscribe(url: &str, channel: &str, since: Option<String>, token: Optio
         .subscribe::<Value, _>("subscribe", p, "unsubscribe")
         .await
         .map_err(|e| anyhow!("subscribe: {e}"))?;
+    let mut stdout = std::io::stdout().lock();
     loop {
         tokio::select! {
             ev = sub.next() => match ev {
-                Some(Ok(v)) => println!("{v}"),
+                Some(Ok(v)) => {
+                    // A closed pipe (`| head`) ends the command quietly.
+                    if writeln!(stdout, "{v}").and_then(|_| stdout.flush()).is_err() {
+                        return Ok(());
+                    }
+                }
                 Some(Err(e)) => bail!("bad notification: {e}"),
                 None => bail!("the server ended the connection"),
             },

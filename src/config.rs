@@ -245,7 +245,10 @@ impl Config {
             .merge(
                 Env::prefixed("RPCHUB_")
                     .split("__")
-                    .filter(|k| ENV_KEYS.iter().any(|t| k.as_str().split('.').next() == Some(*t))),
+                    .filter(|k| {
+                        let top = k.as_str().split('.').next().unwrap_or("");
+                        ENV_KEYS.iter().any(|t| t.eq_ignore_ascii_case(top))
+                    }),
             )
             .merge(Env::raw().only(&["ALLOWED_WS_ORIGINS"]).map(|_| "allowed_origins".into()));
         for (key, value) in overrides {
@@ -432,6 +435,23 @@ mod tests {
         assert!(e.0.contains("max_conections"), "{e}");
         let e = Config::load(None, &[("broker".into(), "kafka://x".into())]).unwrap_err();
         assert!(e.0.contains("broker"), "{e}");
+    }
+
+    #[test]
+    fn environment_sets_keys_and_ignores_other_rpchub_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RPCHUB_ADMIN_TOKEN", "from-the-env-123");
+            jail.set_env("RPCHUB_LIMITS__MAX_CONNECTIONS", "77");
+            jail.set_env("RPCHUB_BIN", "/not/a/config/key");
+            jail.set_env("ALLOWED_WS_ORIGINS", "https://a.example, https://b.example");
+            let c = Config::load(None, &[("limits.max_connections".into(), "78".into())]).unwrap();
+            assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("from-the-env-123"));
+            assert_eq!(c.limits.max_connections, 78, "flags win over the environment");
+            assert_eq!(c.allowed_origins, vec!["https://a.example", "https://b.example"]);
+            let c = Config::load(None, &[]).unwrap();
+            assert_eq!(c.limits.max_connections, 77);
+            Ok(())
+        });
     }
 
     #[test]

@@ -120,6 +120,7 @@ async fn read_loop(
         // Parse and handle every complete frame in the buffer.
         let mut at = 0;
         let mut need = 0;
+        let mut handled = 0;
         while at < buf.len() {
             let allowance = ctx.max_message.saturating_sub(asm.pending());
             let h = match frame::parse_header(&buf[at..], allowance) {
@@ -141,6 +142,7 @@ async fn read_loop(
             };
             match event {
                 Event::Text(text) if close_deadline.is_none() && !out.is_ending() => {
+                    handled += 1;
                     if ctx.dispatcher.handle_ws(session, text).await {
                         out.end(Ending::Close(frame::code::POLICY, "rate limit exceeded"));
                     }
@@ -158,6 +160,11 @@ async fn read_loop(
         buf.drain(..at);
         if buf.is_empty() {
             buf = Vec::new();
+        }
+        if handled > 0 {
+            // A publisher's batch of calls wakes the writers of every subscriber; let them run
+            // before reading more, so their queues drain as fast as they fill.
+            tokio::task::yield_now().await;
         }
 
         // Ending? Aborts stop at once; a close waits a while for the client's close frame.
