@@ -78,6 +78,8 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Load generator for sizing a deployment: `rpchub bench fanout|rpc|idle|storm`.
+    Bench(rpchub::bench::BenchArgs),
 }
 
 /// The token a client command sends.
@@ -155,7 +157,9 @@ pub async fn run_client(cmd: Command) -> Result<()> {
             let result = call(&url, "publish", Some(params), token.token.as_deref()).await?;
             println!("{result}");
         }
-        Command::Subscribe { url, channel, since, token } => subscribe(&url, &channel, since, token.token.as_deref()).await?,
+        Command::Subscribe { url, channel, since, token } => {
+            subscribe(&url, &channel, since, token.token.as_deref()).await?
+        }
         Command::Token { sub, channels, publish, ttl } => {
             let secret = std::env::var("RPCHUB_JWT_SECRET").context("RPCHUB_JWT_SECRET is not set")?;
             let now = rpchub::broker::memory::now_ms() / 1000;
@@ -167,6 +171,10 @@ pub async fn run_client(cmd: Command) -> Result<()> {
                 publish: (!publish.is_empty()).then_some(publish),
             };
             println!("{}", rpchub::auth::mint_hs256(&secret, &claims).map_err(|e| anyhow!(e))?);
+        }
+        Command::Bench(args) => {
+            // A bench runs its own client threads and blocks until it is over.
+            tokio::task::spawn_blocking(move || rpchub::bench::run(args)).await.context("bench")??
         }
         Command::Serve(_) => unreachable!("serve is handled by main"),
     }
@@ -180,17 +188,22 @@ fn parse_json(s: &str) -> Result<Value> {
 fn headers(token: Option<&str>) -> Result<jsonrpsee::http_client::HeaderMap> {
     let mut h = jsonrpsee::http_client::HeaderMap::new();
     if let Some(t) = token {
-        h.insert("authorization", format!("Bearer {t}").parse().context("the token is not a valid header value")?);
+        h.insert(
+            "authorization",
+            format!("Bearer {t}").parse().context("the token is not a valid header value")?,
+        );
     }
     Ok(h)
 }
 
 async fn call(url: &str, method: &str, params: Option<Value>, token: Option<&str>) -> Result<Value> {
     let result = if url.starts_with("ws://") || url.starts_with("wss://") {
-        let client = WsClientBuilder::default().set_headers(headers(token)?).build(url).await.context("connect")?;
+        let client =
+            WsClientBuilder::default().set_headers(headers(token)?).build(url).await.context("connect")?;
         request(&client, method, params).await
     } else if url.starts_with("http://") || url.starts_with("https://") {
-        let client = HttpClientBuilder::default().set_headers(headers(token)?).build(url).context("client")?;
+        let client =
+            HttpClientBuilder::default().set_headers(headers(token)?).build(url).context("client")?;
         request(&client, method, params).await
     } else {
         bail!("{url}: use ws://HOST:PORT/ws/rpc or http://HOST:PORT/rpc");
@@ -198,7 +211,11 @@ async fn call(url: &str, method: &str, params: Option<Value>, token: Option<&str
     result.map_err(|e| anyhow!("{method}: {e}"))
 }
 
-async fn request<C: ClientT>(c: &C, method: &str, params: Option<Value>) -> Result<Value, jsonrpsee::core::ClientError> {
+async fn request<C: ClientT>(
+    c: &C,
+    method: &str,
+    params: Option<Value>,
+) -> Result<Value, jsonrpsee::core::ClientError> {
     match params {
         None => c.request(method, ArrayParams::new()).await,
         Some(Value::Array(items)) => {
@@ -224,13 +241,15 @@ async fn request<C: ClientT>(c: &C, method: &str, params: Option<Value>) -> Resu
 }
 
 async fn subscribe(url: &str, channel: &str, since: Option<String>, token: Option<&str>) -> Result<()> {
-    let client = WsClientBuilder::default().set_headers(headers(token)?).build(url).await.context("connect")?;
+    let client =
+        WsClientBuilder::default().set_headers(headers(token)?).build(url).await.context("connect")?;
     let mut p = ObjectParams::new();
     p.insert("channel", channel).expect("a string serializes; qed");
     if let Some(s) = since {
         let (epoch, offset) = s.rsplit_once(':').ok_or_else(|| anyhow!("--since takes EPOCH:OFFSET"))?;
         let offset: u64 = offset.parse().context("--since: the offset is not a number")?;
-        p.insert("since", serde_json::json!({"epoch": epoch, "offset": offset})).expect("JSON serializes; qed");
+        p.insert("since", serde_json::json!({"epoch": epoch, "offset": offset}))
+            .expect("JSON serializes; qed");
     }
     let mut sub = client
         .subscribe::<Value, _>("subscribe", p, "unsubscribe")

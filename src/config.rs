@@ -65,7 +65,8 @@ pub struct Config {
 pub struct Limits {
     /// Largest client message in bytes; a bigger one closes the connection with code 1009.
     pub max_message_bytes: usize,
-    /// Messages queued for one client connection before it is dropped as a slow consumer.
+    /// Messages queued for one client connection while its socket is full before it is dropped
+    /// as a slow consumer.
     pub outbound_queue_messages: usize,
     /// Bytes queued for one client connection before it is dropped as a slow consumer.
     pub outbound_queue_bytes: usize,
@@ -242,14 +243,10 @@ impl Config {
             fig = fig.merge(Toml::file_exact(path));
         }
         fig = fig
-            .merge(
-                Env::prefixed("RPCHUB_")
-                    .split("__")
-                    .filter(|k| {
-                        let top = k.as_str().split('.').next().unwrap_or("");
-                        ENV_KEYS.iter().any(|t| t.eq_ignore_ascii_case(top))
-                    }),
-            )
+            .merge(Env::prefixed("RPCHUB_").split("__").filter(|k| {
+                let top = k.as_str().split('.').next().unwrap_or("");
+                ENV_KEYS.iter().any(|t| t.eq_ignore_ascii_case(top))
+            }))
             .merge(Env::raw().only(&["ALLOWED_WS_ORIGINS"]).map(|_| "allowed_origins".into()));
         for (key, value) in overrides {
             fig = fig.merge(Toml::string(&override_toml(key, value)?));
@@ -264,7 +261,10 @@ impl Config {
         let l = &self.limits;
         let err = |m: String| Err(ConfigError(m));
         if l.max_message_bytes < 64 {
-            return err(format!("limits.max_message_bytes is {}; it must be at least 64", l.max_message_bytes));
+            return err(format!(
+                "limits.max_message_bytes is {}; it must be at least 64",
+                l.max_message_bytes
+            ));
         }
         if l.outbound_queue_messages == 0 || l.outbound_queue_bytes < 1024 {
             return err("limits.outbound_queue_messages must be at least 1 and limits.outbound_queue_bytes \
@@ -279,7 +279,9 @@ impl Config {
             ));
         }
         if l.max_connections == 0 || l.max_subscriptions == 0 || l.max_channels == 0 {
-            return err("limits.max_connections, max_subscriptions and max_channels must be above zero".into());
+            return err(
+                "limits.max_connections, max_subscriptions and max_channels must be above zero".into()
+            );
         }
         if l.upgrades_per_minute == 0 || l.calls_per_second == 0 {
             return err("limits.upgrades_per_minute and limits.calls_per_second must be above zero".into());
@@ -330,7 +332,9 @@ impl Config {
 /// `key=value` as TOML: the value as written when it parses as a TOML value, else as a string.
 fn override_toml(key: &str, value: &str) -> Result<String, ConfigError> {
     if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
-        return Err(ConfigError(format!("--set {key}=...: keys are dotted names like limits.max_connections")));
+        return Err(ConfigError(format!(
+            "--set {key}=...: keys are dotted names like limits.max_connections"
+        )));
     }
     let literal = format!("{key} = {value}");
     if literal.parse::<toml_value::Probe>().is_ok() {
@@ -400,13 +404,18 @@ mod tests {
         let parsed: Config = Figment::from(Toml::string(&text)).extract().expect("example parses");
         // The example adds one namespace and one token to show their shape; the rest must be
         // exactly the defaults.
-        let mut expected = Config::default();
-        expected.namespaces = parsed.namespaces.clone();
-        expected.tokens = parsed.tokens.clone();
+        let expected = Config {
+            namespaces: parsed.namespaces.clone(),
+            tokens: parsed.tokens.clone(),
+            ..Config::default()
+        };
         assert_eq!(parsed, expected);
         assert_eq!(parsed.namespaces.get("trades"), Some(&NamespaceConfig::default()));
         for key in ENV_KEYS {
-            assert!(text.contains(&format!("{key} =")) || text.contains(&format!("[{key}]")), "{key} missing");
+            assert!(
+                text.contains(&format!("{key} =")) || text.contains(&format!("[{key}]")),
+                "{key} missing"
+            );
         }
     }
 
@@ -438,6 +447,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail returns its own error type
     fn environment_sets_keys_and_ignores_other_rpchub_variables() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("RPCHUB_ADMIN_TOKEN", "from-the-env-123");

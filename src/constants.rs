@@ -59,6 +59,9 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default log filter (`tracing_subscriber::EnvFilter` syntax).
 pub const DEFAULT_LOG: &str = "info";
 
+/// Pending connections the kernel may queue for `accept` (capped by `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Time a client has to send its HTTP request head (slow-loris bound).
 pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -68,7 +68,7 @@ pub fn spawn(hub: Arc<Hub>, shutdown: Shutdown) {
                     });
                     publish(&hub, format!("trades:{}", c.name), "trade", trade).await;
                 }
-                if n % (TICKS_PER_SECOND / 2) == 0 {
+                if n.is_multiple_of(TICKS_PER_SECOND / 2) {
                     publish(&hub, format!("l2Book:{}", c.name), "book", book(c, &mut rng)).await;
                 }
             }

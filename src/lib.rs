@@ -19,10 +19,12 @@
 //! - [`transport`]: frames, the per-connection outbox, reader and writer tasks, the registry.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`demo`]: the market simulator behind `serve --demo`.
+//! - [`bench`](mod@bench): the load generator behind `rpchub bench` (fanout, rpc, idle, storm).
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod constants;

@@ -36,7 +36,12 @@ async fn serve(args: cli::ServeArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
         .context("log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     raise_open_file_limit();
     let running = rpchub::start(config).await?;
     rpchub::shutdown::signal().await;

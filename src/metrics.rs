@@ -94,7 +94,11 @@ impl Metrics {
         r.register("slow_consumers", "Connections dropped for falling behind", m.slow_consumers.clone());
         r.register("connections_closed", "Connections closed by the server, by reason", m.closed.clone());
         r.register("rate_limited", "Calls refused by the per-connection rate limit", m.rate_limited.clone());
-        r.register("upgrades_rejected", "Upgrades refused before the WebSocket, by reason", m.upgrades_rejected.clone());
+        r.register(
+            "upgrades_rejected",
+            "Upgrades refused before the WebSocket, by reason",
+            m.upgrades_rejected.clone(),
+        );
         r.register("calls", "JSON-RPC calls answered, by method and result", m.calls.clone());
         let mut methods = HashMap::new();
         for &name in methods_with_unknown(method_names).iter() {

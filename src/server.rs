@@ -9,7 +9,7 @@
 use crate::auth::{Authenticator, Principal};
 use crate::broker::memory::MemoryBroker;
 use crate::config::Config;
-use crate::constants::{HTTP_HEADER_TIMEOUT, PING_SWEEP_PERIOD};
+use crate::constants::{HTTP_HEADER_TIMEOUT, LISTEN_BACKLOG, PING_SWEEP_PERIOD};
 use crate::gate::capacity::{CapacityCheck, SlotTicket};
 use crate::gate::origin::OriginCheck;
 use crate::gate::rate::UpgradeRate;
@@ -90,7 +90,7 @@ impl Running {
 /// Binds `config.listen` and starts serving on the current tokio runtime.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| StartError::Bind(config.listen, e))?;
+    let listener = listen(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
     let addr = listener.local_addr().map_err(|e| StartError::Bind(config.listen, e))?;
     let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
 
@@ -143,6 +143,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running { addr, node, done })
 }
 
+/// Binds with a deep accept queue: thousands of clients reconnecting at once (after a restart
+/// or a network blip) must not overflow it, or each dropped SYN costs its client a second.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Pings, silence checks.
 fn spawn_sweeper(node: &Arc<Node>) {
     let node = node.clone();
@@ -159,7 +169,26 @@ fn spawn_sweeper(node: &Arc<Node>) {
             if ended > 0 {
                 tracing::debug!(ended, "closed connections that stopped answering pings");
             }
+            end_expired_subscriptions(&node);
         }
+    });
+}
+
+/// When a connection's token expires, the subscriptions it needed the token for end with
+/// `{"type":"closed","reason":"token_expired"}`; public ones go on. A client that calls `auth`
+/// with a fresh token before then keeps them all.
+fn end_expired_subscriptions(node: &Node) {
+    let now_s = crate::broker::memory::now_ms() / 1000;
+    node.registry.for_each(|session| {
+        if !session.token_expired(now_s) {
+            return;
+        }
+        let mut subs = session.subscriptions.lock();
+        subs.retain(|sub| {
+            let protected =
+                node.config.namespace_of(sub.channel()).subscribe != crate::config::Access::Public;
+            !(protected && node.hub.close(sub, "token_expired"))
+        });
     });
 }
 
@@ -224,7 +253,10 @@ async fn shut_down(node: &Arc<Node>) {
     node.registry.close_all(frame::code::GOING_AWAY, "server shutting down");
     let grace = node.config.shutdown_grace;
     if tokio::time::timeout(grace, node.shutdown.wait_idle()).await.is_err() {
-        tracing::warn!(remaining = node.registry.len(), "shutdown grace of {grace:?} ran out; exiting anyway");
+        tracing::warn!(
+            remaining = node.registry.len(),
+            "shutdown grace of {grace:?} ran out; exiting anyway"
+        );
     }
     node.hub.broker().flush().await;
     tracing::info!("shut down");
@@ -262,7 +294,9 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             .body(Body::from(node.metrics.render()))
             .expect("static header is valid; qed"),
         (&Method::POST, "/rpc") => http_rpc(&node, req).await,
-        (_, "/health" | "/metrics" | "/rpc") => json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here"),
+        (_, "/health" | "/metrics" | "/rpc") => {
+            json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        }
         _ => {
             tracing::debug!(path = %redacted_uri(req.uri()), "no route");
             json_error(StatusCode::NOT_FOUND, "not found")
@@ -337,13 +371,18 @@ async fn http_rpc(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         Err(_) => return json_error(StatusCode::BAD_REQUEST, "could not read the request body"),
     };
     let Ok(text) = std::str::from_utf8(&body) else {
-        let body = rpc::dispatch::error_json(jsonrpsee::types::Id::Null, rpc::error::standard(rpc::error::PARSE_ERROR));
+        let body = rpc::dispatch::error_json(
+            jsonrpsee::types::Id::Null,
+            rpc::error::standard(rpc::error::PARSE_ERROR),
+        );
         return json_response(StatusCode::OK, body);
     };
     let id = node.next_session.fetch_add(1, Ordering::Relaxed);
     let session = Arc::new(Session::new(id, remote, principal, None, node.config.limits.calls_per_second));
     match node.ws.dispatcher.handle(&session, text).await.json {
         Some(json) => json_response(StatusCode::OK, json),
-        None => Response::builder().status(StatusCode::NO_CONTENT).body(Body::default()).expect("static; qed"),
+        None => {
+            Response::builder().status(StatusCode::NO_CONTENT).body(Body::default()).expect("static; qed")
+        }
     }
 }

@@ -73,3 +73,67 @@ mod tests {
         assert!(Globs::new(&[""]).is_err());
     }
 }
+
+/// Properties of [`Globs`] over generated patterns and names.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Patterns made mostly of glob syntax, to reach the parser's error paths.
+    fn globby() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,40}", r"([a-c:]|\*|\?|\[|\]|\{|\}|,|!|\^|-|\\){0,24}"]
+    }
+
+    /// A channel-like string without glob metacharacters (`*?[]{}\`).
+    fn literal() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_.:@/=,+-]{1,64}"
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_patterns_never_panic(
+            patterns in prop::collection::vec(globby(), 0..4),
+            names in prop::collection::vec(".{0,40}", 0..4),
+        ) {
+            match Globs::new(&patterns) {
+                Ok(g) => {
+                    prop_assert_eq!(g.patterns(), &patterns[..]);
+                    for n in &names {
+                        let _ = g.matches(n);
+                    }
+                }
+                Err(e) => prop_assert!(!e.is_empty()),
+            }
+        }
+
+        #[test]
+        fn a_literal_pattern_matches_exactly_itself(
+            p in literal(),
+            other in prop_oneof![literal(), ".{0,64}"],
+            extra in "[A-Za-z0-9]",
+        ) {
+            let g = Globs::new(&[&p]).unwrap();
+            prop_assert!(g.matches(&p));
+            prop_assert_eq!(g.matches(&other), other == p);
+            let (longer, earlier) = (format!("{p}{extra}"), format!("{extra}{p}"));
+            prop_assert!(!g.matches(&longer));
+            prop_assert!(!g.matches(&earlier));
+            prop_assert!(!g.matches(&p[..p.len() - 1]));
+        }
+
+        #[test]
+        fn a_prefix_star_matches_everything_it_starts(
+            prefix in "[A-Za-z0-9_.:@/=,+-]{0,64}",
+            rest in ".{0,64}|\\PC{0,8}\n.{0,8}",
+        ) {
+            let g = Globs::new(&[format!("{prefix}*")]).unwrap();
+            let name = format!("{prefix}{rest}");
+            prop_assert!(g.matches(&name), "{prefix:?}* on {name:?}");
+            if let Some(c) = prefix.chars().last() {
+                let short = &prefix[..prefix.len() - c.len_utf8()];
+                prop_assert!(!g.matches(short));
+            }
+        }
+    }
+}

@@ -58,7 +58,12 @@ impl Verifier {
                 }
             }
         };
-        Ok(Verifier { hmac, public, audience: config.jwt_audience.clone(), issuer: config.jwt_issuer.clone() })
+        Ok(Verifier {
+            hmac,
+            public,
+            audience: config.jwt_audience.clone(),
+            issuer: config.jwt_issuer.clone(),
+        })
     }
 
     /// Checks a token and turns its claims into a principal.
@@ -67,7 +72,8 @@ impl Verifier {
         if self.hmac.is_none() && self.public.is_none() {
             return Err(invalid("not a known key"));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("not a known key or a well-formed JWT"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("not a known key or a well-formed JWT"))?;
         let key = match header.alg {
             Algorithm::HS256 => self.hmac.as_ref(),
             alg => self.public.as_ref().filter(|(a, _)| *a == alg).map(|(_, k)| k),
@@ -164,8 +170,9 @@ mod tests {
         assert!(matches!(v.verify(&rs), Err(AuthError::Invalid(m)) if m.contains("RS256")));
         assert!(v.verify("garbage").is_err());
         let no_sub = serde_json::json!({"exp": now() + 60});
-        let t = jsonwebtoken::encode(&Header::default(), &no_sub, &EncodingKey::from_secret(SECRET.as_bytes()))
-            .unwrap();
+        let t =
+            jsonwebtoken::encode(&Header::default(), &no_sub, &EncodingKey::from_secret(SECRET.as_bytes()))
+                .unwrap();
         assert!(v.verify(&t).is_err(), "sub is required");
     }
 }

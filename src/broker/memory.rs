@@ -188,11 +188,9 @@ impl Broker for MemoryBroker {
             st.retention = retention;
             st.touched = now;
             st.trim(now);
-            if let Some(key) = &p.idempotency_key {
-                if let Some(&offset) = st.keys.get(key.as_str()) {
-                    let position = StreamPosition { epoch: st.epoch.to_string(), offset };
-                    return Published { position, duplicate: true };
-                }
+            if let Some(&offset) = p.idempotency_key.as_ref().and_then(|k| st.keys.get(k.as_str())) {
+                let position = StreamPosition { epoch: st.epoch.to_string(), offset };
+                return Published { position, duplicate: true };
             }
             st.offset += 1;
             // Keys only matter while their publication is in history.
@@ -206,12 +204,15 @@ impl Broker for MemoryBroker {
                 st.history.push_back(publication.clone());
                 st.trim(now);
             }
-            if st.interest > 0 {
-                if let Some(listener) = self.listener.get().and_then(Weak::upgrade) {
-                    listener.deliver(channel, &st.epoch, &publication);
-                }
+            if st.interest > 0
+                && let Some(listener) = self.listener.get().and_then(Weak::upgrade)
+            {
+                listener.deliver(channel, &st.epoch, &publication);
             }
-            Published { position: StreamPosition { epoch: st.epoch.to_string(), offset: st.offset }, duplicate: false }
+            Published {
+                position: StreamPosition { epoch: st.epoch.to_string(), offset: st.offset },
+                duplicate: false,
+            }
         });
         Box::pin(std::future::ready(result))
     }
@@ -233,7 +234,11 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(result))
     }
 
-    fn subscribe<'a>(&'a self, channel: &'a str, retention: Retention) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a str,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         let result = self.stream(channel, retention).map(|stream| {
             let mut st = stream.lock();
             st.interest += 1;
@@ -342,7 +347,11 @@ mod tests {
         let watched_epoch = history(&b, "watched", HistoryRange::Newest(None)).epoch;
         b.sweep(now_ms() + 301_000);
         let w = history(&b, "watched", HistoryRange::Newest(None));
-        assert_eq!((w.offset, w.publications.len(), w.epoch), (1, 0, watched_epoch), "the data goes, the offset stays");
+        assert_eq!(
+            (w.offset, w.publications.len(), w.epoch),
+            (1, 0, watched_epoch),
+            "the data goes, the offset stays"
+        );
         let i = history(&b, "idle", HistoryRange::Newest(None));
         assert_eq!(i.offset, 0, "an idle stream is forgotten");
         assert_ne!(i.epoch, idle_epoch, "so its epoch changes");

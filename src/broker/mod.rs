@@ -62,7 +62,13 @@ pub struct Publication {
 
 impl Publication {
     /// Encodes a publication.
-    pub fn new(offset: u64, ts: u64, event: Option<&str>, data: &RawValue, key: Option<Box<str>>) -> Publication {
+    pub fn new(
+        offset: u64,
+        ts: u64,
+        event: Option<&str>,
+        data: &RawValue,
+        key: Option<Box<str>>,
+    ) -> Publication {
         use std::fmt::Write;
         let mut json = String::with_capacity(48 + data.get().len() + event.map_or(0, |e| e.len() + 12));
         write!(json, r#"{{"offset":{offset},"ts":{ts}"#).expect("writing to a String; qed");
@@ -188,7 +194,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// One more local subscriber needs the channel's deliveries. Counted: deliveries continue
     /// until as many [`Broker::unsubscribe`] calls.
-    fn subscribe<'a>(&'a self, channel: &'a str, retention: Retention) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a str,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// One local subscriber fewer.
     fn unsubscribe(&self, channel: &str);

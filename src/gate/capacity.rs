@@ -34,12 +34,16 @@ impl CapacityCheck {
 }
 
 impl Check for CapacityCheck {
+    #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
         if req.extensions().get::<WsRoute>().is_none() {
             return Ok(());
         }
         let slot = self.registry.reserve().ok_or_else(|| {
-            let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, "the server holds its maximum of connections; retry later");
+            let mut r = json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the server holds its maximum of connections; retry later",
+            );
             r.headers_mut().insert(hyper::header::RETRY_AFTER, 5.into());
             r
         })?;

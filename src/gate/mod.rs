@@ -1,6 +1,6 @@
 //! Everything checked before a WebSocket exists, as a stack of tower layers, one concern a file.
 //!
-//! The order, outermost first (see [`stack`]):
+//! The order, outermost first (the stack is built in `server::accept_loop`):
 //! 1. [`route`]: is this a WebSocket route, and an upgrade? (plain GET: 400; marks the request)
 //! 2. [`origin`]: is the page's Origin allowed? (403, empty body, one log line)
 //! 3. [`rate`]: has this client IP upgraded too often? (429 with Retry-After)
@@ -75,7 +75,9 @@ pub fn redacted_uri(uri: &hyper::Uri) -> String {
 /// One check made before the router: passes the request on (possibly adding extensions) or
 /// answers it.
 pub trait Check: Clone + Send + Sync + 'static {
-    /// `Err(response)` stops the request with that response.
+    /// `Err(response)` stops the request with that response. (The response is returned by
+    /// value: refusals are the rare path and boxing them would buy nothing.)
+    #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>>;
 }
 

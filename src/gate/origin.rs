@@ -37,6 +37,7 @@ impl OriginCheck {
 }
 
 impl Check for OriginCheck {
+    #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
         if req.extensions().get::<WsRoute>().is_none() {
             return Ok(());
@@ -73,7 +74,10 @@ mod tests {
     fn allowlist() {
         let c = OriginCheck::new(&["https://app.example.com/".into()]);
         assert!(c.allows("https://APP.example.com", Some("api.example.com")));
-        assert!(!c.allows("https://api.example.com", Some("api.example.com")), "the list replaces same-origin");
+        assert!(
+            !c.allows("https://api.example.com", Some("api.example.com")),
+            "the list replaces same-origin"
+        );
         assert!(OriginCheck::new(&["*".into()]).allows("http://anything", None));
     }
 }

@@ -66,7 +66,8 @@ impl UpgradeRate {
         let mut t = self.table.lock();
         if now.saturating_duration_since(t.swept) >= SWEEP_EVERY || t.buckets.len() >= MAX_TRACKED {
             let (cap, rate) = (self.capacity, self.per_second);
-            t.buckets.retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < cap);
+            t.buckets
+                .retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < cap);
             t.swept = now;
         }
         let key = key(ip);
@@ -74,7 +75,8 @@ impl UpgradeRate {
             return Err(60);
         }
         let b = t.buckets.entry(key).or_insert(Bucket { tokens: self.capacity, last: now });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * self.per_second).min(self.capacity);
+        b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * self.per_second)
+            .min(self.capacity);
         b.last = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -86,6 +88,7 @@ impl UpgradeRate {
 }
 
 impl Check for UpgradeRate {
+    #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
         if req.extensions().get::<WsRoute>().is_none() {
             return Ok(());

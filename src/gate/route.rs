@@ -13,15 +13,24 @@ use hyper::{Method, Request, Response, StatusCode};
 pub struct RouteCheck;
 
 impl Check for RouteCheck {
+    #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
         let upgrade = handshake::is_upgrade(req.headers());
         let route = match req.uri().path() {
             "/ws/rpc" => WsRoute::Rpc,
-            _ if upgrade => return Err(json_error(StatusCode::NOT_FOUND, "no WebSocket endpoint at this path; use /ws/rpc")),
+            _ if upgrade => {
+                return Err(json_error(
+                    StatusCode::NOT_FOUND,
+                    "no WebSocket endpoint at this path; use /ws/rpc",
+                ));
+            }
             _ => return Ok(()),
         };
         if req.method() != Method::GET {
-            return Err(json_error(StatusCode::METHOD_NOT_ALLOWED, "WebSocket routes take GET with an upgrade"));
+            return Err(json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "WebSocket routes take GET with an upgrade",
+            ));
         }
         if !upgrade {
             return Err(json_error(
@@ -30,7 +39,10 @@ impl Check for RouteCheck {
             ));
         }
         if req.version() != hyper::Version::HTTP_11 {
-            return Err(json_error(StatusCode::BAD_REQUEST, "invalid WebSocket handshake: HTTP/1.1 is required"));
+            return Err(json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid WebSocket handshake: HTTP/1.1 is required",
+            ));
         }
         handshake::accept_key(req.headers()).map_err(|m| json_error(StatusCode::BAD_REQUEST, m))?;
         req.extensions_mut().insert(route);

@@ -52,10 +52,13 @@ pub fn extract<B>(req: &Request<B>) -> Result<Option<String>, &'static str> {
 }
 
 fn applies<B>(req: &Request<B>) -> bool {
-    req.extensions().get::<WsRoute>().is_some() || req.uri().path() == "/rpc" || req.uri().path().starts_with("/api/")
+    req.extensions().get::<WsRoute>().is_some()
+        || req.uri().path() == "/rpc"
+        || req.uri().path().starts_with("/api/")
 }
 
 impl Check for TokenCheck {
+    #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
         if !applies(req) {
             return Ok(());
@@ -97,5 +100,97 @@ mod tests {
         assert_eq!(extract(&req("/ws/rpc", &[])), Ok(None));
         assert!(extract(&req("/ws/rpc", &[("authorization", "Basic eA==")])).is_err());
         assert!(extract(&req("/ws/rpc", &[("authorization", "Bearer")])).is_err());
+    }
+}
+
+/// Properties of [`extract`] over generated requests (the fuzz target `token` explores further).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use hyper::header::HeaderValue;
+    use proptest::prelude::*;
+
+    /// A request with whichever of the three sources are given; a header value or query that
+    /// `http` itself would refuse is left out (no client can send it).
+    fn request(token: Option<&[u8]>, authorization: Option<&[u8]>, query: Option<&str>) -> Request<()> {
+        let uri = query
+            .and_then(|q| format!("/ws/rpc?{q}").parse::<hyper::Uri>().ok())
+            .unwrap_or_else(|| hyper::Uri::from_static("/ws/rpc"));
+        let mut req = Request::builder().uri(uri).body(()).unwrap();
+        for (name, value) in [("token", token), ("authorization", authorization)] {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v).ok()) {
+                req.headers_mut().insert(name, v);
+            }
+        }
+        req
+    }
+
+    /// A token as a client could send it in a header: visible ASCII, spaces inside only.
+    fn header_token() -> impl Strategy<Value = String> {
+        "[!-~]([ -~]{0,62}[!-~])?"
+    }
+
+    /// Other query parameters, none named `token`.
+    fn other_params() -> impl Strategy<Value = Vec<(String, String)>> {
+        prop::collection::vec((".{0,8}".prop_filter("not token", |k| k != "token"), ".{0,8}"), 0..4)
+    }
+
+    fn query(params: &[(String, String)]) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in params {
+            q.append_pair(k, v);
+        }
+        q.finish()
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_sources_never_panic(
+            token in prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+            authorization in prop::option::of(prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                "(?i:bearer)[ \t]{0,3}[ -~]{0,40}".prop_map(String::into_bytes),
+            ]),
+            query in prop::option::of(prop_oneof![".{0,64}", "([a-z%=&+]|token){0,20}"]),
+        ) {
+            let req = request(token.as_deref(), authorization.as_deref(), query.as_deref());
+            if let Ok(Some(t)) = extract(&req) {
+                prop_assert!(!t.is_empty());
+            }
+        }
+
+        #[test]
+        fn a_token_header_comes_back_trimmed(
+            t in header_token(),
+            pad in "[ \t]{0,3}",
+            others in other_params(),
+        ) {
+            let value = format!("{pad}{t}{pad}");
+            let req = request(Some(value.as_bytes()), Some(b"Basic ignored"), Some(&query(&others)));
+            prop_assert_eq!(extract(&req), Ok(Some(t)));
+        }
+
+        #[test]
+        fn a_bearer_token_comes_back(
+            t in header_token(),
+            scheme in "(?i:bearer)",
+            gap in "[ \t]{0,3}",
+            others in other_params(),
+        ) {
+            let value = format!("{scheme} {gap}{t}{gap}");
+            let mut params = others;
+            params.push(("token".into(), "from-the-query".into()));
+            let req = request(None, Some(value.as_bytes()), Some(&query(&params)));
+            prop_assert_eq!(extract(&req), Ok(Some(t)));
+        }
+
+        #[test]
+        fn a_query_token_comes_back(t in ".{1,64}", before in other_params(), after in other_params()) {
+            let mut params = before;
+            params.push(("token".into(), t.clone()));
+            params.extend(after);
+            let req = request(None, None, Some(&query(&params)));
+            prop_assert_eq!(extract(&req), Ok(Some(t)));
+        }
     }
 }

@@ -115,6 +115,13 @@ pub fn publication_event(out: &mut Vec<u8>, channel: &str, p: &Publication) {
     out.extend_from_slice(p.fields_and_close().as_bytes());
 }
 
+/// Writes the event that ends a subscription the server closed: `{"type":"closed","reason":R}`.
+pub fn closed_event(out: &mut Vec<u8>, reason: &str) {
+    out.extend_from_slice(br#"{"type":"closed","reason":"#);
+    out.extend_from_slice(serde_json::to_string(reason).expect("a str serializes; qed").as_bytes());
+    out.push(b'}');
+}
+
 /// Writes the snapshot event that starts every subscription.
 pub fn snapshot_event(out: &mut Vec<u8>, channel: &str, page: &HistoryPage, recovered: bool) {
     let mut s = String::with_capacity(96 + channel.len());

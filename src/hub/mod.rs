@@ -26,8 +26,8 @@ pub use encode::{SubId, SubIdGen};
 pub use name::{MAX_CHANNEL_LEN, is_channel_byte, namespace, validate_channel};
 
 use crate::broker::{
-    Broker, BrokerError, HistoryPage, HistoryRange, Listener, NewPublication, Publication, Published, Retention,
-    StreamPosition,
+    Broker, BrokerError, HistoryPage, HistoryRange, Listener, NewPublication, Publication, Published,
+    Retention, StreamPosition,
 };
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -132,7 +132,8 @@ pub struct Hub {
 impl Hub {
     /// A hub over `broker`, registered as its listener.
     pub fn new(config: Arc<Config>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Hub> {
-        let hub = Arc::new(Hub { config, broker, channels: RwLock::default(), ids: SubIdGen::default(), metrics });
+        let hub =
+            Arc::new(Hub { config, broker, channels: RwLock::default(), ids: SubIdGen::default(), metrics });
         let weak: std::sync::Weak<Hub> = Arc::downgrade(&hub);
         hub.broker.set_listener(weak);
         hub
@@ -214,7 +215,11 @@ impl Hub {
         let (page, recovered, pending, mut st) = loop {
             let (page, recovered) = self.snapshot_page(channel, since.clone(), limit, retention).await?;
             let mut st = ch.state.lock();
-            let at = st.pending.iter().position(|p| p.id == id).expect("only its owner removes a pending entry; qed");
+            let at = st
+                .pending
+                .iter()
+                .position(|p| p.id == id)
+                .expect("only its owner removes a pending entry; qed");
             if !st.pending[at].overflow {
                 let pending = st.pending.swap_remove(at);
                 break (page, recovered, pending, st);
@@ -256,10 +261,12 @@ impl Hub {
         retention: Retention,
     ) -> Result<(HistoryPage, bool), HubError> {
         if let Some(since) = since {
-            let page = self.broker.history(channel, HistoryRange::After(since.offset, None), retention).await?;
+            let page =
+                self.broker.history(channel, HistoryRange::After(since.offset, None), retention).await?;
             let covered = *page.epoch == since.epoch
                 && since.offset <= page.offset
-                && (since.offset == page.offset || page.publications.first().map(|p| p.offset) == Some(since.offset + 1));
+                && (since.offset == page.offset
+                    || page.publications.first().map(|p| p.offset) == Some(since.offset + 1));
             if covered {
                 return Ok((page, true));
             }
@@ -267,7 +274,8 @@ impl Hub {
         Ok((self.broker.history(channel, HistoryRange::Newest(limit), retention).await?, false))
     }
 
-    /// Ends a subscription; false if it had already ended (its connection fell behind).
+    /// Ends a subscription; false if it had already ended (its connection fell behind). Call
+    /// it once per subscription returned by [`Hub::subscribe`] that was not [`Hub::close`]d.
     pub fn unsubscribe(&self, sub: &Subscription) -> bool {
         let mut st = sub.channel.state.lock();
         let at = st.live.iter().position(|s| s.id == sub.id);
@@ -282,6 +290,26 @@ impl Hub {
             self.remove_if_unused(&sub.channel);
         }
         at.is_some()
+    }
+
+    /// Ends a subscription from the server's side: its last notification is
+    /// `{"type":"closed","reason":REASON}`, queued after every publication it was sent. False if
+    /// it had already ended.
+    pub fn close(&self, sub: &Subscription, reason: &str) -> bool {
+        let mut st = sub.channel.state.lock();
+        let Some(at) = st.live.iter().position(|s| s.id == sub.id) else { return false };
+        let live = st.live.swap_remove(at);
+        let mut frame = SharedFrame::default();
+        frame.build(|b| encode::closed_event(b, reason));
+        let _ = live.out.push(&frame.parts(&sub.id));
+        let unused = st.live.is_empty() && st.pending.is_empty();
+        drop(st);
+        self.metrics.subscriptions.dec();
+        self.broker.unsubscribe(&sub.channel.name);
+        if unused {
+            self.remove_if_unused(&sub.channel);
+        }
+        true
     }
 
     /// Publishes to `channel`.
@@ -327,7 +355,11 @@ impl Hub {
             .filter(|c| c.name.starts_with(prefix))
             .map(|c| {
                 let st = c.state.lock();
-                ChannelInfo { channel: c.name.to_string(), subscribers: st.live.len(), offset: st.last_offset }
+                ChannelInfo {
+                    channel: c.name.to_string(),
+                    subscribers: st.live.len(),
+                    offset: st.last_offset,
+                }
             })
             .filter(|c| c.subscribers > 0)
             .collect();
@@ -347,22 +379,10 @@ impl Listener for Hub {
         st.last_offset = p.offset;
         if !st.live.is_empty() {
             let frame = st.frame.build(|b| encode::publication_event(b, channel, p));
-            let before = st.live.len();
-            let mut overflowed = 0u64;
-            st.live.retain(|s| match s.out.push(&frame.parts(&s.id)) {
-                Push::Queued => true,
-                Push::Overflow => {
-                    overflowed += 1;
-                    false
-                }
-                Push::Closed => false,
-            });
+            // A subscriber whose outbox overflows leaves the channel here; its connection is
+            // already being failed (and counted) by the outbox's owner.
+            st.live.retain(|s| s.out.push(&frame.parts(&s.id)) == Push::Queued);
             self.metrics.deliveries.inc_by(st.live.len() as u64);
-            if overflowed > 0 {
-                self.metrics.slow_consumers.inc_by(overflowed);
-                self.metrics.closed.get_or_create(&crate::metrics::ReasonLabels { reason: "slow_consumer" }).inc_by(overflowed);
-            }
-            let _ = before;
             st.frame.shrink();
         }
         let cap = self.config.limits.outbound_queue_messages;

@@ -46,3 +46,41 @@ mod tests {
         assert_eq!(namespace("bare"), "");
     }
 }
+
+/// Properties of [`validate_channel`] over generated names.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The allowed bytes, written out independently of [`is_channel_byte`].
+    const ALLOWED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:@/=,+-";
+
+    /// Mostly allowed characters, sometimes any character, around the length limit.
+    fn mostly_valid() -> impl Strategy<Value = String> {
+        let ch = prop_oneof![
+            20 => prop::sample::select(ALLOWED).prop_map(char::from),
+            1 => any::<char>(),
+        ]
+        .boxed();
+        let names = |len| prop::collection::vec(ch.clone(), len).prop_map(|cs| cs.into_iter().collect());
+        prop_oneof![names(0..8), names(250..260), names(0..300)]
+    }
+
+    proptest! {
+        #[test]
+        fn accepts_every_name_of_allowed_bytes(name in "[A-Za-z0-9_.:@/=,+-]{1,255}") {
+            prop_assert_eq!(validate_channel(&name), Ok(()));
+        }
+
+        #[test]
+        fn accepts_exactly_1_to_255_allowed_bytes(name in prop_oneof![mostly_valid(), ".{0,300}"]) {
+            let valid =
+                (1..=MAX_CHANNEL_LEN).contains(&name.len()) && name.bytes().all(|b| ALLOWED.contains(&b));
+            match validate_channel(&name) {
+                Ok(()) => prop_assert!(valid, "accepted {name:?}"),
+                Err(e) => prop_assert!(!valid && !e.is_empty(), "refused {name:?}: {e}"),
+            }
+        }
+    }
+}

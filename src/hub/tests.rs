@@ -92,7 +92,8 @@ async fn recovery_rules() {
     hub.subscribe(&out, "r", since(7), Some(1)).await.unwrap();
     let snap = &events(&out)[0];
     assert_eq!(snap["recovered"], true);
-    let offsets: Vec<_> = snap["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<_> =
+        snap["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
     assert_eq!(offsets, vec![8, 9, 10], "recovery ignores limit");
 
     // Up to date: nothing missed, recovered.
@@ -164,6 +165,7 @@ async fn no_gap_and_no_duplicate_while_publishers_race_and_subscribers_join() {
 async fn an_overflowing_subscriber_is_dropped_and_others_continue() {
     let hub = hub();
     let slow = Arc::new(Outbox::new(3, 1 << 20));
+    slow.set_socket_full(true); // its client is not reading
     let fast = big_outbox();
     hub.subscribe(&slow, "s", None, None).await.unwrap();
     hub.subscribe(&fast, "s", None, None).await.unwrap();
@@ -184,7 +186,10 @@ async fn idempotent_publish_and_invalid_names() {
     let b = hub.publish("i", key("k1")).await.unwrap();
     assert!(!a.duplicate && b.duplicate);
     assert_eq!(a.position, b.position);
-    assert!(matches!(hub.publish("bad name", data(serde_json::json!(1))).await, Err(HubError::InvalidChannel(_))));
+    assert!(matches!(
+        hub.publish("bad name", data(serde_json::json!(1))).await,
+        Err(HubError::InvalidChannel(_))
+    ));
     let out = big_outbox();
     assert!(matches!(hub.subscribe(&out, "", None, None).await, Err(HubError::InvalidChannel(_))));
 }

@@ -15,7 +15,6 @@ use super::error::{self, standard};
 use super::session::{Session, Verdict};
 use crate::metrics::Metrics;
 use crate::transport::frame;
-use crate::transport::outbox::Push;
 use jsonrpsee::core::server::{MethodCallback, MethodResponse, Methods};
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Params};
 use jsonrpsee::{ConnectionId, Extensions};
@@ -131,9 +130,8 @@ impl Dispatcher {
         let out = session.outbox().expect("a WebSocket session has an outbox; qed");
         if let Some(json) = &answer.json {
             let (h, n) = frame::header_bytes(frame::OP_TEXT, json.len());
-            if out.push_answer(&[&h[..n], json.as_bytes()]) == Push::Overflow {
-                self.metrics.slow_consumers.inc();
-            }
+            // An overflow fails the connection; it is counted when the connection ends.
+            let _ = out.push_answer(&[&h[..n], json.as_bytes()]);
         }
         if answer.held {
             out.release();
@@ -174,17 +172,23 @@ impl Dispatcher {
     }
 
     /// One request or notification. Returns its answer, if it gets one.
-    async fn call(&self, session: &Arc<Session>, text: &str, in_batch: bool, answer: &mut Answer) -> Option<String> {
+    async fn call(
+        &self,
+        session: &Arc<Session>,
+        text: &str,
+        in_batch: bool,
+        answer: &mut Answer,
+    ) -> Option<String> {
         let call = match serde_json::from_str::<Call>(text) {
             Ok(c) => c,
             Err(e) => return Some(self.invalid(text, in_batch, &e)),
         };
         let id = call.id;
-        if let Some(p) = call.params {
-            if !matches!(p.get().as_bytes().first(), Some(b'[' | b'{')) {
-                let err = invalid_request("params must be an array or an object");
-                return Some(error_json(id.unwrap_or(Id::Null), err));
-            }
+        if let Some(p) = call.params
+            && !matches!(p.get().as_bytes().first(), Some(b'[' | b'{'))
+        {
+            let err = invalid_request("params must be an array or an object");
+            return Some(error_json(id.unwrap_or(Id::Null), err));
         }
         let counters = self.metrics.method(&call.method);
         match session.charge_call() {
@@ -204,11 +208,12 @@ impl Dispatcher {
             counters.error.inc();
             return id.map(|id| error_json(id, standard(error::METHOD_NOT_FOUND)));
         };
-        if name == SUBSCRIBE && !answer.held {
-            if let Some(out) = session.outbox() {
-                out.hold();
-                answer.held = true;
-            }
+        if name == SUBSCRIBE
+            && !answer.held
+            && let Some(out) = session.outbox()
+        {
+            out.hold();
+            answer.held = true;
         }
         let is_notification = id.is_none();
         let id = id.unwrap_or(Id::Null);
@@ -218,8 +223,14 @@ impl Dispatcher {
         let response = match callback {
             MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),
             MethodCallback::Async(f) => {
-                f(id.into_owned(), params.into_owned(), ConnectionId(session.id as usize), MAX_RESPONSE_BYTES, ext)
-                    .await
+                f(
+                    id.into_owned(),
+                    params.into_owned(),
+                    ConnectionId(session.id as usize),
+                    MAX_RESPONSE_BYTES,
+                    ext,
+                )
+                .await
             }
             MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_) => {
                 MethodResponse::error(id, standard(error::INTERNAL_ERROR))

@@ -45,7 +45,9 @@ impl Handlers {
         validate_channel(channel).map_err(|m| RpcError::Unacceptable(format!("invalid channel: {m}")))?;
         let p = s.principal();
         if p.is_expired(now_ms() / 1000) {
-            return Err(RpcError::Unauthorized("the connection's token has expired; call auth with a fresh one".into()));
+            return Err(RpcError::Unauthorized(
+                "the connection's token has expired; call auth with a fresh one".into(),
+            ));
         }
         authorize(&p, self.0.config.namespace_of(channel), action, channel).map_err(RpcError::Unauthorized)
     }
@@ -62,7 +64,9 @@ impl ChannelApiServer for Handlers {
     ) -> RpcResult<String> {
         let s = session(ext)?;
         let Some(out) = s.outbox() else {
-            return Err(RpcError::Unacceptable("subscriptions need a WebSocket: connect to /ws/rpc".into()).into());
+            return Err(
+                RpcError::Unacceptable("subscriptions need a WebSocket: connect to /ws/rpc".into()).into()
+            );
         };
         self.allow(&s, Action::Subscribe, &channel)?;
         let max = self.0.config.limits.max_subscriptions;

@@ -18,7 +18,8 @@ use jsonrpsee::core::server::{Methods, RpcModule};
 /// The method table of every `#[rpc]` trait.
 pub fn methods(handlers: Handlers) -> Methods {
     let mut m = RpcModule::new(());
-    m.merge(ChannelApiServer::into_rpc(handlers.clone())).expect("method names are unique across traits; qed");
+    m.merge(ChannelApiServer::into_rpc(handlers.clone()))
+        .expect("method names are unique across traits; qed");
     m.merge(NodeApiServer::into_rpc(handlers)).expect("method names are unique across traits; qed");
     m.into()
 }

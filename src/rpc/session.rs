@@ -26,6 +26,8 @@ pub struct Session {
     limiter: Mutex<RateLimiter>,
     /// When the client last sent anything, on the connection registry's clock (ms).
     last_seen: AtomicU64,
+    /// The principal's expiry in Unix seconds (0: never), readable without the lock.
+    expires_at: AtomicU64,
 }
 
 impl Session {
@@ -38,7 +40,9 @@ impl Session {
         default_rate: u32,
     ) -> Session {
         let limiter = RateLimiter::new(principal.call_rate(default_rate));
+        let expires_at = AtomicU64::new(principal.expires_at.unwrap_or(0));
         Session {
+            expires_at,
             id,
             remote,
             principal: RwLock::new(principal),
@@ -67,7 +71,14 @@ impl Session {
     /// Replaces the principal (after a successful `auth`), with its call rate.
     pub fn set_principal(&self, p: Arc<Principal>, default_rate: u32) {
         self.limiter.lock().set_rate(p.call_rate(default_rate));
+        self.expires_at.store(p.expires_at.unwrap_or(0), Ordering::Relaxed);
         *self.principal.write() = p;
+    }
+
+    /// True once the principal's token has expired (never for keys without expiry).
+    pub fn token_expired(&self, now_s: u64) -> bool {
+        let e = self.expires_at.load(Ordering::Relaxed);
+        e != 0 && now_s >= e
     }
 
     /// The WebSocket outbox; `None` over HTTP.

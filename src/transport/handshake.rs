@@ -59,14 +59,16 @@ mod tests {
     #[test]
     fn rfc_example_key() {
         // RFC 6455 section 1.3.
-        let h = headers(&[("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]);
+        let h =
+            headers(&[("sec-websocket-version", "13"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]);
         assert_eq!(accept_key(&h).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
     fn bad_handshakes() {
         assert!(accept_key(&headers(&[("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")])).is_err());
-        let v8 = headers(&[("sec-websocket-version", "8"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]);
+        let v8 =
+            headers(&[("sec-websocket-version", "8"), ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")]);
         assert!(accept_key(&v8).is_err());
         let short = headers(&[("sec-websocket-version", "13"), ("sec-websocket-key", "c2hvcnQ=")]);
         assert!(accept_key(&short).unwrap_err().contains("16 bytes"));

@@ -4,10 +4,16 @@
 //! the socket allows. A delivery is therefore a memcpy under a short, uncontended-in-practice
 //! lock; nothing is allocated per delivery once the buffer has grown to its working size.
 //!
-//! The outbox also enforces the slow-consumer rule: a connection with more than
-//! `max_messages` messages or `max_bytes` bytes queued (not yet taken by its writer) is aborted:
-//! its queue is dropped and the writer fails the connection (close code 1008 if the socket still
-//! takes it, else the TCP connection is reset). Producers never wait on it.
+//! The outbox also enforces the slow-consumer rule: a connection is aborted when its client stops
+//! taking data, that is when `max_messages` messages are queued while its socket is full (the
+//! kernel's buffers hold all they will and the writer waits for room), or when `max_bytes` are
+//! queued at all. Its queue is dropped and the writer fails the connection (close code 1008 if
+//! the socket still takes it, else the TCP connection is reset). Producers never wait on it.
+//!
+//! Counting messages only while the socket is full is what makes the rule about the *client*:
+//! a writer that has simply not been scheduled yet on a busy machine (a publisher's burst lands
+//! in thousands of outboxes within a millisecond) does not get a reading client dropped; the
+//! byte bound still caps what any connection can hold.
 
 use super::frame;
 use parking_lot::Mutex;
@@ -59,6 +65,8 @@ struct State {
     ending: Option<Ending>,
     /// The reader waits for the queue to drain before reading more calls.
     reader_waits_for_drain: bool,
+    /// The writer found the socket full and waits for room.
+    socket_full: bool,
 }
 
 /// The shared half of a WebSocket connection: its outgoing queue and the signals between its
@@ -87,6 +95,7 @@ impl Outbox {
                 holding: false,
                 ending: None,
                 reader_waits_for_drain: false,
+                socket_full: false,
             }),
             writer: Notify::new(),
             reader: Notify::new(),
@@ -115,7 +124,7 @@ impl Outbox {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let queued_bytes = st.buf.len() + st.held.len();
         let queued_messages = st.messages + st.held_messages;
-        if queued_messages >= self.max_messages || queued_bytes + len > self.max_bytes {
+        if (st.socket_full && queued_messages >= self.max_messages) || queued_bytes + len > self.max_bytes {
             drop(st);
             self.end(Ending::Abort(frame::code::POLICY, "slow consumer"));
             return Push::Overflow;
@@ -238,6 +247,17 @@ impl Outbox {
         Take::Data
     }
 
+    /// Writer: the socket is full (`true`) or took data again (`false`).
+    pub fn set_socket_full(&self, full: bool) {
+        let mut st = self.state.lock();
+        st.socket_full = full;
+        // Messages that piled up while the client was not reading count from now on.
+        if full && st.messages + st.held_messages > self.max_messages {
+            drop(st);
+            self.end(Ending::Abort(frame::code::POLICY, "slow consumer"));
+        }
+    }
+
     /// Writer: waits until something is queued or the connection ends.
     pub async fn writer_wait(&self) {
         self.writer.notified().await
@@ -269,8 +289,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn messages_count_only_while_the_socket_is_full() {
+        let o = Outbox::new(3, 1 << 20);
+        for _ in 0..10 {
+            assert_eq!(o.push(&[b"abc"]), Push::Queued, "the writer has not run yet: no verdict");
+        }
+        o.set_socket_full(true);
+        assert!(o.is_ending(), "ten queued while the socket is full: slow");
+        let o = Outbox::new(3, 1 << 20);
+        o.set_socket_full(true);
+        o.set_socket_full(false);
+        for _ in 0..10 {
+            assert_eq!(o.push(&[b"abc"]), Push::Queued);
+        }
+    }
+
+    #[test]
     fn overflow_is_reported_once_and_drops_the_queue() {
         let o = Outbox::new(3, 1 << 20);
+        o.set_socket_full(true);
         for _ in 0..3 {
             assert_eq!(o.push(&[b"abc"]), Push::Queued);
         }
@@ -292,6 +329,7 @@ mod tests {
     #[test]
     fn taking_resets_the_count() {
         let o = Outbox::new(2, 1 << 20);
+        o.set_socket_full(true);
         let mut b = Vec::new();
         for round in 0..5 {
             assert_eq!(o.push(&[b"a"]), Push::Queued, "round {round}");

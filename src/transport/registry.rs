@@ -79,7 +79,7 @@ impl Registry {
     }
 
     /// Adds an upgraded connection.
-    pub fn insert(&self, session: Arc<Session>) {
+    pub fn insert(&self, session: &Arc<Session>) {
         session.touch(self.now_ms());
         let entry = Entry { last_ping_ms: self.now_ms(), session: session.clone() };
         self.shard(session.id).lock().insert(session.id, entry);
@@ -124,8 +124,12 @@ impl Registry {
         }
     }
 
-    /// Sessions open now (for token-expiry checks).
-    pub fn sessions(&self) -> Vec<Arc<Session>> {
-        self.shards.iter().flat_map(|s| s.lock().values().map(|e| e.session.clone()).collect::<Vec<_>>()).collect()
+    /// Calls `f` for every open session (one shard locked at a time).
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<Session>)) {
+        for shard in &self.shards {
+            for e in shard.lock().values() {
+                f(&e.session);
+            }
+        }
     }
 }

@@ -63,7 +63,7 @@ enum ReadEnd {
 /// Runs a connection until it ends, then releases everything it held.
 pub async fn run(ctx: Arc<Context>, stream: TcpStream, leftover: Vec<u8>, session: Arc<Session>, slot: Slot) {
     let out = session.outbox().cloned().expect("a WebSocket session has an outbox; qed");
-    ctx.registry.insert(session.clone());
+    ctx.registry.insert(&session);
     ctx.metrics.connections.inc();
     ctx.metrics.connections_total.inc();
     let (rd, wr) = stream.into_split();
@@ -100,7 +100,9 @@ fn count_ending(m: &Metrics, ending: Option<Ending>) {
         Some(Ending::Close(_, "rate limit exceeded")) => "flood",
         Some(Ending::Close(frame::code::GOING_AWAY, _)) => "shutdown",
         Some(Ending::Close(frame::code::TOO_BIG, _)) => "message_too_big",
-        Some(Ending::Close(frame::code::PROTOCOL_ERROR | frame::code::INVALID_PAYLOAD, _)) => "protocol_error",
+        Some(Ending::Close(frame::code::PROTOCOL_ERROR | frame::code::INVALID_PAYLOAD, _)) => {
+            "protocol_error"
+        }
         Some(Ending::Close(frame::code::UNSUPPORTED_DATA, _)) => "binary_message",
         _ => return,
     };
@@ -253,10 +255,21 @@ async fn write_loop(out: Arc<Outbox>, wr: OwnedWriteHalf) {
 /// reset, as a frame may be half-written).
 async fn write_all(out: &Outbox, wr: &OwnedWriteHalf, bytes: &[u8]) -> Result<(), ()> {
     let mut pos = 0;
+    let mut full = false;
     while pos < bytes.len() {
         match wr.try_write(&bytes[pos..]) {
-            Ok(n) => pos += n,
+            Ok(n) => {
+                pos += n;
+                if full {
+                    full = false;
+                    out.set_socket_full(false);
+                }
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if !full {
+                    full = true;
+                    out.set_socket_full(true);
+                }
                 tokio::select! {
                     biased;
                     _ = out.writer_wait() => {

@@ -1,0 +1,302 @@
+//! fanout: N subscribers on one channel, one publisher.
+//!
+//! The run: open and subscribe N connections (each waits for its subscription id and snapshot),
+//! then one publisher connection publishes for `--seconds` (see `publisher.rs`). When
+//! publishing stops the server has `--answer-seconds` to answer every call, then subscribers have
+//! `--drain-seconds` to receive everything up to the last offset (the highest answered, or higher
+//! if a publication whose answer never came reached someone); what has not arrived is lost.
+//!
+//! Figures: `deliveries_per_s` = publications received by all subscribers / time from the first
+//! publish to the last receipt; latency = receive time - the send time in the data (one clock,
+//! one process); per subscriber, `lost` = last offset - snapshot offset - received, `gaps` =
+//! times an offset was not the previous + 1, `dups` = offsets seen again; `invalid` = sampled
+//! notifications (every `--validate-every`-th and each subscriber's first) failing a full check.
+
+use super::client::{SourceIps, Target, block};
+use super::measure::{
+    CpuWindow, Errors, histogram, latency_json, round, spawn_runtimes, wait_until, watchdog,
+};
+use super::publisher::{self, Published};
+use super::report::{self, Progress};
+use super::subscriber::{self, Phase, Scan, Shared, Tally};
+use super::{CommonArgs, Error, check_files, extend};
+use clap::Args;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// `rpchub bench fanout` options.
+#[derive(Args, Debug, Clone)]
+pub struct FanoutArgs {
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Channel every subscriber joins and the publisher publishes to.
+    #[arg(long, default_value = "bench:fanout")]
+    pub channel: String,
+    /// Publications per second; 0: as fast as --window and --max-lag allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Size of each publication's `data` JSON in bytes (at least 55).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Publish calls in flight (sent, not yet answered).
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Pause publishing while subscribers are on average this many publications behind (0: never).
+    #[arg(long, default_value_t = 64)]
+    pub max_lag: u64,
+    /// Upper bound on publications in one run.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_messages: u64,
+    /// Seconds allowed, after publishing stops, for the server to answer every publish call.
+    #[arg(long, default_value_t = 15.0)]
+    pub answer_seconds: f64,
+    /// Seconds allowed after the last answer for deliveries to arrive.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_seconds: f64,
+    /// Fully check every Nth publication received (and each subscriber's first); 0: every one.
+    #[arg(long, default_value_t = 1000)]
+    pub validate_every: u64,
+    /// Read buffer per subscriber connection, bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub read_buffer: usize,
+}
+
+/// What the threads of one fanout run share.
+pub(crate) struct Run {
+    pub(crate) args: FanoutArgs,
+    pub(crate) target: Arc<Target>,
+    pub(crate) shared: Shared,
+    /// Source addresses of the subscribers, and the publisher's.
+    pub(crate) ips: SourceIps,
+    pub(crate) publisher_ip: Option<std::net::Ipv4Addr>,
+    pub(crate) threads: usize,
+    /// Connection attempts in flight per thread.
+    pub(crate) permits: usize,
+    /// Time allowed for opening and subscribing.
+    pub(crate) setup: Duration,
+    pub(crate) scan: Scan,
+}
+
+/// Runs the scenario; the figures as one JSON object (with `error` if nothing was measured).
+pub(crate) fn run(
+    c: &CommonArgs,
+    target: Arc<Target>,
+    a: &FanoutArgs,
+    progress: &Progress,
+) -> Result<Value, Error> {
+    check_files(a.subscribers + 1)?;
+    if !(a.rate >= 0.0 && a.seconds > 0.0 && a.answer_seconds >= 0.0 && a.drain_seconds >= 0.0) {
+        return Err(Error::Usage("--rate, --seconds, --answer-seconds, --drain-seconds must be >= 0".into()));
+    }
+    let limit = c.setup_seconds + a.seconds + a.answer_seconds + a.drain_seconds + 30.0;
+    watchdog("fanout", Duration::from_secs_f64(limit), c.json);
+    let (n, threads) = (a.subscribers, c.threads());
+    let ips = SourceIps::new(c, &target, block::SUBSCRIBERS);
+    let run = Arc::new(Run {
+        args: a.clone(),
+        publisher_ip: SourceIps::new(c, &target, block::PUBLISHER).for_conn(0),
+        target,
+        shared: Shared::new(n, threads),
+        ips: ips.clone(),
+        threads,
+        permits: c.connect_permits(threads),
+        setup: Duration::from_secs_f64(c.setup_seconds),
+        scan: Scan::new(),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
+    let setup_started = Instant::now();
+    let subscribers = spawn_runtimes(threads, "bench-sub", {
+        let (run, rx) = (run.clone(), phase_rx.clone());
+        move |t| subscriber::thread(t, run.clone(), rx.clone())
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let publisher = spawn_runtimes(1, "bench-pub", {
+        let (run, rx) = (run.clone(), phase_rx.clone());
+        move |_| publisher::publish(run.clone(), rx.clone(), ready_tx.clone())
+    });
+    let publisher = publisher.into_iter().next().expect("one thread was started; qed");
+
+    progress.phase("subscribing", n as u64);
+    let mut publisher_answered = false;
+    wait_until(setup_started + run.setup, || {
+        let done = run.shared.ready.load(Relaxed) + run.shared.failed.load(Relaxed);
+        progress.set(done as u64);
+        publisher_answered |= ready_rx.try_recv().is_ok();
+        done == n && publisher_answered
+    });
+    let setup_s = setup_started.elapsed().as_secs_f64();
+    let ready = run.shared.ready.load(Relaxed);
+    run.shared.live_at_go.store(ready.max(1), Relaxed);
+    let cpu = CpuWindow::start(c.server_pid);
+    // With no subscriber there is nothing to measure: skip publishing.
+    let _ = phase_tx.send(if ready > 0 { Phase::Go } else { Phase::Stop });
+    progress.phase("publishing", a.seconds.ceil() as u64);
+    let go = Instant::now();
+    wait_until(go + Duration::from_secs_f64(limit), || {
+        progress.seconds_since(go);
+        publisher.is_finished()
+    });
+    let p = publisher.join().expect("the publisher thread does not panic; qed");
+    let _ = phase_tx.send(if ready > 0 { Phase::Drain } else { Phase::Stop });
+    // The last offset every subscriber must reach: the highest answered, or higher if a
+    // publication whose answer never came was delivered (the server accepted it).
+    let last = p.max_offset.max(if p.acked > 0 { run.shared.highest_seen() } else { 0 });
+    progress.phase("draining", a.drain_seconds.ceil() as u64);
+    let drain_started = Instant::now();
+    let drained = wait_until(drain_started + Duration::from_secs_f64(a.drain_seconds), || {
+        progress.seconds_since(drain_started);
+        run.shared.all_reached(last)
+    });
+    let used = cpu.stop();
+    let _ = phase_tx.send(Phase::Stop);
+    let last = last.max(if p.acked > 0 { run.shared.highest_seen() } else { 0 });
+    let tallies: Vec<Tally> =
+        subscribers.into_iter().map(|h| h.join().expect("subscriber threads do not panic; qed")).collect();
+
+    let mut out = summary(a, &p, tallies, last);
+    extend(
+        &mut out,
+        json!({
+            "scenario": "fanout",
+            "url": run.target.url(),
+            "subscribers": n,
+            "ready": ready,
+            "setup_failed": n - ready,
+            "setup_s": round(setup_s, 2),
+            "source_ips": ips.count(n),
+            "threads": threads,
+            "channel": a.channel,
+            "rate": a.rate,
+            "seconds": a.seconds,
+            "payload_bytes": publisher::data(a.payload_bytes, 0, 0).len(),
+            "window": a.window,
+            "max_lag": a.max_lag,
+            "drained": drained,
+            "validated_every": a.validate_every,
+        }),
+    );
+    let received = out["received"].as_u64().unwrap_or(0);
+    let thread_cpu = out["bench_thread_cpu_pct"].as_array().into_iter().flatten().filter_map(Value::as_f64);
+    let cpu_max = thread_cpu.fold(0.0, f64::max);
+    extend(&mut out, used.json(cpu_max, ("delivery", received)));
+    // Say why, with the first error seen: a refused upgrade, a token without publish rights.
+    let first = |key: &str| out[key][0].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+    if ready == 0 {
+        out["error"] = json!(format!("no subscriber could subscribe{}", first("setup_errors")));
+    } else if !p.connected || p.acked == 0 {
+        out["error"] = json!(format!("no publication was accepted{}", first("publish_error_samples")));
+    }
+    Ok(out)
+}
+
+/// The figures of the publisher's result and the subscriber threads' tallies.
+fn summary(a: &FanoutArgs, p: &Published, tallies: Vec<Tally>, last: u64) -> Value {
+    let mut hist = histogram();
+    let (mut received, mut expected, mut lost, mut gaps, mut dups, mut beyond) = (0u64, 0u64, 0, 0, 0, 0);
+    let (mut invalid, mut other, mut setup_errors) =
+        (Errors::default(), Errors::default(), Errors::default());
+    let mut gone: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut last_delivery_us, mut seen) = (0u64, 0u64);
+    let mut thread_cpu = vec![round(p.cpu_pct, 1)];
+    for t in tallies {
+        if let Some(h) = &t.hist {
+            hist.add(h).expect("histograms of equal bounds add; qed");
+        }
+        for s in t.subs.iter().filter(|s| s.ready) {
+            let exp = last.saturating_sub(s.snap);
+            expected += exp;
+            received += s.received;
+            lost += exp.saturating_sub(s.received);
+            beyond += s.received.saturating_sub(exp);
+            gaps += s.gaps;
+            dups += s.dups;
+        }
+        invalid.merge(t.invalid);
+        other.merge(t.other);
+        setup_errors.merge(t.setup_errors);
+        for (k, v) in t.gone {
+            *gone.entry(k).or_default() += v;
+        }
+        last_delivery_us = last_delivery_us.max(t.last_delivery_us);
+        seen += t.seen;
+        thread_cpu.push(round(t.cpu_pct, 1));
+    }
+    let span_s = last_delivery_us.saturating_sub(p.start_us) as f64 / 1e6;
+    json!({
+        "setup_errors": setup_errors.samples,
+        "published": p.acked,
+        "unanswered_publishes": p.unanswered,
+        "publish_errors": p.errors.count,
+        "publish_error_samples": p.errors.samples,
+        "publish_rate": round(p.acked as f64 / p.publish_s.max(1e-9), 1),
+        "publish_s": round(p.publish_s, 3),
+        "lag_wait_s": round(p.lag_wait_s, 3),
+        "publisher_behind_max_ms": round(p.behind_max_s * 1e3, 1),
+        "last_offset": last,
+        "expected": expected,
+        "received": received,
+        "deliveries_per_s": round(received as f64 / span_s.max(1e-9), 0),
+        "delivery_span_s": round(span_s, 3),
+        "lost": lost,
+        "gaps": gaps,
+        "dups": dups,
+        "unexpected": beyond,
+        "invalid": invalid.count,
+        "invalid_samples": invalid.samples,
+        "other_messages": other.count,
+        "other_samples": other.samples,
+        "disconnected": gone.values().sum::<u64>(),
+        "disconnect_reasons": gone,
+        "messages_seen": seen,
+        "bench_thread_cpu_pct": thread_cpu,
+        "latency_us": latency_json(&hist),
+        "max_messages_reached": p.acked + p.unanswered >= a.max_messages,
+    })
+}
+
+/// Prints the main figures of a fanout result.
+pub(crate) fn table(v: &Value) {
+    let rate = match v["rate"].as_f64() {
+        Some(r) if r > 0.0 => format!("{r}/s"),
+        _ => "as fast as allowed".into(),
+    };
+    let title = format!(
+        "fanout: {} subscribers on {}, {rate} for {} s, {}-byte payloads ({})",
+        v["subscribers"],
+        report::text(v, "channel"),
+        v["seconds"],
+        v["payload_bytes"],
+        report::text(v, "url")
+    );
+    let mut rows = vec![
+        ("setup", format!("{} of {} subscribed in {} s", v["ready"], v["subscribers"], v["setup_s"])),
+        ("published", format!("{} ({}/s)", report::int(v, "published"), report::dec(v, "publish_rate", 1))),
+        ("deliveries/s", report::int(v, "deliveries_per_s")),
+        ("latency µs", report::latency(v)),
+        ("lost/gaps/dups", format!("{} / {} / {}", v["lost"], v["gaps"], v["dups"])),
+        ("disconnects", report::by_reason(v, "disconnected", "disconnect_reasons")),
+    ];
+    rows.extend(report::cpu_rows(v, "delivery"));
+    let notes = [
+        ("setup errors", report::samples(v, "setup_errors")),
+        ("publish errors", report::samples(v, "publish_error_samples")),
+        ("invalid", report::samples(v, "invalid_samples")),
+        ("other messages", report::samples(v, "other_samples")),
+    ];
+    rows.extend(notes.into_iter().filter_map(|(k, s)| Some((k, s?))));
+    if v["publisher_behind_max_ms"].as_f64().unwrap_or(0.0) > 50.0 {
+        rows.push(("note", "the publisher fell behind its rate: latency includes queueing".into()));
+    }
+    if v["drained"] == false {
+        rows.push(("note", "not every subscriber received the last publication in time".into()));
+    }
+    report::print_table(&title, &rows);
+}

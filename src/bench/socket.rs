@@ -1,0 +1,304 @@
+//! A lean client WebSocket for the connections that mostly receive (fan-out subscribers, idle
+//! and storm clients).
+//!
+//! Why not tokio-tungstenite here: on this 2-core class of machine the bench shares the CPU with
+//! the server it measures, and per-message costs of a general client (a waker per message, an
+//! owned buffer per message, a UTF-8 check) take CPU the server then lacks. Here one read takes
+//! whatever the socket holds and messages are handed out as slices of one buffer. Still checked
+//! on every frame: the framing, that the server did not mask, and control frames (a ping is
+//! answered, a close ends the connection). The upgrade is a hand-written HTTP/1.1 request whose
+//! `Sec-WebSocket-Accept` answer is verified.
+
+use super::client::Target;
+use crate::transport::frame::{OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, code};
+use serde_json::{Value, json};
+use std::net::Ipv4Addr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+
+/// Largest message accepted from the server.
+const MAX_MESSAGE: usize = 16 << 20;
+/// Largest HTTP answer head to an upgrade.
+const MAX_HEAD: usize = 16 << 10;
+
+/// What [`Socket::fill`] answers when the server ended the connection without a close frame.
+pub(crate) const EOF: &str = "connection closed";
+
+/// One client connection after the upgrade.
+pub(crate) struct Socket {
+    sock: TcpStream,
+    /// Received bytes not yet handed out; always starts at a frame boundary.
+    buf: Vec<u8>,
+    read_size: usize,
+    /// A fragmented message being put together.
+    partial: Option<Vec<u8>>,
+    /// Pongs to send once the current batch is handled.
+    replies: Vec<u8>,
+    /// State of the xorshift that makes masking keys.
+    mask: u32,
+}
+
+/// A subscription once both its id and its snapshot have arrived.
+pub(crate) struct Subscribed {
+    /// The subscription id.
+    pub(crate) id: Value,
+    /// The channel offset the snapshot reached: live publications continue after it.
+    pub(crate) offset: u64,
+}
+
+impl Socket {
+    /// Connects from `src` and upgrades with `GET path` (and the bearer token, if any).
+    pub(crate) async fn open(
+        target: &Target,
+        src: Option<Ipv4Addr>,
+        read_size: usize,
+    ) -> Result<Socket, String> {
+        let mut sock = target.tcp(src).await?;
+        let key = generate_key();
+        let (host, path) = target.host_and_path();
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        if let Some(t) = target.token() {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        sock.write_all(req.as_bytes()).await.map_err(|e| format!("send upgrade: {e}"))?;
+        let mut buf = Vec::with_capacity(read_size.max(4096));
+        let head_len = loop {
+            if let Some(p) = memchr::memmem::find(&buf, b"\r\n\r\n") {
+                break p + 4;
+            }
+            if buf.len() > MAX_HEAD {
+                return Err("upgrade answer too long".into());
+            }
+            if sock.read_buf(&mut buf).await.map_err(|e| format!("read upgrade answer: {e}"))? == 0 {
+                return Err("closed during upgrade".into());
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+        let status = head.split(' ').nth(1).unwrap_or("?");
+        if status != "101" {
+            return Err(format!("upgrade refused: HTTP {status}"));
+        }
+        let accept = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim().eq_ignore_ascii_case("sec-websocket-accept").then(|| value.trim().to_string())
+        });
+        if accept != Some(derive_accept_key(key.as_bytes())) {
+            return Err("upgrade answer with a wrong Sec-WebSocket-Accept".into());
+        }
+        buf.drain(..head_len);
+        Ok(Socket {
+            sock,
+            buf,
+            read_size,
+            partial: None,
+            replies: Vec::new(),
+            mask: rand::random::<u32>() | 1,
+        })
+    }
+
+    /// Sends `subscribe` for `channel` (id 1) and reads until both its answer and the snapshot
+    /// have arrived, in either order. Later messages stay buffered for [`Socket::drain`].
+    pub(crate) async fn subscribe(&mut self, channel: &str) -> Result<Subscribed, String> {
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": [channel]});
+        self.send_text(req.to_string().as_bytes()).await?;
+        let (mut id, mut snapshot) = (None, None);
+        let mut failure = None;
+        loop {
+            self.drain(|m| {
+                failure = read_subscribing(m, &mut id, &mut snapshot).err();
+                failure.is_none() && (id.is_none() || snapshot.is_none())
+            })?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if let (Some(id), Some((sub, offset))) = (&id, &snapshot) {
+                if id != sub {
+                    return Err(format!("snapshot for subscription {sub}, expected {id}"));
+                }
+                return Ok(Subscribed { id: id.clone(), offset: *offset });
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends one masked text frame.
+    pub(crate) async fn send_text(&mut self, text: &[u8]) -> Result<(), String> {
+        let frame = self.frame(OP_TEXT, text);
+        self.sock.write_all(&frame).await.map_err(|e| format!("send: {e}"))
+    }
+
+    /// Closes cleanly: sends close 1000 and reads (discarding) until the server's close frame or
+    /// the end of the connection. The caller bounds the wait.
+    pub(crate) async fn close(&mut self) -> Result<(), String> {
+        let frame = self.frame(OP_CLOSE, &code::NORMAL.to_be_bytes());
+        self.sock.write_all(&frame).await.map_err(|e| format!("send close: {e}"))?;
+        loop {
+            match self.drain(|_| true) {
+                Err(e) if e.starts_with("close ") => return Ok(()),
+                Err(e) => return Err(e),
+                Ok(()) => {}
+            }
+            match self.fill().await {
+                Err(e) if e == EOF => return Ok(()),
+                other => other?,
+            }
+        }
+    }
+
+    /// A client frame: FIN, `opcode`, masked `payload`.
+    fn frame(&mut self, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        self.mask ^= self.mask << 13;
+        self.mask ^= self.mask >> 17;
+        self.mask ^= self.mask << 5;
+        let key = self.mask.to_be_bytes();
+        let mut f = Vec::with_capacity(payload.len() + 14);
+        f.push(0x80 | opcode);
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    /// Waits for data and appends what one read returns; Err([`EOF`]) when the server ended the
+    /// connection.
+    pub(crate) async fn fill(&mut self) -> Result<(), String> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        match self.sock.read_buf(&mut self.buf).await {
+            Ok(0) => Err(EOF.into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    }
+
+    /// Hands each complete message in the buffer to `on_message` until it returns false (the
+    /// rest stays buffered), queues pongs for pings, and keeps an incomplete frame for the next
+    /// read. Err on a close frame (`close CODE REASON`) or a framing error.
+    pub(crate) fn drain(&mut self, mut on_message: impl FnMut(&[u8]) -> bool) -> Result<(), String> {
+        let mut at = 0;
+        let result = loop {
+            let b = &self.buf[at..];
+            if b.len() < 2 {
+                break Ok(());
+            }
+            let (fin, opcode) = (b[0] & 0x80 != 0, b[0] & 0x0f);
+            if b[1] & 0x80 != 0 {
+                break Err("masked frame from the server".to_string());
+            }
+            let (len, header) = match b[1] & 0x7f {
+                126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+                127 if b.len() >= 10 => {
+                    (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes; qed")) as usize, 10)
+                }
+                126 | 127 => break Ok(()),
+                n => (n as usize, 2),
+            };
+            if len > MAX_MESSAGE {
+                break Err(format!("frame of {len} bytes"));
+            }
+            if b.len() < header + len {
+                break Ok(());
+            }
+            let payload = &b[header..header + len];
+            at += header + len;
+            let more = match opcode {
+                OP_TEXT | OP_BINARY if fin => on_message(payload),
+                OP_TEXT | OP_BINARY => {
+                    self.partial = Some(payload.to_vec());
+                    true
+                }
+                OP_CONT => match self.partial.as_mut() {
+                    None => break Err("continuation frame without a start".to_string()),
+                    Some(p) => {
+                        p.extend_from_slice(payload);
+                        match fin {
+                            true => on_message(&self.partial.take().expect("just extended; qed")),
+                            false => true,
+                        }
+                    }
+                },
+                OP_PING => {
+                    let payload = payload.to_vec();
+                    let pong = self.frame(OP_PONG, &payload);
+                    self.replies.extend_from_slice(&pong);
+                    true
+                }
+                OP_PONG => true,
+                OP_CLOSE => {
+                    let code = payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]));
+                    let reason = String::from_utf8_lossy(payload.get(2..).unwrap_or_default()).into_owned();
+                    break Err(format!("close {code} {reason}").trim_end().to_string());
+                }
+                other => break Err(format!("unknown opcode {other}")),
+            };
+            if !more {
+                break Ok(());
+            }
+        };
+        self.buf.drain(..at);
+        result
+    }
+
+    /// Sends the pongs queued by [`Socket::drain`], if any.
+    pub(crate) async fn flush_replies(&mut self) -> Result<(), String> {
+        if self.replies.is_empty() {
+            return Ok(());
+        }
+        let replies = std::mem::take(&mut self.replies);
+        self.sock.write_all(&replies).await.map_err(|e| format!("send pong: {e}"))
+    }
+}
+
+/// Takes one message that arrived while subscribing: the answer to id 1 (the subscription id,
+/// or an error) or the snapshot notification (its subscription id and offset).
+fn read_subscribing(
+    m: &[u8],
+    id: &mut Option<Value>,
+    snapshot: &mut Option<(Value, u64)>,
+) -> Result<(), String> {
+    let v: Value = serde_json::from_slice(m).map_err(|e| format!("bad JSON while subscribing: {e}"))?;
+    if v.get("id") == Some(&json!(1)) {
+        if let Some(e) = v.get("error") {
+            return Err(format!("subscribe error: {e}"));
+        }
+        *id = Some(v.get("result").cloned().ok_or("subscribe answer without a result")?);
+    } else if v["method"] == "subscription" && v["params"]["result"]["type"] == "snapshot" {
+        let offset = v["params"]["result"]["offset"].as_u64().ok_or("snapshot without an offset")?;
+        *snapshot = Some((v["params"]["subscription"].clone(), offset));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribing_takes_either_order() {
+        let answer = br#"{"jsonrpc":"2.0","id":1,"result":"00ff"}"#;
+        let snap = br#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"00ff","result":{"type":"snapshot","channel":"c","epoch":"e","offset":9,"recovered":false,"publications":[]}}}"#;
+        let (mut id, mut s) = (None, None);
+        read_subscribing(snap, &mut id, &mut s).unwrap();
+        assert!(id.is_none());
+        read_subscribing(answer, &mut id, &mut s).unwrap();
+        assert_eq!((id.unwrap(), s.unwrap()), (json!("00ff"), (json!("00ff"), 9)));
+        let refused = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"no"}}"#;
+        assert!(read_subscribing(refused, &mut None, &mut None).is_err());
+    }
+}

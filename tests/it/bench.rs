@@ -1,0 +1,76 @@
+//! `rpchub bench`: the built binary loads a real server (in this process) and reports JSON.
+
+use crate::support::{self, ADMIN};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Runs `rpchub bench ARGS --url ws://addr/ws/rpc --token ADMIN --json`; returns the exit
+/// status's success, the JSON it printed and its stderr.
+async fn bench(addr: SocketAddr, args: &[&str]) -> (bool, Value, String) {
+    let url = format!("ws://{addr}/ws/rpc");
+    let pid = std::process::id().to_string();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_rpchub"))
+        .arg("bench")
+        .args(args)
+        .args(["--url", &url, "--token", ADMIN, "--json", "--server-pid", &pid])
+        .env_remove("RPCHUB_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let out =
+        tokio::time::timeout(Duration::from_secs(30), out).await.expect("bench ends").expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout} / {stderr}"));
+    (out.status.success(), v, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_delivers_everything_in_order() {
+    let server = support::start(support::config()).await;
+    let args = ["fanout", "--subscribers", "20", "--rate", "200", "--seconds", "1", "--drain-seconds", "3"];
+    let (ok, v, stderr) = bench(server.addr, &args).await;
+    assert!(ok, "{v} {stderr}");
+    assert_eq!(v["scenario"], "fanout");
+    assert_eq!(v["ready"], 20, "{v}");
+    assert!(v["published"].as_u64().unwrap() > 50, "{v}");
+    assert!(v["deliveries_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["received"], v["expected"], "{v}");
+    for zero in ["lost", "gaps", "dups", "invalid", "disconnected", "other_messages", "publish_errors"] {
+        assert_eq!(v[zero], 0, "{zero}: {v}");
+    }
+    assert!(v["latency_us"]["p99"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["server_cpu_pct"].is_number(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_counts_answered_calls() {
+    let server = support::start(support::config()).await;
+    let args = ["rpc", "--connections", "4", "--seconds", "0.5", "--warmup-seconds", "0.2"];
+    let (ok, v, stderr) = bench(server.addr, &args).await;
+    assert!(ok, "{v} {stderr}");
+    assert_eq!(v["scenario"], "rpc");
+    assert_eq!(v["ready"], 4, "{v}");
+    assert!(v["calls"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert!(v["calls_per_s"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_connects_and_leaves() {
+    let server = support::start(support::config()).await;
+    let (ok, v, stderr) = bench(server.addr, &["storm", "--clients", "50", "--concurrency", "8"]).await;
+    assert!(ok, "{v} {stderr}");
+    assert_eq!(v["completed"], 50, "{v}");
+    assert_eq!(v["failed"], 0, "{v}");
+    assert!(v["connects_per_s"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[tokio::test]
+async fn refuses_a_remote_server() {
+    let addr: SocketAddr = "192.0.2.1:7410".parse().unwrap();
+    let (ok, v, stderr) = bench(addr, &["rpc", "--seconds", "1"]).await;
+    assert!(!ok);
+    assert!(v["error"].as_str().unwrap().contains("--allow-remote"), "{v}");
+    assert!(stderr.contains("not a loopback address"), "{stderr}");
+}

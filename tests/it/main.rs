@@ -1,0 +1,11 @@
+//! Integration tests: real servers on port 0, real WebSocket clients (tokio-tungstenite for
+//! exact wire JSON, jsonrpsee's client as applications use it).
+
+mod support;
+
+mod bench;
+mod channels;
+mod jsonrpc;
+mod limits;
+mod security;
+mod server;
