@@ -4,7 +4,8 @@
 //! requests pass the gate ([`crate::gate`]) and then the router below; a WebSocket upgrade hands
 //! the raw TCP stream to [`crate::transport::ws`], after which hyper is out of the picture.
 //!
-//! Routes: `GET /health`, `GET /metrics`, `POST /rpc`, `GET /ws/rpc` (upgrade); anything else 404.
+//! Routes: `GET /health`, `GET /metrics`, `POST /rpc`, `GET /ws/rpc` (upgrade), `GET /ws/rpc/test`
+//! (the browser console); anything else 404.
 
 use crate::auth::{Authenticator, Principal};
 use crate::broker::memory::MemoryBroker;
@@ -262,6 +263,10 @@ async fn shut_down(node: &Arc<Node>) {
     tracing::info!("shut down");
 }
 
+/// The browser console served at `GET /ws/rpc/test`: connect, send JSON-RPC, watch
+/// subscriptions. One self-contained page, no external resources.
+const CONSOLE_HTML: &str = include_str!("console.html");
+
 /// The router behind the gate.
 #[derive(Clone)]
 struct Router {
@@ -294,6 +299,11 @@ async fn route(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             .body(Body::from(node.metrics.render()))
             .expect("static header is valid; qed"),
         (&Method::POST, "/rpc") => http_rpc(&node, req).await,
+        (&Method::GET, "/ws/rpc/test") => Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .header(hyper::header::CACHE_CONTROL, "no-cache")
+            .body(Body::from(CONSOLE_HTML))
+            .expect("static headers are valid; qed"),
         (_, "/health" | "/metrics" | "/rpc") => {
             json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         }
