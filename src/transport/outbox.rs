@@ -48,7 +48,7 @@ pub enum Ending {
 pub enum Take {
     /// Bytes were moved into the caller's buffer.
     Data,
-    /// Nothing queued; wait on [`Outbox::writer_wait`].
+    /// Nothing queued, or the reader is writing inline; wait on [`Outbox::writer_wait`].
     Idle,
     /// Everything is written and the connection is ending this way.
     End(Ending),
@@ -67,6 +67,20 @@ struct State {
     reader_waits_for_drain: bool,
     /// The writer found the socket full and waits for room.
     socket_full: bool,
+    /// Who is writing a taken batch to the socket, if anyone: bytes reach the socket in queue
+    /// order because only one party writes at a time.
+    writing: Writing,
+}
+
+/// Who writes to the socket right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writing {
+    /// Nobody: the queue may be taken.
+    Nobody,
+    /// The writer task holds a batch.
+    Task,
+    /// The reader writes its own answers inline (see [`Outbox::take_inline`]).
+    Inline,
 }
 
 /// The shared half of a WebSocket connection: its outgoing queue and the signals between its
@@ -96,6 +110,7 @@ impl Outbox {
                 ending: None,
                 reader_waits_for_drain: false,
                 socket_full: false,
+                writing: Writing::Nobody,
             }),
             writer: Notify::new(),
             reader: Notify::new(),
@@ -232,7 +247,12 @@ impl Outbox {
         if let Some(Ending::Abort(..)) = st.ending {
             return Take::End(st.ending.expect("matched above; qed"));
         }
+        if st.writing == Writing::Inline {
+            // The reader is writing; it wakes the writer when it is done if more is queued.
+            return Take::Idle;
+        }
         if st.buf.is_empty() {
+            st.writing = Writing::Nobody;
             if st.reader_waits_for_drain {
                 st.reader_waits_for_drain = false;
                 self.reader.notify_one();
@@ -244,7 +264,49 @@ impl Outbox {
         }
         std::mem::swap(&mut st.buf, into);
         st.messages = 0;
+        st.writing = Writing::Task;
         Take::Data
+    }
+
+    /// Reader: takes the queue to write it inline (one non-blocking write, no task switch) when
+    /// nobody else is writing and the connection is not ending. Call [`Outbox::finish_inline`]
+    /// after the write, whatever happened.
+    pub fn take_inline(&self, into: &mut Vec<u8>) -> bool {
+        debug_assert!(into.is_empty());
+        let mut st = self.state.lock();
+        if st.writing != Writing::Nobody || st.buf.is_empty() || st.ending.is_some() {
+            return false;
+        }
+        std::mem::swap(&mut st.buf, into);
+        st.messages = 0;
+        st.writing = Writing::Inline;
+        true
+    }
+
+    /// Reader: ends an inline write. `unwritten` (the tail the socket did not take) goes back to
+    /// the front of the queue for the writer task; `batch` is cleared and, when the queue is
+    /// empty, swapped back in so its capacity is reused.
+    pub fn finish_inline(&self, batch: &mut Vec<u8>, written: usize) {
+        let mut st = self.state.lock();
+        st.writing = Writing::Nobody;
+        if written < batch.len() {
+            if st.ending.is_none() {
+                let mut rest = batch.split_off(written);
+                rest.extend_from_slice(&st.buf);
+                st.buf = rest;
+            }
+            batch.clear();
+        } else {
+            batch.clear();
+            if st.buf.is_empty() {
+                std::mem::swap(&mut st.buf, batch);
+            }
+        }
+        let wake = !st.buf.is_empty() || st.ending.is_some();
+        drop(st);
+        if wake {
+            self.writer.notify_one();
+        }
     }
 
     /// Writer: the socket is full (`true`) or took data again (`false`).
@@ -317,6 +379,35 @@ mod tests {
         let mut b = Vec::new();
         assert!(matches!(o.take(&mut b), Take::End(Ending::Abort(1008, _))));
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn inline_writes_keep_order_and_exclude_the_writer_task() {
+        let o = Outbox::new(100, 1 << 20);
+        assert_eq!(o.push(&[b"a,"]), Push::Queued);
+        let mut inline = Vec::new();
+        assert!(o.take_inline(&mut inline));
+        assert_eq!(inline, b"a,");
+        // A delivery meanwhile waits; the writer task does not take it while the reader writes.
+        assert_eq!(o.push(&[b"b,"]), Push::Queued);
+        let mut task = Vec::new();
+        assert!(matches!(o.take(&mut task), Take::Idle));
+        // The socket took one byte only: the rest goes back in front of "b,".
+        o.finish_inline(&mut inline, 1);
+        assert!(matches!(o.take(&mut task), Take::Data));
+        assert_eq!(task, b",b,");
+        // While the task holds a batch, the reader does not write inline.
+        assert_eq!(o.push(&[b"c,"]), Push::Queued);
+        assert!(!o.take_inline(&mut inline));
+        task.clear();
+        assert!(matches!(o.take(&mut task), Take::Data));
+        task.clear();
+        assert!(matches!(o.take(&mut task), Take::Idle));
+        assert_eq!(o.push(&[b"d"]), Push::Queued);
+        assert!(o.take_inline(&mut inline));
+        o.finish_inline(&mut inline, 1);
+        assert!(inline.is_empty());
+        assert!(matches!(o.take(&mut task), Take::Idle));
     }
 
     #[test]

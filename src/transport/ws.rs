@@ -23,7 +23,6 @@ use crate::rpc::{Dispatcher, Session};
 use std::io::ErrorKind;
 use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 /// Smallest read: enough for a typical call and several frames.
@@ -66,10 +65,12 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, leftover: Vec<u8>, sessio
     ctx.registry.insert(&session);
     ctx.metrics.connections.inc();
     ctx.metrics.connections_total.inc();
-    let (rd, wr) = stream.into_split();
-    let mut writer = tokio::spawn(write_loop(out.clone(), wr));
+    // Both tasks use the socket through shared references: the reader reads (and writes its own
+    // answers when nobody else is writing), the writer writes; the outbox decides who writes.
+    let stream = Arc::new(stream);
+    let mut writer = tokio::spawn(write_loop(out.clone(), stream.clone()));
 
-    let end = read_loop(&ctx, &rd, leftover, &session, &out).await;
+    let end = read_loop(&ctx, &stream, leftover, &session, &out).await;
     match end {
         ReadEnd::Gone => out.end(Ending::Abort(frame::code::NORMAL, "")),
         ReadEnd::Failed(f) => out.end(Ending::Close(f.code, f.reason)),
@@ -77,7 +78,7 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, leftover: Vec<u8>, sessio
     }
     if tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, &mut writer).await.is_err() {
         writer.abort();
-        let _ = rd.as_ref().set_zero_linger();
+        let _ = stream.set_zero_linger();
     }
     count_ending(&ctx.metrics, out.ending());
 
@@ -111,7 +112,7 @@ fn count_ending(m: &Metrics, ending: Option<Ending>) {
 
 async fn read_loop(
     ctx: &Context,
-    rd: &OwnedReadHalf,
+    rd: &TcpStream,
     mut buf: Vec<u8>,
     session: &Arc<Session>,
     out: &Outbox,
@@ -163,11 +164,15 @@ async fn read_loop(
         if buf.is_empty() {
             buf = Vec::new();
         }
-        if handled > 0 {
+        if handled > 1 {
             // A publisher's batch of calls wakes the writers of every subscriber; let them run
-            // before reading more, so their queues drain as fast as they fill.
+            // before reading more, so their queues drain as fast as they fill. (A single call
+            // needs no yield: the reader waits for the socket next anyway.)
             tokio::task::yield_now().await;
         }
+
+        // The answers just queued go out from here if nobody else is writing: no task switch.
+        flush_inline(out, rd);
 
         // Ending? Aborts stop at once; a close waits a while for the client's close frame.
         if out.is_ending() {
@@ -202,6 +207,17 @@ async fn read_loop(
     }
 }
 
+/// Writes what the outbox holds with one non-blocking write from the reader's task, when the
+/// writer task is idle; whatever the socket does not take is left to the writer task.
+fn flush_inline(out: &Outbox, stream: &TcpStream) {
+    let mut batch = Vec::new();
+    if !out.take_inline(&mut batch) {
+        return;
+    }
+    let written = stream.try_write(&batch).unwrap_or(0);
+    out.finish_inline(&mut batch, written);
+}
+
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -210,14 +226,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn write_loop(out: Arc<Outbox>, wr: OwnedWriteHalf) {
+async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
     let mut batch = Vec::new();
     loop {
         match out.take(&mut batch) {
             Take::Data => {
                 if write_all(&out, &wr, &batch).await.is_err() {
                     out.end(Ending::Abort(frame::code::NORMAL, ""));
-                    let _ = wr.as_ref().set_zero_linger();
+                    let _ = wr.set_zero_linger();
                     return;
                 }
                 batch.clear();
@@ -243,7 +259,7 @@ async fn write_loop(out: Arc<Outbox>, wr: OwnedWriteHalf) {
                     frame::put_close(&mut f, code, reason);
                     let _ = wr.try_write(&f);
                 }
-                let _ = wr.as_ref().set_zero_linger();
+                let _ = wr.set_zero_linger();
                 let _ = socket_shutdown(&wr, libc::SHUT_RD);
                 return;
             }
@@ -253,7 +269,7 @@ async fn write_loop(out: Arc<Outbox>, wr: OwnedWriteHalf) {
 
 /// Writes all of `bytes`, unless the connection is aborted meanwhile (then the connection is
 /// reset, as a frame may be half-written).
-async fn write_all(out: &Outbox, wr: &OwnedWriteHalf, bytes: &[u8]) -> Result<(), ()> {
+async fn write_all(out: &Outbox, wr: &TcpStream, bytes: &[u8]) -> Result<(), ()> {
     let mut pos = 0;
     let mut full = false;
     while pos < bytes.len() {
@@ -274,7 +290,7 @@ async fn write_all(out: &Outbox, wr: &OwnedWriteHalf, bytes: &[u8]) -> Result<()
                     biased;
                     _ = out.writer_wait() => {
                         if let Some(Ending::Abort(..)) = out.ending() {
-                            let _ = wr.as_ref().set_zero_linger();
+                            let _ = wr.set_zero_linger();
                             let _ = socket_shutdown(wr, libc::SHUT_RD);
                             return Err(());
                         }
@@ -288,12 +304,12 @@ async fn write_all(out: &Outbox, wr: &OwnedWriteHalf, bytes: &[u8]) -> Result<()
     Ok(())
 }
 
-/// `shutdown(2)` on the connection's socket. tokio's write half only offers the write side;
-/// shutting the read side is how the writer wakes the reader when it resets the connection.
-fn socket_shutdown(wr: &OwnedWriteHalf, how: libc::c_int) -> std::io::Result<()> {
+/// `shutdown(2)` on the connection's socket: the write side after a close frame, the read side
+/// to wake the reader when the writer resets the connection.
+fn socket_shutdown(wr: &TcpStream, how: libc::c_int) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor belongs to a socket both halves keep open while `wr` lives;
     // shutdown(2) neither closes nor invalidates it.
-    let rc = unsafe { libc::shutdown(wr.as_ref().as_raw_fd(), how) };
+    let rc = unsafe { libc::shutdown(wr.as_raw_fd(), how) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
