@@ -179,6 +179,21 @@ impl Dispatcher {
         in_batch: bool,
         answer: &mut Answer,
     ) -> Option<String> {
+        // Every message is charged, valid or not: a flood of garbage costs its sender the same.
+        match session.charge_call() {
+            Verdict::Allow => {}
+            verdict => {
+                answer.flood |= verdict == Verdict::Flood;
+                self.metrics.rate_limited.inc();
+                // Only the id of a refused call is read: refusing must cost less than serving.
+                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id)?;
+                let err: ErrorObjectOwned = super::RpcError::RateLimited(
+                    "too many calls on this connection; slow down (see limits.calls_per_second)".into(),
+                )
+                .into();
+                return Some(error_json(id, err));
+            }
+        }
         let call = match serde_json::from_str::<Call>(text) {
             Ok(c) => c,
             Err(e) => return Some(self.invalid(text, in_batch, &e)),
@@ -191,19 +206,6 @@ impl Dispatcher {
             return Some(error_json(id.unwrap_or(Id::Null), err));
         }
         let counters = self.metrics.method(&call.method);
-        match session.charge_call() {
-            Verdict::Allow => {}
-            verdict => {
-                answer.flood |= verdict == Verdict::Flood;
-                self.metrics.rate_limited.inc();
-                counters.error.inc();
-                let err: ErrorObjectOwned = super::RpcError::RateLimited(
-                    "too many calls on this connection; slow down (see limits.calls_per_second)".into(),
-                )
-                .into();
-                return id.map(|id| error_json(id, err));
-            }
-        }
         let Some((name, callback)) = self.methods.method_with_name(&call.method) else {
             counters.error.inc();
             return id.map(|id| error_json(id, standard(error::METHOD_NOT_FOUND)));

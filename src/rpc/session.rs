@@ -86,7 +86,8 @@ impl Session {
         self.outbox.as_ref()
     }
 
-    /// Charges one call against the budget.
+    /// Charges one message (a call, a notification, a batch entry, or something invalid)
+    /// against the budget.
     pub fn charge_call(&self) -> Verdict {
         self.limiter.lock().check(Instant::now())
     }

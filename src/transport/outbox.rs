@@ -163,18 +163,11 @@ impl Outbox {
         Push::Queued
     }
 
-    /// Queues a control frame (ping, pong). Not counted as a message; dropped if ending.
+    /// Queues a control frame (ping, pong), never held back. It counts like a message, so a
+    /// client that sends pings without reading pongs meets the same bounds as any other.
     pub fn push_control(&self, opcode: u8, payload: &[u8]) {
-        let mut st = self.state.lock();
-        if st.ending.is_some() {
-            return;
-        }
-        let was_empty = st.buf.is_empty();
-        frame::put_frame(&mut st.buf, opcode, payload);
-        drop(st);
-        if was_empty {
-            self.writer.notify_one();
-        }
+        let (h, n) = frame::header_bytes(opcode, payload.len());
+        let _ = self.push_inner(&[&h[..n], payload], false);
     }
 
     /// From now until [`Outbox::release`], messages pushed with [`Outbox::push`] wait behind the

@@ -168,6 +168,38 @@ async fn flooding_client_is_refused_then_closed() {
     assert!(ok + limited < 2_000, "the rest was never processed");
 }
 
+/// Invalid messages are charged like calls: a flood of garbage is closed the same way.
+#[tokio::test]
+async fn flooding_with_garbage_is_closed_too() {
+    let mut c = config();
+    c.limits.calls_per_second = 20;
+    let server = start(c).await;
+    let mut s = raw::connect(server.addr).await;
+    let mut burst = Vec::new();
+    for _ in 0..1_000 {
+        burst.extend(raw::text("not json"));
+    }
+    s.write_all(&burst).await.unwrap();
+    let mut parse_errors = 0;
+    let code = loop {
+        match raw::read(&mut s).await {
+            Some((1, p)) => {
+                let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+                assert_eq!(v["error"]["code"], -32700, "{v}");
+                parse_errors += 1;
+            }
+            Some((8, p)) => break Some(u16::from_be_bytes([p[0], p[1]])),
+            Some(_) => {}
+            None => break None,
+        }
+    };
+    assert_eq!(code, Some(1008));
+    assert!(
+        (20..=25).contains(&parse_errors),
+        "only the budget's worth is parsed and answered: {parse_errors}"
+    );
+}
+
 #[tokio::test]
 async fn silent_clients_are_disconnected_and_answering_ones_are_not() {
     let mut c = config();
