@@ -208,7 +208,12 @@ async fn call(url: &str, method: &str, params: Option<Value>, token: Option<&str
     } else {
         bail!("{url}: use ws://HOST:PORT/ws/rpc or http://HOST:PORT/rpc");
     };
-    result.map_err(|e| anyhow!("{method}: {e}"))
+    result.map_err(|e| match e {
+        jsonrpsee::core::ClientError::Call(err) => {
+            anyhow!("{method}: error {}: {}", err.code(), err.message())
+        }
+        e => anyhow!("{method}: {e}"),
+    })
 }
 
 async fn request<C: ClientT>(
