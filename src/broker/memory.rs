@@ -130,6 +130,23 @@ impl MemoryBroker {
         Ok(s)
     }
 
+    /// Runs `f` on the channel's stream (created if needed) under its lock, after marking it used
+    /// and trimming what its retention no longer covers; `f` also gets the time in Unix ms.
+    fn with_stream<T>(
+        &self,
+        channel: &str,
+        retention: Retention,
+        f: impl FnOnce(&mut Stream, u64) -> T,
+    ) -> Result<T, BrokerError> {
+        let stream = self.stream(channel, retention)?;
+        let mut st = stream.lock();
+        let now = now_ms();
+        st.retention = retention;
+        st.touched = now;
+        st.trim(now);
+        Ok(f(&mut st, now))
+    }
+
     /// Trims expired history and forgets streams that are empty, unwatched and idle for their TTL.
     pub fn sweep(&self, now: u64) {
         let mut idle = Vec::new();
@@ -182,12 +199,7 @@ impl Broker for MemoryBroker {
         p: NewPublication,
         retention: Retention,
     ) -> BoxFuture<'a, Result<Published, BrokerError>> {
-        let result = self.stream(channel, retention).map(|stream| {
-            let mut st = stream.lock();
-            let now = now_ms();
-            st.retention = retention;
-            st.touched = now;
-            st.trim(now);
+        let result = self.with_stream(channel, retention, |st, now| {
             if let Some(&offset) = p.idempotency_key.as_ref().and_then(|k| st.keys.get(k.as_str())) {
                 let position = StreamPosition { epoch: st.epoch.to_string(), offset };
                 return Published { position, duplicate: true };
@@ -223,14 +235,7 @@ impl Broker for MemoryBroker {
         range: HistoryRange,
         retention: Retention,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
-        let result = self.stream(channel, retention).map(|stream| {
-            let mut st = stream.lock();
-            let now = now_ms();
-            st.retention = retention;
-            st.touched = now;
-            st.trim(now);
-            st.page(range)
-        });
+        let result = self.with_stream(channel, retention, |st, _| st.page(range));
         Box::pin(std::future::ready(result))
     }
 

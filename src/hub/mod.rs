@@ -284,12 +284,18 @@ impl Hub {
         }
         let unused = st.live.is_empty() && st.pending.is_empty();
         drop(st);
-        self.metrics.subscriptions.dec();
-        self.broker.unsubscribe(&sub.channel.name);
-        if unused {
-            self.remove_if_unused(&sub.channel);
-        }
+        self.subscription_gone(&sub.channel, unused);
         at.is_some()
+    }
+
+    /// Accounts for a subscription that left `channel`: one broker interest less, and the
+    /// channel forgotten when `unused` (nobody subscribed or subscribing).
+    fn subscription_gone(&self, channel: &Arc<HubChannel>, unused: bool) {
+        self.metrics.subscriptions.dec();
+        self.broker.unsubscribe(&channel.name);
+        if unused {
+            self.remove_if_unused(channel);
+        }
     }
 
     /// Ends a subscription from the server's side: its last notification is
@@ -304,11 +310,7 @@ impl Hub {
         let _ = live.out.push(&frame.parts(&sub.id));
         let unused = st.live.is_empty() && st.pending.is_empty();
         drop(st);
-        self.metrics.subscriptions.dec();
-        self.broker.unsubscribe(&sub.channel.name);
-        if unused {
-            self.remove_if_unused(&sub.channel);
-        }
+        self.subscription_gone(&sub.channel, unused);
         true
     }
 
