@@ -42,6 +42,16 @@ pub enum Ending {
     /// Queued data was dropped; the writer stops at once and fails the connection with this code
     /// and reason if it can, else resets it.
     Abort(u16, &'static str),
+    /// The client is gone (end of stream, socket error): queued data is dropped and the
+    /// connection reset, with nothing sent.
+    Gone,
+}
+
+impl Ending {
+    /// True for the endings that drop queued data and stop the writer at once.
+    pub fn is_abrupt(&self) -> bool {
+        matches!(self, Ending::Abort(..) | Ending::Gone)
+    }
 }
 
 /// What the writer found.
@@ -222,7 +232,7 @@ impl Outbox {
         }
         st.ended = true;
         let _ = self.ending.set(how);
-        if let Ending::Abort(..) = how {
+        if how.is_abrupt() {
             st.buf = Vec::new();
             st.held = None;
             st.messages = 0;
@@ -255,7 +265,7 @@ impl Outbox {
     pub fn take(&self, into: &mut Vec<u8>) -> Take {
         debug_assert!(into.is_empty());
         let mut st = self.state.lock();
-        if let Some(e @ Ending::Abort(..)) = self.ending() {
+        if let Some(e) = self.ending().filter(Ending::is_abrupt) {
             return Take::End(e);
         }
         if st.writing == Writing::Inline {

@@ -72,7 +72,7 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, leftover: Vec<u8>, sessio
 
     let end = read_loop(&ctx, &stream, leftover, &session, &out).await;
     match end {
-        ReadEnd::Gone => out.end(Ending::Abort(frame::code::NORMAL, "")),
+        ReadEnd::Gone => out.end(Ending::Gone),
         ReadEnd::Failed(f) => out.end(Ending::Close(f.code, f.reason)),
         ReadEnd::ClientClosed | ReadEnd::Ended => {}
     }
@@ -177,7 +177,7 @@ async fn read_loop(
         // Ending? Aborts stop at once; a close waits a while for the client's close frame.
         if out.is_ending() {
             match out.ending() {
-                Some(Ending::Abort(..)) => return ReadEnd::Ended,
+                Some(e) if e.is_abrupt() => return ReadEnd::Ended,
                 _ => {
                     close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
                 }
@@ -232,7 +232,7 @@ async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
         match out.take(&mut batch) {
             Take::Data => {
                 if write_all(&out, &wr, &batch).await.is_err() {
-                    out.end(Ending::Abort(frame::code::NORMAL, ""));
+                    out.end(Ending::Gone);
                     let _ = wr.set_zero_linger();
                     return;
                 }
@@ -251,10 +251,10 @@ async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
                 }
                 return;
             }
-            Take::End(Ending::Abort(code, reason)) => {
-                // Nothing is half-written here, so the close frame goes out if the socket has
-                // room; either way the connection is reset, dropping what the kernel holds.
-                if code != frame::code::NORMAL {
+            Take::End(ending) => {
+                // Nothing is half-written here, so an abort's close frame goes out if the socket
+                // has room; either way the connection is reset, dropping what the kernel holds.
+                if let Ending::Abort(code, reason) = ending {
                     let mut f = Vec::new();
                     frame::put_close(&mut f, code, reason);
                     let _ = wr.try_write(&f);
@@ -289,7 +289,7 @@ async fn write_all(out: &Outbox, wr: &TcpStream, bytes: &[u8]) -> Result<(), ()>
                 tokio::select! {
                     biased;
                     _ = out.writer_wait() => {
-                        if let Some(Ending::Abort(..)) = out.ending() {
+                        if out.ending().is_some_and(|e| e.is_abrupt()) {
                             let _ = wr.set_zero_linger();
                             let _ = socket_shutdown(wr, libc::SHUT_RD);
                             return Err(());
