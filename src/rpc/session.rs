@@ -89,7 +89,12 @@ impl Session {
     /// Charges one message (a call, a notification, a batch entry, or something invalid)
     /// against the budget.
     pub fn charge_call(&self) -> Verdict {
-        self.limiter.lock().check(Instant::now())
+        let mut limiter = self.limiter.lock();
+        // Unlimited principals (admin) skip the clock read: this runs for every message.
+        if limiter.rate.is_none() {
+            return Verdict::Allow;
+        }
+        limiter.check(Instant::now())
     }
 }
 
