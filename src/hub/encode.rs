@@ -99,6 +99,11 @@ impl SharedFrame {
         [&self.buf[self.start..self.split], &id.0, &self.buf[self.split..]]
     }
 
+    /// Length of each subscriber's frame.
+    pub fn frame_len(&self) -> usize {
+        self.buf.len() - self.start + SUB_ID_LEN
+    }
+
     /// Releases a buffer grown by an unusually large event.
     pub fn shrink(&mut self) {
         if self.buf.capacity() > 64 << 10 {

@@ -17,6 +17,11 @@
 //! subscriber. A subscriber whose outbox overflows is dropped from the channel there and then
 //! (its connection is already being failed by the outbox).
 //!
+//! A fan-out to thousands of subscribers is bound by memory, not by instructions: each outbox
+//! was last touched by its writer on another core, so each push waits for its cache lines. The
+//! loop therefore prefetches the outboxes a few subscribers ahead ([`Outbox::prefetch`]), which
+//! overlaps those waits instead of taking them one after another.
+//!
 //! The hub knows nothing of JSON-RPC requests or sockets beyond the outbox it writes to.
 
 pub mod encode;
@@ -116,6 +121,11 @@ struct HubChannel {
     name: Arc<str>,
     state: Mutex<ChannelState>,
 }
+
+/// How many subscribers ahead of the one being served a fan-out prefetches (see
+/// [`Outbox::prefetch`]): far enough to cover a cache miss, near enough that the lines are still
+/// in cache when used. Measured with `fanout --subscribers 10000 --rate 200` (BENCHMARKS.md).
+const PREFETCH_AHEAD: usize = 8;
 
 /// Snapshot reads tried before a subscribe gives up on a channel that is too busy.
 const SNAPSHOT_ATTEMPTS: usize = 5;
@@ -381,9 +391,27 @@ impl Listener for Hub {
         st.last_offset = p.offset;
         if !st.live.is_empty() {
             let frame = st.frame.build(|b| encode::publication_event(b, channel, p));
-            // A subscriber whose outbox overflows leaves the channel here; its connection is
-            // already being failed (and counted) by the outbox's owner.
-            st.live.retain(|s| s.out.push(&frame.parts(&s.id)) == Push::Queued);
+            let frame_len = frame.frame_len();
+            let live = &mut st.live;
+            let mut i = 0;
+            while i < live.len() {
+                // The outbox PREFETCH_AHEAD subscribers on is asked for its state; the one half as
+                // far, whose state has arrived by now, for the bytes its push will write.
+                if let Some(ahead) = live.get(i + PREFETCH_AHEAD) {
+                    ahead.out.prefetch();
+                }
+                if let Some(ahead) = live.get(i + PREFETCH_AHEAD / 2) {
+                    ahead.out.prefetch_tail(frame_len);
+                }
+                let s = &live[i];
+                if s.out.push(&frame.parts(&s.id)) == Push::Queued {
+                    i += 1;
+                } else {
+                    // Its outbox overflowed or closed: it leaves the channel here; its connection
+                    // is already being failed (and counted) by the outbox's owner.
+                    live.swap_remove(i);
+                }
+            }
             self.metrics.deliveries.inc_by(st.live.len() as u64);
             st.frame.shrink();
         }

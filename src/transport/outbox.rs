@@ -18,6 +18,7 @@
 use super::frame;
 use parking_lot::Mutex;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 /// What happened to a pushed message.
@@ -120,6 +121,9 @@ enum Writing {
 #[repr(C)]
 pub struct Outbox {
     state: Mutex<State>,
+    /// Where the next push will copy to (the queue's end), kept for [`Outbox::prefetch_tail`].
+    /// Only a hint: it may be stale, and it is never dereferenced.
+    tail: AtomicUsize,
     /// Wakes the writer: data queued into an empty buffer, or the connection is ending.
     writer: Notify,
     /// Wakes the reader: the connection is ending, or the queue drained.
@@ -144,12 +148,45 @@ impl Outbox {
                 reader_waits_for_drain: false,
                 writing: Writing::Nobody,
             }),
+            tail: AtomicUsize::new(0),
             writer: Notify::new(),
             reader: Notify::new(),
             ending: OnceLock::new(),
             max_messages,
             max_bytes,
         }
+    }
+
+    /// Asks the CPU to bring this outbox's lock and queue state into cache, for writing, ahead of
+    /// a [`Outbox::push`]. A fan-out touches thousands of outboxes once each, last used by writer
+    /// tasks on other cores, so each push would otherwise stall on these cache lines; issuing
+    /// this a few subscribers ahead overlaps the stalls. A hint only: it changes no state.
+    #[inline]
+    pub fn prefetch(&self) {
+        let at = std::ptr::from_ref(self).addr();
+        prefetch_for_write(at);
+        prefetch_for_write(at + std::mem::size_of::<Mutex<State>>() - 1);
+    }
+
+    /// Like [`Outbox::prefetch`], for the `len` bytes the next push will copy into the queue.
+    /// Call it after [`Outbox::prefetch`] had time to bring in the line that says where that is.
+    #[inline]
+    pub fn prefetch_tail(&self, len: usize) {
+        let at = self.tail.load(Ordering::Relaxed);
+        if at == 0 {
+            return;
+        }
+        let mut line = at & !(CACHE_LINE - 1);
+        while line < at + len.min(4 * CACHE_LINE) {
+            prefetch_for_write(line);
+            line += CACHE_LINE;
+        }
+    }
+
+    /// Records where the queue ends now, for [`Outbox::prefetch_tail`].
+    #[inline]
+    fn note_tail(&self, st: &State) {
+        self.tail.store(st.buf.as_ptr().addr() + st.buf.len(), Ordering::Relaxed);
     }
 
     /// Queues one data message made of `parts` (a complete frame: header and payload). Held back
@@ -189,6 +226,7 @@ impl Outbox {
             st.buf.extend_from_slice(p);
         }
         st.messages += 1;
+        self.note_tail(&st);
         drop(st);
         if was_empty {
             self.writer.notify_one();
@@ -286,6 +324,7 @@ impl Outbox {
         std::mem::swap(&mut st.buf, into);
         st.messages = 0;
         st.writing = Writing::Task;
+        self.note_tail(&st);
         Take::Data
     }
 
@@ -301,6 +340,7 @@ impl Outbox {
         std::mem::swap(&mut st.buf, into);
         st.messages = 0;
         st.writing = Writing::Inline;
+        self.note_tail(&st);
         true
     }
 
@@ -324,6 +364,7 @@ impl Outbox {
             }
         }
         let wake = !st.buf.is_empty() || st.ended;
+        self.note_tail(&st);
         drop(st);
         if wake {
             self.writer.notify_one();
@@ -365,6 +406,20 @@ impl Outbox {
     pub async fn reader_wait(&self) {
         self.reader.notified().await
     }
+}
+
+const CACHE_LINE: usize = 64;
+
+/// Hints the CPU to fetch the cache line holding address `at` in a state ready for writing.
+#[inline(always)]
+fn prefetch_for_write(at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address, and changes nothing but the cache.
+    unsafe {
+        std::arch::asm!("prefetchw [{}]", in(reg) at, options(nostack, preserves_flags, readonly));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
 
 #[cfg(test)]
