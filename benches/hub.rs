@@ -3,7 +3,8 @@
 //! - `publish/N`: one publication fanned out to N live subscribers (throughput in deliveries);
 //! - `snapshot/100`: a subscribe that snapshots 100 retained publications, then its unsubscribe;
 //! - `history/append_trim`: a publish to a channel nobody watches whose history is full;
-//! - `encode/*`: building a notification frame once, and copying it for one subscriber.
+//! - `encode/*`: building a notification frame once (as each publication does), and copying it
+//!   for one subscriber (as a snapshot is queued; live deliveries queue it by reference).
 //!
 //! Run with `cargo bench --bench hub` (a few minutes); CI only builds it (`cargo bench --no-run`).
 
@@ -14,7 +15,7 @@ use rpchub::broker::{NewPublication, Publication};
 use rpchub::hub::encode::{self, SharedFrame};
 use rpchub::hub::{Hub, SubIdGen};
 use rpchub::metrics::Metrics;
-use rpchub::transport::outbox::{Outbox, Take};
+use rpchub::transport::outbox::{Batch, Outbox, Take};
 use serde_json::value::RawValue;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -56,7 +57,7 @@ fn new_hub(rt: &Runtime) -> Arc<Hub> {
 }
 
 /// Empties every outbox, as their writers would; returns the bytes taken.
-fn drain(outboxes: &[Arc<Outbox>], scratch: &mut Vec<u8>) -> usize {
+fn drain(outboxes: &[Arc<Outbox>], scratch: &mut Batch) -> usize {
     let mut taken = 0;
     for o in outboxes {
         match o.take(scratch) {
@@ -64,7 +65,7 @@ fn drain(outboxes: &[Arc<Outbox>], scratch: &mut Vec<u8>) -> usize {
             Take::Idle => {}
             Take::End(e) => panic!("a benchmark outbox ended: {e:?}"),
         }
-        scratch.clear();
+        scratch.clear(usize::MAX);
     }
     taken
 }
@@ -106,7 +107,7 @@ fn publish_fan_out(c: &mut Criterion) {
             }
             subs
         });
-        let mut scratch = Vec::new();
+        let mut scratch = Batch::default();
         drain(&outboxes, &mut scratch);
         // One publish to learn the frame size, hence how many fit between drains.
         rt.block_on(hub.publish(CHANNEL, publication())).expect("publish");
@@ -139,7 +140,7 @@ fn snapshot(c: &mut Criterion) {
         }
     });
     let out = Arc::new(Outbox::new(OUTBOX_MESSAGES, OUTBOX_BYTES));
-    let mut scratch = Vec::new();
+    let mut scratch = Batch::default();
     let sub = rt.block_on(hub.subscribe(&out, CHANNEL, None, None)).expect("subscribe");
     hub.unsubscribe(&sub);
     let bytes = drain(std::slice::from_ref(&out), &mut scratch);
@@ -186,7 +187,9 @@ fn encoding(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(len as u64));
     group.bench_function("build", |b| {
         b.iter(|| {
-            frame.build(|b| encode::publication_event(b, black_box(CHANNEL), black_box(&p)));
+            let mut f = SharedFrame::with_capacity(encode::publication_event_len(CHANNEL, &p));
+            f.build(|b| encode::publication_event(b, black_box(CHANNEL), black_box(&p)));
+            black_box(Arc::new(f))
         })
     });
     let mut out = Vec::with_capacity(4096);

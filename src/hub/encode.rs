@@ -77,6 +77,12 @@ pub struct SharedFrame {
 }
 
 impl SharedFrame {
+    /// An empty frame with room for `event_len` bytes of event.
+    pub fn with_capacity(event_len: usize) -> SharedFrame {
+        let buf = Vec::with_capacity(HEADER_ROOM + NOTIF_PREFIX.len() + RESULT_MID.len() + event_len + 2);
+        SharedFrame { buf, start: 0, split: 0 }
+    }
+
     /// Encodes a notification whose `result` is written by `event` (reusing the buffer).
     pub fn build(&mut self, event: impl FnOnce(&mut Vec<u8>)) -> &SharedFrame {
         let buf = &mut self.buf;
@@ -103,18 +109,18 @@ impl SharedFrame {
     pub fn frame_len(&self) -> usize {
         self.buf.len() - self.start + SUB_ID_LEN
     }
-
-    /// Releases a buffer grown by an unusually large event.
-    pub fn shrink(&mut self) {
-        if self.buf.capacity() > 64 << 10 {
-            self.buf = Vec::new();
-        }
-    }
 }
+
+/// Length of the event [`publication_event`] writes.
+pub fn publication_event_len(channel: &str, p: &Publication) -> usize {
+    PUBLICATION_PREFIX.len() + channel.len() + 2 + p.fields_and_close().len()
+}
+
+const PUBLICATION_PREFIX: &[u8] = br#"{"type":"publication","channel":""#;
 
 /// Writes a live publication event: `{"type":"publication","channel":C,"offset",..}`.
 pub fn publication_event(out: &mut Vec<u8>, channel: &str, p: &Publication) {
-    out.extend_from_slice(br#"{"type":"publication","channel":""#);
+    out.extend_from_slice(PUBLICATION_PREFIX);
     out.extend_from_slice(channel.as_bytes());
     out.extend_from_slice(b"\",");
     out.extend_from_slice(p.fields_and_close().as_bytes());

@@ -12,9 +12,9 @@
 //! # Fan-out
 //!
 //! The broker calls [`Hub`]'s [`Listener::deliver`] once per publication. The hub encodes the
-//! notification once ([`encode::SharedFrame`]) and copies it, with each subscriber's id spliced
-//! in, into each live subscriber's [`Outbox`]: no task, no allocation and no await per
-//! subscriber. A subscriber whose outbox overflows is dropped from the channel there and then
+//! notification once ([`encode::SharedFrame`]) and queues it, by reference and with each
+//! subscriber's id, in each live subscriber's [`Outbox`] ([`Outbox::push_shared`]): no task, no
+//! allocation, no copy of the frame and no await per subscriber. A subscriber whose outbox overflows is dropped from the channel there and then
 //! (its connection is already being failed by the outbox).
 //!
 //! A fan-out to thousands of subscribers is bound by memory, not by instructions: each outbox
@@ -113,8 +113,6 @@ struct ChannelState {
     /// Set when the channel was taken out of the hub's map; a subscriber that finds it set
     /// looks the channel up again.
     removed: bool,
-    /// The current publication's frame, reused from one publication to the next.
-    frame: SharedFrame,
 }
 
 struct HubChannel {
@@ -173,7 +171,6 @@ impl Hub {
                     pending: Vec::new(),
                     last_offset: 0,
                     removed: false,
-                    frame: SharedFrame::default(),
                 }),
             })
         });
@@ -390,21 +387,22 @@ impl Listener for Hub {
         }
         st.last_offset = p.offset;
         if !st.live.is_empty() {
-            let frame = st.frame.build(|b| encode::publication_event(b, channel, p));
-            let frame_len = frame.frame_len();
+            let mut frame = SharedFrame::with_capacity(encode::publication_event_len(channel, p));
+            frame.build(|b| encode::publication_event(b, channel, p));
+            let frame = Arc::new(frame);
             let live = &mut st.live;
             let mut i = 0;
             while i < live.len() {
                 // The outbox PREFETCH_AHEAD subscribers on is asked for its state; the one half as
-                // far, whose state has arrived by now, for the bytes its push will write.
+                // far, whose state has arrived by now, for the memory its push will write.
                 if let Some(ahead) = live.get(i + PREFETCH_AHEAD) {
                     ahead.out.prefetch();
                 }
                 if let Some(ahead) = live.get(i + PREFETCH_AHEAD / 2) {
-                    ahead.out.prefetch_tail(frame_len);
+                    ahead.out.prefetch_tail();
                 }
                 let s = &live[i];
-                if s.out.push(&frame.parts(&s.id)) == Push::Queued {
+                if s.out.push_shared(&frame, s.id) == Push::Queued {
                     i += 1;
                 } else {
                     // Its outbox overflowed or closed: it leaves the channel here; its connection
@@ -413,7 +411,6 @@ impl Listener for Hub {
                 }
             }
             self.metrics.deliveries.inc_by(st.live.len() as u64);
-            st.frame.shrink();
         }
         let cap = self.config.limits.outbound_queue_messages;
         for pending in &mut st.pending {

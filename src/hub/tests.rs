@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::broker::memory::MemoryBroker;
-use crate::transport::outbox::Take;
+use crate::transport::outbox::{Batch, Take};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -37,9 +37,9 @@ fn frames(mut bytes: &[u8]) -> Vec<Value> {
 }
 
 fn drain(out: &Outbox) -> Vec<Value> {
-    let mut buf = Vec::new();
-    match out.take(&mut buf) {
-        Take::Data => frames(&buf),
+    let mut batch = Batch::default();
+    match out.take(&mut batch) {
+        Take::Data => frames(&batch.to_vec()),
         _ => Vec::new(),
     }
 }

@@ -14,7 +14,7 @@
 //! [`CLOSE_HANDSHAKE_TIMEOUT`] for the client; an abort resets the TCP connection.
 
 use super::frame::{self, Event, Failure, OP_PONG, Reassembly};
-use super::outbox::{Ending, Outbox, Take};
+use super::outbox::{Batch, Ending, Outbox, Take};
 use super::registry::{Registry, Slot};
 use crate::constants::CLOSE_HANDSHAKE_TIMEOUT;
 use crate::hub::Hub;
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 /// Smallest read: enough for a typical call and several frames.
 const READ_CHUNK: usize = 4096;
-/// A writer's batch buffer above this size is released after use instead of kept.
+/// A writer's batch buffers above this size are released after use instead of kept.
 const KEEP_BATCH_CAPACITY: usize = 256 << 10;
 
 /// What every connection needs from the node.
@@ -210,12 +210,12 @@ async fn read_loop(
 /// Writes what the outbox holds with one non-blocking write from the reader's task, when the
 /// writer task is idle; whatever the socket does not take is left to the writer task.
 fn flush_inline(out: &Outbox, stream: &TcpStream) {
-    let mut batch = Vec::new();
+    let mut batch = Batch::default();
     if !out.take_inline(&mut batch) {
         return;
     }
-    let written = stream.try_write(&batch).unwrap_or(0);
-    out.finish_inline(&mut batch, written);
+    let _ = batch.write_to(stream);
+    out.finish_inline(&mut batch);
 }
 
 /// Sleeps until `deadline`, or forever without one.
@@ -227,25 +227,22 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
-    let mut batch = Vec::new();
+    let mut batch = Batch::default();
     loop {
         match out.take(&mut batch) {
             Take::Data => {
-                if write_all(&out, &wr, &batch).await.is_err() {
+                if write_all(&out, &wr, &mut batch).await.is_err() {
                     out.end(Ending::Gone);
                     let _ = wr.set_zero_linger();
                     return;
                 }
-                batch.clear();
-                if batch.capacity() > KEEP_BATCH_CAPACITY {
-                    batch = Vec::new();
-                }
+                batch.clear(KEEP_BATCH_CAPACITY);
             }
             Take::Idle => out.writer_wait().await,
             Take::End(Ending::Close(code, reason)) => {
                 let mut f = Vec::new();
                 frame::put_close(&mut f, code, reason);
-                if write_all(&out, &wr, &f).await.is_ok() {
+                if write_bytes(&wr, &f).await.is_ok() {
                     // Half-close: the client sees the end of the stream after the close frame.
                     let _ = socket_shutdown(&wr, libc::SHUT_WR);
                 }
@@ -267,15 +264,13 @@ async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
     }
 }
 
-/// Writes all of `bytes`, unless the connection is aborted meanwhile (then the connection is
+/// Writes all of `batch`, unless the connection is aborted meanwhile (then the connection is
 /// reset, as a frame may be half-written).
-async fn write_all(out: &Outbox, wr: &TcpStream, bytes: &[u8]) -> Result<(), ()> {
-    let mut pos = 0;
+async fn write_all(out: &Outbox, wr: &TcpStream, batch: &mut Batch) -> Result<(), ()> {
     let mut full = false;
-    while pos < bytes.len() {
-        match wr.try_write(&bytes[pos..]) {
-            Ok(n) => {
-                pos += n;
+    while !batch.is_done() {
+        match batch.write_to(wr) {
+            Ok(_) => {
                 if full {
                     full = false;
                     out.set_socket_full(false);
@@ -298,6 +293,20 @@ async fn write_all(out: &Outbox, wr: &TcpStream, bytes: &[u8]) -> Result<(), ()>
                     r = wr.writable() => r.map_err(|_| ())?,
                 }
             }
+            Err(_) => return Err(()),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bytes` (a close frame), giving up if the socket fails. (The reader stops
+/// waiting for the close handshake after a while and then aborts this task.)
+async fn write_bytes(wr: &TcpStream, bytes: &[u8]) -> Result<(), ()> {
+    let mut pos = 0;
+    while pos < bytes.len() {
+        match wr.try_write(&bytes[pos..]) {
+            Ok(n) => pos += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => wr.writable().await.map_err(|_| ())?,
             Err(_) => return Err(()),
         }
     }
