@@ -195,9 +195,10 @@ impl Batch {
     /// copy reads frames shared by every subscriber and writes a buffer that stays in cache.
     pub fn write_to(&mut self, socket: &TcpStream) -> std::io::Result<usize> {
         let Cursor { item: mut i, mut within, mut at } = self.cursor;
-        // A long run of copied bytes (a big snapshot) goes out from where it is.
+        // Copied bytes go out from where they are when nothing follows them (answers to calls)
+        // or when they are many (a big snapshot).
         if let Some(Item::Bytes(n)) = self.q.items.get(i)
-            && n - within >= GATHER_BYTES / 2
+            && (i + 1 == self.q.items.len() || n - within >= GATHER_BYTES / 2)
         {
             let written = socket.try_write(&self.q.bytes[at + within..at + n])?;
             self.advance(written);
