@@ -427,22 +427,25 @@ impl Outbox {
     /// Held back while a subscribe call is in progress.
     pub fn push(&self, parts: &[&[u8]]) -> Push {
         let len = parts.iter().map(|p| p.len()).sum();
-        self.push_with(len, true, |q| q.push_bytes(parts))
+        self.push_with(len, true, true, |q| q.push_bytes(parts))
     }
 
     /// Queues `frame` with `id` spliced in, by reference. Held back while a subscribe call is in
     /// progress.
     pub fn push_shared(&self, frame: &Arc<SharedFrame>, id: SubId) -> Push {
-        self.push_with(frame.frame_len(), true, |q| q.push_shared(frame, id))
+        self.push_with(frame.frame_len(), true, true, |q| q.push_shared(frame, id))
     }
 
-    /// Queues an answer to a call: never held back.
+    /// Queues an answer to a call: never held back, and without waking the writer task. Only
+    /// the connection's reader queues answers, and it writes the queue itself next
+    /// ([`Outbox::take_inline`]), waking the writer for whatever the socket does not take; a
+    /// wake-up here would make the writer task run for nothing on every call.
     pub fn push_answer(&self, parts: &[&[u8]]) -> Push {
         let len = parts.iter().map(|p| p.len()).sum();
-        self.push_with(len, false, |q| q.push_bytes(parts))
+        self.push_with(len, false, false, |q| q.push_bytes(parts))
     }
 
-    fn push_with(&self, len: usize, may_hold: bool, put: impl FnOnce(&mut Queue)) -> Push {
+    fn push_with(&self, len: usize, may_hold: bool, wake: bool, put: impl FnOnce(&mut Queue)) -> Push {
         let mut st = self.state.lock();
         if st.ended {
             return Push::Closed;
@@ -462,7 +465,7 @@ impl Outbox {
         put(&mut st.queue);
         self.note_tail(&st);
         drop(st);
-        if was_empty {
+        if was_empty && wake {
             self.writer.notify_one();
         }
         Push::Queued
@@ -472,7 +475,7 @@ impl Outbox {
     /// client that sends pings without reading pongs meets the same bounds as any other.
     pub fn push_control(&self, opcode: u8, payload: &[u8]) {
         let (h, n) = frame::header_bytes(opcode, payload.len());
-        let _ = self.push_answer(&[&h[..n], payload]);
+        let _ = self.push_with(n + payload.len(), false, true, |q| q.push_bytes(&[&h[..n], payload]));
     }
 
     /// From now until [`Outbox::release`], messages pushed with [`Outbox::push`] and
