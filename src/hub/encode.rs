@@ -4,7 +4,8 @@
 //! "result":EVENT}}`. Subscription ids all have the same length ([`SUB_ID_LEN`]), so every
 //! subscriber's frame of one event has the same length and the same header: the frame is encoded
 //! once as `head` (WebSocket header and everything before the id) and `tail` (everything after
-//! it), and a delivery is `head`, the id and `tail` copied into the subscriber's outbox.
+//! it). A live delivery queues the shared frame and the id in the subscriber's outbox, whose
+//! writer writes `head`, the id and `tail`; a snapshot copies the three into the outbox.
 
 use crate::broker::{HistoryPage, Publication};
 use crate::transport::frame;

@@ -14,8 +14,9 @@
 //! The broker calls [`Hub`]'s [`Listener::deliver`] once per publication. The hub encodes the
 //! notification once ([`encode::SharedFrame`]) and queues it, by reference and with each
 //! subscriber's id, in each live subscriber's [`Outbox`] ([`Outbox::push_shared`]): no task, no
-//! allocation, no copy of the frame and no await per subscriber. A subscriber whose outbox overflows is dropped from the channel there and then
-//! (its connection is already being failed by the outbox).
+//! allocation, no copy of the frame and no await per subscriber. A subscriber whose outbox
+//! overflows is dropped from the channel there and then (its connection is already being failed
+//! by the outbox).
 //!
 //! A fan-out to thousands of subscribers is bound by memory, not by instructions: each outbox
 //! was last touched by its writer on another core, so each push waits for its cache lines. The

@@ -283,6 +283,11 @@ impl Batch {
         rest
     }
 
+    /// Adds `bytes` (a whole message) at the end of the batch.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.q.push_bytes(&[bytes]);
+    }
+
     /// Every byte of the batch, in order (for tests and benchmarks).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.q.len);

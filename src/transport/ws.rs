@@ -242,7 +242,8 @@ async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
             Take::End(Ending::Close(code, reason)) => {
                 let mut f = Vec::new();
                 frame::put_close(&mut f, code, reason);
-                if write_bytes(&wr, &f).await.is_ok() {
+                batch.push_bytes(&f);
+                if write_all(&out, &wr, &mut batch).await.is_ok() {
                     // Half-close: the client sees the end of the stream after the close frame.
                     let _ = socket_shutdown(&wr, libc::SHUT_WR);
                 }
@@ -293,20 +294,6 @@ async fn write_all(out: &Outbox, wr: &TcpStream, batch: &mut Batch) -> Result<()
                     r = wr.writable() => r.map_err(|_| ())?,
                 }
             }
-            Err(_) => return Err(()),
-        }
-    }
-    Ok(())
-}
-
-/// Writes all of `bytes` (a close frame), giving up if the socket fails. (The reader stops
-/// waiting for the close handshake after a while and then aborts this task.)
-async fn write_bytes(wr: &TcpStream, bytes: &[u8]) -> Result<(), ()> {
-    let mut pos = 0;
-    while pos < bytes.len() {
-        match wr.try_write(&bytes[pos..]) {
-            Ok(n) => pos += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => wr.writable().await.map_err(|_| ())?,
             Err(_) => return Err(()),
         }
     }

@@ -1,10 +1,11 @@
 //! RFC 6455 frames as a server sees them: parsing client frames (masked, possibly fragmented,
 //! interleaved with control frames) and encoding server frames (unmasked headers).
 //!
-//! Why our own code and not a crate: the fan-out path needs to write one pre-encoded frame into
-//! thousands of connection buffers with nothing but memcpy, and an idle connection must hold no
-//! read buffer at all (see BENCHMARKS.md). tungstenite and soketto own a buffered stream per
-//! connection and hand out owned messages; fastwebsockets cannot append frames to a buffer. The
+//! Why our own code and not a crate: the fan-out path needs to queue one pre-encoded frame for
+//! thousands of connections with no work per connection but splicing in an id (an owned message
+//! per connection is what it avoids), and an idle connection must hold no read buffer at all
+//! (see BENCHMARKS.md). tungstenite and soketto own a buffered stream per connection and hand
+//! out owned messages; fastwebsockets cannot append frames to a buffer. The
 //! parser below is small, has no state besides [`Reassembly`], and is tested against the RFC's
 //! rules and by a fuzz target (`fuzz/`).
 
