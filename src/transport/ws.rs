@@ -197,13 +197,41 @@ async fn read_loop(
             _ = sleep_until(close_deadline) => return ReadEnd::Ended,
             r = rd.readable() => if r.is_err() { return ReadEnd::Gone },
         }
-        buf.reserve(need.max(READ_CHUNK));
-        match rd.try_read_buf(&mut buf) {
+        match read_some(rd, &mut buf, need.max(READ_CHUNK)) {
             Ok(0) => return ReadEnd::Gone,
             Ok(_) => session.touch(ctx.registry.now_ms()),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(_) => return ReadEnd::Gone,
         }
+    }
+}
+
+/// One non-blocking read of up to `want` bytes, appended to `buf`; call it once `rd` was
+/// reported readable.
+///
+/// A read that returns less than it asked for has emptied the socket, so it also tells the
+/// reactor the socket is no longer readable. That saves the read that would only find nothing,
+/// one syscall per call on a connection that sends one call at a time. It is race-free: tokio
+/// clears the readiness only if no readiness event arrived since this read began, so data that
+/// comes in meanwhile still wakes the reader.
+fn read_some(rd: &TcpStream, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    use std::io::Read as _;
+    let start = buf.len();
+    buf.resize(start + want, 0);
+    let mut got = 0;
+    let result = rd.try_io(tokio::io::Interest::READABLE, || {
+        got = (&*socket2::SockRef::from(rd)).read(&mut buf[start..])?;
+        if got > 0 && got < want {
+            // Drained: answering "would block" is what clears the readiness; `got` still counts.
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        Ok(())
+    });
+    buf.truncate(start + got);
+    match result {
+        Ok(()) => Ok(got),
+        Err(e) if e.kind() == ErrorKind::WouldBlock && got > 0 => Ok(got),
+        Err(e) => Err(e),
     }
 }
 

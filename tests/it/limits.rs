@@ -131,6 +131,42 @@ async fn rfc6455_violations_fail_the_connection_with_the_rfc_codes() {
     assert_eq!(raw::close_code(&mut s).await, Some(4000));
 }
 
+/// Calls that reach the server in pieces, with pauses between them, are all answered in order:
+/// the reader waits for the rest of a frame after each read that empties the socket, whether the
+/// pieces end inside a header, inside a payload or between frames.
+#[tokio::test]
+async fn calls_arriving_in_pieces_are_all_answered() {
+    let addr = shared();
+    let mut s = raw::connect(addr).await;
+    // Ids long enough that one frame needs several reads; the last is near the message limit.
+    let ids: Vec<String> = [1usize, 40, 300, 2000, 4000].iter().map(|n| "i".repeat(*n)).collect();
+    let mut bytes = Vec::new();
+    for id in &ids {
+        bytes.extend(raw::text(&json!({"jsonrpc":"2.0","id":id,"method":"ping"}).to_string()));
+    }
+    let mut pieces = [1usize, 2, 7, 100, 1000, 3].iter().cycle();
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = (*pieces.next().unwrap()).min(bytes.len() - at);
+        s.write_all(&bytes[at..at + n]).await.unwrap();
+        at += n;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for id in &ids {
+        let (op, p) = raw::read(&mut s).await.expect("an answer");
+        assert_eq!(op, 1);
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v, json!({"jsonrpc":"2.0","id":id,"result":"pong"}), "id of {} bytes", id.len());
+    }
+    // All at once: more than one read takes, with no new data arriving after the first.
+    s.write_all(&bytes).await.unwrap();
+    for id in &ids {
+        let (_, p) = raw::read(&mut s).await.expect("an answer");
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v["id"], json!(id), "id of {} bytes, sent at once", id.len());
+    }
+}
+
 /// A client over its call rate gets -32003; one that keeps flooding is closed with 1008. The
 /// client does not read while it floods: the server stops reading it instead of queuing.
 #[tokio::test]
