@@ -56,6 +56,17 @@ fn new_hub(rt: &Runtime) -> Arc<Hub> {
     Hub::new(Arc::new(Config::default()), broker, Arc::new(Metrics::new(&[])))
 }
 
+/// A hub whose [`CHANNEL`] holds a full history.
+fn hub_with_full_history(rt: &Runtime) -> Arc<Hub> {
+    let hub = new_hub(rt);
+    rt.block_on(async {
+        for _ in 0..HISTORY {
+            hub.publish(CHANNEL, publication()).await.expect("publish");
+        }
+    });
+    hub
+}
+
 /// Empties every outbox, as their writers would; returns the bytes taken.
 fn drain(outboxes: &[Arc<Outbox>], scratch: &mut Batch) -> usize {
     let mut taken = 0;
@@ -133,12 +144,7 @@ fn snapshot(c: &mut Criterion) {
     let mut group = c.benchmark_group("snapshot");
     group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(20);
     let rt = runtime();
-    let hub = new_hub(&rt);
-    rt.block_on(async {
-        for _ in 0..HISTORY {
-            hub.publish(CHANNEL, publication()).await.expect("publish");
-        }
-    });
+    let hub = hub_with_full_history(&rt);
     let out = Arc::new(Outbox::new(OUTBOX_MESSAGES, OUTBOX_BYTES));
     let mut scratch = Batch::default();
     let sub = rt.block_on(hub.subscribe(&out, CHANNEL, None, None)).expect("subscribe");
@@ -161,12 +167,7 @@ fn history_append_trim(c: &mut Criterion) {
     let mut group = c.benchmark_group("history");
     group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(20);
     let rt = runtime();
-    let hub = new_hub(&rt);
-    rt.block_on(async {
-        for _ in 0..HISTORY {
-            hub.publish(CHANNEL, publication()).await.expect("publish");
-        }
-    });
+    let hub = hub_with_full_history(&rt);
     group.throughput(Throughput::Elements(1));
     group.bench_function("append_trim", |b| {
         b.iter_custom(|iters| timed_publishes(&rt, &hub, iters, 1024, || {}))

@@ -181,23 +181,16 @@ async fn flooding_client_is_refused_then_closed() {
     }
     s.write_all(&burst).await.unwrap();
     let (mut ok, mut limited) = (0, 0);
-    let code = loop {
-        match raw::read(&mut s).await {
-            Some((1, p)) => {
-                let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-                if v["result"] == "pong" {
-                    ok += 1;
-                } else {
-                    assert_eq!(v["error"]["code"], -32003, "{v}");
-                    assert_eq!(v["error"]["data"]["code"], "rate_limited");
-                    limited += 1;
-                }
-            }
-            Some((8, p)) => break Some(u16::from_be_bytes([p[0], p[1]])),
-            Some(_) => {}
-            None => break None,
+    let code = raw::texts_until_close(&mut s, |v| {
+        if v["result"] == "pong" {
+            ok += 1;
+        } else {
+            assert_eq!(v["error"]["code"], -32003, "{v}");
+            assert_eq!(v["error"]["data"]["code"], "rate_limited");
+            limited += 1;
         }
-    };
+    })
+    .await;
     assert_eq!(code, Some(1008));
     assert!((50..=60).contains(&ok), "about one second's worth of calls answered: {ok}");
     assert!(limited > 100, "{limited}");
@@ -217,18 +210,11 @@ async fn flooding_with_garbage_is_closed_too() {
     }
     s.write_all(&burst).await.unwrap();
     let mut parse_errors = 0;
-    let code = loop {
-        match raw::read(&mut s).await {
-            Some((1, p)) => {
-                let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-                assert_eq!(v["error"]["code"], -32700, "{v}");
-                parse_errors += 1;
-            }
-            Some((8, p)) => break Some(u16::from_be_bytes([p[0], p[1]])),
-            Some(_) => {}
-            None => break None,
-        }
-    };
+    let code = raw::texts_until_close(&mut s, |v| {
+        assert_eq!(v["error"]["code"], -32700, "{v}");
+        parse_errors += 1;
+    })
+    .await;
     assert_eq!(code, Some(1008));
     assert!(
         (20..=25).contains(&parse_errors),

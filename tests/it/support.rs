@@ -300,10 +300,20 @@ pub mod raw {
 
     /// Reads frames until a close frame and returns its code (`None`: the stream ended first).
     pub async fn close_code(s: &mut TcpStream) -> Option<u16> {
+        texts_until_close(s, |_| {}).await
+    }
+
+    /// Reads until the server's close frame, handing each text message's JSON to `on_text`;
+    /// returns the close code (`None` if the stream ends without one).
+    pub async fn texts_until_close(
+        s: &mut TcpStream,
+        mut on_text: impl FnMut(serde_json::Value),
+    ) -> Option<u16> {
         loop {
             match read(s).await {
                 Some((0x8, p)) if p.len() >= 2 => return Some(u16::from_be_bytes([p[0], p[1]])),
                 Some((0x8, _)) => return Some(1005),
+                Some((0x1, p)) => on_text(serde_json::from_slice(&p).unwrap()),
                 Some(_) => continue,
                 None => return None,
             }
