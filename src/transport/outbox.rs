@@ -402,13 +402,12 @@ impl Outbox {
     #[inline]
     pub fn prefetch(&self) {
         let at = std::ptr::from_ref(&self.state).addr();
-        let size = std::mem::size_of::<Mutex<State>>();
-        let mut line = at;
-        while line < at + size {
+        let last = at + std::mem::size_of::<Mutex<State>>() - 1;
+        let mut line = at & !(CACHE_LINE - 1);
+        while line <= last {
             prefetch_for_write(line);
             line += CACHE_LINE;
         }
-        prefetch_for_write(at + size - 1);
     }
 
     /// Like [`Outbox::prefetch`], for the memory the next push will write into the queue. Call it
