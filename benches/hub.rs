@@ -12,10 +12,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use rpchub::Config;
 use rpchub::broker::memory::MemoryBroker;
 use rpchub::broker::{NewPublication, Publication};
-use rpchub::hub::encode::{self, SharedFrame};
-use rpchub::hub::{Hub, SubIdGen};
+use rpchub::frontends::jsonrpc::{JsonRpcEncoding, encoding::splice};
+use rpchub::hub::{Encoding, Event, Hub, Sink, SubIdGen, Subscription};
 use rpchub::metrics::Metrics;
-use rpchub::transport::outbox::{Batch, Outbox, Take};
+use rpchub::transport::{Batch, Outbox, SharedFrame, Take};
 use serde_json::value::RawValue;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -53,7 +53,14 @@ fn runtime() -> Runtime {
 fn new_hub(rt: &Runtime) -> Arc<Hub> {
     let _entered = rt.enter();
     let broker = MemoryBroker::start(rpchub::constants::DEFAULT_MAX_CHANNELS);
-    Hub::new(Arc::new(Config::default()), broker, Arc::new(Metrics::new(&[])))
+    Hub::new(Arc::new(Config::default()), broker, Arc::new(Metrics::new()))
+}
+
+/// Subscribes `out` to [`CHANNEL`] as a JSON-RPC subscriber, both phases at once.
+async fn subscribe(hub: &Hub, out: &Arc<Outbox>) -> Subscription {
+    let p = hub.prepare(CHANNEL, None, None).await.expect("prepare");
+    let sink = Sink::new(out.clone(), Arc::new(JsonRpcEncoding), splice(p.id()));
+    p.go_live(sink, &[]).expect("go live")
 }
 
 /// A hub whose [`CHANNEL`] holds a full history.
@@ -114,7 +121,7 @@ fn publish_fan_out(c: &mut Criterion) {
         let subs = rt.block_on(async {
             let mut subs = Vec::with_capacity(n);
             for o in &outboxes {
-                subs.push(hub.subscribe(o, CHANNEL, None, None).await.expect("subscribe"));
+                subs.push(subscribe(&hub, o).await);
             }
             subs
         });
@@ -133,9 +140,7 @@ fn publish_fan_out(c: &mut Criterion) {
                 })
             })
         });
-        for s in &subs {
-            hub.unsubscribe(s);
-        }
+        drop(subs);
     }
     group.finish();
 }
@@ -147,16 +152,15 @@ fn snapshot(c: &mut Criterion) {
     let hub = hub_with_full_history(&rt);
     let out = Arc::new(Outbox::new(OUTBOX_MESSAGES, OUTBOX_BYTES));
     let mut scratch = Batch::default();
-    let sub = rt.block_on(hub.subscribe(&out, CHANNEL, None, None)).expect("subscribe");
-    hub.unsubscribe(&sub);
+    drop(rt.block_on(subscribe(&hub, &out)));
     let bytes = drain(std::slice::from_ref(&out), &mut scratch);
     assert!(bytes > HISTORY * 100, "the snapshot carries the whole history ({bytes} bytes)");
     group.throughput(Throughput::Elements(HISTORY as u64));
     group.bench_function(BenchmarkId::from_parameter(HISTORY), |b| {
         b.iter(|| {
-            let sub = rt.block_on(hub.subscribe(&out, CHANNEL, None, None)).expect("subscribe");
+            let sub = rt.block_on(subscribe(&hub, &out));
             assert_eq!(out.queued_messages(), 1, "one snapshot message");
-            hub.unsubscribe(&sub);
+            drop(sub);
             drain(std::slice::from_ref(&out), &mut scratch)
         })
     });
@@ -181,15 +185,18 @@ fn encoding(c: &mut Criterion) {
     let mut group = c.benchmark_group("encode");
     group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(20);
     let p = Publication::new(12_345, 1_700_000_000_000, Some("trade"), &data_100(), None);
-    let id = SubIdGen::default().next();
+    let id = splice(SubIdGen::default().next());
+    let enc = JsonRpcEncoding;
+    let event = Event::Publication { channel: CHANNEL, publication: &p };
     let mut frame = SharedFrame::default();
     let len: usize =
-        frame.build(|b| encode::publication_event(b, CHANNEL, &p)).parts(&id).iter().map(|x| x.len()).sum();
+        frame.build(enc.splice_len(), |w| enc.encode(&event, w)).parts(&id).iter().map(|x| x.len()).sum();
     group.throughput(Throughput::Bytes(len as u64));
     group.bench_function("build", |b| {
         b.iter(|| {
-            let mut f = SharedFrame::with_capacity(encode::publication_event_len(CHANNEL, &p));
-            f.build(|b| encode::publication_event(b, black_box(CHANNEL), black_box(&p)));
+            let event = Event::Publication { channel: black_box(CHANNEL), publication: black_box(&p) };
+            let mut f = SharedFrame::with_capacity(enc.size_hint(&event));
+            f.build(enc.splice_len(), |w| enc.encode(&event, w));
             black_box(Arc::new(f))
         })
     });

@@ -79,7 +79,7 @@ pub enum Command {
         ttl: Duration,
     },
     /// Load generator for sizing a deployment: `rpchub bench fanout|rpc|idle|storm`.
-    Bench(rpchub::bench::BenchArgs),
+    Bench(rpchub_bench::BenchArgs),
 }
 
 /// The token a client command sends.
@@ -174,7 +174,7 @@ pub async fn run_client(cmd: Command) -> Result<()> {
         }
         Command::Bench(args) => {
             // A bench runs its own client threads and blocks until it is over.
-            tokio::task::spawn_blocking(move || rpchub::bench::run(args)).await.context("bench")??
+            tokio::task::spawn_blocking(move || rpchub_bench::run(args)).await.context("bench")??
         }
         Command::Serve(_) => unreachable!("serve is handled by main"),
     }

@@ -84,6 +84,10 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Calls per second per connection (a static key's `rate` overrides it; admin: unlimited).
     pub calls_per_second: u32,
+    /// Calls of one connection handled at the same time: slow calls (a history read from a
+    /// shared broker, later a proxied call) do not hold up fast ones, and what unanswered calls
+    /// hold stays bounded.
+    pub calls_in_flight: usize,
     /// Channels the node keeps state for.
     pub max_channels: usize,
 }
@@ -190,6 +194,7 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             calls_per_second: DEFAULT_CALLS_PER_SECOND,
+            calls_in_flight: DEFAULT_CALLS_IN_FLIGHT,
             max_channels: DEFAULT_MAX_CHANNELS,
         }
     }
@@ -278,6 +283,9 @@ impl Config {
                 l.pong_timeout, l.ping_interval
             ));
         }
+        if l.calls_in_flight == 0 {
+            return err("limits.calls_in_flight must be above zero".into());
+        }
         if l.max_connections == 0 || l.max_subscriptions == 0 || l.max_channels == 0 {
             return err(
                 "limits.max_connections, max_subscriptions and max_channels must be above zero".into()
@@ -293,7 +301,7 @@ impl Config {
             return err("the redis broker is not available in this version; use \"memory\"".into());
         }
         for name in self.namespaces.keys() {
-            if name.is_empty() || !name.bytes().all(crate::hub::is_channel_byte) || name.contains(':') {
+            if name.is_empty() || !name.bytes().all(crate::channel::is_channel_byte) || name.contains(':') {
                 return err(format!(
                     "namespace {name:?}: names are 1 or more of [A-Za-z0-9_.@/=,+-] without ':'"
                 ));

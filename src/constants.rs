@@ -43,6 +43,9 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 /// JSON-RPC calls per second per connection (a token bucket holding one second's worth).
 pub const DEFAULT_CALLS_PER_SECOND: u32 = 200;
 
+/// Calls of one connection handled at the same time (`limits.calls_in_flight`).
+pub const DEFAULT_CALLS_IN_FLIGHT: usize = 8;
+
 /// Channels the node keeps state for (history, offsets, subscribers). Bounds the memory that
 /// publishers and subscribers can make the node spend on distinct channel names.
 pub const DEFAULT_MAX_CHANNELS: usize = 100_000;

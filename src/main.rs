@@ -52,14 +52,7 @@ async fn serve(args: cli::ServeArgs) -> Result<()> {
 
 /// Each connection is a file descriptor: take the hard limit as the soft one.
 fn raise_open_file_limit() {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                tracing::warn!("could not raise the open-file limit");
-            }
-        }
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!("could not raise the open-file limit: {e}");
     }
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// Labels of `rpchub_calls_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,6 +22,13 @@ pub struct CallLabels {
     pub result: &'static str,
 }
 
+/// Labels of metrics split by front door.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DoorLabels {
+    /// `jsonrpc`, ...
+    pub door: &'static str,
+}
+
 /// Labels of counters split by reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -29,7 +37,7 @@ pub struct ReasonLabels {
 }
 
 /// Counters of one method.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct MethodCounters {
     /// Calls answered with a result.
     pub ok: Counter,
@@ -40,10 +48,12 @@ pub struct MethodCounters {
 /// Every metric of the node.
 pub struct Metrics {
     registry: Mutex<Registry>,
-    /// Open WebSocket connections.
-    pub connections: Gauge,
-    /// WebSocket connections accepted since start.
-    pub connections_total: Counter,
+    /// Open WebSocket connections, by front door.
+    connections: Family<DoorLabels, Gauge>,
+    /// Open WebSocket connections in all (for `info`).
+    open: Gauge,
+    /// WebSocket connections accepted since start, by front door.
+    connections_total: Family<DoorLabels, Counter>,
     /// Active subscriptions.
     pub subscriptions: Gauge,
     /// Channels with local subscribers.
@@ -60,19 +70,32 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Upgrades refused before the WebSocket existed, by reason.
     pub upgrades_rejected: Family<ReasonLabels, Counter>,
+    /// Gaps in a broker's deliveries filled from history.
+    pub gaps_filled: Counter,
+    /// Times a channel lost track of its stream (a new epoch, or a gap history no longer
+    /// covers) and told its subscribers to resubscribe.
+    pub streams_lost: Counter,
     calls: Family<CallLabels, Counter>,
-    methods: HashMap<&'static str, MethodCounters>,
+    /// Per-method counters, made once from the method table ([`Metrics::label_methods`]).
+    methods: OnceLock<HashMap<&'static str, MethodCounters>>,
     unknown_method: MethodCounters,
 }
 
 impl Metrics {
-    /// A registry with every metric registered; `methods` are the method names served.
-    pub fn new(method_names: &[&'static str]) -> Metrics {
+    /// A registry with every metric registered; per-method counters come with
+    /// [`Metrics::label_methods`].
+    pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("rpchub");
+        let calls: Family<CallLabels, Counter> = Family::default();
+        // One statement each: a family's guard must be gone before the next get_or_create.
+        let ok = calls.get_or_create(&CallLabels { method: "unknown".into(), result: "ok" }).clone();
+        let error = calls.get_or_create(&CallLabels { method: "unknown".into(), result: "error" }).clone();
+        let unknown_method = MethodCounters { ok, error };
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
-            connections: Gauge::default(),
-            connections_total: Counter::default(),
+            connections: Family::default(),
+            open: Gauge::default(),
+            connections_total: Family::default(),
             subscriptions: Gauge::default(),
             channels: Gauge::default(),
             publications: Counter::default(),
@@ -81,12 +104,18 @@ impl Metrics {
             closed: Family::default(),
             rate_limited: Counter::default(),
             upgrades_rejected: Family::default(),
-            calls: Family::default(),
-            methods: HashMap::new(),
-            unknown_method: MethodCounters::default(),
+            gaps_filled: Counter::default(),
+            streams_lost: Counter::default(),
+            calls,
+            methods: OnceLock::new(),
+            unknown_method,
         };
-        r.register("connections", "Open WebSocket connections", m.connections.clone());
-        r.register("connections_accepted", "WebSocket connections accepted", m.connections_total.clone());
+        r.register("connections", "Open WebSocket connections, by front door", m.connections.clone());
+        r.register(
+            "connections_accepted",
+            "WebSocket connections accepted, by front door",
+            m.connections_total.clone(),
+        );
         r.register("subscriptions", "Active subscriptions", m.subscriptions.clone());
         r.register("channels", "Channels with local subscribers", m.channels.clone());
         r.register("publications", "Publications accepted by this node", m.publications.clone());
@@ -99,23 +128,64 @@ impl Metrics {
             "Upgrades refused before the WebSocket, by reason",
             m.upgrades_rejected.clone(),
         );
+        r.register("gaps_filled", "Gaps in broker deliveries filled from history", m.gaps_filled.clone());
+        r.register(
+            "streams_lost",
+            "Channels that lost track of their stream and told subscribers to resubscribe",
+            m.streams_lost.clone(),
+        );
         r.register("calls", "JSON-RPC calls answered, by method and result", m.calls.clone());
-        let mut methods = HashMap::new();
-        for &name in methods_with_unknown(method_names).iter() {
-            // One statement each: a family's guard must be gone before the next get_or_create.
-            let ok = m.calls.get_or_create(&CallLabels { method: name.into(), result: "ok" }).clone();
-            let error = m.calls.get_or_create(&CallLabels { method: name.into(), result: "error" }).clone();
-            let c = MethodCounters { ok, error };
-            methods.insert(name, c);
-        }
-        let unknown_method = methods.get("unknown").cloned().expect("inserted above; qed");
         *m.registry.lock() = r;
-        Metrics { methods, unknown_method, ..m }
+        m
+    }
+
+    /// Makes the counters of every method in `names` (the method table's), once.
+    pub fn label_methods(&self, names: impl IntoIterator<Item = &'static str>) {
+        let mut methods = HashMap::new();
+        for name in names {
+            // One statement each: a family's guard must be gone before the next get_or_create.
+            let ok = self.calls.get_or_create(&CallLabels { method: name.into(), result: "ok" }).clone();
+            let error =
+                self.calls.get_or_create(&CallLabels { method: name.into(), result: "error" }).clone();
+            methods.insert(name, MethodCounters { ok, error });
+        }
+        let _ = self.methods.set(methods);
     }
 
     /// The counters of `method`.
     pub fn method(&self, method: &str) -> &MethodCounters {
-        self.methods.get(method).unwrap_or(&self.unknown_method)
+        self.methods.get().and_then(|m| m.get(method)).unwrap_or(&self.unknown_method)
+    }
+
+    /// True when `method` has counters of its own (every method of the table given to
+    /// [`Metrics::new`]).
+    pub fn has_method(&self, method: &str) -> bool {
+        self.methods.get().is_some_and(|m| m.contains_key(method))
+    }
+
+    /// Counts a WebSocket connection opened through `door`.
+    pub fn connection_opened(&self, door: &'static str) {
+        self.open.inc();
+        self.connections.get_or_create(&DoorLabels { door }).inc();
+        self.connections_total.get_or_create(&DoorLabels { door }).inc();
+    }
+
+    /// Counts a WebSocket connection of `door` that ended, with the label of how the server or
+    /// the protocol ended it, if either did.
+    pub fn connection_closed(&self, door: &'static str, ending: Option<&'static str>) {
+        self.open.dec();
+        self.connections.get_or_create(&DoorLabels { door }).dec();
+        if let Some(reason) = ending {
+            if reason == "slow_consumer" {
+                self.slow_consumers.inc();
+            }
+            self.closed(reason);
+        }
+    }
+
+    /// Open WebSocket connections in all.
+    pub fn open_connections(&self) -> u64 {
+        self.open.get().max(0) as u64
     }
 
     /// Counts a connection the server closed.
@@ -137,10 +207,16 @@ impl Metrics {
     }
 }
 
-fn methods_with_unknown(methods: &[&'static str]) -> Vec<&'static str> {
-    let mut v = methods.to_vec();
-    v.push("unknown");
-    v
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 #[cfg(test)]
@@ -149,7 +225,8 @@ mod tests {
 
     #[test]
     fn renders_what_was_counted() {
-        let m = Metrics::new(&["ping"]);
+        let m = Metrics::new();
+        m.label_methods(["ping"]);
         m.method("ping").ok.inc();
         m.method("nope").error.inc();
         m.deliveries.inc_by(1000);

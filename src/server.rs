@@ -8,9 +8,9 @@
 //! (the browser console); anything else 404.
 
 use crate::auth::{Authenticator, Principal};
-use crate::broker::memory::MemoryBroker;
 use crate::config::Config;
 use crate::constants::{HTTP_HEADER_TIMEOUT, LISTEN_BACKLOG, PING_SWEEP_PERIOD};
+use crate::frontends::jsonrpc::{self, Dispatcher, JsonRpc};
 use crate::gate::capacity::{CapacityCheck, SlotTicket};
 use crate::gate::origin::OriginCheck;
 use crate::gate::rate::UpgradeRate;
@@ -19,13 +19,10 @@ use crate::gate::token::TokenCheck;
 use crate::gate::{Body, ClientAddr, GateLayer, WsRoute, json_error, json_response, redacted_uri};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::rpc::{self, Dispatcher, Handlers, NodeState, Session};
+use crate::rpc::{self, Handlers, NodeState};
+use crate::session::{Session, Subscriptions};
 use crate::shutdown::Shutdown;
-use crate::transport::frame;
-use crate::transport::handshake;
-use crate::transport::outbox::Outbox;
-use crate::transport::registry::Registry;
-use crate::transport::ws;
+use crate::transport::{self, ConnLimits, Link, Registry, frame, handshake};
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -48,6 +45,9 @@ pub enum StartError {
     /// The configuration is unusable (keys, patterns).
     #[error("{0}")]
     Config(String),
+    /// The broker could not be set up.
+    #[error("broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// Everything a running node shares.
@@ -60,8 +60,10 @@ pub struct Node {
     pub hub: Arc<Hub>,
     /// Open WebSocket connections.
     pub registry: Arc<Registry>,
-    /// What WebSocket connections share.
-    ws: Arc<ws::Context>,
+    /// The JSON-RPC front door.
+    jsonrpc: Arc<JsonRpc>,
+    /// The bounds of every connection's reader.
+    conn_limits: ConnLimits,
     /// The shutdown signal.
     pub shutdown: Shutdown,
     next_session: AtomicU64,
@@ -88,43 +90,54 @@ impl Running {
     }
 }
 
-/// Binds `config.listen` and starts serving on the current tokio runtime.
+/// Binds `config.listen` and starts serving on the current tokio runtime, with the broker
+/// `config.broker` names.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let broker = crate::broker::connect(&config).await?;
+    start_with(config, broker).await
+}
+
+/// Like [`start`], over a broker made by the caller (an embedding application's own, or a
+/// test's fault-injecting one).
+pub async fn start_with(
+    config: Config,
+    broker: Arc<dyn crate::broker::Broker>,
+) -> Result<Running, StartError> {
     let config = Arc::new(config);
     let listener = listen(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
     let addr = listener.local_addr().map_err(|e| StartError::Bind(config.listen, e))?;
     let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
 
-    // The method table first: metrics are labelled by its names.
-    let broker = MemoryBroker::start(config.limits.max_channels);
-    let metrics_names = rpc::method_names();
-    let metrics = Arc::new(Metrics::new(&metrics_names));
+    let metrics = Arc::new(Metrics::new());
     let hub = Hub::new(config.clone(), broker, metrics.clone());
+    let subscriptions = Arc::new(Subscriptions::new(hub.clone(), config.clone(), Vec::new()));
     let auth = Arc::new(Authenticator::new(&config).map_err(StartError::Config)?);
     let state = Arc::new(NodeState {
         config: config.clone(),
         hub: hub.clone(),
+        subscriptions: subscriptions.clone(),
         auth: auth.clone(),
         metrics: metrics.clone(),
         started: Instant::now(),
         node_id: node_id.clone(),
     });
     let dispatcher = Dispatcher::new(rpc::methods(Handlers(state)), metrics.clone());
+    // Metrics are labelled by the method table's names, whatever it holds.
+    metrics.label_methods(dispatcher.method_names());
     let registry = Registry::new(config.limits.max_connections);
-    let ws = Arc::new(ws::Context {
-        dispatcher,
-        hub: hub.clone(),
-        registry: registry.clone(),
-        metrics: metrics.clone(),
-        max_message: config.limits.max_message_bytes,
-        pause_reading_at: (config.limits.outbound_queue_messages / 2).max(1),
-    });
+    let limits = &config.limits;
+    let conn_limits = ConnLimits {
+        max_message: limits.max_message_bytes,
+        pause_reading_at: (limits.outbound_queue_messages / 2).max(1),
+        calls_in_flight: limits.calls_in_flight,
+    };
     let node = Arc::new(Node {
         config: config.clone(),
+        jsonrpc: JsonRpc::new(dispatcher, subscriptions, metrics.clone()),
         metrics,
         hub,
         registry,
-        ws,
+        conn_limits,
         shutdown: Shutdown::new(),
         next_session: AtomicU64::new(1),
     });
@@ -170,26 +183,7 @@ fn spawn_sweeper(node: &Arc<Node>) {
             if ended > 0 {
                 tracing::debug!(ended, "closed connections that stopped answering pings");
             }
-            end_expired_subscriptions(&node);
         }
-    });
-}
-
-/// When a connection's token expires, the subscriptions it needed the token for end with
-/// `{"type":"closed","reason":"token_expired"}`; public ones go on. A client that calls `auth`
-/// with a fresh token before then keeps them all.
-fn end_expired_subscriptions(node: &Node) {
-    let now_s = crate::broker::memory::now_ms() / 1000;
-    node.registry.for_each(|session| {
-        if !session.token_expired(now_s) {
-            return;
-        }
-        let mut subs = session.subscriptions.lock();
-        subs.retain(|sub| {
-            let protected =
-                node.config.namespace_of(sub.channel()).subscribe != crate::config::Access::Public;
-            !(protected && node.hub.close(sub, "token_expired"))
-        });
     });
 }
 
@@ -336,9 +330,10 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let id = node.next_session.fetch_add(1, Ordering::Relaxed);
     let limits = &node.config.limits;
-    let outbox = Arc::new(Outbox::new(limits.outbound_queue_messages, limits.outbound_queue_bytes));
-    let session = Arc::new(Session::new(id, remote, principal, Some(outbox), limits.calls_per_second));
-    let ctx = node.ws.clone();
+    let link = Arc::new(Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes));
+    let session = Session::new(id, remote, jsonrpc::DOOR, principal, Some(link), limits.calls_per_second);
+    let conn = node.jsonrpc.connect(Arc::new(session));
+    let (registry, conn_limits) = (node.registry.clone(), node.conn_limits);
     node.shutdown.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -348,7 +343,7 @@ fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
             Ok(parts) => {
                 let leftover = parts.read_buf.to_vec();
                 drop(parts.read_buf);
-                ws::run(ctx, parts.io.into_inner(), leftover, session, slot).await;
+                transport::run(conn, registry, conn_limits, parts.io.into_inner(), leftover, slot).await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }
@@ -375,21 +370,26 @@ async fn http_rpc(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
                 "Request is too big",
                 Some(format!("the limit is {max} bytes (limits.max_message_bytes)")),
             );
-            let body = rpc::dispatch::error_json(jsonrpsee::types::Id::Null, err);
+            let body = jsonrpc::error_json(jsonrpsee::types::Id::Null, err);
             return json_response(StatusCode::PAYLOAD_TOO_LARGE, body);
         }
         Err(_) => return json_error(StatusCode::BAD_REQUEST, "could not read the request body"),
     };
     let Ok(text) = std::str::from_utf8(&body) else {
-        let body = rpc::dispatch::error_json(
-            jsonrpsee::types::Id::Null,
-            rpc::error::standard(rpc::error::PARSE_ERROR),
-        );
+        let body =
+            jsonrpc::error_json(jsonrpsee::types::Id::Null, rpc::error::standard(rpc::error::PARSE_ERROR));
         return json_response(StatusCode::OK, body);
     };
     let id = node.next_session.fetch_add(1, Ordering::Relaxed);
-    let session = Arc::new(Session::new(id, remote, principal, None, node.config.limits.calls_per_second));
-    match node.ws.dispatcher.handle(&session, text).await.json {
+    let session = Arc::new(Session::new(
+        id,
+        remote,
+        jsonrpc::DOOR,
+        principal,
+        None,
+        node.config.limits.calls_per_second,
+    ));
+    match node.jsonrpc.handle_http(&session, text).await {
         Some(json) => json_response(StatusCode::OK, json),
         None => {
             Response::builder().status(StatusCode::NO_CONTENT).body(Body::default()).expect("static; qed")

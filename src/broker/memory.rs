@@ -18,6 +18,12 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker").field("streams", &self.len()).finish()
+    }
+}
+
 /// One channel's stream.
 struct Stream {
     epoch: Arc<str>,
@@ -123,7 +129,7 @@ impl MemoryBroker {
             return Ok(s.clone());
         }
         if map.len() >= self.max_channels {
-            return Err(BrokerError::TooManyChannels(self.max_channels));
+            return Err(BrokerError::Full(self.max_channels));
         }
         let s = Arc::new(Mutex::new(Stream::new(retention)));
         map.insert(channel.into(), s.clone());
@@ -166,6 +172,17 @@ impl MemoryBroker {
             if map.get(&name).is_some_and(|s| is_idle(&s.lock(), now)) {
                 map.remove(&name);
             }
+        }
+    }
+
+    /// Loses `channel`'s stream as a shared broker may (evicted, expired, flushed): its history
+    /// and offset are gone and it starts again in a new epoch. Interest is kept.
+    pub fn lose(&self, channel: &str) {
+        if let Some(s) = self.streams.read().get(channel) {
+            let mut st = s.lock();
+            let interest = st.interest;
+            *st = Stream::new(st.retention);
+            st.interest = interest;
         }
     }
 
@@ -332,7 +349,7 @@ mod tests {
         publish(&b, "a", 1, None, 0);
         publish(&b, "b", 1, None, 0);
         let e = b.publish("c", new_pub(1, None), retention(0)).now_or_never().unwrap().unwrap_err();
-        assert!(matches!(e, BrokerError::TooManyChannels(2)));
+        assert!(matches!(e, BrokerError::Full(2)));
         // Nothing retained, nobody interested: gone once idle for the TTL.
         b.subscribe("a", retention(0)).now_or_never().unwrap().unwrap();
         b.sweep(now_ms() + 301_000);

@@ -10,11 +10,23 @@
 //!   the stream's history and offset are lost (the memory broker restarted; the stream expired or
 //!   was evicted), and then the offset starts again at 0. A position `{epoch, offset}` from one
 //!   epoch says nothing about another.
-//! - **Ordering.** [`Listener::deliver`] is called for every publication of a channel that has
-//!   local interest ([`Broker::subscribe`]), in offset order, each exactly once per epoch, after
-//!   that publication is visible to [`Broker::history`]. So a history read started after a
-//!   listener registered interest, merged with the deliveries that arrive after the registration,
-//!   yields every publication once, with no gap (the hub relies on this for snapshot-then-live).
+//! - **Delivery.** [`Listener::deliver`] is called for the publications of a channel that has
+//!   local interest ([`Broker::subscribe`]), with their epoch, in offset order as published, *at
+//!   most once* per node, and only after the publication is visible to [`Broker::history`]. A
+//!   shared broker may lose deliveries (a pub/sub message dropped, a connection lost); it need
+//!   not repeat them, but when it knows it may have lost some for a channel (its connection
+//!   dropped and came back) it calls [`Listener::lagged`]. The hub checks every delivery against
+//!   the channel's position: a repeat is skipped, a jump is filled from history before anything
+//!   after it is delivered (or, when history no longer covers it, announced to the subscribers as
+//!   `closed` `insufficient_state`), an epoch change ends the channel's subscriptions the same
+//!   way. So a history read started after interest was registered, merged with the deliveries
+//!   that arrive after the registration, yields every publication once, with no gap: that is
+//!   what snapshot-then-live rests on (`crate::hub`), and what `tests/it/broker_contract.rs`
+//!   checks for every broker, including one that drops, repeats and reorders on purpose.
+//! - **Timing of interest.** When the future of [`Broker::subscribe`] resolves, every
+//!   publication that becomes visible in history afterwards is delivered (or its loss signalled
+//!   as above). After [`Broker::unsubscribe`] deliveries may still arrive for a while; the hub
+//!   ignores those of channels it no longer holds.
 //! - **History.** The newest `history_size` publications no older than `history_ttl` are kept
 //!   (per the channel's namespace). A read returns them oldest first.
 //! - **Idempotency.** A publish whose `idempotency_key` equals that of a publication still in the
@@ -23,9 +35,12 @@
 //!   broker dropped), it starts a new epoch rather than reuse offsets, so recovering clients see
 //!   `recovered: false` instead of silently missing publications.
 //!
-//! Implementations: [`memory::MemoryBroker`] (one process).
+//! Implementations: [`memory::MemoryBroker`] (one process); [`testing::FaultyBroker`] wraps
+//! one and breaks the delivery promises on purpose, for tests. [`connect`] builds the broker a
+//! configuration names.
 
 pub mod memory;
+pub mod testing;
 
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
@@ -152,20 +167,38 @@ pub struct Retention {
 
 /// Receives the publications of channels with local interest.
 pub trait Listener: Send + Sync + 'static {
-    /// One publication of `channel`, in offset order (see the module contract). Called with the
-    /// broker's stream lock held for the memory broker: it must not call back into the broker.
+    /// One publication of `channel` (see the module contract). Called with the broker's stream
+    /// lock held for the memory broker: it must not call back into the broker.
     fn deliver(&self, channel: &str, epoch: &Arc<str>, publication: &Arc<Publication>);
+
+    /// Deliveries of `channel` may have been lost: the listener checks its position against
+    /// history. Same calling rules as [`Listener::deliver`].
+    fn lagged(&self, channel: &str);
 }
 
 /// Broker failures.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// Creating the channel would exceed `limits.max_channels`.
-    #[error("the node holds its maximum of {0} channels")]
-    TooManyChannels(usize),
+    /// The broker's own storage is full (the memory broker holds `limits.max_channels`
+    /// streams at most).
+    #[error("the broker holds its maximum of {0} channels")]
+    Full(usize),
     /// A shared broker cannot be reached.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The configuration names no broker this version has.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Builds the broker `config.broker` names: `memory`, or (not in this version) a shared one.
+pub async fn connect(config: &crate::config::Config) -> Result<Arc<dyn Broker>, BrokerError> {
+    match config.broker.as_str() {
+        "memory" => Ok(memory::MemoryBroker::start(config.limits.max_channels)),
+        other => Err(BrokerError::Unsupported(format!(
+            "broker {other:?} is not available in this version; use \"memory\""
+        ))),
+    }
 }
 
 /// Where publications go and come from; see the module documentation for the contract.

@@ -4,7 +4,7 @@
 //! extensions to the connection, which holds it until it ends. Full: 429.
 
 use super::{Body, Check, WsRoute, json_error};
-use crate::transport::registry::{Registry, Slot};
+use crate::transport::{Registry, Slot};
 use hyper::{Request, Response, StatusCode};
 use parking_lot::Mutex;
 use std::sync::Arc;

@@ -1,54 +1,61 @@
 //! The hub: this node's channels, their local subscribers, and the fan-out of publications.
+//! It knows channels, offsets and subscribers; it writes no JSON-RPC and no WebSocket framing
+//! (front doors do, through their [`Encoding`]).
 //!
-//! # Snapshot, then live, with no gap and no duplicate
+//! # Snapshot, then live, with no gap and no duplicate: two phases
 //!
-//! A subscribe registers the subscriber as *pending* on the channel (publications delivered
-//! meanwhile are buffered for it), asks the broker for interest and reads history, then, under
-//! the channel's lock, queues the snapshot (reaching offset N), the buffered publications above
-//! N, and turns the subscriber *live*. The broker's contract (deliveries in offset order, each
-//! visible in history before it is delivered) makes the buffered ones start at N + 1: every
-//! publication reaches the subscriber exactly once, whatever publishers do meanwhile.
+//! [`Hub::prepare`] registers the subscriber as *pending* on the channel (publications delivered
+//! meanwhile are buffered for it), asks the broker for interest and reads history; it may wait
+//! for the broker, and holds nothing of any other subscription while it does. It returns a
+//! [`Pending`] subscription that knows its id. [`Pending::go_live`] then, under the channel's
+//! lock, queues the caller's answer (the frame that tells the client the id), the snapshot
+//! (reaching offset N) and the buffered publications above N, and turns the subscriber live. The
+//! broker's contract (each publication visible in history before it is delivered) and the
+//! channel's own checks ([`channel`]) make the buffered ones start at N + 1: every publication
+//! reaches the subscriber once, in order, after the answer, whatever publishers do meanwhile. A
+//! `Pending` dropped instead (the call failed, the connection went) undoes the registration.
 //!
-//! # Fan-out
+//! A [`Subscription`] unsubscribes when dropped; a connection's subscriptions therefore end with
+//! it, whichever way it ends.
 //!
-//! The broker calls [`Hub`]'s [`Listener::deliver`] once per publication. The hub encodes the
-//! notification once ([`encode::SharedFrame`]) and queues it, by reference and with each
-//! subscriber's id, in each live subscriber's [`Outbox`] ([`Outbox::push_shared`]): no task, no
-//! allocation, no copy of the frame and no await per subscriber. A subscriber whose outbox
-//! overflows is dropped from the channel there and then (its connection is already being failed
-//! by the outbox).
+//! # Lock order
 //!
-//! A fan-out to thousands of subscribers is bound by memory, not by instructions: each outbox
-//! was last touched by its writer on another core, so each push waits for its cache lines. The
-//! loop therefore prefetches the outboxes a few subscribers ahead ([`Outbox::prefetch`]), which
-//! overlaps those waits instead of taking them one after another.
-//!
-//! The hub knows nothing of JSON-RPC requests or sockets beyond the outbox it writes to.
+//! Taken in this order, never the other way: the broker's stream lock (the memory broker calls
+//! [`Listener::deliver`] under it) -> the hub's channel map -> a channel's state -> an outbox's
+//! state. Nothing that holds a channel's state calls into the broker; history reads for a gap
+//! run in a task of their own and take the channel's lock after the read.
 
-pub mod encode;
-mod name;
+mod channel;
+mod event;
+mod id;
+#[cfg(test)]
+mod tests;
 
-pub use encode::{SubId, SubIdGen};
-pub use name::{MAX_CHANNEL_LEN, is_channel_byte, namespace, validate_channel};
+pub use event::{Encoding, Event, Filter, Sink, reason};
+pub use id::{SUB_ID_LEN, SubId, SubIdGen};
 
 use crate::broker::{
     Broker, BrokerError, HistoryPage, HistoryRange, Listener, NewPublication, Publication, Published,
     Retention, StreamPosition,
 };
+use crate::channel::validate_channel;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::transport::outbox::{Outbox, Push};
-use encode::SharedFrame;
+use channel::{Arrival, ChannelState, LiveSub, PendingSub};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
-/// Hub failures, mapped to JSON-RPC errors at the edge.
+/// Hub failures, mapped to each front door's errors at its edge.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// A malformed channel name.
     #[error("invalid channel: {0}")]
     InvalidChannel(String),
+    /// The node holds `limits.max_channels` channels with subscribers.
+    #[error("this node already holds its maximum of {0} channels (limits.max_channels)")]
+    TooManyChannels(usize),
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -60,23 +67,8 @@ pub enum HubError {
     Busy,
 }
 
-/// A live subscription, owned by its connection. Dropping it does not unsubscribe: call
-/// [`Hub::unsubscribe`] (connections do, for each, when they end).
-#[derive(Clone)]
-pub struct Subscription {
-    /// The id the client knows it by.
-    pub id: SubId,
-    channel: Arc<HubChannel>,
-}
-
-impl Subscription {
-    /// The channel's name.
-    pub fn channel(&self) -> &str {
-        &self.channel.name
-    }
-}
-
 /// What a history read returns.
+#[derive(Debug)]
 pub struct History {
     /// The stream's position when read.
     pub position: StreamPosition,
@@ -91,43 +83,22 @@ pub struct ChannelInfo {
     pub channel: String,
     /// Subscribers on this node.
     pub subscribers: usize,
-    /// Newest offset this node has seen.
+    /// Newest offset this node has delivered.
     pub offset: u64,
 }
 
-struct LiveSub {
-    id: SubId,
-    out: Arc<Outbox>,
-}
-
-struct PendingSub {
-    id: SubId,
-    buffered: Vec<Arc<Publication>>,
-    overflow: bool,
-}
-
-struct ChannelState {
-    live: Vec<LiveSub>,
-    pending: Vec<PendingSub>,
-    /// Newest offset delivered here (deliveries at or below it are repeats and are skipped).
-    last_offset: u64,
-    /// Set when the channel was taken out of the hub's map; a subscriber that finds it set
-    /// looks the channel up again.
-    removed: bool,
-}
-
+#[derive(Debug)]
 struct HubChannel {
     name: Arc<str>,
     state: Mutex<ChannelState>,
 }
 
-/// How many subscribers ahead of the one being served a fan-out prefetches (see
-/// [`Outbox::prefetch`]): far enough to cover a cache miss, near enough that the lines are still
-/// in cache when used. Measured with `fanout --subscribers 10000 --rate 200` (BENCHMARKS.md).
-const PREFETCH_AHEAD: usize = 8;
-
 /// Snapshot reads tried before a subscribe gives up on a channel that is too busy.
 const SNAPSHOT_ATTEMPTS: usize = 5;
+/// History reads tried to fill one gap before the channel gives up on its stream.
+const FILL_ATTEMPTS: usize = 3;
+/// Deliveries held while a gap is filled; more means the channel cannot keep up and gives up.
+const FILL_HOLD_MAX: usize = 100_000;
 
 /// This node's channels and subscribers.
 pub struct Hub {
@@ -136,14 +107,28 @@ pub struct Hub {
     channels: RwLock<HashMap<Arc<str>, Arc<HubChannel>>>,
     ids: SubIdGen,
     metrics: Arc<Metrics>,
+    /// For the tasks that fill gaps.
+    me: Weak<Hub>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("broker", &self.broker.name()).finish_non_exhaustive()
+    }
 }
 
 impl Hub {
     /// A hub over `broker`, registered as its listener.
     pub fn new(config: Arc<Config>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Hub> {
-        let hub =
-            Arc::new(Hub { config, broker, channels: RwLock::default(), ids: SubIdGen::default(), metrics });
-        let weak: std::sync::Weak<Hub> = Arc::downgrade(&hub);
+        let hub = Arc::new_cyclic(|me| Hub {
+            config,
+            broker,
+            channels: RwLock::default(),
+            ids: SubIdGen::default(),
+            metrics,
+            me: me.clone(),
+        });
+        let weak: Weak<Hub> = Arc::downgrade(&hub);
         hub.broker.set_listener(weak);
         hub
     }
@@ -158,24 +143,22 @@ impl Hub {
         Retention { size: ns.history_size, ttl: ns.history_ttl }
     }
 
-    fn channel(&self, name: &str) -> Arc<HubChannel> {
+    fn channel(&self, name: &str) -> Result<Arc<HubChannel>, HubError> {
         if let Some(c) = self.channels.read().get(name) {
-            return c.clone();
+            return Ok(c.clone());
         }
         let mut map = self.channels.write();
-        let c = map.entry(name.into()).or_insert_with(|| {
-            self.metrics.channels.inc();
-            Arc::new(HubChannel {
-                name: name.into(),
-                state: Mutex::new(ChannelState {
-                    live: Vec::new(),
-                    pending: Vec::new(),
-                    last_offset: 0,
-                    removed: false,
-                }),
-            })
-        });
-        c.clone()
+        if let Some(c) = map.get(name) {
+            return Ok(c.clone());
+        }
+        let max = self.config.limits.max_channels;
+        if map.len() >= max {
+            return Err(HubError::TooManyChannels(max));
+        }
+        let c = Arc::new(HubChannel { name: name.into(), state: Mutex::default() });
+        map.insert(c.name.clone(), c.clone());
+        self.metrics.channels.inc();
+        Ok(c)
     }
 
     /// Takes `channel` out of the map if nobody is subscribed or subscribing.
@@ -189,76 +172,61 @@ impl Hub {
         }
     }
 
-    /// Subscribes `out` to `channel`: queues the snapshot (with recovery from `since` when the
-    /// history still covers it, else the newest `limit` retained publications), then live
-    /// publications. Returns the subscription once the snapshot is queued.
-    pub async fn subscribe(
+    /// Phase one of a subscribe: registers interest in `channel` and reads the snapshot (with
+    /// recovery from `since` when the history still covers it, else the newest `limit` retained
+    /// publications). Publications that arrive meanwhile are kept for [`Pending::go_live`].
+    pub async fn prepare(
         &self,
-        out: &Arc<Outbox>,
         channel: &str,
         since: Option<StreamPosition>,
         limit: Option<usize>,
-    ) -> Result<Subscription, HubError> {
+    ) -> Result<Pending, HubError> {
         validate_channel(channel).map_err(HubError::InvalidChannel)?;
+        let hub = self.me.upgrade().expect("a hub in use is alive; qed");
         let id = self.ids.next();
         let ch = loop {
-            let ch = self.channel(channel);
+            let ch = self.channel(channel)?;
             let mut st = ch.state.lock();
             if st.removed {
                 continue;
             }
-            st.pending.push(PendingSub { id, buffered: Vec::new(), overflow: false });
+            st.pending.push(PendingSub { id, buffered: Vec::new(), stale: false });
             drop(st);
             break ch;
         };
-        // From here on, a failure (or this future being dropped) must undo the registration.
-        let mut guard = PendingGuard { hub: self, channel: &ch, id, interest: false, armed: true };
+        // From here on, a failure (or this future being dropped) undoes the registration.
+        let mut pending = Pending {
+            hub,
+            channel: ch,
+            id,
+            page: HistoryPage { epoch: "".into(), offset: 0, publications: Vec::new() },
+            recovered: false,
+            interest: false,
+            done: false,
+        };
         let retention = self.retention(channel);
         self.broker.subscribe(channel, retention).await?;
-        guard.interest = true;
+        pending.interest = true;
         // The buffer of publications delivered while history is read is bounded; if a busy
-        // channel overflows it, the read is simply done again (everything buffered so far is in
-        // history by then).
-        let mut attempts = 0;
-        let (page, recovered, pending, mut st) = loop {
+        // channel overflows it (or the channel lost track meanwhile), the read is done again.
+        for _ in 0..SNAPSHOT_ATTEMPTS {
             let (page, recovered) = self.snapshot_page(channel, since.clone(), limit, retention).await?;
-            let mut st = ch.state.lock();
+            let mut st = pending.channel.state.lock();
             let at = st
                 .pending
                 .iter()
                 .position(|p| p.id == id)
                 .expect("only its owner removes a pending entry; qed");
-            if !st.pending[at].overflow {
-                let pending = st.pending.swap_remove(at);
-                break (page, recovered, pending, st);
-            }
-            attempts += 1;
-            if attempts >= SNAPSHOT_ATTEMPTS {
-                return Err(HubError::Busy);
-            }
-            st.pending[at].overflow = false;
-            st.pending[at].buffered.clear();
-        };
-        let mut frame = SharedFrame::default();
-        frame.build(|b| encode::snapshot_event(b, channel, &page, recovered));
-        if out.push(&frame.parts(&id)) != Push::Queued {
-            drop(st);
-            return Err(HubError::ConnectionClosed);
-        }
-        for p in pending.buffered.iter().filter(|p| p.offset > page.offset) {
-            frame.build(|b| encode::publication_event(b, channel, p));
-            if out.push(&frame.parts(&id)) != Push::Queued {
+            if fits(&st, &st.pending[at], &page) {
                 drop(st);
-                return Err(HubError::ConnectionClosed);
+                pending.page = page;
+                pending.recovered = recovered;
+                return Ok(pending);
             }
+            st.pending[at].stale = false;
+            st.pending[at].buffered.clear();
         }
-        st.last_offset = st.last_offset.max(page.offset);
-        st.live.push(LiveSub { id, out: out.clone() });
-        drop(st);
-        guard.armed = false;
-        drop(guard);
-        self.metrics.subscriptions.inc();
-        Ok(Subscription { id, channel: ch })
+        Err(HubError::Busy)
     }
 
     async fn snapshot_page(
@@ -282,44 +250,26 @@ impl Hub {
         Ok((self.broker.history(channel, HistoryRange::Newest(limit), retention).await?, false))
     }
 
-    /// Ends a subscription; false if it had already ended (its connection fell behind). Call
-    /// it once per subscription returned by [`Hub::subscribe`] that was not [`Hub::close`]d.
-    pub fn unsubscribe(&self, sub: &Subscription) -> bool {
-        let mut st = sub.channel.state.lock();
-        let at = st.live.iter().position(|s| s.id == sub.id);
+    /// A subscription left `channel`: one broker interest less, the channel forgotten when
+    /// nobody is subscribed or subscribing. Returns whether it was still live.
+    fn leave(&self, channel: &Arc<HubChannel>, id: SubId, closed: Option<&str>) -> bool {
+        let mut st = channel.state.lock();
+        let at = st.live.iter().position(|s| s.id == id);
         if let Some(i) = at {
-            st.live.swap_remove(i);
+            let s = st.live.swap_remove(i);
+            s.alive.store(false, Ordering::Release);
+            if let Some(why) = closed {
+                s.sink.push_own(&Event::Closed { channel: &channel.name, reason: why });
+            }
         }
         let unused = st.live.is_empty() && st.pending.is_empty();
         drop(st);
-        self.subscription_gone(&sub.channel, unused);
-        at.is_some()
-    }
-
-    /// Accounts for a subscription that left `channel`: one broker interest less, and the
-    /// channel forgotten when `unused` (nobody subscribed or subscribing).
-    fn subscription_gone(&self, channel: &Arc<HubChannel>, unused: bool) {
         self.metrics.subscriptions.dec();
         self.broker.unsubscribe(&channel.name);
         if unused {
             self.remove_if_unused(channel);
         }
-    }
-
-    /// Ends a subscription from the server's side: its last notification is
-    /// `{"type":"closed","reason":REASON}`, queued after every publication it was sent. False if
-    /// it had already ended.
-    pub fn close(&self, sub: &Subscription, reason: &str) -> bool {
-        let mut st = sub.channel.state.lock();
-        let Some(at) = st.live.iter().position(|s| s.id == sub.id) else { return false };
-        let live = st.live.swap_remove(at);
-        let mut frame = SharedFrame::default();
-        frame.build(|b| encode::closed_event(b, reason));
-        let _ = live.out.push(&frame.parts(&sub.id));
-        let unused = st.live.is_empty() && st.pending.is_empty();
-        drop(st);
-        self.subscription_gone(&sub.channel, unused);
-        true
+        at.is_some()
     }
 
     /// Publishes to `channel`.
@@ -347,8 +297,7 @@ impl Hub {
             None => HistoryRange::Newest(limit),
         };
         let mut page = self.broker.history(channel, range, retention).await?;
-        if let Some(s) = since.filter(|s| *s.epoch != *page.epoch) {
-            let _ = s;
+        if since.is_some_and(|s| *s.epoch != *page.epoch) {
             page = self.broker.history(channel, HistoryRange::After(0, limit), retention).await?;
         }
         Ok(History {
@@ -365,77 +314,201 @@ impl Hub {
             .filter(|c| c.name.starts_with(prefix))
             .map(|c| {
                 let st = c.state.lock();
-                ChannelInfo {
-                    channel: c.name.to_string(),
-                    subscribers: st.live.len(),
-                    offset: st.last_offset,
-                }
+                ChannelInfo { channel: c.name.to_string(), subscribers: st.live.len(), offset: st.offset }
             })
             .filter(|c| c.subscribers > 0)
             .collect();
         v.sort_by(|a, b| a.channel.cmp(&b.channel));
         v
     }
-}
 
-impl Listener for Hub {
-    fn deliver(&self, channel: &str, _epoch: &Arc<str>, p: &Arc<Publication>) {
-        let Some(ch) = self.channels.read().get(channel).cloned() else { return };
-        let mut guard = ch.state.lock();
-        let st = &mut *guard;
-        if p.offset <= st.last_offset {
-            return;
-        }
-        st.last_offset = p.offset;
-        if !st.live.is_empty() {
-            let mut frame = SharedFrame::with_capacity(encode::publication_event_len(channel, p));
-            frame.build(|b| encode::publication_event(b, channel, p));
-            let frame = Arc::new(frame);
-            let live = &mut st.live;
-            let mut i = 0;
-            while i < live.len() {
-                // The outbox PREFETCH_AHEAD subscribers on is asked for its state; the one half as
-                // far, whose state has arrived by now, for the memory its push will write.
-                if let Some(ahead) = live.get(i + PREFETCH_AHEAD) {
-                    ahead.out.prefetch();
+    /// Fills a gap in `ch`'s deliveries from history, then delivers what was held; gives up on
+    /// the stream (every subscriber told `insufficient_state`) when history no longer covers it.
+    async fn fill(self: Arc<Self>, ch: Arc<HubChannel>) {
+        let retention = self.retention(&ch.name);
+        for _ in 0..FILL_ATTEMPTS {
+            let from = ch.state.lock().offset;
+            let page = self.broker.history(&ch.name, HistoryRange::After(from, None), retention).await;
+            let mut st = ch.state.lock();
+            let Some(held) = st.filling.take() else { return };
+            let page = match page {
+                Ok(page) if st.epoch.as_deref() == Some(&*page.epoch) && st.offset == from => page,
+                _ => break,
+            };
+            let mut all: Vec<Arc<Publication>> = page.publications.into_iter().chain(held).collect();
+            all.sort_by_key(|p| p.offset);
+            let pending_max = self.config.limits.outbound_queue_messages;
+            let mut delivered = 0;
+            let mut rest = Vec::new();
+            for (i, p) in all.iter().enumerate() {
+                if p.offset <= st.offset {
+                    continue;
                 }
-                if let Some(ahead) = live.get(i + PREFETCH_AHEAD / 2) {
-                    ahead.out.prefetch_tail();
+                if p.offset != st.offset + 1 {
+                    rest = all[i..].to_vec();
+                    break;
                 }
-                let s = &live[i];
-                if s.out.push_shared(&frame, s.id) == Push::Queued {
-                    i += 1;
-                } else {
-                    // Its outbox overflowed or closed: it leaves the channel here; its connection
-                    // is already being failed (and counted) by the outbox's owner.
-                    live.swap_remove(i);
-                }
+                delivered += st.deliver(&ch.name, p, pending_max);
             }
-            self.metrics.deliveries.inc_by(st.live.len() as u64);
-        }
-        let cap = self.config.limits.outbound_queue_messages;
-        for pending in &mut st.pending {
-            if pending.buffered.len() >= cap {
-                pending.overflow = true;
-            } else {
-                pending.buffered.push(p.clone());
+            self.metrics.deliveries.inc_by(delivered);
+            if rest.is_empty() {
+                self.metrics.gaps_filled.inc();
+                return;
             }
+            // Still a hole (history had not caught up, or lost it): try again a few times.
+            st.filling = Some(rest);
+        }
+        let mut st = ch.state.lock();
+        let closed = st.lose_track(&ch.name);
+        drop(st);
+        self.metrics.streams_lost.inc();
+        tracing::warn!(channel = %ch.name, closed, "lost track of a channel's stream; its subscribers were told to resubscribe");
+    }
+
+    fn spawn_fill(&self, ch: Arc<HubChannel>) {
+        if let Some(hub) = self.me.upgrade() {
+            tokio::spawn(hub.fill(ch));
         }
     }
 }
 
-/// Undoes a subscribe that did not finish: removes the pending entry and the broker interest.
-struct PendingGuard<'a> {
-    hub: &'a Hub,
-    channel: &'a Arc<HubChannel>,
-    id: SubId,
-    interest: bool,
-    armed: bool,
+/// True when a pending subscriber's history read and the deliveries buffered for it join
+/// without a gap: same epoch as the channel's deliveries, and the first buffered publication
+/// above the snapshot is the one right after it.
+fn fits(st: &ChannelState, p: &PendingSub, page: &HistoryPage) -> bool {
+    !p.stale
+        && st.epoch.as_deref().is_none_or(|e| *e == *page.epoch)
+        && p.buffered.iter().find(|b| b.offset > page.offset).is_none_or(|b| b.offset == page.offset + 1)
 }
 
-impl Drop for PendingGuard<'_> {
+impl Listener for Hub {
+    fn deliver(&self, channel: &str, epoch: &Arc<str>, p: &Arc<Publication>) {
+        let Some(ch) = self.channels.read().get(channel).cloned() else { return };
+        let mut st = ch.state.lock();
+        let mut arrival = st.arrival(epoch, p, FILL_HOLD_MAX);
+        if arrival == Arrival::NewEpoch {
+            let closed = st.lose_track(channel);
+            self.metrics.streams_lost.inc();
+            tracing::info!(channel, closed, "a channel's stream started a new epoch");
+            arrival = st.arrival(epoch, p, FILL_HOLD_MAX);
+        }
+        match arrival {
+            Arrival::Next => {
+                let n = st.deliver(channel, p, self.config.limits.outbound_queue_messages);
+                self.metrics.deliveries.inc_by(n);
+            }
+            Arrival::Gap => {
+                drop(st);
+                self.spawn_fill(ch);
+            }
+            Arrival::Repeat | Arrival::Held | Arrival::NewEpoch => {}
+        }
+    }
+
+    fn lagged(&self, channel: &str) {
+        let Some(ch) = self.channels.read().get(channel).cloned() else { return };
+        let mut st = ch.state.lock();
+        if st.epoch.is_some() && st.filling.is_none() {
+            st.filling = Some(Vec::new());
+            drop(st);
+            self.spawn_fill(ch);
+        }
+    }
+}
+
+/// A subscription between its history read and going live ([`Hub::prepare`]). Dropping it
+/// undoes the registration.
+#[must_use = "a prepared subscription is undone when dropped: call go_live"]
+pub struct Pending {
+    hub: Arc<Hub>,
+    channel: Arc<HubChannel>,
+    id: SubId,
+    page: HistoryPage,
+    recovered: bool,
+    /// The broker interest was taken (and is to be given back unless handed on).
+    interest: bool,
+    done: bool,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("channel", &self.channel.name).field("id", &self.id).finish()
+    }
+}
+
+impl Pending {
+    /// The subscription's id, known before it is live (so that the answer can carry it).
+    pub fn id(&self) -> SubId {
+        self.id
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel.name
+    }
+
+    /// Phase two: queues `answer` (copied, as is), the snapshot and the publications delivered
+    /// since the history read into `sink`'s outbox, in that order, and makes the subscriber
+    /// live, all under the channel's lock. Fails only when the connection is closing. If the
+    /// channel lost track of its stream in between, the snapshot is followed by `closed`
+    /// `insufficient_state` at once, never by a gap.
+    pub fn go_live(mut self, sink: Sink, answer: &[&[u8]]) -> Result<Subscription, HubError> {
+        let ch = self.channel.clone();
+        let mut st = ch.state.lock();
+        let at = st
+            .pending
+            .iter()
+            .position(|p| p.id == self.id)
+            .expect("only its owner removes a pending entry; qed");
+        let joins = fits(&st, &st.pending[at], &self.page);
+        let pend = st.pending.swap_remove(at);
+        let out = &sink.outbox;
+        let closed = || HubError::ConnectionClosed;
+        if !answer.is_empty() && out.push_answer(answer) != crate::transport::Push::Queued {
+            return Err(closed());
+        }
+        let snapshot = Event::Snapshot { channel: &ch.name, page: &self.page, recovered: self.recovered };
+        if !sink.push_own(&snapshot) {
+            return Err(closed());
+        }
+        let alive = Arc::new(AtomicBool::new(true));
+        let sub = Subscription {
+            hub: self.hub.clone(),
+            channel: ch.clone(),
+            id: self.id,
+            alive: alive.clone(),
+            ended: false,
+        };
+        self.done = true;
+        self.hub.metrics.subscriptions.inc();
+        if !joins {
+            // What was delivered meanwhile does not join the snapshot: say so instead.
+            alive.store(false, Ordering::Release);
+            sink.push_own(&Event::Closed { channel: &ch.name, reason: reason::INSUFFICIENT_STATE });
+            return Ok(sub);
+        }
+        let mut after = self.page.offset;
+        for p in pend.buffered.iter().filter(|p| p.offset > self.page.offset) {
+            if sink.filter.as_ref().is_none_or(|f| f.admits(p)) {
+                let event = Event::Publication { channel: &ch.name, publication: p };
+                if !sink.push_own(&event) {
+                    return Err(closed());
+                }
+            }
+            after = p.offset;
+        }
+        if st.epoch.is_none() {
+            st.epoch = Some(self.page.epoch.clone());
+            st.offset = after;
+        }
+        st.live.push(LiveSub { id: self.id, sink, after, alive });
+        Ok(sub)
+    }
+}
+
+impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.armed {
+        if self.done {
             return;
         }
         let mut st = self.channel.state.lock();
@@ -446,10 +519,62 @@ impl Drop for PendingGuard<'_> {
             self.hub.broker.unsubscribe(&self.channel.name);
         }
         if unused {
-            self.hub.remove_if_unused(self.channel);
+            self.hub.remove_if_unused(&self.channel);
         }
     }
 }
 
-#[cfg(test)]
-mod tests;
+/// A live subscription, owned by its connection; dropping it unsubscribes.
+#[must_use = "dropping a subscription ends it"]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    channel: Arc<HubChannel>,
+    id: SubId,
+    alive: Arc<AtomicBool>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("channel", &self.channel.name).field("id", &self.id).finish()
+    }
+}
+
+impl Subscription {
+    /// The id the client knows it by.
+    pub fn id(&self) -> SubId {
+        self.id
+    }
+
+    /// The channel's name.
+    pub fn channel(&self) -> &str {
+        &self.channel.name
+    }
+
+    /// False once the hub ended it (its connection fell behind, or the channel lost track of its
+    /// stream and told the subscriber so).
+    pub fn is_active(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Ends it at the client's request; false if it had already ended.
+    pub fn unsubscribe(mut self) -> bool {
+        self.ended = true;
+        self.hub.leave(&self.channel, self.id, None)
+    }
+
+    /// Ends it from the server's side: its last event is `closed` with `reason`, queued after
+    /// every publication it was sent. False if it had already ended.
+    pub fn close(mut self, reason: &str) -> bool {
+        self.ended = true;
+        self.hub.leave(&self.channel, self.id, Some(reason))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.hub.leave(&self.channel, self.id, None);
+        }
+    }
+}

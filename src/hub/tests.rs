@@ -4,13 +4,65 @@
 
 use super::*;
 use crate::broker::memory::MemoryBroker;
-use crate::transport::outbox::{Batch, Take};
-use serde_json::Value;
+use crate::transport::{Batch, FrameWriter, Outbox, Splice, Take, frame};
+use serde_json::{Value, json};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 fn hub_with(config: Config) -> Arc<Hub> {
     let broker = MemoryBroker::start(config.limits.max_channels);
-    Hub::new(Arc::new(config), broker, Arc::new(Metrics::new(&[])))
+    Hub::new(Arc::new(config), broker, Arc::new(Metrics::new()))
+}
+
+/// Events as `{"sub":SPLICE,"result":EVENT}`, counting how often it encodes.
+#[derive(Default)]
+struct TestEncoding {
+    encoded: AtomicUsize,
+}
+
+fn event_json(e: &Event<'_>) -> Value {
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+    match e {
+        Event::Publication { channel, publication } => {
+            json!({"type":"publication","channel":channel,"offset":publication.offset,"data":parse(publication.data())})
+        }
+        Event::Snapshot { channel, page, recovered } => json!({"type":"snapshot","channel":channel,
+            "epoch":&*page.epoch,"offset":page.offset,"recovered":recovered,
+            "publications":page.publications.iter().map(|p| parse(p.json())).collect::<Vec<_>>()}),
+        Event::Closed { reason, .. } => json!({"type":"closed","reason":reason}),
+    }
+}
+
+impl Encoding for TestEncoding {
+    fn splice_len(&self) -> usize {
+        SUB_ID_LEN
+    }
+
+    fn encode(&self, e: &Event<'_>, w: &mut FrameWriter<'_>) {
+        self.encoded.fetch_add(1, Ordering::Relaxed);
+        w.put(br#"{"sub":""#);
+        w.splice_here();
+        w.put(br#"","result":"#);
+        w.put(event_json(e).to_string().as_bytes());
+        w.put(b"}");
+    }
+}
+
+fn sink_for(out: &Arc<Outbox>, enc: Arc<dyn Encoding>, id: SubId) -> Sink {
+    Sink::new(out.clone(), enc, Splice::new(&id.0).unwrap())
+}
+
+/// Both phases at once, with no answer.
+async fn subscribe(
+    hub: &Hub,
+    out: &Arc<Outbox>,
+    channel: &str,
+    since: Option<StreamPosition>,
+    limit: Option<usize>,
+) -> Result<Subscription, HubError> {
+    let p = hub.prepare(channel, since, limit).await?;
+    let sink = sink_for(out, Arc::new(TestEncoding::default()), p.id());
+    p.go_live(sink, &[])
 }
 
 fn hub() -> Arc<Hub> {
@@ -45,7 +97,7 @@ fn drain(out: &Outbox) -> Vec<Value> {
 }
 
 fn events(out: &Outbox) -> Vec<Value> {
-    drain(out).into_iter().map(|f| f["params"]["result"].clone()).collect()
+    drain(out).into_iter().map(|f| f["result"].clone()).collect()
 }
 
 fn big_outbox() -> Arc<Outbox> {
@@ -59,7 +111,7 @@ async fn snapshot_then_live_in_order() {
         hub.publish("t:a", data(serde_json::json!(i))).await.unwrap();
     }
     let out = big_outbox();
-    let sub = hub.subscribe(&out, "t:a", None, Some(2)).await.unwrap();
+    let sub = subscribe(&hub, &out, "t:a", None, Some(2)).await.unwrap();
     hub.publish("t:a", data(serde_json::json!(4))).await.unwrap();
     let ev = events(&out);
     assert_eq!(ev[0]["type"], "snapshot");
@@ -69,7 +121,7 @@ async fn snapshot_then_live_in_order() {
     assert_eq!(ev[0]["publications"][0]["offset"], 2);
     assert_eq!(ev[1]["type"], "publication");
     assert_eq!((ev[1]["offset"].clone(), ev[1]["data"].clone()), (4.into(), 4.into()));
-    assert!(hub.unsubscribe(&sub));
+    assert!(sub.unsubscribe());
     hub.publish("t:a", data(serde_json::json!(5))).await.unwrap();
     assert!(drain(&out).is_empty(), "nothing after unsubscribe");
     assert!(hub.channels("").is_empty(), "the channel is forgotten once unused");
@@ -89,7 +141,7 @@ async fn recovery_rules() {
 
     // Covered: everything after 7, recovered.
     let out = big_outbox();
-    hub.subscribe(&out, "r", since(7), Some(1)).await.unwrap();
+    let _s = subscribe(&hub, &out, "r", since(7), Some(1)).await.unwrap();
     let snap = &events(&out)[0];
     assert_eq!(snap["recovered"], true);
     let offsets: Vec<_> =
@@ -98,14 +150,14 @@ async fn recovery_rules() {
 
     // Up to date: nothing missed, recovered.
     let out = big_outbox();
-    hub.subscribe(&out, "r", since(10), None).await.unwrap();
+    let _s = subscribe(&hub, &out, "r", since(10), None).await.unwrap();
     let snap = &events(&out)[0];
     assert_eq!((snap["recovered"].clone(), snap["publications"].as_array().unwrap().len()), (true.into(), 0));
 
     // Too old (history keeps 6..=10), another epoch, or from the future: the tail, not recovered.
     for s in [since(2), Some(StreamPosition { epoch: "other".into(), offset: 8 }), since(11)] {
         let out = big_outbox();
-        hub.subscribe(&out, "r", s.clone(), None).await.unwrap();
+        let _s = subscribe(&hub, &out, "r", s.clone(), None).await.unwrap();
         let snap = &events(&out)[0];
         assert_eq!(snap["recovered"], false, "{s:?}");
         assert_eq!(snap["publications"][0]["offset"], 6, "{s:?}");
@@ -138,7 +190,7 @@ async fn no_gap_and_no_duplicate_while_publishers_race_and_subscribers_join() {
         subs.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_micros(300 * s)).await;
             let out = big_outbox();
-            let _sub = hub.subscribe(&out, "race", None, Some(0)).await.unwrap();
+            let _sub = subscribe(&hub, &out, "race", None, Some(0)).await.unwrap();
             let mut seen = Vec::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             while seen.last().copied() != Some(TOTAL) && tokio::time::Instant::now() < deadline {
@@ -167,8 +219,8 @@ async fn an_overflowing_subscriber_is_dropped_and_others_continue() {
     let slow = Arc::new(Outbox::new(3, 1 << 20));
     slow.set_socket_full(true); // its client is not reading
     let fast = big_outbox();
-    hub.subscribe(&slow, "s", None, None).await.unwrap();
-    hub.subscribe(&fast, "s", None, None).await.unwrap();
+    let _slow = subscribe(&hub, &slow, "s", None, None).await.unwrap();
+    let _fast = subscribe(&hub, &fast, "s", None, None).await.unwrap();
     for i in 0..10 {
         hub.publish("s", data(serde_json::json!(i))).await.unwrap();
     }
@@ -191,5 +243,93 @@ async fn idempotent_publish_and_invalid_names() {
         Err(HubError::InvalidChannel(_))
     ));
     let out = big_outbox();
-    assert!(matches!(hub.subscribe(&out, "", None, None).await, Err(HubError::InvalidChannel(_))));
+    assert!(matches!(subscribe(&hub, &out, "", None, None).await, Err(HubError::InvalidChannel(_))));
+}
+
+#[tokio::test]
+async fn the_answer_goes_first_and_what_arrived_meanwhile_follows_the_snapshot() {
+    let hub = hub();
+    hub.publish("two", data(json!(1))).await.unwrap();
+    let out = big_outbox();
+    let pending = hub.prepare("two", None, None).await.unwrap();
+    // Published between the history read and going live: buffered, not lost, not doubled.
+    hub.publish("two", data(json!(2))).await.unwrap();
+    hub.publish("two", data(json!(3))).await.unwrap();
+    assert!(drain(&out).is_empty(), "nothing is queued before the answer");
+    let mut answer = Vec::new();
+    frame::put_frame(&mut answer, frame::OP_TEXT, br#"{"answer":true}"#);
+    let id = pending.id();
+    let _sub = pending.go_live(sink_for(&out, Arc::new(TestEncoding::default()), id), &[&answer]).unwrap();
+    hub.publish("two", data(json!(4))).await.unwrap();
+    let got = drain(&out);
+    assert_eq!(got[0], json!({"answer": true}));
+    assert_eq!(got[1]["result"]["type"], "snapshot");
+    assert_eq!(got[1]["result"]["offset"], 1);
+    assert_eq!(got[1]["sub"], id.as_str());
+    let offsets: Vec<_> = got[2..].iter().map(|f| f["result"]["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![2, 3, 4]);
+}
+
+#[tokio::test]
+async fn dropping_a_pending_or_live_subscription_undoes_it() {
+    let hub = hub();
+    let pending = hub.prepare("undo", None, None).await.unwrap();
+    assert_eq!(hub.channels.read().len(), 1, "the pending subscriber holds the channel");
+    drop(pending);
+    assert!(hub.channels.read().is_empty(), "dropped before going live: the channel is forgotten");
+    let out = big_outbox();
+    let sub = subscribe(&hub, &out, "undo", None, None).await.unwrap();
+    assert_eq!(hub.channels("")[0].subscribers, 1);
+    drop(sub);
+    assert!(hub.channels("").is_empty(), "a dropped subscription unsubscribes");
+    hub.publish("undo", data(json!(1))).await.unwrap();
+    assert_eq!(drain(&out).len(), 1, "only the snapshot was ever queued");
+}
+
+#[tokio::test]
+async fn one_frame_per_encoding_per_publication_and_filters_per_subscriber() {
+    let hub = hub();
+    let (a, b) = (Arc::new(TestEncoding::default()), Arc::new(TestEncoding::default()));
+    let mut outs = Vec::new();
+    let mut subs = Vec::new();
+    for i in 0..5 {
+        let enc: Arc<dyn Encoding> = if i < 3 { a.clone() } else { b.clone() };
+        let out = big_outbox();
+        let p = hub.prepare("enc", None, None).await.unwrap();
+        let mut sink = sink_for(&out, enc, p.id());
+        if i == 4 {
+            sink = sink.with_filter(Filter::new(|p| p.offset % 2 == 0));
+        }
+        subs.push(p.go_live(sink, &[]).unwrap());
+        outs.push(out);
+    }
+    let before = a.encoded.load(Ordering::Relaxed) + b.encoded.load(Ordering::Relaxed);
+    assert_eq!(before, 5, "one snapshot each");
+    for i in 1..=4 {
+        hub.publish("enc", data(json!(i))).await.unwrap();
+    }
+    assert_eq!(a.encoded.load(Ordering::Relaxed), 3 + 4, "encoding a: one frame per publication");
+    assert_eq!(b.encoded.load(Ordering::Relaxed), 2 + 4, "encoding b: one frame per publication");
+    for (i, out) in outs.iter().enumerate() {
+        let offsets: Vec<_> = events(out)[1..].iter().map(|e| e["offset"].as_u64().unwrap()).collect();
+        let want: Vec<u64> = if i == 4 { vec![2, 4] } else { vec![1, 2, 3, 4] };
+        assert_eq!(offsets, want, "subscriber {i}");
+    }
+}
+
+#[tokio::test]
+async fn the_node_channel_cap_is_the_hubs() {
+    let mut config = Config::default();
+    config.limits.max_channels = 2;
+    // The broker's own storage bound is another matter: room for more streams than that.
+    let hub = Hub::new(Arc::new(config), MemoryBroker::start(100), Arc::new(Metrics::new()));
+    let out = big_outbox();
+    let _a = subscribe(&hub, &out, "cap:a", None, None).await.unwrap();
+    let _b = subscribe(&hub, &out, "cap:b", None, None).await.unwrap();
+    assert!(matches!(subscribe(&hub, &out, "cap:c", None, None).await, Err(HubError::TooManyChannels(2))));
+    drop(_a);
+    assert!(
+        subscribe(&hub, &out, "cap:c", None, None).await.is_ok(),
+        "a slot is freed when its channel empties"
+    );
 }

@@ -4,6 +4,7 @@
 //! `data: {"code": NAME}` so that clients can switch on a stable name.
 
 use crate::hub::HubError;
+use crate::session::SubscribeError;
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned};
 use serde_json::json;
 
@@ -81,11 +82,24 @@ impl From<HubError> for RpcError {
     fn from(e: HubError) -> Self {
         match e {
             HubError::InvalidChannel(m) => RpcError::Unacceptable(format!("invalid channel: {m}")),
-            HubError::Broker(crate::broker::BrokerError::TooManyChannels(n)) => RpcError::SubscriptionFailed(
-                format!("this node already holds its maximum of {n} channels (limits.max_channels)"),
-            ),
+            HubError::Broker(crate::broker::BrokerError::Full(n)) => RpcError::SubscriptionFailed(format!(
+                "this node already holds its maximum of {n} channels (limits.max_channels)"
+            )),
             HubError::Broker(e) => RpcError::Internal(e.to_string()),
-            HubError::ConnectionClosed | HubError::Busy => RpcError::SubscriptionFailed(e.to_string()),
+            HubError::TooManyChannels(_) | HubError::ConnectionClosed | HubError::Busy => {
+                RpcError::SubscriptionFailed(e.to_string())
+            }
+        }
+    }
+}
+
+impl From<SubscribeError> for RpcError {
+    fn from(e: SubscribeError) -> Self {
+        match e {
+            SubscribeError::Unauthorized(m) => RpcError::Unauthorized(m),
+            SubscribeError::Limit(_) => RpcError::SubscriptionFailed(e.to_string()),
+            SubscribeError::NoSocket => RpcError::Unacceptable(e.to_string()),
+            SubscribeError::Hub(h) => h.into(),
         }
     }
 }

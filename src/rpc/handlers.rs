@@ -1,14 +1,15 @@
 //! The method implementations: thin translations from JSON-RPC calls to the hub and the
 //! authenticator, with the permission checks in front.
 
+use super::CallCtx;
 use super::api::{AuthResult, ChannelApiServer, HistoryResult, NodeApiServer, NodeInfo, PublicationJson};
 use super::error::RpcError;
-use super::session::Session;
-use crate::auth::{Action, AuthError, Authenticator, authorize};
-use crate::broker::{NewPublication, StreamPosition, memory::now_ms};
+use crate::auth::{Action, AuthError, Authenticator};
+use crate::broker::{NewPublication, StreamPosition};
 use crate::config::Config;
-use crate::hub::{ChannelInfo, Hub, SubId, validate_channel};
+use crate::hub::{ChannelInfo, Hub, SubId};
 use crate::metrics::Metrics;
+use crate::session::{Session, Subscriptions};
 use jsonrpsee::Extensions;
 use jsonrpsee::core::{RpcResult, async_trait};
 use serde_json::value::RawValue;
@@ -21,6 +22,8 @@ pub struct NodeState {
     pub config: Arc<Config>,
     /// Channels and fan-out.
     pub hub: Arc<Hub>,
+    /// Where subscriptions are made and ended.
+    pub subscriptions: Arc<Subscriptions>,
     /// Token checking.
     pub auth: Arc<Authenticator>,
     /// Metrics.
@@ -31,25 +34,30 @@ pub struct NodeState {
     pub node_id: String,
 }
 
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
 /// The handlers of every `#[rpc]` trait.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Handlers(pub Arc<NodeState>);
 
+fn call_ctx(ext: &Extensions) -> Result<&Arc<CallCtx>, RpcError> {
+    ext.get::<Arc<CallCtx>>().ok_or_else(|| RpcError::Internal("call without a session".into()))
+}
+
 fn session(ext: &Extensions) -> Result<Arc<Session>, RpcError> {
-    ext.get::<Arc<Session>>().cloned().ok_or_else(|| RpcError::Internal("call without a session".into()))
+    call_ctx(ext).map(|c| c.session.clone())
 }
 
 impl Handlers {
     /// Checks that the session may do `action` on `channel` (a valid name).
     fn allow(&self, s: &Session, action: Action, channel: &str) -> Result<(), RpcError> {
-        validate_channel(channel).map_err(|m| RpcError::Unacceptable(format!("invalid channel: {m}")))?;
-        let p = s.principal();
-        if p.is_expired(now_ms() / 1000) {
-            return Err(RpcError::Unauthorized(
-                "the connection's token has expired; call auth with a fresh one".into(),
-            ));
-        }
-        authorize(&p, self.0.config.namespace_of(channel), action, channel).map_err(RpcError::Unauthorized)
+        crate::channel::validate_channel(channel)
+            .map_err(|m| RpcError::Unacceptable(format!("invalid channel: {m}")))?;
+        self.0.subscriptions.allow(s, action, channel).map_err(RpcError::Unauthorized)
     }
 }
 
@@ -62,34 +70,23 @@ impl ChannelApiServer for Handlers {
         since: Option<StreamPosition>,
         limit: Option<usize>,
     ) -> RpcResult<String> {
-        let s = session(ext)?;
-        let Some(out) = s.outbox() else {
-            return Err(
-                RpcError::Unacceptable("subscriptions need a WebSocket: connect to /ws/rpc".into()).into()
-            );
-        };
-        self.allow(&s, Action::Subscribe, &channel)?;
-        let max = self.0.config.limits.max_subscriptions;
-        if s.subscriptions.lock().len() >= max {
-            return Err(RpcError::SubscriptionFailed(format!(
-                "this connection holds its maximum of {max} subscriptions; unsubscribe first"
-            ))
-            .into());
-        }
-        let sub = self.0.hub.subscribe(out, &channel, since, limit).await.map_err(RpcError::from)?;
-        let id = sub.id.as_str().to_string();
-        s.subscriptions.lock().push(sub);
+        let ctx = call_ctx(ext)?;
+        let pending = self
+            .0
+            .subscriptions
+            .prepare(&ctx.session, &channel, since, limit)
+            .await
+            .map_err(RpcError::from)?;
+        let id = pending.id().as_str().to_string();
+        // The front door queues this call's answer, then the snapshot (PendingSubscription).
+        ctx.defer(pending);
         Ok(id)
     }
 
     fn unsubscribe_channel(&self, ext: &Extensions, subscription: String) -> RpcResult<bool> {
         let s = session(ext)?;
         let Some(id) = SubId::parse(&subscription) else { return Ok(false) };
-        let mut subs = s.subscriptions.lock();
-        let Some(at) = subs.iter().position(|x| x.id == id) else { return Ok(false) };
-        let sub = subs.swap_remove(at);
-        drop(subs);
-        Ok(self.0.hub.unsubscribe(&sub))
+        Ok(self.0.subscriptions.unsubscribe(&s, id))
     }
 
     async fn publish(
@@ -155,7 +152,7 @@ impl NodeApiServer for Handlers {
             version: env!("CARGO_PKG_VERSION").into(),
             node_id: self.0.node_id.clone(),
             uptime_s: self.0.started.elapsed().as_secs(),
-            connections: self.0.metrics.connections.get().max(0) as u64,
+            connections: self.0.metrics.open_connections(),
             broker: self.0.hub.broker().name().into(),
         })
     }

@@ -1,19 +1,50 @@
-//! JSON-RPC: the method definitions (`#[rpc]` traits), their implementations, the errors, the
-//! per-connection session, and the dispatcher that runs calls on rpchub's own transport.
+//! JSON-RPC methods: the `#[rpc]` definitions (one trait per concern), their implementations
+//! and the errors, mapped once. The JSON-RPC front door (`crate::frontends::jsonrpc`) parses
+//! messages and dispatches into the method table built here.
 
 pub mod api;
-pub mod dispatch;
 pub mod error;
 mod handlers;
-mod session;
 
-pub use dispatch::Dispatcher;
 pub use error::RpcError;
 pub use handlers::{Handlers, NodeState};
-pub use session::{RateLimiter, Session, Verdict};
 
+use crate::session::{PendingSubscription, Session};
 use api::{ChannelApiServer, NodeApiServer};
 use jsonrpsee::core::server::{Methods, RpcModule};
+use parking_lot::Mutex;
+use std::sync::Arc;
+
+/// The methods that change the connection's state, which run in the order a client sends them
+/// (a subscribe then an unsubscribe; an auth then a subscribe). Every other call runs as soon as
+/// it arrives.
+pub const ORDERED_METHODS: &[&str] = &["subscribe", "unsubscribe", "auth"];
+
+/// What a method call sees of its caller, through the request extensions.
+#[derive(Debug)]
+pub struct CallCtx {
+    /// The caller's session.
+    pub session: Arc<Session>,
+    /// Subscriptions the call prepared, for the front door to take live behind the answer.
+    pending: Mutex<Vec<PendingSubscription>>,
+}
+
+impl CallCtx {
+    /// A context for one call of `session`.
+    pub fn new(session: Arc<Session>) -> CallCtx {
+        CallCtx { session, pending: Mutex::new(Vec::new()) }
+    }
+
+    /// Hands a prepared subscription to the front door, which queues the call's answer first.
+    pub fn defer(&self, p: PendingSubscription) {
+        self.pending.lock().push(p);
+    }
+
+    /// The subscriptions the call prepared.
+    pub fn take_pending(&self) -> Vec<PendingSubscription> {
+        std::mem::take(&mut *self.pending.lock())
+    }
+}
 
 /// The method table of every `#[rpc]` trait.
 pub fn methods(handlers: Handlers) -> Methods {
@@ -22,11 +53,4 @@ pub fn methods(handlers: Handlers) -> Methods {
         .expect("method names are unique across traits; qed");
     m.merge(NodeApiServer::into_rpc(handlers)).expect("method names are unique across traits; qed");
     m.into()
-}
-
-/// The names of every method served (for metrics labels and the specs).
-pub fn method_names() -> Vec<&'static str> {
-    let mut v = vec!["subscribe", "unsubscribe", "publish", "history", "channels", "ping", "info", "auth"];
-    v.sort_unstable();
-    v
 }

@@ -1,10 +1,11 @@
-//! Every open WebSocket connection of the node: counted against `limits.max_connections`,
-//! pinged and checked for silence by one sweeper task (not a timer per connection, which would
-//! cost memory on every idle connection), and closed with 1001 on shutdown.
+//! Every open WebSocket connection of the node, whichever front door it serves: counted
+//! against `limits.max_connections`, kept alive and checked for silence by one sweeper task (not
+//! a timer per connection, which would cost memory on every idle connection), given a periodic
+//! [`Conn::tick`], and closed with 1001 on shutdown.
 
-use crate::rpc::Session;
-use crate::transport::frame::{self, OP_PING};
-use crate::transport::outbox::Ending;
+use super::conn::Conn;
+use super::frame;
+use super::outbox::Ending;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,11 +16,12 @@ const SHARDS: usize = 16;
 
 /// A connection's entry.
 struct Entry {
-    session: Arc<Session>,
+    conn: Arc<dyn Conn>,
     last_ping_ms: u64,
 }
 
 /// The open connections.
+#[derive(Debug)]
 pub struct Registry {
     shards: Vec<Mutex<HashMap<u64, Entry>>>,
     /// Connections open or being upgraded (slots taken by [`Registry::reserve`]).
@@ -30,7 +32,14 @@ pub struct Registry {
 
 /// A connection slot taken before the upgrade; released on drop.
 #[must_use = "dropping the slot releases it at once"]
+#[derive(Debug)]
 pub struct Slot(Arc<Registry>);
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry").field("id", &self.conn.link().id).finish()
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -79,10 +88,11 @@ impl Registry {
     }
 
     /// Adds an upgraded connection.
-    pub fn insert(&self, session: &Arc<Session>) {
-        session.touch(self.now_ms());
-        let entry = Entry { last_ping_ms: self.now_ms(), session: session.clone() };
-        self.shard(session.id).lock().insert(session.id, entry);
+    pub fn insert(&self, conn: Arc<dyn Conn>) {
+        let id = conn.link().id;
+        conn.link().touch(self.now_ms());
+        let entry = Entry { last_ping_ms: self.now_ms(), conn };
+        self.shard(id).lock().insert(id, entry);
     }
 
     /// Removes a connection that ended.
@@ -90,24 +100,31 @@ impl Registry {
         self.shard(id).lock().remove(&id);
     }
 
-    /// Pings connections due for one and ends those silent for longer than `pong_timeout`.
-    /// Returns how many were ended.
+    /// Sends a keepalive to connections due for one ([`Conn::keepalive`]), ends those silent for
+    /// longer than `pong_timeout`, and gives every connection its [`Conn::tick`]. Returns how
+    /// many were ended.
     pub fn sweep(&self, ping_interval: Duration, pong_timeout: Duration) -> usize {
         let now = self.now_ms();
         let (interval, timeout) = (ping_interval.as_millis() as u64, pong_timeout.as_millis() as u64);
         let mut ended = 0;
+        let mut conns = Vec::new();
         for shard in &self.shards {
             for e in shard.lock().values_mut() {
-                let Some(out) = e.session.outbox() else { continue };
-                if now.saturating_sub(e.session.last_seen()) > timeout {
-                    if !out.is_ending() {
-                        out.end(Ending::Close(frame::code::POLICY, "ping timeout"));
+                let link = e.conn.link();
+                if now.saturating_sub(link.last_seen()) > timeout {
+                    if !link.outbox.is_ending() {
+                        link.outbox.end(Ending::Close(frame::code::POLICY, "ping timeout"));
                         ended += 1;
                     }
                 } else if now.saturating_sub(e.last_ping_ms) >= interval {
                     e.last_ping_ms = now;
-                    out.push_control(OP_PING, b"");
+                    e.conn.keepalive();
                 }
+                conns.push(e.conn.clone());
+            }
+            // Ticks run outside the shard lock: they may take other locks (the hub's).
+            for c in conns.drain(..) {
+                c.tick();
             }
         }
         ended
@@ -117,19 +134,13 @@ impl Registry {
     pub fn close_all(&self, code: u16, reason: &'static str) {
         for shard in &self.shards {
             for e in shard.lock().values() {
-                if let Some(out) = e.session.outbox() {
-                    out.end(Ending::Close(code, reason));
-                }
+                e.conn.link().outbox.end(Ending::Close(code, reason));
             }
         }
     }
 
-    /// Calls `f` for every open session (one shard locked at a time).
-    pub fn for_each(&self, mut f: impl FnMut(&Arc<Session>)) {
-        for shard in &self.shards {
-            for e in shard.lock().values() {
-                f(&e.session);
-            }
-        }
+    /// Open connections, one shard at a time (for tests and diagnostics).
+    pub fn ids(&self) -> Vec<u64> {
+        self.shards.iter().flat_map(|s| s.lock().keys().copied().collect::<Vec<_>>()).collect()
     }
 }

@@ -2,19 +2,26 @@
 //! into the jsonrpsee method table built from the `#[rpc]` traits.
 //!
 //! jsonrpsee's server would spawn a task per message and write every answer on its own; here a
-//! connection's reader calls [`Dispatcher::handle`] for one message at a time and queues the
-//! answer into its outbox, so calls on a connection run in order, answers are batched with
-//! notifications, and a client cannot have more than one message in flight on the server.
+//! connection hands each message to [`Dispatcher::handle`], whose future runs in one of the
+//! connection's call slots (`crate::transport::Conn`), and the answer is queued into its outbox
+//! with the notifications. Calls that change the connection's state ([`ORDERED_METHODS`]:
+//! subscribe, unsubscribe, auth) wait for the ones before them on the connection's [`Lane`], so
+//! a subscribe followed by an unsubscribe, or an auth followed by a subscribe, run in the order
+//! sent; other calls run as soon as they arrive.
+//!
+//! A call whose handler leaves a prepared subscription in its call context gets its answer
+//! queued by that subscription's `go_live`, before the snapshot: the answer-before-snapshot rule
+//! is a type ([`crate::session::PendingSubscription`]), not a method name.
 //!
 //! The error rules follow the JSON-RPC 2.0 specification: invalid JSON is -32700 with id
 //! null; valid JSON that is not a request object (or an empty batch) is -32600; a batch answers
 //! with an array of the answers to its requests, or nothing if it held only notifications; a
 //! notification (no `id`) is executed but never answered.
 
-use super::error::{self, standard};
-use super::session::{Session, Verdict};
 use crate::metrics::Metrics;
-use crate::transport::frame;
+use crate::rpc::error::{self, standard};
+use crate::rpc::{CallCtx, ORDERED_METHODS, RpcError};
+use crate::session::{PendingSubscription, Session, Verdict};
 use jsonrpsee::core::server::{MethodCallback, MethodResponse, Methods};
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Params};
 use jsonrpsee::{ConnectionId, Extensions};
@@ -23,12 +30,44 @@ use serde::{Deserialize, de::IgnoredAny};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Notify;
 
 /// Largest answer a method may produce.
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
 
-/// The method that queues notifications behind its own answer.
-const SUBSCRIBE: &str = "subscribe";
+/// A connection's queue for the calls that must run in the order sent: each takes a ticket
+/// when it starts and runs when the ones before it are done.
+#[derive(Debug, Default)]
+pub struct Lane {
+    next: AtomicU64,
+    serving: AtomicU64,
+    turn: Notify,
+}
+
+/// A ticket's turn; the next ticket's turn comes when it is dropped.
+struct Turn<'a>(&'a Lane);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.serving.fetch_add(1, Ordering::AcqRel);
+        self.0.turn.notify_waiters();
+    }
+}
+
+impl Lane {
+    /// Takes a ticket now and waits for its turn.
+    async fn turn(&self) -> Turn<'_> {
+        let ticket = self.next.fetch_add(1, Ordering::AcqRel);
+        loop {
+            let notified = self.turn.notified();
+            if self.serving.load(Ordering::Acquire) == ticket {
+                return Turn(self);
+            }
+            notified.await;
+        }
+    }
+}
 
 /// A request or notification object, borrowing from the message.
 #[derive(Deserialize)]
@@ -100,14 +139,21 @@ pub struct Answer {
     pub json: Option<String>,
     /// The client kept sending far over its call rate: close the connection.
     pub flood: bool,
-    /// A subscribe ran: notifications are held in the outbox until the answer is queued.
-    held: bool,
+    /// Subscriptions the message's calls prepared: the first queues the answer, then each its
+    /// snapshot.
+    pub pending: Vec<PendingSubscription>,
 }
 
 /// Dispatches JSON-RPC messages to the method table.
 pub struct Dispatcher {
     methods: Methods,
     metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").field("methods", &self.method_names()).finish()
+    }
 }
 
 impl Dispatcher {
@@ -123,24 +169,9 @@ impl Dispatcher {
         v
     }
 
-    /// Handles one WebSocket text message and queues the answer into the session's outbox.
-    /// Returns true when the connection must be closed for flooding.
-    pub async fn handle_ws(&self, session: &Arc<Session>, text: &str) -> bool {
-        let answer = self.handle(session, text).await;
-        let out = session.outbox().expect("a WebSocket session has an outbox; qed");
-        if let Some(json) = &answer.json {
-            let (h, n) = frame::header_bytes(frame::OP_TEXT, json.len());
-            // An overflow fails the connection; it is counted when the connection ends.
-            let _ = out.push_answer(&[&h[..n], json.as_bytes()]);
-        }
-        if answer.held {
-            out.release();
-        }
-        answer.flood
-    }
-
-    /// Handles one message (a request, a notification or a batch).
-    pub async fn handle(&self, session: &Arc<Session>, text: &str) -> Answer {
+    /// Handles one message (a request, a notification or a batch); `lane` orders the calls
+    /// that must keep their order (none over HTTP, where each request stands alone).
+    pub async fn handle(&self, session: &Arc<Session>, lane: Option<&Lane>, text: &str) -> Answer {
         let mut answer = Answer::default();
         let trimmed = text.trim_start();
         if trimmed.starts_with('[') {
@@ -154,7 +185,7 @@ impl Dispatcher {
             }
             let mut out = String::from("[");
             for e in entries {
-                if let Some(json) = self.call(session, e.get(), true, &mut answer).await {
+                if let Some(json) = self.call(session, lane, e.get(), true, &mut answer).await {
                     if out.len() > 1 {
                         out.push(',');
                     }
@@ -166,7 +197,7 @@ impl Dispatcher {
                 answer.json = Some(out);
             }
         } else {
-            answer.json = self.call(session, text, false, &mut answer).await;
+            answer.json = self.call(session, lane, text, false, &mut answer).await;
         }
         answer
     }
@@ -175,6 +206,7 @@ impl Dispatcher {
     async fn call(
         &self,
         session: &Arc<Session>,
+        lane: Option<&Lane>,
         text: &str,
         in_batch: bool,
         answer: &mut Answer,
@@ -187,7 +219,7 @@ impl Dispatcher {
                 self.metrics.rate_limited.inc();
                 // Only the id of a refused call is read: refusing must cost less than serving.
                 let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id)?;
-                let err: ErrorObjectOwned = super::RpcError::RateLimited(
+                let err: ErrorObjectOwned = RpcError::RateLimited(
                     "too many calls on this connection; slow down (see limits.calls_per_second)".into(),
                 )
                 .into();
@@ -210,18 +242,16 @@ impl Dispatcher {
             counters.error.inc();
             return id.map(|id| error_json(id, standard(error::METHOD_NOT_FOUND)));
         };
-        if name == SUBSCRIBE
-            && !answer.held
-            && let Some(out) = session.outbox()
-        {
-            out.hold();
-            answer.held = true;
-        }
+        let _turn = match lane {
+            Some(lane) if ORDERED_METHODS.contains(&name) => Some(lane.turn().await),
+            _ => None,
+        };
         let is_notification = id.is_none();
         let id = id.unwrap_or(Id::Null);
         let params = Params::new(call.params.map(RawValue::get));
+        let ctx = Arc::new(CallCtx::new(session.clone()));
         let mut ext = Extensions::new();
-        ext.insert(session.clone());
+        ext.insert(ctx.clone());
         let response = match callback {
             MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),
             MethodCallback::Async(f) => {
@@ -240,6 +270,7 @@ impl Dispatcher {
         };
         if response.is_success() {
             counters.ok.inc();
+            answer.pending.append(&mut ctx.take_pending());
         } else {
             counters.error.inc();
         }

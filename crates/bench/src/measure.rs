@@ -19,19 +19,7 @@ pub(crate) fn now_us() -> u64 {
 
 /// Raises the open-file limit to the hard limit (each connection is a file) and returns it.
 pub(crate) fn raise_nofile() -> u64 {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 1024;
-        }
-        if r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        }
-        r.rlim_cur
-    }
+    rlimit::increase_nofile_limit(u64::MAX).or_else(|_| rlimit::Resource::NOFILE.get_soft()).unwrap_or(1024)
 }
 
 fn rusage_seconds(who: libc::c_int) -> f64 {

@@ -10,12 +10,31 @@
 //! `Sec-WebSocket-Accept` answer is verified.
 
 use super::client::Target;
-use crate::transport::frame::{OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, code};
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
+
+// Opcodes (RFC 6455 section 5.2): the same numbers as the server's `transport::frame`.
+/// Continuation frame.
+const OP_CONT: u8 = 0x0;
+/// Text frame.
+const OP_TEXT: u8 = 0x1;
+/// Binary frame.
+const OP_BINARY: u8 = 0x2;
+/// Connection close.
+const OP_CLOSE: u8 = 0x8;
+/// Ping.
+const OP_PING: u8 = 0x9;
+/// Pong.
+const OP_PONG: u8 = 0xA;
+
+/// Close codes this client sends (RFC 6455 section 7.4.1).
+mod code {
+    /// Normal closure.
+    pub(super) const NORMAL: u16 = 1000;
+}
 
 /// Largest message accepted from the server.
 const MAX_MESSAGE: usize = 16 << 20;

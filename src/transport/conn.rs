@@ -1,27 +1,32 @@
-//! One WebSocket connection after the upgrade: a reader (the task that upgraded it) and a
-//! writer task, sharing the session's [`Outbox`].
+//! One WebSocket connection after the upgrade, whichever front door it serves: a reader (the
+//! task that upgraded it) and a writer task, sharing the connection's [`Outbox`].
 //!
 //! The reader parses client frames from a buffer that exists only while there are bytes to
-//! parse (an idle connection holds none), answers pings, dispatches each text message to
-//! JSON-RPC in order, and stops reading while the outbox holds many unsent messages, so a
-//! client that sends without reading is slowed down by TCP instead of growing server memory.
-//! The writer takes everything queued and writes it with as few syscalls as the socket allows;
-//! it never waits on anything but the socket and the outbox.
+//! parse (an idle connection holds none), answers pings, and hands each text message to the
+//! front door's [`Conn::on_text`]. A message the front door cannot finish at once (a call that
+//! waits for the broker or a backend) comes back as a future, run here beside later messages in
+//! one of at most `calls_in_flight` slots: slow calls do not hold up fast ones, and what they
+//! hold is bounded. The reader stops reading while every slot is taken or while the outbox
+//! holds many unsent messages, so a client that sends without reading is slowed down by TCP
+//! instead of growing server memory. The writer takes everything queued and writes it with as
+//! few syscalls as the socket allows; it never waits on anything but the socket and the outbox.
 //!
 //! Endings: the client's close frame is answered with the same code; a protocol violation is
 //! answered with the RFC's code; the server's own endings (shutdown 1001, flood / slow consumer /
 //! ping timeout 1008) go through [`Outbox::end`]. A graceful close waits at most
 //! [`CLOSE_HANDSHAKE_TIMEOUT`] for the client; an abort resets the TCP connection.
 
-use super::frame::{self, Event, Failure, OP_PONG, Reassembly};
+use super::frame::{self, Event, Failure, OP_PING, OP_PONG, Reassembly};
+use super::link::Link;
 use super::outbox::{Batch, Ending, Outbox, Take};
 use super::registry::{Registry, Slot};
 use crate::constants::CLOSE_HANDSHAKE_TIMEOUT;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::rpc::{Dispatcher, Session};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::io::ErrorKind;
+use std::net::Shutdown;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -30,20 +35,61 @@ const READ_CHUNK: usize = 4096;
 /// A writer's batch buffers above this size are released after use instead of kept.
 const KEEP_BATCH_CAPACITY: usize = 256 << 10;
 
-/// What every connection needs from the node.
-pub struct Context {
-    /// JSON-RPC dispatch.
-    pub dispatcher: Dispatcher,
-    /// For ending subscriptions when the connection ends.
-    pub hub: Arc<Hub>,
-    /// Open connections.
-    pub registry: Arc<Registry>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
+/// What a front door did with a text message.
+#[must_use]
+pub enum Handled {
+    /// Finished; its answer, if any, is queued.
+    Done,
+    /// Work that goes on beside later messages and queues its own answer; dropping it (the
+    /// connection ended) cancels it.
+    Later(BoxFuture<'static, ()>),
+    /// The connection must close with this code and reason (a flood, say).
+    Close(u16, &'static str),
+}
+
+impl std::fmt::Debug for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handled::Done => f.write_str("Done"),
+            Handled::Later(_) => f.write_str("Later(..)"),
+            Handled::Close(code, reason) => write!(f, "Close({code}, {reason:?})"),
+        }
+    }
+}
+
+/// One connection as a front door sees it: the seam between the socket and a protocol.
+pub trait Conn: Send + Sync + 'static {
+    /// The connection's transport state.
+    fn link(&self) -> &Link;
+
+    /// One text message from the client, in arrival order.
+    fn on_text(&self, text: &str) -> Handled;
+
+    /// A keepalive is due. The default queues a WebSocket ping; a front door whose clients
+    /// expect a text keepalive (`{"type":"ping"}`) queues that instead or as well.
+    fn keepalive(&self) {
+        self.link().outbox.push_control(OP_PING, b"");
+    }
+
+    /// Called about once a second by the registry's sweeper (token expiry and the like).
+    fn tick(&self) {}
+
+    /// The connection ended (how, when the server or the protocol ended it); called once, after
+    /// the writer stopped.
+    fn on_end(&self, ending: Option<Ending>) {
+        let _ = ending;
+    }
+}
+
+/// The bounds of a connection's reader.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
     /// Largest client message.
     pub max_message: usize,
     /// The reader pauses while this many messages wait in the outbox.
     pub pause_reading_at: usize,
+    /// Messages handled at the same time (see [`Handled::Later`]).
+    pub calls_in_flight: usize,
 }
 
 /// How the reader stopped.
@@ -59,18 +105,23 @@ enum ReadEnd {
     Ended,
 }
 
-/// Runs a connection until it ends, then releases everything it held.
-pub async fn run(ctx: Arc<Context>, stream: TcpStream, leftover: Vec<u8>, session: Arc<Session>, slot: Slot) {
-    let out = session.outbox().cloned().expect("a WebSocket session has an outbox; qed");
-    ctx.registry.insert(&session);
-    ctx.metrics.connections.inc();
-    ctx.metrics.connections_total.inc();
+/// Runs a connection until it ends, then lets go of everything it held.
+pub async fn run(
+    conn: Arc<dyn Conn>,
+    registry: Arc<Registry>,
+    limits: ConnLimits,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    slot: Slot,
+) {
+    let out = conn.link().outbox.clone();
+    registry.insert(conn.clone());
     // Both tasks use the socket through shared references: the reader reads (and writes its own
     // answers when nobody else is writing), the writer writes; the outbox decides who writes.
     let stream = Arc::new(stream);
     let mut writer = tokio::spawn(write_loop(out.clone(), stream.clone()));
 
-    let end = read_loop(&ctx, &stream, leftover, &session, &out).await;
+    let end = read_loop(&*conn, &registry, limits, &stream, leftover, &out).await;
     match end {
         ReadEnd::Gone => out.end(Ending::Gone),
         ReadEnd::Failed(f) => out.end(Ending::Close(f.code, f.reason)),
@@ -80,52 +131,38 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, leftover: Vec<u8>, sessio
         writer.abort();
         let _ = stream.set_zero_linger();
     }
-    count_ending(&ctx.metrics, out.ending());
-
-    let subs = std::mem::take(&mut *session.subscriptions.lock());
-    for sub in &subs {
-        ctx.hub.unsubscribe(sub);
-    }
-    ctx.registry.remove(session.id);
-    ctx.metrics.connections.dec();
+    registry.remove(conn.link().id);
+    conn.on_end(out.ending());
     drop(slot);
 }
 
-fn count_ending(m: &Metrics, ending: Option<Ending>) {
-    let reason = match ending {
-        Some(Ending::Abort(_, "slow consumer")) => {
-            m.slow_consumers.inc();
-            "slow_consumer"
-        }
-        Some(Ending::Close(_, "ping timeout")) => "ping_timeout",
-        Some(Ending::Close(_, "rate limit exceeded")) => "flood",
-        Some(Ending::Close(frame::code::GOING_AWAY, _)) => "shutdown",
-        Some(Ending::Close(frame::code::TOO_BIG, _)) => "message_too_big",
-        Some(Ending::Close(frame::code::PROTOCOL_ERROR | frame::code::INVALID_PAYLOAD, _)) => {
-            "protocol_error"
-        }
-        Some(Ending::Close(frame::code::UNSUPPORTED_DATA, _)) => "binary_message",
-        _ => return,
-    };
-    m.closed(reason);
+/// Runs every in-flight message as far as it goes now, without waiting.
+async fn run_ready(in_flight: &mut FuturesUnordered<BoxFuture<'static, ()>>) {
+    std::future::poll_fn(|cx| {
+        while let Poll::Ready(Some(())) = in_flight.poll_next_unpin(cx) {}
+        Poll::Ready(())
+    })
+    .await
 }
 
 async fn read_loop(
-    ctx: &Context,
+    conn: &dyn Conn,
+    registry: &Registry,
+    limits: ConnLimits,
     rd: &TcpStream,
     mut buf: Vec<u8>,
-    session: &Arc<Session>,
     out: &Outbox,
 ) -> ReadEnd {
     let mut asm = Reassembly::default();
     let mut close_deadline: Option<Instant> = None;
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        // Parse and handle every complete frame in the buffer.
+        // Parse and handle every complete frame in the buffer, while a slot is free.
         let mut at = 0;
         let mut need = 0;
         let mut handled = 0;
-        while at < buf.len() {
-            let allowance = ctx.max_message.saturating_sub(asm.pending());
+        while at < buf.len() && in_flight.len() < limits.calls_in_flight {
+            let allowance = limits.max_message.saturating_sub(asm.pending());
             let h = match frame::parse_header(&buf[at..], allowance) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
@@ -139,15 +176,17 @@ async fn read_loop(
             let payload = &mut buf[at + h.header_len..at + total];
             at += total;
             frame::unmask(payload, h.mask);
-            let event = match asm.frame(&h, payload, ctx.max_message) {
+            let event = match asm.frame(&h, payload, limits.max_message) {
                 Ok(e) => e,
                 Err(f) => return ReadEnd::Failed(f),
             };
             match event {
                 Event::Text(text) if close_deadline.is_none() && !out.is_ending() => {
                     handled += 1;
-                    if ctx.dispatcher.handle_ws(session, text).await {
-                        out.end(Ending::Close(frame::code::POLICY, "rate limit exceeded"));
+                    match conn.on_text(text) {
+                        Handled::Done => {}
+                        Handled::Later(work) => in_flight.push(work),
+                        Handled::Close(code, reason) => out.end(Ending::Close(code, reason)),
                     }
                 }
                 Event::Text(_) | Event::Partial | Event::Pong => {}
@@ -160,9 +199,16 @@ async fn read_loop(
             }
             asm.finish();
         }
+        // Frames left in the buffer because every slot was taken are parsed as soon as one
+        // frees, without waiting for the socket.
+        let unparsed = at < buf.len() && in_flight.len() >= limits.calls_in_flight;
         buf.drain(..at);
         if buf.is_empty() {
             buf = Vec::new();
+        }
+        // Messages handed over as work start now, in arrival order; most finish at once.
+        if !in_flight.is_empty() {
+            run_ready(&mut in_flight).await;
         }
         if handled > 1 {
             // A publisher's batch of calls wakes the writers of every subscriber; let them run
@@ -182,24 +228,31 @@ async fn read_loop(
                     close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
                 }
             }
-        } else if out.queued_messages() >= ctx.pause_reading_at {
+        } else if out.queued_messages() >= limits.pause_reading_at {
             // The client is not reading its answers: stop reading its calls until it does.
             tokio::select! {
                 _ = out.drained() => {}
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 _ = sleep_until(close_deadline) => return ReadEnd::Ended,
             }
             continue;
         }
 
+        // With every slot taken, only a finished call makes room for reading more.
+        let may_read = in_flight.len() < limits.calls_in_flight;
+        if unparsed && may_read {
+            continue;
+        }
         tokio::select! {
             biased;
             _ = out.reader_wait() => continue,
             _ = sleep_until(close_deadline) => return ReadEnd::Ended,
-            r = rd.readable() => if r.is_err() { return ReadEnd::Gone },
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            r = rd.readable(), if may_read => if r.is_err() { return ReadEnd::Gone },
         }
         match read_some(rd, &mut buf, need.max(READ_CHUNK)) {
             Ok(0) => return ReadEnd::Gone,
-            Ok(_) => session.touch(ctx.registry.now_ms()),
+            Ok(_) => conn.link().touch(registry.now_ms()),
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(_) => return ReadEnd::Gone,
         }
@@ -273,7 +326,7 @@ async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
                 batch.push_bytes(&f);
                 if write_all(&out, &wr, &mut batch).await.is_ok() {
                     // Half-close: the client sees the end of the stream after the close frame.
-                    let _ = socket_shutdown(&wr, libc::SHUT_WR);
+                    let _ = socket2::SockRef::from(&*wr).shutdown(Shutdown::Write);
                 }
                 return;
             }
@@ -286,7 +339,7 @@ async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
                     let _ = wr.try_write(&f);
                 }
                 let _ = wr.set_zero_linger();
-                let _ = socket_shutdown(&wr, libc::SHUT_RD);
+                let _ = socket2::SockRef::from(&*wr).shutdown(Shutdown::Read);
                 return;
             }
         }
@@ -315,7 +368,7 @@ async fn write_all(out: &Outbox, wr: &TcpStream, batch: &mut Batch) -> Result<()
                     _ = out.writer_wait() => {
                         if out.ending().is_some_and(|e| e.is_abrupt()) {
                             let _ = wr.set_zero_linger();
-                            let _ = socket_shutdown(wr, libc::SHUT_RD);
+                            let _ = socket2::SockRef::from(wr).shutdown(Shutdown::Read);
                             return Err(());
                         }
                     }
@@ -326,14 +379,4 @@ async fn write_all(out: &Outbox, wr: &TcpStream, batch: &mut Batch) -> Result<()
         }
     }
     Ok(())
-}
-
-/// `shutdown(2)` on the connection's socket: the write side after a close frame, the read side
-/// to wake the reader when the writer resets the connection.
-fn socket_shutdown(wr: &TcpStream, how: libc::c_int) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor belongs to a socket both halves keep open while `wr` lives;
-    // shutdown(2) neither closes nor invalidates it.
-    let rc = unsafe { libc::shutdown(wr.as_raw_fd(), how) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

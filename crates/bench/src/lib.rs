@@ -1,5 +1,7 @@
 //! `rpchub bench`: a load generator for sizing a deployment, run against a node it does not
-//! start (`rpchub bench fanout|rpc|idle|storm [options]`).
+//! start (`rpchub bench fanout|rpc|idle|storm [options]`). The `rpchub` binary parses
+//! [`BenchArgs`] and calls [`run`]; this crate talks to the node over the network only and does
+//! not depend on the server library.
 //!
 //! - [`fanout`]: N subscribers on one channel, one publisher; deliveries/s, publish-to-receive
 //!   latency, and per-subscriber offset accounting (lost, gaps, duplicates).
@@ -16,6 +18,8 @@
 //! Files: one per scenario; `subscriber` and `publisher` are fanout's two sides; `client`
 //! (the target, source addresses) and `socket` (a lean receiving WebSocket) connect; `measure`
 //! holds the clocks, CPU and memory readings; `report` the progress bar and the table.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
 
 mod client;
 pub mod fanout;

@@ -1,0 +1,225 @@
+//! A broker for tests that breaks the delivery promises a shared broker may break, on purpose
+//! and on cue: it drops, repeats and reorders deliveries, loses streams (a new epoch), and can
+//! make history reads slow. It wraps a [`MemoryBroker`], so offsets, history and idempotency are
+//! the real ones; only what reaches the listener, and when, is tampered with.
+//!
+//! No real broker can be made to lose a chosen pub/sub message; this one can, which is what a
+//! test of the hub's gap and duplicate handling needs. [`FaultyBroker::settle`] plays the part of
+//! a shared broker's periodic position check: it hands over what it still holds and tells the
+//! listener to check every channel it delivered to.
+
+use super::memory::MemoryBroker;
+use super::*;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{OnceLock, Weak};
+
+/// What to break, each in parts per thousand of deliveries.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Deliveries dropped.
+    pub drop: u32,
+    /// Deliveries made twice.
+    pub repeat: u32,
+    /// Deliveries held back and made after the channel's next one.
+    pub reorder: u32,
+    /// How long every history read waits first.
+    pub history_delay: Duration,
+    /// Seed of the fault sequence (the same seed breaks the same deliveries).
+    pub seed: u64,
+}
+
+/// What was broken so far.
+#[derive(Debug, Default)]
+pub struct FaultCounts {
+    /// Deliveries dropped.
+    pub dropped: AtomicU64,
+    /// Deliveries made twice.
+    pub repeated: AtomicU64,
+    /// Deliveries reordered.
+    pub reordered: AtomicU64,
+    /// Streams lost ([`FaultyBroker::lose`]).
+    pub lost: AtomicU64,
+}
+
+struct State {
+    faults: Faults,
+    rng: u64,
+    /// Per channel, a delivery held back to be made after the next one.
+    held: HashMap<Box<str>, (Arc<str>, Arc<Publication>)>,
+    /// Channels delivered to, for [`FaultyBroker::settle`].
+    seen: Vec<Box<str>>,
+}
+
+/// The fault-injecting broker.
+pub struct FaultyBroker {
+    inner: Arc<MemoryBroker>,
+    state: Mutex<State>,
+    listener: OnceLock<Weak<dyn Listener>>,
+    /// What was broken.
+    pub counts: FaultCounts,
+}
+
+impl std::fmt::Debug for FaultyBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyBroker")
+            .field("faults", &self.state.lock().faults)
+            .field("counts", &self.counts)
+            .finish()
+    }
+}
+
+/// Passes the inner broker's deliveries through the faults.
+struct Relay(Weak<FaultyBroker>);
+
+impl Listener for Relay {
+    fn deliver(&self, channel: &str, epoch: &Arc<str>, p: &Arc<Publication>) {
+        if let Some(b) = self.0.upgrade() {
+            b.relay(channel, epoch, p);
+        }
+    }
+
+    fn lagged(&self, channel: &str) {
+        if let Some(l) = self.0.upgrade().and_then(|b| b.listener()) {
+            l.lagged(channel);
+        }
+    }
+}
+
+impl FaultyBroker {
+    /// A memory broker of `max_channels` streams behind `faults`.
+    pub fn start(max_channels: usize, faults: Faults) -> Arc<FaultyBroker> {
+        let inner = MemoryBroker::start(max_channels);
+        let b = Arc::new(FaultyBroker {
+            inner,
+            state: Mutex::new(State { faults, rng: faults.seed | 1, held: HashMap::new(), seen: Vec::new() }),
+            listener: OnceLock::new(),
+            counts: FaultCounts::default(),
+        });
+        let relay: Arc<dyn Listener> = Arc::new(Relay(Arc::downgrade(&b)));
+        // The inner broker holds the relay weakly; the faulty broker keeps it alive.
+        b.inner.set_listener(Arc::downgrade(&relay));
+        std::mem::forget(relay);
+        b
+    }
+
+    /// Changes the faults from now on.
+    pub fn set_faults(&self, faults: Faults) {
+        self.state.lock().faults = faults;
+    }
+
+    /// Loses `channel`'s stream: its history and offset are gone, a new epoch starts.
+    pub fn lose(&self, channel: &str) {
+        self.counts.lost.fetch_add(1, Ordering::Relaxed);
+        self.inner.lose(channel);
+    }
+
+    /// Makes every delivery still held back, then asks the listener to check every channel it
+    /// was delivered to (what a shared broker's periodic position check does).
+    pub fn settle(&self) {
+        let (held, seen): (Vec<_>, Vec<_>) = {
+            let mut st = self.state.lock();
+            (st.held.drain().collect(), st.seen.clone())
+        };
+        let Some(l) = self.listener() else { return };
+        for (channel, (epoch, p)) in held {
+            l.deliver(&channel, &epoch, &p);
+        }
+        for channel in seen {
+            l.lagged(&channel);
+        }
+    }
+
+    fn listener(&self) -> Option<Arc<dyn Listener>> {
+        self.listener.get().and_then(Weak::upgrade)
+    }
+
+    fn relay(&self, channel: &str, epoch: &Arc<str>, p: &Arc<Publication>) {
+        let Some(l) = self.listener() else { return };
+        let mut out: Vec<(Arc<str>, Arc<Publication>)> = Vec::with_capacity(3);
+        {
+            let mut st = self.state.lock();
+            if !st.seen.iter().any(|c| &**c == channel) {
+                st.seen.push(channel.into());
+            }
+            let f = st.faults;
+            let roll = next(&mut st.rng) % 1000;
+            let earlier = st.held.remove(channel);
+            if roll < f.drop as u64 {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+            } else if roll < (f.drop + f.repeat) as u64 {
+                self.counts.repeated.fetch_add(1, Ordering::Relaxed);
+                out.push((epoch.clone(), p.clone()));
+                out.push((epoch.clone(), p.clone()));
+            } else if roll < (f.drop + f.repeat + f.reorder) as u64 && earlier.is_none() {
+                self.counts.reordered.fetch_add(1, Ordering::Relaxed);
+                st.held.insert(channel.into(), (epoch.clone(), p.clone()));
+            } else {
+                out.push((epoch.clone(), p.clone()));
+            }
+            out.extend(earlier);
+        }
+        for (e, p) in out {
+            l.deliver(channel, &e, &p);
+        }
+    }
+}
+
+/// xorshift64*: a fault sequence that a seed repeats.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+impl Broker for FaultyBroker {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+
+    fn set_listener(&self, listener: Weak<dyn Listener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        publication: NewPublication,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<Published, BrokerError>> {
+        self.inner.publish(channel, publication, retention)
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        range: HistoryRange,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        let delay = self.state.lock().faults.history_delay;
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            self.inner.history(channel, range, retention).await
+        })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        channel: &'a str,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.inner.subscribe(channel, retention)
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        self.inner.unsubscribe(channel);
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        self.inner.flush()
+    }
+}

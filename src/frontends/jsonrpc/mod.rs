@@ -1,0 +1,114 @@
+//! The JSON-RPC front door: JSON-RPC 2.0 over WebSocket at `/ws/rpc` and over HTTP at
+//! `POST /rpc`, onto the method table of [`crate::rpc`].
+//!
+//! Files: [`dispatch`] parses messages and runs calls; [`encoding`] writes hub events as
+//! notifications; this one is the door and its connections.
+
+pub mod dispatch;
+pub mod encoding;
+
+pub use dispatch::{Dispatcher, Lane, error_json};
+pub use encoding::JsonRpcEncoding;
+
+use crate::hub::{Encoding, Sink};
+use crate::metrics::Metrics;
+use crate::session::{Session, Subscriptions};
+use crate::transport::{Conn, Ending, Handled, Link, Outbox, frame};
+use std::sync::Arc;
+
+/// The label of this door in metrics and hooks.
+pub const DOOR: &str = "jsonrpc";
+
+/// What every JSON-RPC connection of the node shares.
+#[derive(Debug)]
+pub struct JsonRpc {
+    /// The method table and its dispatch.
+    pub dispatcher: Dispatcher,
+    /// Where subscriptions are made and ended.
+    pub subscriptions: Arc<Subscriptions>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    encoding: Arc<dyn Encoding>,
+}
+
+impl JsonRpc {
+    /// The door over `dispatcher`.
+    pub fn new(
+        dispatcher: Dispatcher,
+        subscriptions: Arc<Subscriptions>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<JsonRpc> {
+        Arc::new(JsonRpc { dispatcher, subscriptions, metrics, encoding: Arc::new(JsonRpcEncoding) })
+    }
+
+    /// A connection of a WebSocket `session` (which has a link).
+    pub fn connect(self: &Arc<Self>, session: Arc<Session>) -> Arc<WsConn> {
+        self.metrics.connection_opened(DOOR);
+        Arc::new(WsConn(Arc::new(ConnState { door: self.clone(), session, lane: Lane::default() })))
+    }
+
+    /// Handles one JSON-RPC message over HTTP: the answer's JSON, if it has one.
+    pub async fn handle_http(&self, session: &Arc<Session>, text: &str) -> Option<String> {
+        self.dispatcher.handle(session, None, text).await.json
+    }
+}
+
+/// One JSON-RPC WebSocket connection (cheap to clone into the work of each message).
+#[derive(Debug)]
+pub struct WsConn(Arc<ConnState>);
+
+#[derive(Debug)]
+struct ConnState {
+    door: Arc<JsonRpc>,
+    session: Arc<Session>,
+    lane: Lane,
+}
+
+impl ConnState {
+    fn outbox(&self) -> &Arc<Outbox> {
+        &self.session.link().expect("a WebSocket session has a link; qed").outbox
+    }
+
+    /// Runs one message and queues its answer (through the first prepared subscription, if a
+    /// call prepared one, so that the answer goes out before any snapshot).
+    async fn run(self: Arc<Self>, text: String) {
+        let answer = self.door.dispatcher.handle(&self.session, Some(&self.lane), &text).await;
+        let out = self.outbox();
+        let json = answer.json.as_deref().unwrap_or("");
+        let (h, n) = frame::header_bytes(frame::OP_TEXT, json.len());
+        let frame: [&[u8]; 2] = [&h[..n], json.as_bytes()];
+        let mut first: &[&[u8]] = if answer.json.is_some() { &frame } else { &[] };
+        for p in answer.pending {
+            let sink = Sink::new(out.clone(), self.door.encoding.clone(), encoding::splice(p.id()));
+            // Fails only when the connection is closing: nothing more goes out then anyway.
+            let _ = p.go_live(sink, first);
+            first = &[];
+        }
+        if !first.is_empty() {
+            // An overflow fails the connection; it is counted when the connection ends.
+            let _ = out.push_answer(first);
+        }
+        if answer.flood {
+            out.end(Ending::Close(frame::code::POLICY, "rate limit exceeded"));
+        }
+    }
+}
+
+impl Conn for WsConn {
+    fn link(&self) -> &Link {
+        self.0.session.link().expect("a WebSocket session has a link; qed")
+    }
+
+    fn on_text(&self, text: &str) -> Handled {
+        Handled::Later(Box::pin(self.0.clone().run(text.to_owned())))
+    }
+
+    fn tick(&self) {
+        self.0.door.subscriptions.tick(&self.0.session);
+    }
+
+    fn on_end(&self, ending: Option<Ending>) {
+        self.0.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
+        self.0.door.subscriptions.end(&self.0.session);
+    }
+}

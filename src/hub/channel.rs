@@ -1,0 +1,226 @@
+//! One channel on this node: its live and pending subscribers, where its stream stands, and the
+//! delivery rules that keep every subscriber's stream free of gaps and duplicates whatever the
+//! broker does.
+//!
+//! # What a delivery may be, and what the channel does
+//!
+//! The broker promises deliveries at most once per node, in offset order as sent; a shared
+//! broker may lose some (a dropped connection, a pub/sub message lost) or, after a failure, hand
+//! a publication over twice. The channel tracks the last offset it delivered in order, with its
+//! epoch, and takes each delivery as one of:
+//! - the next offset: fanned out;
+//! - at or below it: a repeat, skipped;
+//! - beyond the next: a gap. Deliveries are held while the missing stretch is read from history
+//!   ([`Hub`](super::Hub) spawns the read); if history covers it, the stretch and the held ones go
+//!   out in order; if not, every subscriber gets `closed` `insufficient_state`;
+//! - another epoch: the stream was lost and started again, so nothing before can be trusted:
+//!   every subscriber gets `closed` `insufficient_state` and resubscribes with `since`.
+//!
+//! # Fan-out
+//!
+//! Each live subscriber's frame is the shared frame of its encoding ([`Frames`]), queued by
+//! reference with its splice ([`crate::transport::Outbox::push_shared`]): no task, no
+//! allocation, no copy of the frame and no await per subscriber. A subscriber whose outbox
+//! overflows leaves the channel there and then (its connection is already being failed by the
+//! outbox). A fan-out to thousands of subscribers is bound by memory, not instructions: each
+//! outbox was last touched by its writer on another core, so the loop prefetches the outboxes a
+//! few subscribers ahead, overlapping those cache misses.
+//!
+//! The loop is where per-subscriber delivery modes go as they are added (conflation keeps the
+//! latest instead of pushing, heartbeats look at the channel's last delivery time, pattern
+//! subscriptions are sinks of several channels); each is a field of [`LiveSub`] and a branch
+//! here, never a frame per subscriber.
+
+use super::event::{Encoding, Event, Sink, reason};
+use super::id::SubId;
+use crate::broker::Publication;
+use crate::transport::{Push, SharedFrame};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How many subscribers ahead of the one being served a fan-out prefetches (see
+/// [`crate::transport::Outbox::prefetch`]): far enough to cover a cache miss, near enough that
+/// the lines are still in cache when used. Measured with `fanout --subscribers 10000 --rate 200`
+/// (BENCHMARKS.md).
+const PREFETCH_AHEAD: usize = 8;
+
+/// A live subscriber.
+#[derive(Debug)]
+pub(super) struct LiveSub {
+    pub(super) id: SubId,
+    pub(super) sink: Sink,
+    /// Publications at or below this offset reached it in its snapshot already.
+    pub(super) after: u64,
+    /// Cleared when the channel ends the subscription itself (slow consumer, lost track).
+    pub(super) alive: Arc<AtomicBool>,
+}
+
+/// A subscriber between its history read and going live: what was delivered meanwhile.
+#[derive(Debug)]
+pub(super) struct PendingSub {
+    pub(super) id: SubId,
+    pub(super) buffered: Vec<Arc<Publication>>,
+    /// The buffer filled up or the channel lost track: the history read must be done again.
+    pub(super) stale: bool,
+}
+
+/// What the channel makes of a delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// The next offset (or the first seen): deliver.
+    Next,
+    /// Already delivered: skip.
+    Repeat,
+    /// A gap is being filled: held until it is.
+    Held,
+    /// A gap opened: hold it and fill from history.
+    Gap,
+    /// Another epoch: the channel lost track.
+    NewEpoch,
+}
+
+/// The lock-guarded part of a channel.
+#[derive(Debug, Default)]
+pub(super) struct ChannelState {
+    pub(super) live: Vec<LiveSub>,
+    pub(super) pending: Vec<PendingSub>,
+    /// The epoch of the deliveries taken in order; `None` until the first delivery or the first
+    /// subscriber's history read says.
+    pub(super) epoch: Option<Arc<str>>,
+    /// Newest offset delivered in order.
+    pub(super) offset: u64,
+    /// While a gap is filled from history: deliveries held meanwhile.
+    pub(super) filling: Option<Vec<Arc<Publication>>>,
+    /// Set when the channel was taken out of the hub's map; a subscriber that finds it set looks
+    /// the channel up again.
+    pub(super) removed: bool,
+}
+
+impl ChannelState {
+    /// Classifies a delivery of `offset` in `epoch`, holding it when a fill is under way.
+    pub(super) fn arrival(&mut self, epoch: &Arc<str>, p: &Arc<Publication>, hold_max: usize) -> Arrival {
+        match &self.epoch {
+            Some(e) if **e != **epoch => return Arrival::NewEpoch,
+            Some(_) => {}
+            None => {
+                self.epoch = Some(epoch.clone());
+                self.offset = p.offset.saturating_sub(1);
+            }
+        }
+        if let Some(held) = &mut self.filling {
+            if held.len() < hold_max {
+                held.push(p.clone());
+            }
+            return Arrival::Held;
+        }
+        if p.offset <= self.offset {
+            Arrival::Repeat
+        } else if p.offset == self.offset + 1 {
+            Arrival::Next
+        } else {
+            self.filling = Some(vec![p.clone()]);
+            Arrival::Gap
+        }
+    }
+
+    /// Delivers `p` (the next offset) to every live subscriber and buffers it for the pending
+    /// ones. Returns how many subscribers it was queued for.
+    pub(super) fn deliver(&mut self, channel: &str, p: &Arc<Publication>, pending_max: usize) -> u64 {
+        debug_assert_eq!(p.offset, self.offset + 1, "deliveries are in order; qed");
+        self.offset = p.offset;
+        let mut delivered = 0;
+        if !self.live.is_empty() {
+            let event = Event::Publication { channel, publication: p };
+            let mut frames = Frames::new(&event);
+            let live = &mut self.live;
+            let mut i = 0;
+            while i < live.len() {
+                // The outbox PREFETCH_AHEAD subscribers on is asked for its state; the one half as
+                // far, whose state has arrived by now, for the memory its push will write.
+                if let Some(ahead) = live.get(i + PREFETCH_AHEAD) {
+                    ahead.sink.outbox.prefetch();
+                }
+                if let Some(ahead) = live.get(i + PREFETCH_AHEAD / 2) {
+                    ahead.sink.outbox.prefetch_tail();
+                }
+                let s = &live[i];
+                if p.offset <= s.after || s.sink.filter.as_ref().is_some_and(|f| !f.admits(p)) {
+                    i += 1;
+                    continue;
+                }
+                let frame = frames.get(&s.sink.encoding);
+                if s.sink.outbox.push_shared(frame, s.sink.splice) == Push::Queued {
+                    delivered += 1;
+                    i += 1;
+                } else {
+                    // Its outbox overflowed or closed: it leaves the channel here; its connection
+                    // is already being failed (and counted) by the outbox's owner.
+                    live.swap_remove(i).alive.store(false, Ordering::Release);
+                }
+            }
+        }
+        for pending in &mut self.pending {
+            if pending.buffered.len() >= pending_max {
+                pending.stale = true;
+            } else if !pending.stale {
+                pending.buffered.push(p.clone());
+            }
+        }
+        delivered
+    }
+
+    /// The channel can no longer vouch for its stream: every live subscriber is told
+    /// `closed` `insufficient_state` and leaves, pending ones read history again, and the position
+    /// is forgotten until the next delivery or history read. Returns how many were closed.
+    pub(super) fn lose_track(&mut self, channel: &str) -> usize {
+        let closed = self.close_all(channel, reason::INSUFFICIENT_STATE);
+        for p in &mut self.pending {
+            p.stale = true;
+            p.buffered.clear();
+        }
+        self.epoch = None;
+        self.offset = 0;
+        self.filling = None;
+        closed
+    }
+
+    /// Ends every live subscription with `closed` `reason`.
+    pub(super) fn close_all(&mut self, channel: &str, why: &str) -> usize {
+        let event = Event::Closed { channel, reason: why };
+        let mut frames = Frames::new(&event);
+        let n = self.live.len();
+        for s in self.live.drain(..) {
+            let _ = s.sink.outbox.push_shared(frames.get(&s.sink.encoding), s.sink.splice);
+            s.alive.store(false, Ordering::Release);
+        }
+        n
+    }
+}
+
+/// The frames of one event, built once per encoding the first time a subscriber of that
+/// encoding needs it. Channels see one or two encodings, so a short list searched by address is
+/// all it takes.
+struct Frames<'a> {
+    event: &'a Event<'a>,
+    built: Vec<(usize, Arc<SharedFrame>)>,
+}
+
+impl<'a> Frames<'a> {
+    fn new(event: &'a Event<'a>) -> Frames<'a> {
+        Frames { event, built: Vec::new() }
+    }
+
+    fn get(&mut self, encoding: &Arc<dyn Encoding>) -> &Arc<SharedFrame> {
+        let key = Arc::as_ptr(encoding).cast::<()>().addr();
+        let at = match self.built.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                let mut f = SharedFrame::with_capacity(encoding.size_hint(self.event));
+                f.build(encoding.splice_len(), |w| encoding.encode(self.event, w));
+                self.built.push((key, Arc::new(f)));
+                self.built.len() - 1
+            }
+        };
+        &self.built[at].1
+    }
+}

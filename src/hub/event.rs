@@ -1,0 +1,142 @@
+//! What the hub sends to subscribers, and how each front door turns it into frames.
+//!
+//! The hub emits channel [`Event`]s; it writes no wire format itself. Each live subscriber has a
+//! [`Sink`]: the connection's outbox, the front door's [`Encoding`] and the subscriber's
+//! [`Splice`] (a JSON-RPC subscription id, or nothing for a dialect whose frames name the
+//! channel instead), and optionally a [`Filter`]. A live publication is encoded once per
+//! encoding in use on its channel, never per subscriber.
+
+use crate::broker::{HistoryPage, Publication};
+use crate::transport::{FrameWriter, Outbox, Splice};
+use std::sync::Arc;
+
+/// Why the server ended a subscription, as the `closed` event names it.
+pub mod reason {
+    /// The node lost track of the channel's stream (its broker lost a stretch it cannot fill, or
+    /// the stream's epoch changed): resubscribe with `since`.
+    pub const INSUFFICIENT_STATE: &str = "insufficient_state";
+    /// The connection's token expired and the channel needs one.
+    pub const TOKEN_EXPIRED: &str = "token_expired";
+    /// An operator or the application ended it.
+    pub const UNSUBSCRIBED_BY_SERVER: &str = "unsubscribed_by_server";
+    /// The node is shutting down.
+    pub const SHUTDOWN: &str = "shutdown";
+}
+
+/// One thing a subscriber is told about its channel.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The first event of every subscription: where it starts, and what it starts with.
+    Snapshot {
+        /// The channel.
+        channel: &'a str,
+        /// The history read (its `offset` is where live events continue after).
+        page: &'a HistoryPage,
+        /// True when `since` was honoured exactly.
+        recovered: bool,
+    },
+    /// A live publication.
+    Publication {
+        /// The channel.
+        channel: &'a str,
+        /// The publication.
+        publication: &'a Publication,
+    },
+    /// The server ended the subscription; nothing follows.
+    Closed {
+        /// The channel.
+        channel: &'a str,
+        /// One of [`reason`].
+        reason: &'a str,
+    },
+}
+
+/// How a front door writes hub events as frames. Implementations live with their front door.
+pub trait Encoding: Send + Sync + 'static {
+    /// Length of every subscriber's [`Splice`] in frames of this encoding (0 to
+    /// [`crate::transport::shared::SPLICE_MAX`]).
+    fn splice_len(&self) -> usize;
+
+    /// Writes `event` as one text frame's payload, marking where the splice goes.
+    fn encode(&self, event: &Event<'_>, out: &mut FrameWriter<'_>);
+
+    /// Bytes `encode` is likely to write, to size the buffer once.
+    fn size_hint(&self, event: &Event<'_>) -> usize {
+        match event {
+            Event::Publication { channel, publication } => 128 + channel.len() + publication.json().len(),
+            Event::Snapshot { page, .. } => {
+                192 + page.publications.iter().map(|p| p.json().len() + 1).sum::<usize>()
+            }
+            Event::Closed { .. } => 96,
+        }
+    }
+}
+
+impl std::fmt::Debug for dyn Encoding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Encoding")
+    }
+}
+
+/// Which live publications a subscriber takes (the snapshot is never filtered).
+#[derive(Clone)]
+pub struct Filter(Arc<dyn Fn(&Publication) -> bool + Send + Sync>);
+
+impl Filter {
+    /// A filter admitting the publications for which `f` is true.
+    pub fn new(f: impl Fn(&Publication) -> bool + Send + Sync + 'static) -> Filter {
+        Filter(Arc::new(f))
+    }
+
+    /// True when `p` is to be delivered.
+    pub fn admits(&self, p: &Publication) -> bool {
+        (self.0)(p)
+    }
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Filter(..)")
+    }
+}
+
+/// Where a subscriber's events go and how they are written.
+#[derive(Clone)]
+pub struct Sink {
+    /// The subscriber's connection.
+    pub outbox: Arc<Outbox>,
+    /// Its front door's encoding.
+    pub encoding: Arc<dyn Encoding>,
+    /// Its own bytes in every frame (`encoding.splice_len()` long).
+    pub splice: Splice,
+    /// Which publications it takes; `None`: all.
+    pub filter: Option<Filter>,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink").field("splice", &self.splice).field("filter", &self.filter).finish()
+    }
+}
+
+impl Sink {
+    /// A sink taking every publication.
+    pub fn new(outbox: Arc<Outbox>, encoding: Arc<dyn Encoding>, splice: Splice) -> Sink {
+        debug_assert_eq!(splice.len(), encoding.splice_len(), "a splice fits its encoding");
+        Sink { outbox, encoding, splice, filter: None }
+    }
+
+    /// The same, with a filter.
+    pub fn with_filter(mut self, filter: Filter) -> Sink {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Encodes `event` for this subscriber alone and copies it into its outbox (snapshots,
+    /// `closed`): true if queued.
+    pub(super) fn push_own(&self, event: &Event<'_>) -> bool {
+        let mut frame = crate::transport::SharedFrame::with_capacity(self.encoding.size_hint(event));
+        frame.build(self.encoding.splice_len(), |w| self.encoding.encode(event, w));
+        self.outbox.push(&frame.parts(&self.splice)) == crate::transport::Push::Queued
+    }
+}

@@ -1,0 +1,194 @@
+//! One client's session, whichever front door it came through: who it is, its call budget, its
+//! subscriptions, and (on a WebSocket) the transport link its frames go to. The subscription
+//! service ([`Subscriptions`]) is the one place where subscriptions are made and ended, for
+//! every front door.
+
+mod subscriptions;
+
+pub use subscriptions::{
+    EndReason, Lifecycle, LifecycleHook, PendingSubscription, SubscribeError, Subscriptions,
+};
+
+use crate::auth::Principal;
+use crate::bucket::TokenBucket;
+use crate::constants::FLOOD_REJECTIONS_PER_SECOND;
+use crate::hub::Subscription;
+use crate::transport::Link;
+use parking_lot::{Mutex, RwLock};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Per-connection state shared by the connection's tasks and its calls.
+#[derive(Debug)]
+pub struct Session {
+    /// Unique per process (a WebSocket's equals its link's id).
+    pub id: u64,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The front door it came through (`jsonrpc`, ...), for metrics and hooks.
+    pub door: &'static str,
+    link: Option<Arc<Link>>,
+    principal: RwLock<Arc<Principal>>,
+    /// The principal's expiry in Unix seconds (0: never), readable without the lock.
+    expires_at: AtomicU64,
+    budget: Mutex<CallBudget>,
+    /// Live subscriptions and reserved places for those being made. Dropping the session (its
+    /// connection ended) drops them, which unsubscribes.
+    pub(crate) subscriptions: Mutex<SubscriptionSet>,
+}
+
+/// A session's subscriptions.
+#[derive(Debug, Default)]
+pub(crate) struct SubscriptionSet {
+    pub(crate) live: Vec<Subscription>,
+    /// Subscribes in progress, counted against the cap.
+    pub(crate) pending: usize,
+}
+
+impl Session {
+    /// A session for a client `remote` with the given principal; `link` for WebSockets.
+    pub fn new(
+        id: u64,
+        remote: SocketAddr,
+        door: &'static str,
+        principal: Arc<Principal>,
+        link: Option<Arc<Link>>,
+        default_rate: u32,
+    ) -> Session {
+        let budget = CallBudget::new(principal.call_rate(default_rate));
+        let expires_at = AtomicU64::new(principal.expires_at.unwrap_or(0));
+        Session {
+            id,
+            remote,
+            door,
+            link,
+            principal: RwLock::new(principal),
+            expires_at,
+            budget: Mutex::new(budget),
+            subscriptions: Mutex::new(SubscriptionSet::default()),
+        }
+    }
+
+    /// Who the client is now.
+    pub fn principal(&self) -> Arc<Principal> {
+        self.principal.read().clone()
+    }
+
+    /// Replaces the principal (after a successful `auth`), with its call rate.
+    pub fn set_principal(&self, p: Arc<Principal>, default_rate: u32) {
+        self.budget.lock().set_rate(p.call_rate(default_rate));
+        self.expires_at.store(p.expires_at.unwrap_or(0), Ordering::Relaxed);
+        *self.principal.write() = p;
+    }
+
+    /// True once the principal's token has expired (never for keys without expiry).
+    pub fn token_expired(&self, now_s: u64) -> bool {
+        let e = self.expires_at.load(Ordering::Relaxed);
+        e != 0 && now_s >= e
+    }
+
+    /// The WebSocket link; `None` over HTTP.
+    pub fn link(&self) -> Option<&Arc<Link>> {
+        self.link.as_ref()
+    }
+
+    /// Live subscriptions held.
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.lock().live.len()
+    }
+
+    /// Charges one message (a call, a notification, a batch entry, or something invalid)
+    /// against the budget.
+    pub fn charge_call(&self) -> Verdict {
+        self.budget.lock().charge()
+    }
+}
+
+/// What the call budget says about a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within budget.
+    Allow,
+    /// Over budget: refuse it.
+    Reject,
+    /// Over budget and still sending hard after many refusals: close the connection.
+    Flood,
+}
+
+/// Calls per second as a [`TokenBucket`] holding one second's worth, plus a count of refusals
+/// per second that tells a client who slows down from one who floods.
+#[derive(Debug)]
+pub struct CallBudget {
+    bucket: Option<TokenBucket>,
+    window: Instant,
+    refused: u32,
+}
+
+impl CallBudget {
+    /// `None`: unlimited.
+    pub fn new(rate: Option<u32>) -> CallBudget {
+        let now = Instant::now();
+        let bucket = rate.map(|r| TokenBucket::new(r as f64, r as f64, now));
+        CallBudget { bucket, window: now, refused: 0 }
+    }
+
+    fn set_rate(&mut self, rate: Option<u32>) {
+        *self = CallBudget::new(rate);
+    }
+
+    /// Charges a call now.
+    pub fn charge(&mut self) -> Verdict {
+        // Unlimited principals (admin) skip the clock read: this runs for every message.
+        if self.bucket.is_none() {
+            return Verdict::Allow;
+        }
+        self.charge_at(Instant::now())
+    }
+
+    /// Charges a call at `now`.
+    pub fn charge_at(&mut self, now: Instant) -> Verdict {
+        let Some(bucket) = &mut self.bucket else { return Verdict::Allow };
+        if bucket.take(now).is_ok() {
+            return Verdict::Allow;
+        }
+        if now.saturating_duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.refused = 0;
+        }
+        self.refused += 1;
+        if self.refused > FLOOD_REJECTIONS_PER_SECOND { Verdict::Flood } else { Verdict::Reject }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_allows_the_rate_then_refuses_then_refills() {
+        let mut r = CallBudget::new(Some(10));
+        let t0 = r.window;
+        assert!((0..10).all(|_| r.charge_at(t0) == Verdict::Allow));
+        assert_eq!(r.charge_at(t0), Verdict::Reject);
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!((0..6).filter(|_| r.charge_at(t1) == Verdict::Allow).count(), 5);
+    }
+
+    #[test]
+    fn sustained_refusals_become_a_flood() {
+        let mut r = CallBudget::new(Some(1));
+        let t0 = r.window;
+        let verdicts: Vec<_> = (0..FLOOD_REJECTIONS_PER_SECOND + 2).map(|_| r.charge_at(t0)).collect();
+        assert_eq!(verdicts[0], Verdict::Allow);
+        assert_eq!(verdicts[1], Verdict::Reject);
+        assert_eq!(*verdicts.last().unwrap(), Verdict::Flood);
+    }
+
+    #[test]
+    fn unlimited_is_unlimited() {
+        let mut r = CallBudget::new(None);
+        assert!((0..10_000).all(|_| r.charge() == Verdict::Allow));
+    }
+}

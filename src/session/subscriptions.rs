@@ -1,0 +1,283 @@
+//! The subscription service: the one place where a session's subscriptions are made and ended,
+//! for every front door. It checks rights (and the token's expiry) and the per-connection cap,
+//! makes the subscription in two phases on the hub, ends subscriptions by id, by channel, when
+//! the token expires and when the connection ends, and tells lifecycle hooks about each start
+//! and end, with the reason.
+
+use super::Session;
+use crate::auth::{Action, authorize};
+use crate::broker::StreamPosition;
+use crate::broker::memory::now_ms;
+use crate::config::{Access, Config};
+use crate::hub::{Hub, HubError, Pending, Sink, SubId, reason};
+use std::sync::Arc;
+
+/// Why a subscription could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    /// The session may not read the channel (or its token expired).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The connection holds its maximum of subscriptions.
+    #[error("this connection holds its maximum of {0} subscriptions; unsubscribe first")]
+    Limit(usize),
+    /// The session has no socket to deliver to (plain HTTP).
+    #[error("subscriptions need a WebSocket: connect to /ws/rpc")]
+    NoSocket,
+    /// The hub refused or failed.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// Why a subscription ended, as hooks are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The client unsubscribed.
+    Client,
+    /// The connection ended.
+    Disconnect,
+    /// The token expired and the channel needs one.
+    TokenExpired,
+    /// The hub ended it (slow consumer, lost stream).
+    Server,
+}
+
+impl EndReason {
+    /// The reason's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndReason::Client => "client",
+            EndReason::Disconnect => "disconnect",
+            EndReason::TokenExpired => "token_expired",
+            EndReason::Server => "server",
+        }
+    }
+}
+
+/// A subscription starting or ending.
+#[derive(Debug)]
+pub enum Lifecycle<'a> {
+    /// A subscription went live.
+    Subscribed {
+        /// Whose.
+        session: &'a Session,
+        /// To what.
+        channel: &'a str,
+    },
+    /// A subscription ended.
+    Unsubscribed {
+        /// Whose.
+        session: &'a Session,
+        /// Of what.
+        channel: &'a str,
+        /// Why.
+        reason: EndReason,
+    },
+}
+
+/// Told of every subscription's start and end. Called inline: an implementation queues and
+/// returns, it never waits.
+pub trait LifecycleHook: Send + Sync + 'static {
+    /// One event.
+    fn event(&self, e: &Lifecycle<'_>);
+}
+
+/// The subscription service of a node.
+pub struct Subscriptions {
+    hub: Arc<Hub>,
+    config: Arc<Config>,
+    hooks: Vec<Arc<dyn LifecycleHook>>,
+}
+
+impl std::fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriptions").field("hooks", &self.hooks.len()).finish_non_exhaustive()
+    }
+}
+
+impl Subscriptions {
+    /// The service over `hub`, telling `hooks` of each start and end.
+    pub fn new(hub: Arc<Hub>, config: Arc<Config>, hooks: Vec<Arc<dyn LifecycleHook>>) -> Subscriptions {
+        Subscriptions { hub, config, hooks }
+    }
+
+    /// The hub underneath.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    fn emit(&self, e: Lifecycle<'_>) {
+        for h in &self.hooks {
+            h.event(&e);
+        }
+    }
+
+    /// Checks that `session` may do `action` on `channel` (a valid name) now: a token that has
+    /// expired counts only where the namespace needs one.
+    pub fn allow(&self, session: &Session, action: Action, channel: &str) -> Result<(), String> {
+        let ns = self.config.namespace_of(channel);
+        let p = session.principal();
+        let needs_token = match action {
+            Action::Subscribe => ns.subscribe != Access::Public,
+            Action::Publish => ns.publish != Access::Public,
+        };
+        if needs_token && p.is_expired(now_ms() / 1000) {
+            return Err("the connection's token has expired; call auth with a fresh one".into());
+        }
+        authorize(&p, ns, action, channel)
+    }
+
+    /// Phase one of a subscribe for `session`: rights, the cap (a place is reserved until the
+    /// subscription goes live or is dropped), the history read. Holds nothing of the session's
+    /// other subscriptions while it waits.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<PendingSubscription, SubscribeError> {
+        if session.link().is_none() {
+            return Err(SubscribeError::NoSocket);
+        }
+        crate::channel::validate_channel(channel)
+            .map_err(|m| SubscribeError::Hub(HubError::InvalidChannel(m)))?;
+        self.allow(session, Action::Subscribe, channel).map_err(SubscribeError::Unauthorized)?;
+        let max = self.config.limits.max_subscriptions;
+        {
+            let mut set = session.subscriptions.lock();
+            set.live.retain(|s| s.is_active());
+            if set.live.len() + set.pending >= max {
+                return Err(SubscribeError::Limit(max));
+            }
+            set.pending += 1;
+        }
+        let reservation = Reservation(session.clone());
+        let inner = self.hub.prepare(channel, since, limit).await?;
+        Ok(PendingSubscription { service: self.clone(), inner, reservation })
+    }
+
+    /// Ends `session`'s subscription `id`; false if it has none by that id (or it had ended).
+    pub fn unsubscribe(&self, session: &Session, id: SubId) -> bool {
+        let sub = {
+            let mut set = session.subscriptions.lock();
+            let Some(at) = set.live.iter().position(|s| s.id() == id) else { return false };
+            set.live.swap_remove(at)
+        };
+        let channel = sub.channel().to_string();
+        let was_live = sub.unsubscribe();
+        if was_live {
+            self.emit(Lifecycle::Unsubscribed { session, channel: &channel, reason: EndReason::Client });
+        }
+        was_live
+    }
+
+    /// Ends every subscription of `session` to `channel`; returns how many were live.
+    pub fn unsubscribe_channel(&self, session: &Session, channel: &str) -> usize {
+        let subs: Vec<_> = {
+            let mut set = session.subscriptions.lock();
+            let (gone, kept) =
+                std::mem::take(&mut set.live).into_iter().partition(|s| s.channel() == channel);
+            set.live = kept;
+            gone
+        };
+        let live = subs.into_iter().filter(|s| s.is_active()).map(|s| s.unsubscribe()).filter(|l| *l).count();
+        for _ in 0..live {
+            self.emit(Lifecycle::Unsubscribed { session, channel, reason: EndReason::Client });
+        }
+        live
+    }
+
+    /// The periodic check of a session: subscriptions the hub ended are let go (and reported),
+    /// and once the token has expired, those that needed it end with `closed`
+    /// `token_expired`; public ones go on. A client that calls `auth` with a fresh token before
+    /// then keeps them all.
+    pub fn tick(&self, session: &Session) {
+        let expired = session.token_expired(now_ms() / 1000);
+        let mut ended = Vec::new();
+        {
+            let mut set = session.subscriptions.lock();
+            let mut i = 0;
+            while i < set.live.len() {
+                let s = &set.live[i];
+                let protected = self.config.namespace_of(s.channel()).subscribe != Access::Public;
+                if !s.is_active() {
+                    ended.push((set.live.swap_remove(i), EndReason::Server));
+                } else if expired && protected {
+                    ended.push((set.live.swap_remove(i), EndReason::TokenExpired));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for (sub, why) in ended {
+            let channel = sub.channel().to_string();
+            match why {
+                EndReason::TokenExpired => drop(sub.close(reason::TOKEN_EXPIRED)),
+                _ => drop(sub),
+            }
+            self.emit(Lifecycle::Unsubscribed { session, channel: &channel, reason: why });
+        }
+    }
+
+    /// The connection ended: every subscription ends (reported as `disconnect`).
+    pub fn end(&self, session: &Session) {
+        let subs = std::mem::take(&mut session.subscriptions.lock().live);
+        for sub in subs {
+            let channel = sub.channel().to_string();
+            let live = sub.unsubscribe();
+            let reason = if live { EndReason::Disconnect } else { EndReason::Server };
+            self.emit(Lifecycle::Unsubscribed { session, channel: &channel, reason });
+        }
+    }
+}
+
+/// A place under the session's cap, held from `prepare` until the subscription is live or
+/// dropped.
+#[derive(Debug)]
+struct Reservation(Arc<Session>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.subscriptions.lock().pending -= 1;
+    }
+}
+
+/// A subscription whose snapshot is read, waiting for its answer to be queued
+/// ([`PendingSubscription::go_live`]). Dropping it undoes it.
+#[must_use = "a prepared subscription is undone when dropped: call go_live"]
+#[derive(Debug)]
+pub struct PendingSubscription {
+    service: Arc<Subscriptions>,
+    inner: Pending,
+    reservation: Reservation,
+}
+
+impl PendingSubscription {
+    /// Its id, for the answer.
+    pub fn id(&self) -> SubId {
+        self.inner.id()
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        self.inner.channel()
+    }
+
+    /// Queues `answer`, the snapshot and what arrived meanwhile into `sink`, in that order (see
+    /// [`Pending::go_live`]), and adds the subscription to the session.
+    pub fn go_live(self, sink: Sink, answer: &[&[u8]]) -> Result<SubId, HubError> {
+        let PendingSubscription { service, inner, reservation } = self;
+        let sub = inner.go_live(sink, answer)?;
+        let id = sub.id();
+        let session = reservation.0.clone();
+        let channel = sub.channel().to_string();
+        {
+            let mut set = session.subscriptions.lock();
+            set.live.push(sub);
+        }
+        drop(reservation);
+        service.emit(Lifecycle::Subscribed { session: &session, channel: &channel });
+        Ok(id)
+    }
+}

@@ -1,0 +1,35 @@
+//! What the transport keeps of every connection, whichever front door it serves: its id, its
+//! outbox and when its client was last heard from.
+
+use super::outbox::Outbox;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A connection's transport state, shared by its reader, its writer, the registry's sweeper and
+/// everyone who queues frames for it.
+#[derive(Debug)]
+pub struct Link {
+    /// Unique per process.
+    pub id: u64,
+    /// Frames queued for the client.
+    pub outbox: Arc<Outbox>,
+    /// When the client last sent anything, on the registry's clock (ms).
+    last_seen: AtomicU64,
+}
+
+impl Link {
+    /// A link with an empty outbox of the given bounds.
+    pub fn new(id: u64, max_messages: usize, max_bytes: usize) -> Link {
+        Link { id, outbox: Arc::new(Outbox::new(max_messages, max_bytes)), last_seen: AtomicU64::new(0) }
+    }
+
+    /// Records that the client sent something at `now_ms`.
+    pub fn touch(&self, now_ms: u64) {
+        self.last_seen.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the client last sent something.
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+}

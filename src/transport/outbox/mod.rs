@@ -1,0 +1,396 @@
+//! A connection's outgoing messages: one queue, filled by any thread (the hub's fan-out, the
+//! connection's own reader answering calls) and emptied by the connection's writer task, which
+//! takes everything queued in one swap and writes it with as few syscalls as the socket allows.
+//!
+//! A publication's notification reaches thousands of queues, and each one is the same frame but
+//! for the subscription id. The queue therefore holds it by reference, as the shared frame plus
+//! the connection's splice ([`Outbox::push_shared`]), and the writer gathers a batch's frames into a per-thread
+//! buffer just before its write. A delivery is then a reference count and 32 bytes written into
+//! the queue, where copying the frame into each queue would write, and the kernel later read,
+//! hundreds of bytes of cold memory per subscriber: a fan-out's cost is mostly that memory
+//! traffic. Answers, snapshots
+//! and control frames are copied into the queue; nothing is allocated per delivery once the
+//! queue has grown to its working size.
+//!
+//! The outbox also enforces the slow-consumer rule: a connection is aborted when its client stops
+//! taking data, that is when `max_messages` messages are queued while its socket is full (the
+//! kernel's buffers hold all they will and the writer waits for room), or when `max_bytes` are
+//! queued at all (shared frames count in full). Its queue is dropped and the writer fails the
+//! connection (close code 1008 if the socket still takes it, else the TCP connection is reset).
+//! Producers never wait on it.
+//!
+//! Counting messages only while the socket is full is what makes the rule about the *client*:
+//! a writer that has simply not been scheduled yet on a busy machine (a publisher's burst lands
+//! in thousands of outboxes within a millisecond) does not get a reading client dropped; the
+//! byte bound still caps what any connection can hold.
+
+//!
+//! Files: this one is the outbox and its signals; [`queue`] the queue and the writer's batch;
+//! `prefetch` the cache hint of the fan-out loop.
+
+mod prefetch;
+mod queue;
+#[cfg(test)]
+mod tests;
+
+pub use queue::Batch;
+
+use super::frame;
+use super::shared::{SharedFrame, Splice};
+use parking_lot::Mutex;
+use queue::{Cursor, Item, Queue};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Notify;
+
+/// What happened to a pushed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Push {
+    /// Queued for the writer.
+    Queued,
+    /// This push went over the slow-consumer bound: the connection is now aborted. Exactly one
+    /// push sees this, so the caller can count the drop once.
+    Overflow,
+    /// The connection is closing or gone; nothing was queued.
+    Closed,
+}
+
+/// Why and how a connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A close frame with this code and reason is queued behind everything else; the writer
+    /// sends it and then half-closes the socket.
+    Close(u16, &'static str),
+    /// Queued data was dropped; the writer stops at once and fails the connection with this code
+    /// and reason if it can, else resets it.
+    Abort(u16, &'static str),
+    /// The client is gone (end of stream, socket error): queued data is dropped and the
+    /// connection reset, with nothing sent.
+    Gone,
+}
+
+impl Ending {
+    /// True for the endings that drop queued data and stop the writer at once.
+    pub fn is_abrupt(&self) -> bool {
+        matches!(self, Ending::Abort(..) | Ending::Gone)
+    }
+
+    /// The metrics label of an ending the server or the protocol made (`slow_consumer`,
+    /// `ping_timeout`, `flood`, `shutdown`, ...); `None` for a client that closed or left.
+    pub fn label(&self) -> Option<&'static str> {
+        use frame::code;
+        Some(match *self {
+            Ending::Abort(_, "slow consumer") => "slow_consumer",
+            Ending::Close(_, "ping timeout") => "ping_timeout",
+            Ending::Close(_, "rate limit exceeded") => "flood",
+            Ending::Close(code::GOING_AWAY, _) => "shutdown",
+            Ending::Close(code::TOO_BIG, _) => "message_too_big",
+            Ending::Close(code::PROTOCOL_ERROR | code::INVALID_PAYLOAD, _) => "protocol_error",
+            Ending::Close(code::UNSUPPORTED_DATA, _) => "binary_message",
+            _ => return None,
+        })
+    }
+}
+
+/// What the writer found.
+#[derive(Debug)]
+pub enum Take {
+    /// Messages were moved into the caller's batch.
+    Data,
+    /// Nothing queued, or the reader is writing inline; wait on [`Outbox::writer_wait`].
+    Idle,
+    /// Everything is written and the connection is ending this way.
+    End(Ending),
+}
+
+/// What the lock guards. `repr(C)`, with what every push and take touch first.
+#[repr(C)]
+#[derive(Debug)]
+struct State {
+    /// The connection is ending (how: [`Outbox::ending`]).
+    ended: bool,
+    /// The writer found the socket full and waits for room.
+    socket_full: bool,
+    /// The reader waits for the queue to drain before reading more calls.
+    reader_waits_for_drain: bool,
+    /// Who is writing a taken batch to the socket, if anyone: bytes reach the socket in queue
+    /// order because only one party writes at a time.
+    writing: Writing,
+    queue: Queue,
+}
+
+/// Who writes to the socket right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writing {
+    /// Nobody: the queue may be taken.
+    Nobody,
+    /// The writer task holds a batch.
+    Task,
+    /// The reader writes its own answers inline (see [`Outbox::take_inline`]).
+    Inline,
+}
+
+/// The shared half of a WebSocket connection: its outgoing queue and the signals between its
+/// reader task, its writer task and everyone else who sends to it. (Aligning it to a cache line
+/// cost 144 bytes per idle connection and bought nothing measurable, so it is not.)
+#[repr(C)]
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Where the next push will write to (the end of the queue's items), kept for
+    /// [`Outbox::prefetch_tail`]. Only a hint: it may be stale, and it is never dereferenced.
+    tail: AtomicUsize,
+    /// Wakes the writer: data queued into an empty queue, or the connection is ending.
+    writer: Notify,
+    /// Wakes the reader: the connection is ending, or the queue drained.
+    reader: Notify,
+    /// How the connection ends; set once (under the state lock), readable without it.
+    ending: OnceLock<Ending>,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// An empty outbox with the slow-consumer bounds.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State {
+                ended: false,
+                socket_full: false,
+                reader_waits_for_drain: false,
+                writing: Writing::Nobody,
+                queue: Queue::default(),
+            }),
+            tail: AtomicUsize::new(0),
+            writer: Notify::new(),
+            reader: Notify::new(),
+            ending: OnceLock::new(),
+            max_messages,
+            max_bytes,
+        }
+    }
+
+    /// Asks the CPU to bring this outbox's lock and queue state into cache, for writing, ahead of
+    /// a push. A fan-out touches thousands of outboxes once each, last used by writer tasks on
+    /// other cores, so each push would otherwise stall on these cache lines; issuing this a few
+    /// subscribers ahead overlaps the stalls. A hint only: it changes no state.
+    #[inline]
+    pub fn prefetch(&self) {
+        let at = std::ptr::from_ref(&self.state).addr();
+        let last = at + std::mem::size_of::<Mutex<State>>() - 1;
+        let mut line = at & !(prefetch::CACHE_LINE - 1);
+        while line <= last {
+            prefetch::for_write(line);
+            line += prefetch::CACHE_LINE;
+        }
+    }
+
+    /// Like [`Outbox::prefetch`], for the memory the next push will write into the queue. Call it
+    /// after [`Outbox::prefetch`] had time to bring in the line that says where that is.
+    #[inline]
+    pub fn prefetch_tail(&self) {
+        let at = self.tail.load(Ordering::Relaxed);
+        if at != 0 {
+            prefetch::for_write(at);
+        }
+    }
+
+    /// Records where the queue's items end now, for [`Outbox::prefetch_tail`].
+    #[inline]
+    fn note_tail(&self, st: &State) {
+        let items = &st.queue.items;
+        self.tail.store(items.as_ptr().addr() + items.len() * std::mem::size_of::<Item>(), Ordering::Relaxed);
+    }
+
+    /// Queues one data message made of `parts` (a complete frame: header and payload), copied.
+    pub fn push(&self, parts: &[&[u8]]) -> Push {
+        let len = parts.iter().map(|p| p.len()).sum();
+        self.push_with(len, true, |q| q.push_bytes(parts))
+    }
+
+    /// Queues `frame` with `splice` spliced in, by reference.
+    pub fn push_shared(&self, frame: &Arc<SharedFrame>, splice: Splice) -> Push {
+        self.push_with(frame.frame_len(), true, |q| q.push_shared(frame, splice))
+    }
+
+    /// Queues an answer to a call without waking the writer task. Answers are queued from the
+    /// connection's reader task, which writes the queue itself next ([`Outbox::take_inline`]),
+    /// waking the writer for whatever the socket does not take; a wake-up here would make the
+    /// writer task run for nothing on every call.
+    pub fn push_answer(&self, parts: &[&[u8]]) -> Push {
+        let len = parts.iter().map(|p| p.len()).sum();
+        self.push_with(len, false, |q| q.push_bytes(parts))
+    }
+
+    fn push_with(&self, len: usize, wake: bool, put: impl FnOnce(&mut Queue)) -> Push {
+        let mut st = self.state.lock();
+        if st.ended {
+            return Push::Closed;
+        }
+        if (st.socket_full && st.queue.messages >= self.max_messages) || st.queue.len + len > self.max_bytes {
+            drop(st);
+            self.end(Ending::Abort(frame::code::POLICY, "slow consumer"));
+            return Push::Overflow;
+        }
+        let was_empty = st.queue.is_empty();
+        put(&mut st.queue);
+        self.note_tail(&st);
+        drop(st);
+        if was_empty && wake {
+            self.writer.notify_one();
+        }
+        Push::Queued
+    }
+
+    /// Queues a control frame (ping, pong). It counts like a message, so a client that sends
+    /// pings without reading pongs meets the same bounds as any other.
+    pub fn push_control(&self, opcode: u8, payload: &[u8]) {
+        let (h, n) = frame::header_bytes(opcode, payload.len());
+        let _ = self.push_with(n + payload.len(), true, |q| q.push_bytes(&[&h[..n], payload]));
+    }
+
+    /// Ends the connection (the first ending wins). `Close` lets queued data go first; `Abort`
+    /// drops it.
+    pub fn end(&self, how: Ending) {
+        let mut st = self.state.lock();
+        if st.ended {
+            return;
+        }
+        st.ended = true;
+        let _ = self.ending.set(how);
+        let dropped = how.is_abrupt().then(|| std::mem::take(&mut st.queue));
+        drop(st);
+        // Shared frames are released outside the lock.
+        drop(dropped);
+        self.writer.notify_one();
+        self.reader.notify_one();
+    }
+
+    /// True once the connection is ending (closing or aborted).
+    pub fn is_ending(&self) -> bool {
+        self.ending.get().is_some()
+    }
+
+    /// How the connection is ending, if it is.
+    pub fn ending(&self) -> Option<Ending> {
+        self.ending.get().copied()
+    }
+
+    /// Messages queued and not yet taken by the writer.
+    pub fn queued_messages(&self) -> usize {
+        self.state.lock().queue.messages
+    }
+
+    /// Writer: swaps the queued messages into `into` (which must be empty), keeping buffers'
+    /// capacity so that a busy connection allocates nothing.
+    pub fn take(&self, into: &mut Batch) -> Take {
+        debug_assert!(into.is_empty());
+        let mut st = self.state.lock();
+        if let Some(e) = self.ending().filter(Ending::is_abrupt) {
+            return Take::End(e);
+        }
+        if st.writing == Writing::Inline {
+            // The reader is writing; it wakes the writer when it is done if more is queued.
+            return Take::Idle;
+        }
+        if st.queue.is_empty() {
+            st.writing = Writing::Nobody;
+            if st.reader_waits_for_drain {
+                st.reader_waits_for_drain = false;
+                self.reader.notify_one();
+            }
+            return match self.ending() {
+                Some(e) => Take::End(e),
+                None => Take::Idle,
+            };
+        }
+        std::mem::swap(&mut st.queue, &mut into.q);
+        into.cursor = Cursor::default();
+        st.queue.messages = 0;
+        st.writing = Writing::Task;
+        self.note_tail(&st);
+        Take::Data
+    }
+
+    /// Reader: takes the queue to write it inline (one non-blocking write, no task switch) when
+    /// nobody else is writing and the connection is not ending. Call [`Outbox::finish_inline`]
+    /// after the write, whatever happened.
+    pub fn take_inline(&self, into: &mut Batch) -> bool {
+        debug_assert!(into.is_empty());
+        let mut st = self.state.lock();
+        if st.writing != Writing::Nobody || st.queue.is_empty() || st.ended {
+            return false;
+        }
+        std::mem::swap(&mut st.queue, &mut into.q);
+        into.cursor = Cursor::default();
+        st.queue.messages = 0;
+        st.writing = Writing::Inline;
+        self.note_tail(&st);
+        true
+    }
+
+    /// Reader: ends an inline write. What the socket did not take goes back to the front of the
+    /// queue for the writer task; `batch` is left empty and, when the queue is empty, its
+    /// buffers are swapped back in so their capacity is reused.
+    pub fn finish_inline(&self, batch: &mut Batch) {
+        let rest = if batch.is_done() {
+            batch.clear(usize::MAX);
+            None
+        } else {
+            Some(batch.rest())
+        };
+        let mut st = self.state.lock();
+        st.writing = Writing::Nobody;
+        if let Some(mut rest) = rest {
+            if !st.ended {
+                rest.append(&mut st.queue);
+                st.queue = rest;
+            }
+        } else if st.queue.is_empty() {
+            std::mem::swap(&mut st.queue, &mut batch.q);
+        }
+        let wake = !st.queue.is_empty() || st.ended;
+        self.note_tail(&st);
+        drop(st);
+        if wake {
+            self.writer.notify_one();
+        }
+    }
+
+    /// Writer: the socket is full (`true`) or took data again (`false`).
+    pub fn set_socket_full(&self, full: bool) {
+        let mut st = self.state.lock();
+        st.socket_full = full;
+        // Messages that piled up while the client was not reading count from now on.
+        if full && st.queue.messages > self.max_messages {
+            drop(st);
+            self.end(Ending::Abort(frame::code::POLICY, "slow consumer"));
+        }
+    }
+
+    /// Writer: waits until something is queued or the connection ends.
+    pub async fn writer_wait(&self) {
+        self.writer.notified().await
+    }
+
+    /// Reader: waits for the writer to drain the queue (or for the connection to end), so that
+    /// a client that sends calls without reading answers stops being read instead of growing
+    /// the queue.
+    pub async fn drained(&self) {
+        {
+            let mut st = self.state.lock();
+            if st.queue.is_empty() || st.ended {
+                return;
+            }
+            st.reader_waits_for_drain = true;
+        }
+        self.reader.notified().await
+    }
+
+    /// Reader: resolves when the connection starts ending or the queue drains (a wake-up; check
+    /// [`Outbox::is_ending`]).
+    pub async fn reader_wait(&self) {
+        self.reader.notified().await
+    }
+}
