@@ -156,6 +156,8 @@ async fn read_loop(
     let mut asm = Reassembly::default();
     let mut close_deadline: Option<Instant> = None;
     let mut in_flight = FuturesUnordered::new();
+    // The last read took all it asked for: the client may well have sent more.
+    let mut socket_had_more = false;
     loop {
         // Parse and handle every complete frame in the buffer, while a slot is free.
         let mut at = 0;
@@ -210,10 +212,11 @@ async fn read_loop(
         if !in_flight.is_empty() {
             run_ready(&mut in_flight).await;
         }
-        if handled > 1 {
-            // A publisher's batch of calls wakes the writers of every subscriber; let them run
-            // before reading more, so their queues drain as fast as they fill. (A single call
-            // needs no yield: the reader waits for the socket next anyway.)
+        if handled > 1 || (handled > 0 && socket_had_more) {
+            // A publisher's calls wake the writers of every subscriber; let them run before
+            // reading more, so their queues drain as fast as they fill (a woken task may wait
+            // for this one to yield). A call that emptied the socket needs no yield: the reader
+            // waits for the socket next anyway.
             tokio::task::yield_now().await;
         }
 
@@ -250,9 +253,13 @@ async fn read_loop(
             Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             r = rd.readable(), if may_read => if r.is_err() { return ReadEnd::Gone },
         }
-        match read_some(rd, &mut buf, need.max(READ_CHUNK)) {
+        let want = need.max(READ_CHUNK);
+        match read_some(rd, &mut buf, want) {
             Ok(0) => return ReadEnd::Gone,
-            Ok(_) => conn.link().touch(registry.now_ms()),
+            Ok(got) => {
+                socket_had_more = got == want;
+                conn.link().touch(registry.now_ms());
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
             Err(_) => return ReadEnd::Gone,
         }

@@ -10,3 +10,4 @@ mod jsonrpc;
 mod limits;
 mod security;
 mod server;
+mod slots;
