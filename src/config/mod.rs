@@ -1,0 +1,204 @@
+//! The server's configuration: plain serde data with defaults, loaded one way.
+//!
+//! Sources, later ones winning: built-in defaults ([`crate::constants`]) < the TOML file
+//! (`--config`) < environment variables < command-line flags. Environment variables are
+//! `RPCHUB_<KEY>` for top-level keys and `RPCHUB_<TABLE>__<KEY>` for nested ones (for example
+//! `RPCHUB_LIMITS__MAX_MESSAGE_BYTES=8192`), plus the fixed names `RPCHUB_ADMIN_TOKEN`,
+//! `RPCHUB_JWT_SECRET` and `ALLOWED_WS_ORIGINS` (comma separated). Any key can also be set with
+//! `--set key=value` (`--set limits.ping_interval=30s`). The result is validated once
+//! ([`Config::validate`]) and then only read.
+//!
+//! Files: this one is [`Config`] and its loading; `limits`, `namespace` and `tokens` the
+//! tables; `sources` the reading of environment variables and `--set` values.
+
+mod limits;
+mod namespace;
+mod sources;
+#[cfg(test)]
+mod tests;
+mod tokens;
+
+pub use limits::Limits;
+pub use namespace::{Access, NamespaceConfig};
+pub use tokens::{Secret, StaticToken};
+
+use crate::constants::*;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use sources::{ENV_KEYS, override_toml, string_or_list};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything `rpchub serve` can be told.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on (HTTP and WebSocket share it).
+    pub listen: SocketAddr,
+    /// `memory` or `redis://HOST:PORT`.
+    pub broker: String,
+    /// Name of this node in `info` and logs; default: a random one per start.
+    pub node_id: Option<String>,
+    /// Run the built-in market simulator (`trades:*`, `l2Book:*`).
+    pub demo: bool,
+    /// Log filter, `tracing` EnvFilter syntax (`info`, `rpchub=debug`).
+    pub log: String,
+    /// A static token that may do everything (env `RPCHUB_ADMIN_TOKEN`).
+    pub admin_token: Option<Secret>,
+    /// HS256 secret for JWTs (env `RPCHUB_JWT_SECRET`).
+    pub jwt_secret: Option<Secret>,
+    /// PEM public key file for RS256 or ES256 JWTs.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, a JWT must carry this `aud`.
+    pub jwt_audience: Option<String>,
+    /// When set, a JWT must carry this `iss`.
+    pub jwt_issuer: Option<String>,
+    /// Origins allowed to open WebSockets (env `ALLOWED_WS_ORIGINS`, comma separated). Empty:
+    /// only same-origin pages (Origin host equals Host). Requests without Origin are accepted.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_origins: Vec<String>,
+    /// How long shutdown waits for clients before exiting anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Hard limits that keep one client from hurting others.
+    pub limits: Limits,
+    /// Settings of channels whose namespace is not listed in `namespaces` (and of bare names).
+    pub default_namespace: NamespaceConfig,
+    /// Per-namespace settings: the key is the part of the channel name before the first `:`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// Static API keys.
+    pub tokens: Vec<StaticToken>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a socket address; qed"),
+            broker: DEFAULT_BROKER.to_string(),
+            node_id: None,
+            demo: false,
+            log: DEFAULT_LOG.to_string(),
+            admin_token: None,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_audience: None,
+            jwt_issuer: None,
+            allowed_origins: Vec::new(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            limits: Limits::default(),
+            default_namespace: NamespaceConfig::default(),
+            namespaces: BTreeMap::new(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// A configuration problem, said so that the reader knows what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then the environment, then `overrides` (flag values
+    /// as `(dotted.key, value)`; a value that is not valid TOML is taken as a string), and
+    /// validates the result.
+    pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!("config file {} does not exist", path.display())));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("RPCHUB_").split("__").filter(|k| {
+                let top = k.as_str().split('.').next().unwrap_or("");
+                ENV_KEYS.iter().any(|t| t.eq_ignore_ascii_case(top))
+            }))
+            .merge(Env::raw().only(&["ALLOWED_WS_ORIGINS"]).map(|_| "allowed_origins".into()));
+        for (key, value) in overrides {
+            fig = fig.merge(Toml::string(&override_toml(key, value)?));
+        }
+        let config: Config = fig.extract().map_err(|e| ConfigError(format!("configuration: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges and relations between keys.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let err = |m: String| Err(ConfigError(m));
+        if l.max_message_bytes < 64 {
+            return err(format!(
+                "limits.max_message_bytes is {}; it must be at least 64",
+                l.max_message_bytes
+            ));
+        }
+        if l.outbound_queue_messages == 0 || l.outbound_queue_bytes < 1024 {
+            return err("limits.outbound_queue_messages must be at least 1 and limits.outbound_queue_bytes \
+                        at least 1024"
+                .into());
+        }
+        if l.ping_interval.is_zero() || l.pong_timeout <= l.ping_interval {
+            return err(format!(
+                "limits.pong_timeout ({:?}) must be longer than limits.ping_interval ({:?}), and the \
+                 interval above zero: a client needs time to answer a ping",
+                l.pong_timeout, l.ping_interval
+            ));
+        }
+        if l.calls_in_flight == 0 {
+            return err("limits.calls_in_flight must be above zero".into());
+        }
+        if l.max_connections == 0 || l.max_subscriptions == 0 || l.max_channels == 0 {
+            return err(
+                "limits.max_connections, max_subscriptions and max_channels must be above zero".into()
+            );
+        }
+        if l.upgrades_per_minute == 0 || l.calls_per_second == 0 {
+            return err("limits.upgrades_per_minute and limits.calls_per_second must be above zero".into());
+        }
+        if self.broker != "memory" && !self.broker.starts_with("redis://") {
+            return err(format!("broker is {:?}; use \"memory\" or \"redis://HOST:PORT\"", self.broker));
+        }
+        if self.broker != "memory" {
+            return err("the redis broker is not available in this version; use \"memory\"".into());
+        }
+        for name in self.namespaces.keys() {
+            if name.is_empty() || !name.bytes().all(crate::channel::is_channel_byte) || name.contains(':') {
+                return err(format!(
+                    "namespace {name:?}: names are 1 or more of [A-Za-z0-9_.@/=,+-] without ':'"
+                ));
+            }
+        }
+        for t in &self.tokens {
+            if t.token.expose().len() < 8 {
+                return err(format!("token {:?}: a static key must be at least 8 characters", t.name));
+            }
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.expose().len() < 8) {
+            return err("admin_token (RPCHUB_ADMIN_TOKEN) must be at least 8 characters".into());
+        }
+        Ok(())
+    }
+
+    /// The settings of the namespace `channel` belongs to.
+    pub fn namespace_of(&self, channel: &str) -> &NamespaceConfig {
+        match channel.split_once(':') {
+            Some((ns, _)) => self.namespaces.get(ns).unwrap_or(&self.default_namespace),
+            None => &self.default_namespace,
+        }
+    }
+
+    /// The demo's namespaces: public trades with history, public books keeping only the latest.
+    pub fn with_demo_namespaces(mut self) -> Config {
+        let base = self.default_namespace.clone();
+        self.namespaces.entry("trades".into()).or_insert_with(|| base.clone());
+        self.namespaces
+            .entry("l2Book".into())
+            .or_insert_with(|| NamespaceConfig { history_size: 1, ..base.clone() });
+        self
+    }
+}

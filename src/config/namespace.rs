@@ -1,0 +1,44 @@
+//! Per-namespace settings (`[default_namespace]`, `[namespaces.NAME]`): retention and who may
+//! subscribe and publish.
+
+use crate::constants::*;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Who may do something on a namespace.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Anyone, with or without a token.
+    Public,
+    /// Any holder of a valid token.
+    Authenticated,
+    /// A token whose `channels` (subscribe, history) or `publish` globs match the channel.
+    Claims,
+}
+
+/// Settings of one namespace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Publications kept for snapshots and recovery (0: none).
+    pub history_size: usize,
+    /// How long a publication stays in history.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Who may subscribe and read history.
+    pub subscribe: Access,
+    /// Who may publish.
+    pub publish: Access,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            history_size: DEFAULT_HISTORY_SIZE,
+            history_ttl: DEFAULT_HISTORY_TTL,
+            subscribe: Access::Public,
+            publish: Access::Claims,
+        }
+    }
+}

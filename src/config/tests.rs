@@ -1,0 +1,79 @@
+//! The configuration's rules: sources and their order, validation, the example file.
+
+use super::*;
+
+#[test]
+fn example_file_shows_every_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rpchub.example.toml");
+    let text = std::fs::read_to_string(&path).expect("rpchub.example.toml at the repository root");
+    let parsed: Config = Figment::from(Toml::string(&text)).extract().expect("example parses");
+    // The example adds one namespace and one token to show their shape; the rest must be
+    // exactly the defaults.
+    let expected =
+        Config { namespaces: parsed.namespaces.clone(), tokens: parsed.tokens.clone(), ..Config::default() };
+    assert_eq!(parsed, expected);
+    assert_eq!(parsed.namespaces.get("trades"), Some(&NamespaceConfig::default()));
+    for key in ENV_KEYS {
+        assert!(text.contains(&format!("{key} =")) || text.contains(&format!("[{key}]")), "{key} missing");
+    }
+}
+
+#[test]
+fn overrides_win_and_strings_need_no_quotes() {
+    let c = Config::load(
+        None,
+        &[
+            ("limits.ping_interval".into(), "5s".into()),
+            ("limits.pong_timeout".into(), "7s".into()),
+            ("limits.max_connections".into(), "12".into()),
+            ("allowed_origins".into(), "https://a.example,https://b.example".into()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.limits.ping_interval, Duration::from_secs(5));
+    assert_eq!(c.limits.max_connections, 12);
+    assert_eq!(c.allowed_origins, vec!["https://a.example", "https://b.example"]);
+}
+
+#[test]
+fn bad_values_are_explained() {
+    let e = Config::load(None, &[("limits.pong_timeout".into(), "1s".into())]).unwrap_err();
+    assert!(e.0.contains("pong_timeout"), "{e}");
+    let e = Config::load(None, &[("limits.max_conections".into(), "1".into())]).unwrap_err();
+    assert!(e.0.contains("max_conections"), "{e}");
+    let e = Config::load(None, &[("broker".into(), "kafka://x".into())]).unwrap_err();
+    assert!(e.0.contains("broker"), "{e}");
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail returns its own error type
+fn environment_sets_keys_and_ignores_other_rpchub_variables() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("RPCHUB_ADMIN_TOKEN", "from-the-env-123");
+        jail.set_env("RPCHUB_LIMITS__MAX_CONNECTIONS", "77");
+        jail.set_env("RPCHUB_BIN", "/not/a/config/key");
+        jail.set_env("ALLOWED_WS_ORIGINS", "https://a.example, https://b.example");
+        let c = Config::load(None, &[("limits.max_connections".into(), "78".into())]).unwrap();
+        assert_eq!(c.admin_token.as_ref().map(Secret::expose), Some("from-the-env-123"));
+        assert_eq!(c.limits.max_connections, 78, "flags win over the environment");
+        assert_eq!(c.allowed_origins, vec!["https://a.example", "https://b.example"]);
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.limits.max_connections, 77);
+        Ok(())
+    });
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let c = Config { admin_token: Some(Secret("super-secret-token".into())), ..Config::default() };
+    assert!(!format!("{c:?}").contains("super-secret"));
+}
+
+#[test]
+fn namespace_lookup_falls_back_to_the_default() {
+    let c = Config::default().with_demo_namespaces();
+    assert_eq!(c.namespace_of("l2Book:BTC").history_size, 1);
+    assert_eq!(c.namespace_of("trades:SOL").history_size, DEFAULT_HISTORY_SIZE);
+    assert_eq!(c.namespace_of("other:x"), &c.default_namespace);
+    assert_eq!(c.namespace_of("bare"), &c.default_namespace);
+}

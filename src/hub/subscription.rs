@@ -1,0 +1,172 @@
+//! The two handles of a subscription: [`Pending`] between its history read and going live,
+//! [`Subscription`] once live. Both undo themselves when dropped.
+
+use super::channel::LiveSub;
+use super::event::{Event, Sink, reason};
+use super::{Hub, HubChannel, HubError, SubId, fits};
+use crate::broker::HistoryPage;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A subscription between its history read and going live ([`Hub::prepare`]). Dropping it
+/// undoes the registration.
+#[must_use = "a prepared subscription is undone when dropped: call go_live"]
+pub struct Pending {
+    pub(super) hub: Arc<Hub>,
+    pub(super) channel: Arc<HubChannel>,
+    pub(super) id: SubId,
+    pub(super) page: HistoryPage,
+    pub(super) recovered: bool,
+    /// The broker interest was taken (and is to be given back unless handed on).
+    pub(super) interest: bool,
+    pub(super) done: bool,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("channel", &self.channel.name).field("id", &self.id).finish()
+    }
+}
+
+impl Pending {
+    /// The subscription's id, known before it is live (so that the answer can carry it).
+    pub fn id(&self) -> SubId {
+        self.id
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel.name
+    }
+
+    /// Phase two: queues `answer` (copied, as is), the snapshot and the publications delivered
+    /// since the history read into `sink`'s outbox, in that order, and makes the subscriber
+    /// live, all under the channel's lock. Fails only when the connection is closing. If the
+    /// channel lost track of its stream in between, the snapshot is followed by `closed`
+    /// `insufficient_state` at once, never by a gap.
+    pub fn go_live(mut self, sink: Sink, answer: &[&[u8]]) -> Result<Subscription, HubError> {
+        let ch = self.channel.clone();
+        let mut st = ch.state.lock();
+        let at = st
+            .pending
+            .iter()
+            .position(|p| p.id == self.id)
+            .expect("only its owner removes a pending entry; qed");
+        let joins = fits(&st, &st.pending[at], &self.page);
+        let pend = st.pending.swap_remove(at);
+        let out = &sink.outbox;
+        let closed = || HubError::ConnectionClosed;
+        if !answer.is_empty() && out.push_answer(answer) != crate::transport::Push::Queued {
+            return Err(closed());
+        }
+        let snapshot = Event::Snapshot { channel: &ch.name, page: &self.page, recovered: self.recovered };
+        if !sink.push_own(&snapshot) {
+            return Err(closed());
+        }
+        let alive = Arc::new(AtomicBool::new(true));
+        let sub = Subscription {
+            hub: self.hub.clone(),
+            channel: ch.clone(),
+            id: self.id,
+            alive: alive.clone(),
+            ended: false,
+        };
+        self.done = true;
+        self.hub.metrics.subscriptions.inc();
+        if !joins {
+            // What was delivered meanwhile does not join the snapshot: say so instead.
+            alive.store(false, Ordering::Release);
+            sink.push_own(&Event::Closed { channel: &ch.name, reason: reason::INSUFFICIENT_STATE });
+            return Ok(sub);
+        }
+        let mut after = self.page.offset;
+        for p in pend.buffered.iter().filter(|p| p.offset > self.page.offset) {
+            if sink.filter.as_ref().is_none_or(|f| f.admits(p)) {
+                let event = Event::Publication { channel: &ch.name, publication: p };
+                if !sink.push_own(&event) {
+                    return Err(closed());
+                }
+            }
+            after = p.offset;
+        }
+        if st.epoch.is_none() {
+            st.epoch = Some(self.page.epoch.clone());
+            st.offset = after;
+        }
+        st.live.push(LiveSub { id: self.id, sink, after, alive });
+        Ok(sub)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut st = self.channel.state.lock();
+        st.pending.retain(|p| p.id != self.id);
+        let unused = st.live.is_empty() && st.pending.is_empty();
+        drop(st);
+        if self.interest {
+            self.hub.broker.unsubscribe(&self.channel.name);
+        }
+        if unused {
+            self.hub.remove_if_unused(&self.channel);
+        }
+    }
+}
+
+/// A live subscription, owned by its connection; dropping it unsubscribes.
+#[must_use = "dropping a subscription ends it"]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    channel: Arc<HubChannel>,
+    id: SubId,
+    alive: Arc<AtomicBool>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("channel", &self.channel.name).field("id", &self.id).finish()
+    }
+}
+
+impl Subscription {
+    /// The id the client knows it by.
+    pub fn id(&self) -> SubId {
+        self.id
+    }
+
+    /// The channel's name.
+    pub fn channel(&self) -> &str {
+        &self.channel.name
+    }
+
+    /// False once the hub ended it (its connection fell behind, or the channel lost track of its
+    /// stream and told the subscriber so).
+    pub fn is_active(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Ends it at the client's request; false if it had already ended.
+    pub fn unsubscribe(mut self) -> bool {
+        self.ended = true;
+        self.hub.leave(&self.channel, self.id, None)
+    }
+
+    /// Ends it from the server's side: its last event is `closed` with `reason`, queued after
+    /// every publication it was sent. False if it had already ended.
+    pub fn close(mut self, reason: &str) -> bool {
+        self.ended = true;
+        self.hub.leave(&self.channel, self.id, Some(reason))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.hub.leave(&self.channel, self.id, None);
+        }
+    }
+}
