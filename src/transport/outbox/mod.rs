@@ -120,6 +120,9 @@ struct State {
     queue: Queue,
 }
 
+/// [`Outbox::prefetch`] brings in the lock and the state, two cache lines at most.
+const _: () = assert!(std::mem::size_of::<Mutex<State>>() <= 2 * prefetch::CACHE_LINE);
+
 /// Who writes to the socket right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Writing {
