@@ -11,9 +11,12 @@
 //! the transport knows no protocol, the hub no wire format, the broker no subscriber.
 //!
 //! - [`config`], [`constants`]: what `rpchub serve` can be told, and every default.
-//! - [`server`]: binds the port, routes HTTP, upgrades WebSockets, shuts down gracefully.
+//! - [`server`]: binds the port, dispatches HTTP, upgrades WebSockets, shuts down gracefully.
+//! - [`routes`]: the table of every route served, built once into a router; the one place a
+//!   path becomes a route.
 //! - [`shutdown`]: the one shutdown signal.
-//! - [`gate`]: the tower layers run before an upgrade: route, origin, rate, capacity, token.
+//! - [`gate`]: the checks run before the dispatch (route, Origin, upgrade rate, capacity,
+//!   token), one tower layer each, sync or async; their order is written once, in its doc.
 //! - [`auth`]: tokens (static keys, JWTs), principals, channel permission globs.
 //! - [`frontends`]: the front doors; [`frontends::jsonrpc`] is JSON-RPC 2.0 (parsing, batches,
 //!   call slots, notifications).
@@ -42,6 +45,7 @@ pub mod frontends;
 pub mod gate;
 pub mod hub;
 pub mod metrics;
+pub mod routes;
 pub mod rpc;
 pub mod server;
 pub mod session;

@@ -36,6 +36,62 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Why the gate refused a WebSocket upgrade: the `reason` label of
+/// `rpchub_upgrades_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// The page's Origin is not allowed (403).
+    Origin,
+    /// The client's address upgraded too often (429).
+    Rate,
+    /// The server holds its maximum of connections (429).
+    Capacity,
+    /// The token is present but invalid (401).
+    Auth,
+    /// Not a valid upgrade on a WebSocket route: a plain request, the wrong method, missing or
+    /// bad upgrade headers, not HTTP/1.1 (400, 405).
+    Handshake,
+    /// An upgrade to a path that is no WebSocket route (404).
+    NotFound,
+}
+
+impl Rejection {
+    /// Every reason, in declaration order.
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Origin,
+        Rejection::Rate,
+        Rejection::Capacity,
+        Rejection::Auth,
+        Rejection::Handshake,
+        Rejection::NotFound,
+    ];
+
+    /// The label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Rejection::Origin => "origin",
+            Rejection::Rate => "rate",
+            Rejection::Capacity => "capacity",
+            Rejection::Auth => "auth",
+            Rejection::Handshake => "handshake",
+            Rejection::NotFound => "not_found",
+        }
+    }
+
+    /// The reason's place in [`Rejection::ALL`].
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Rejection::ALL.len() {
+        assert!(Rejection::ALL[i].index() == i, "Rejection::ALL is in declaration order");
+        i += 1;
+    }
+};
+
 /// Counters of one method.
 #[derive(Clone, Default, Debug)]
 pub struct MethodCounters {
@@ -70,6 +126,9 @@ pub struct Metrics {
     pub rate_limited: Counter,
     /// Upgrades refused before the WebSocket existed, by reason.
     pub upgrades_rejected: Family<ReasonLabels, Counter>,
+    /// The counters of `upgrades_rejected`, one per [`Rejection`] by [`Rejection::index`], made
+    /// at start: a flood of refusals takes no lock, and every reason is exported from zero.
+    rejections: [Counter; Rejection::ALL.len()],
     /// Gaps in a broker's deliveries filled from history.
     pub gaps_filled: Counter,
     /// Times a channel lost track of its stream (a new epoch, or a gap history no longer
@@ -91,6 +150,9 @@ impl Metrics {
         let ok = calls.get_or_create(&CallLabels { method: "unknown".into(), result: "ok" }).clone();
         let error = calls.get_or_create(&CallLabels { method: "unknown".into(), result: "error" }).clone();
         let unknown_method = MethodCounters { ok, error };
+        let upgrades_rejected: Family<ReasonLabels, Counter> = Family::default();
+        let rejections = Rejection::ALL
+            .map(|r| upgrades_rejected.get_or_create(&ReasonLabels { reason: r.label() }).clone());
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
             connections: Family::default(),
@@ -103,7 +165,8 @@ impl Metrics {
             slow_consumers: Counter::default(),
             closed: Family::default(),
             rate_limited: Counter::default(),
-            upgrades_rejected: Family::default(),
+            upgrades_rejected,
+            rejections,
             gaps_filled: Counter::default(),
             streams_lost: Counter::default(),
             calls,
@@ -194,8 +257,8 @@ impl Metrics {
     }
 
     /// Counts an upgrade refused before the WebSocket existed.
-    pub fn upgrade_rejected(&self, reason: &'static str) {
-        self.upgrades_rejected.get_or_create(&ReasonLabels { reason }).inc();
+    pub fn upgrade_rejected(&self, reason: Rejection) {
+        self.rejections[reason.index()].inc();
     }
 
     /// The Prometheus text exposition.
@@ -231,11 +294,15 @@ mod tests {
         m.method("nope").error.inc();
         m.deliveries.inc_by(1000);
         m.closed("slow_consumer");
+        m.upgrade_rejected(Rejection::Origin);
+        m.upgrade_rejected(Rejection::Origin);
         let text = m.render();
         assert!(text.contains(r#"rpchub_calls_total{method="ping",result="ok"} 1"#), "{text}");
         assert!(text.contains(r#"rpchub_calls_total{method="unknown",result="error"} 1"#), "{text}");
         assert!(text.contains("rpchub_deliveries_total 1000"), "{text}");
         assert!(text.contains(r#"rpchub_connections_closed_total{reason="slow_consumer"} 1"#), "{text}");
+        assert!(text.contains(r#"rpchub_upgrades_rejected_total{reason="origin"} 2"#), "{text}");
+        assert!(text.contains(r#"rpchub_upgrades_rejected_total{reason="not_found"} 0"#), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

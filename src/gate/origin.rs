@@ -4,23 +4,26 @@
 //! empty body and the server logs `WebSocket upgrade blocked from origin <origin> (host
 //! <host>)`. With no allowlist configured only same-origin pages may connect (the Origin's host
 //! and port equal the Host header). Requests without Origin (bots, servers) are accepted. An
-//! entry `*` allows every origin.
+//! entry `*` allows every origin. Refusals count as `origin`.
 
-use super::{Body, Check, WsRoute};
+use super::{Body, Check, refused, upgrade_match};
+use crate::metrics::{Metrics, Rejection};
 use hyper::{Request, Response, StatusCode};
 use std::sync::Arc;
 
 /// The configured allowlist.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct OriginCheck {
     allowed: Arc<Vec<String>>,
+    metrics: Arc<Metrics>,
 }
 
 impl OriginCheck {
-    /// An allowlist of exact origins (`https://app.example.com`), compared case-insensitively.
-    pub fn new(allowed: &[String]) -> OriginCheck {
+    /// An allowlist of exact origins (`https://app.example.com`), compared case-insensitively;
+    /// refusals are counted in `metrics`.
+    pub fn new(allowed: &[String], metrics: Arc<Metrics>) -> OriginCheck {
         let allowed = allowed.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).collect();
-        OriginCheck { allowed: Arc::new(allowed) }
+        OriginCheck { allowed: Arc::new(allowed), metrics }
     }
 
     /// True if a page from `origin` may connect to a server reached as `host`.
@@ -39,7 +42,7 @@ impl OriginCheck {
 impl Check for OriginCheck {
     #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
-        if req.extensions().get::<WsRoute>().is_none() {
+        if upgrade_match(req.extensions()).is_none() {
             return Ok(());
         }
         let Some(origin) = req.headers().get(hyper::header::ORIGIN) else { return Ok(()) };
@@ -49,10 +52,11 @@ impl Check for OriginCheck {
             return Ok(());
         }
         tracing::warn!("WebSocket upgrade blocked from origin {} (host {})", origin, host.unwrap_or("-"));
-        Err(Response::builder()
+        let forbidden = Response::builder()
             .status(StatusCode::FORBIDDEN)
             .body(Body::default())
-            .expect("static status is valid; qed"))
+            .expect("static status is valid; qed");
+        Err(refused(&self.metrics, Rejection::Origin, forbidden))
     }
 }
 
@@ -60,9 +64,13 @@ impl Check for OriginCheck {
 mod tests {
     use super::*;
 
+    fn check(allowed: &[String]) -> OriginCheck {
+        OriginCheck::new(allowed, Arc::new(Metrics::new()))
+    }
+
     #[test]
     fn same_origin_by_default() {
-        let c = OriginCheck::new(&[]);
+        let c = check(&[]);
         assert!(c.allows("http://127.0.0.1:7410", Some("127.0.0.1:7410")));
         assert!(c.allows("https://Example.com", Some("example.com")));
         assert!(!c.allows("http://evil.example", Some("127.0.0.1:7410")));
@@ -72,12 +80,12 @@ mod tests {
 
     #[test]
     fn allowlist() {
-        let c = OriginCheck::new(&["https://app.example.com/".into()]);
+        let c = check(&["https://app.example.com/".into()]);
         assert!(c.allows("https://APP.example.com", Some("api.example.com")));
         assert!(
             !c.allows("https://api.example.com", Some("api.example.com")),
             "the list replaces same-origin"
         );
-        assert!(OriginCheck::new(&["*".into()]).allows("http://anything", None));
+        assert!(check(&["*".into()]).allows("http://anything", None));
     }
 }

@@ -5,8 +5,10 @@
 //! limit: 429 with `Retry-After` (seconds until the next upgrade is allowed). Buckets that have
 //! refilled are forgotten, so the table only holds addresses that upgraded recently; it is
 //! capped, and when full (an attack from very many addresses) new addresses are refused too.
+//! Refusals count as `rate`.
 
-use super::{Body, Check, ClientAddr, WsRoute, json_error};
+use super::{Body, Check, ClientAddr, json_error, refused, upgrade_match};
+use crate::metrics::{Metrics, Rejection};
 use hyper::{Request, Response, StatusCode};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -35,6 +37,7 @@ pub struct UpgradeRate {
     table: Arc<Mutex<Table>>,
     capacity: f64,
     per_second: f64,
+    metrics: Arc<Metrics>,
 }
 
 /// The address a bucket is kept for.
@@ -52,12 +55,13 @@ fn key(ip: IpAddr) -> IpAddr {
 }
 
 impl UpgradeRate {
-    /// `per_minute` upgrades per address.
-    pub fn new(per_minute: u32) -> UpgradeRate {
+    /// `per_minute` upgrades per address; refusals are counted in `metrics`.
+    pub fn new(per_minute: u32, metrics: Arc<Metrics>) -> UpgradeRate {
         UpgradeRate {
             table: Arc::new(Mutex::new(Table { buckets: HashMap::new(), swept: Instant::now() })),
             capacity: per_minute as f64,
             per_second: per_minute as f64 / 60.0,
+            metrics,
         }
     }
 
@@ -90,7 +94,7 @@ impl UpgradeRate {
 impl Check for UpgradeRate {
     #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
-        if req.extensions().get::<WsRoute>().is_none() {
+        if upgrade_match(req.extensions()).is_none() {
             return Ok(());
         }
         let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied() else { return Ok(()) };
@@ -100,7 +104,7 @@ impl Check for UpgradeRate {
                 &format!("too many WebSocket upgrades from this address; retry in {wait} s"),
             );
             r.headers_mut().insert(hyper::header::RETRY_AFTER, wait.into());
-            r
+            refused(&self.metrics, Rejection::Rate, r)
         })
     }
 }
@@ -109,9 +113,13 @@ impl Check for UpgradeRate {
 mod tests {
     use super::*;
 
+    fn limit(per_minute: u32) -> UpgradeRate {
+        UpgradeRate::new(per_minute, Arc::new(Metrics::new()))
+    }
+
     #[test]
     fn limits_per_address_and_refills() {
-        let r = UpgradeRate::new(60);
+        let r = limit(60);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let t0 = Instant::now();
         assert!((0..60).all(|_| r.take(a, t0).is_ok()));
@@ -125,7 +133,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_count_by_their_64() {
-        let r = UpgradeRate::new(2);
+        let r = limit(2);
         let t0 = Instant::now();
         assert!(r.take("2001:db8::1".parse().unwrap(), t0).is_ok());
         assert!(r.take("2001:db8::2".parse().unwrap(), t0).is_ok());
@@ -135,7 +143,7 @@ mod tests {
 
     #[test]
     fn refilled_buckets_are_forgotten() {
-        let r = UpgradeRate::new(10);
+        let r = limit(10);
         let t0 = Instant::now();
         for i in 0..100u8 {
             r.take(IpAddr::from([10, 0, 0, i]), t0).unwrap();

@@ -1,13 +1,22 @@
 //! Layer 5: the token, from header `token`, `Authorization: Bearer`, or query `?token=`.
 //!
-//! On WebSocket upgrades and on the HTTP API (`POST /rpc`, `/api/*`): a token that is present
-//! but invalid is 401 before anything else happens; a valid one becomes the request's
-//! [`Principal`] (in its extensions); no token at all is an anonymous principal, whose rights
-//! the namespaces decide. The token itself is never logged or echoed.
+//! On the routes that take one (WebSocket upgrades and the HTTP API, `POST /rpc`; see
+//! [`Route::takes_token`](crate::routes::Route::takes_token)): a token that is present but
+//! invalid is 401 before anything else happens (counted as `auth` on an upgrade); a valid one
+//! becomes the request's [`Principal`] (in its extensions); no token at all is an anonymous
+//! principal, whose rights the namespaces decide. The token itself is never logged or echoed.
+//!
+//! This is the gate's [`AsyncCheck`]: deciding takes no wait today, but a check that asks the
+//! application's backend who connects goes here, after the cheap checks and with the slot held.
 
-use super::{Body, Check, WsRoute, json_error};
+use super::{AsyncCheck, Body, json_error, refused};
 use crate::auth::{AuthError, Authenticator, Principal};
-use hyper::{Request, Response, StatusCode};
+use crate::metrics::{Metrics, Rejection};
+use crate::routes::RouteMatch;
+use futures_util::future::BoxFuture;
+use hyper::header::HeaderMap;
+use hyper::http::request::Parts;
+use hyper::{Request, Response, StatusCode, Uri};
 use std::sync::Arc;
 
 /// The token check.
@@ -15,19 +24,41 @@ use std::sync::Arc;
 pub struct TokenCheck {
     auth: Arc<Authenticator>,
     anonymous: Arc<Principal>,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenCheck {
-    /// Checks tokens with `auth`.
-    pub fn new(auth: Arc<Authenticator>) -> TokenCheck {
-        TokenCheck { auth, anonymous: Arc::new(Principal::anonymous()) }
+    /// Checks tokens with `auth`; refusals of upgrades are counted in `metrics`.
+    pub fn new(auth: Arc<Authenticator>, metrics: Arc<Metrics>) -> TokenCheck {
+        TokenCheck { auth, anonymous: Arc::new(Principal::anonymous()), metrics }
+    }
+
+    /// The principal of a request for `parts`' route, or its 401.
+    #[allow(clippy::result_large_err)]
+    fn decide(&self, parts: &Parts) -> Result<Arc<Principal>, Response<Body>> {
+        let token =
+            from_parts(&parts.headers, &parts.uri).map_err(|m| json_error(StatusCode::UNAUTHORIZED, m))?;
+        match token {
+            None => Ok(self.anonymous.clone()),
+            Some(t) => self.auth.authenticate(&t).map_err(|e| {
+                let m = match e {
+                    AuthError::Invalid(m) => m,
+                    e => e.to_string(),
+                };
+                json_error(StatusCode::UNAUTHORIZED, &m)
+            }),
+        }
     }
 }
 
 /// The token a request carries, if any: header `token`, then `Authorization: Bearer`, then
 /// the `token` query parameter.
 pub fn extract<B>(req: &Request<B>) -> Result<Option<String>, &'static str> {
-    let h = req.headers();
+    from_parts(req.headers(), req.uri())
+}
+
+/// [`extract`], from a request's headers and URI.
+fn from_parts(h: &HeaderMap, uri: &Uri) -> Result<Option<String>, &'static str> {
     if let Some(v) = h.get("token") {
         let t = v.to_str().map_err(|_| "the token header is not text")?.trim();
         return Ok((!t.is_empty()).then(|| t.to_string()));
@@ -41,7 +72,7 @@ pub fn extract<B>(req: &Request<B>) -> Result<Option<String>, &'static str> {
         let t = t.trim();
         return Ok((!t.is_empty()).then(|| t.to_string()));
     }
-    if let Some(q) = req.uri().query() {
+    if let Some(q) = uri.query() {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
             if k == "token" && !v.is_empty() {
                 return Ok(Some(v.into_owned()));
@@ -51,30 +82,21 @@ pub fn extract<B>(req: &Request<B>) -> Result<Option<String>, &'static str> {
     Ok(None)
 }
 
-fn applies<B>(req: &Request<B>) -> bool {
-    req.extensions().get::<WsRoute>().is_some()
-        || req.uri().path() == "/rpc"
-        || req.uri().path().starts_with("/api/")
-}
-
-impl Check for TokenCheck {
-    #[allow(clippy::result_large_err)]
-    fn check<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
-        if !applies(req) {
-            return Ok(());
-        }
-        let principal = match extract(req).map_err(|m| json_error(StatusCode::UNAUTHORIZED, m))? {
-            None => self.anonymous.clone(),
-            Some(t) => self.auth.authenticate(&t).map_err(|e| {
-                let m = match e {
-                    AuthError::Invalid(m) => m,
-                    e => e.to_string(),
-                };
-                json_error(StatusCode::UNAUTHORIZED, &m)
-            })?,
+impl AsyncCheck for TokenCheck {
+    fn check<'a>(&'a self, parts: &'a mut Parts) -> BoxFuture<'a, Result<(), Response<Body>>> {
+        let Some(route) = RouteMatch::of(&parts.extensions).map(|m| m.route).filter(|r| r.takes_token())
+        else {
+            return Box::pin(std::future::ready(Ok(())));
         };
-        req.extensions_mut().insert(principal);
-        Ok(())
+        let decided = match self.decide(parts) {
+            Ok(principal) => {
+                parts.extensions.insert(principal);
+                Ok(())
+            }
+            Err(resp) if route.is_upgrade() => Err(refused(&self.metrics, Rejection::Auth, resp)),
+            Err(resp) => Err(resp),
+        };
+        Box::pin(std::future::ready(decided))
     }
 }
 
@@ -100,6 +122,42 @@ mod tests {
         assert_eq!(extract(&req("/ws/rpc", &[])), Ok(None));
         assert!(extract(&req("/ws/rpc", &[("authorization", "Basic eA==")])).is_err());
         assert!(extract(&req("/ws/rpc", &[("authorization", "Bearer")])).is_err());
+    }
+
+    /// What the check does to a request for `path` with `headers`: the principal's subject, or
+    /// the refusal's status.
+    async fn checked(gate: &TokenCheck, path: &str, headers: &[(&str, &str)]) -> Result<Option<String>, u16> {
+        let (mut parts, ()) = req(path, headers).into_parts();
+        if let Some(m) = crate::routes::Routes::new().find(parts.uri.path()) {
+            parts.extensions.insert(m);
+        }
+        gate.check(&mut parts).await.map_err(|r| r.status().as_u16())?;
+        Ok(parts.extensions.get::<Arc<Principal>>().map(|p| p.subject.clone()))
+    }
+
+    #[tokio::test]
+    async fn runs_on_routes_that_take_a_token_and_counts_refused_upgrades() {
+        let config = crate::Config {
+            admin_token: Some(crate::config::Secret("the-admin".into())),
+            ..crate::Config::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let gate = TokenCheck::new(Arc::new(Authenticator::new(&config).unwrap()), metrics.clone());
+        let auth_refusals = || {
+            let text = metrics.render();
+            let line =
+                text.lines().find(|l| l.starts_with(r#"rpchub_upgrades_rejected_total{reason="auth"}"#));
+            line.and_then(|l| l.rsplit(' ').next()).unwrap().parse::<u64>().unwrap()
+        };
+        let admin = [("token", "the-admin")];
+        assert_eq!(checked(&gate, "/ws/rpc", &admin).await, Ok(Some("admin".into())));
+        assert_eq!(checked(&gate, "/rpc", &[]).await, Ok(Some(String::new())), "anonymous");
+        assert_eq!(checked(&gate, "/health", &admin).await, Ok(None), "no token on /health");
+        assert_eq!(checked(&gate, "/health", &[("token", "wrong")]).await, Ok(None));
+        assert_eq!(checked(&gate, "/rpc", &[("token", "wrong")]).await, Err(401));
+        assert_eq!(auth_refusals(), 0, "POST /rpc is no upgrade");
+        assert_eq!(checked(&gate, "/ws/rpc?token=wrong", &[]).await, Err(401));
+        assert_eq!(auth_refusals(), 1);
     }
 }
 

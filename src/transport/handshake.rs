@@ -1,10 +1,11 @@
 //! The server side of the RFC 6455 opening handshake, checked before anything is upgraded.
+//!
+//! The checks are ours (their messages say what to change); the `Sec-WebSocket-Accept` value
+//! itself is tungstenite's [`derive_accept_key`], so the SHA-1 and the GUID live in one place.
 
 use base64::Engine;
 use hyper::header::{CONNECTION, HeaderMap, HeaderValue, UPGRADE};
-use sha1::{Digest, Sha1};
-
-const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// True when the request asks for a WebSocket (`Connection: upgrade` and `Upgrade: websocket`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -37,10 +38,7 @@ pub fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
     if decoded.len() != 16 {
         return Err("invalid WebSocket handshake: Sec-WebSocket-Key must encode 16 bytes");
     }
-    let mut h = Sha1::new();
-    h.update(key.as_bytes());
-    h.update(GUID);
-    let accept = base64::engine::general_purpose::STANDARD.encode(h.finalize());
+    let accept = derive_accept_key(key.as_bytes());
     Ok(HeaderValue::from_str(&accept).expect("base64 is a valid header value; qed"))
 }
 

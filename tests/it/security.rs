@@ -337,6 +337,85 @@ async fn retry_after_header_on_429() {
     assert!((1..=60).contains(&retry), "{retry}");
 }
 
+/// `rpchub_upgrades_rejected_total` by reason, from the Prometheus text.
+fn rejections(metrics: &str) -> std::collections::BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("rpchub_upgrades_rejected_total{reason=\""))
+        .filter_map(|rest| {
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Every refusal before the upgrade is counted once, under its reason.
+#[tokio::test]
+async fn every_refused_upgrade_is_counted_by_reason() {
+    let mut c = config();
+    c.limits.max_connections = 2;
+    // Two bad tokens, two connections and the one refused for capacity take the five upgrades of
+    // the minute (the next comes back in 12 s); origin, handshake and not_found refusals happen
+    // before the rate layer and take none.
+    c.limits.upgrades_per_minute = 5;
+    let server = start(c).await;
+    let addr = server.addr;
+    let metrics = || async move { rejections(&http(addr, "GET", "/metrics", &[], "").await.1) };
+    let before = metrics().await;
+    assert_eq!(before.len(), 6, "every reason is exported from the start: {before:?}");
+
+    let upgrade = vec![
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let with = |extra| [upgrade.clone(), vec![extra]].concat();
+    let mut caused = std::collections::BTreeMap::<&str, u64>::new();
+    let mut cause = |reason, n| *caused.entry(reason).or_default() += n;
+
+    for _ in 0..2 {
+        assert_eq!(http(addr, "GET", "/ws/rpc", &with(("token", "not-a-token")), "").await.0, 401);
+        assert_eq!(http(addr, "GET", "/ws/rpc", &with(("origin", "http://evil.example")), "").await.0, 403);
+        assert_eq!(http(addr, "GET", "/ws/other", &upgrade, "").await.0, 404);
+    }
+    cause("auth", 2);
+    cause("origin", 2);
+    cause("not_found", 2);
+    assert_eq!(http(addr, "GET", "/health", &upgrade, "").await.0, 404, "an upgrade to an HTTP route");
+    cause("not_found", 1);
+    assert_eq!(http(addr, "GET", "/ws/rpc", &[], "").await.0, 400, "a plain GET");
+    assert_eq!(http(addr, "POST", "/ws/rpc", &upgrade, "").await.0, 405, "the wrong method");
+    assert_eq!(http(addr, "GET", "/ws/rpc", &upgrade[..3], "").await.0, 400, "no key");
+    assert_eq!(http(addr, "GET", "/ws/rpc", &upgrade[..2], "").await.0, 400, "no version");
+    cause("handshake", 4);
+
+    let _open = [ws(addr, None).await, ws(addr, None).await];
+    let (status, body) = http(addr, "GET", "/ws/rpc", &upgrade, "").await;
+    assert_eq!(status, 429);
+    assert!(body.contains("maximum of connections"), "{body}");
+    cause("capacity", 1);
+    for _ in 0..3 {
+        let (status, body) = http(addr, "GET", "/ws/rpc", &upgrade, "").await;
+        assert_eq!(status, 429);
+        assert!(body.contains("too many WebSocket upgrades"), "{body}");
+    }
+    cause("rate", 3);
+
+    // Refusals of requests that are no upgrades count nothing.
+    assert_eq!(http(addr, "GET", "/nowhere", &[], "").await.0, 404);
+    assert_eq!(http(addr, "GET", "/rpc", &[], "").await.0, 405);
+    let rpc = r#"{"jsonrpc":"2.0","method":"ping","id":1}"#;
+    assert_eq!(http(addr, "POST", "/rpc", &[("token", "not-a-token")], rpc).await.0, 401);
+
+    let after = metrics().await;
+    assert_eq!(caused.len(), 6, "every reason was provoked");
+    for (reason, n) in &before {
+        let caused = caused.get(reason.as_str()).copied().unwrap_or(0);
+        assert_eq!(after[reason] - n, caused, "{reason}: {before:?} -> {after:?}");
+    }
+}
+
 /// Runs the binary with debug logs, offers it tokens every way, and reads its log.
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {

@@ -1,0 +1,64 @@
+//! The service behind the gate: from the route the gate's first layer matched to its handler.
+//! No path is looked at here: a request without a [`RouteMatch`] is 404, one whose route does not
+//! allow its method is 405, and the rest go to their route's handler. The small handlers live
+//! here too: `/health`, `/metrics` and the browser console.
+
+use super::{Node, http::http_rpc, upgrade::upgrade};
+use crate::gate::{Body, json_error, json_response, redacted_uri};
+use crate::routes::{Route, RouteMatch};
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// The browser console served at `GET /ws/rpc/test`: connect, send JSON-RPC, watch
+/// subscriptions. One self-contained page, no external resources.
+const CONSOLE_HTML: &str = include_str!("../console.html");
+
+/// The dispatch, the innermost service of the stack.
+#[derive(Clone)]
+pub(super) struct Dispatch {
+    /// The node the handlers serve.
+    pub(super) node: Arc<Node>,
+}
+
+impl tower::Service<Request<Incoming>> for Dispatch {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let node = self.node.clone();
+        Box::pin(async move { Ok(dispatch(node, req).await) })
+    }
+}
+
+/// The answer to `req`.
+async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let Some(route) = RouteMatch::of(req.extensions()).map(|m| m.route) else {
+        tracing::debug!(path = %redacted_uri(req.uri()), "no route");
+        return json_error(StatusCode::NOT_FOUND, "not found");
+    };
+    if !route.allows(req.method()) {
+        return json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+    }
+    match route {
+        Route::WsRpc => upgrade(&node, req),
+        Route::HttpRpc => http_rpc(&node, req).await,
+        Route::Health => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        Route::Metrics => Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(Body::from(node.metrics.render()))
+            .expect("static header is valid; qed"),
+        Route::Console => Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .header(hyper::header::CACHE_CONTROL, "no-cache")
+            .body(Body::from(CONSOLE_HTML))
+            .expect("static headers are valid; qed"),
+    }
+}

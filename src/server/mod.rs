@@ -1,0 +1,211 @@
+//! The server: starts a node, serves until shutdown, shuts down gracefully.
+//!
+//! One port serves everything. Each TCP connection is an HTTP/1.1 connection (hyper) whose
+//! requests pass the gate ([`crate::gate`]) and then the dispatch; a WebSocket upgrade hands the
+//! raw TCP stream to [`crate::transport`], after which hyper is out of the picture. The routes
+//! are the table of [`crate::routes`]; anything else is 404.
+//!
+//! - this file: the [`Node`] every part shares, [`start`] / [`start_with`], [`Running`], the
+//!   ping sweeper and the shutdown sequence;
+//! - `accept`: the listening socket, the accept loop and the tower stack around the dispatch;
+//! - `dispatch`: the service behind the gate, from a request's route to its handler, and the
+//!   small handlers (`/health`, `/metrics`, the console);
+//! - `upgrade`: `GET /ws/rpc`, the 101 and the connection it starts;
+//! - `http`: `POST /rpc`, JSON-RPC over HTTP.
+
+mod accept;
+mod dispatch;
+mod http;
+mod upgrade;
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::Config;
+use crate::constants::PING_SWEEP_PERIOD;
+use crate::frontends::jsonrpc::{Dispatcher, JsonRpc};
+use crate::gate::capacity::CapacityCheck;
+use crate::gate::origin::OriginCheck;
+use crate::gate::rate::UpgradeRate;
+use crate::gate::route::RouteCheck;
+use crate::gate::token::TokenCheck;
+use crate::gate::{Checks, ClientAddr};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::routes::Routes;
+use crate::rpc::{self, Handlers, NodeState};
+use crate::session::Subscriptions;
+use crate::shutdown::Shutdown;
+use crate::transport::{ConnLimits, Registry, frame};
+use hyper::Request;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// The configuration is unusable (keys, patterns).
+    #[error("{0}")]
+    Config(String),
+    /// The broker could not be set up.
+    #[error("broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
+}
+
+/// Everything a running node shares.
+pub struct Node {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Channels and fan-out.
+    pub hub: Arc<Hub>,
+    /// Open WebSocket connections.
+    pub registry: Arc<Registry>,
+    /// The JSON-RPC front door.
+    jsonrpc: Arc<JsonRpc>,
+    /// The bounds of every connection's reader.
+    conn_limits: ConnLimits,
+    /// The shutdown signal.
+    pub shutdown: Shutdown,
+    next_session: AtomicU64,
+}
+
+/// A started server.
+pub struct Running {
+    /// The address it listens on (with the real port when bound to port 0).
+    pub addr: SocketAddr,
+    /// The node, for in-process use (tests, the demo).
+    pub node: Arc<Node>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown: no new connections, close 1001 to every client.
+    pub fn shutdown(&self) {
+        self.node.shutdown.trigger();
+    }
+
+    /// Waits until the server has shut down.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Binds `config.listen` and starts serving on the current tokio runtime, with the broker
+/// `config.broker` names.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let broker = crate::broker::connect(&config).await?;
+    start_with(config, broker).await
+}
+
+/// Like [`start`], over a broker made by the caller (an embedding application's own, or a
+/// test's fault-injecting one).
+pub async fn start_with(
+    config: Config,
+    broker: Arc<dyn crate::broker::Broker>,
+) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let listener = accept::listen(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
+    let addr = listener.local_addr().map_err(|e| StartError::Bind(config.listen, e))?;
+    let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+
+    let metrics = Arc::new(Metrics::new());
+    let hub = Hub::new(config.clone(), broker, metrics.clone());
+    let subscriptions = Arc::new(Subscriptions::new(hub.clone(), config.clone(), Vec::new()));
+    let auth = Arc::new(Authenticator::new(&config).map_err(StartError::Config)?);
+    let state = Arc::new(NodeState {
+        config: config.clone(),
+        hub: hub.clone(),
+        subscriptions: subscriptions.clone(),
+        auth: auth.clone(),
+        metrics: metrics.clone(),
+        started: Instant::now(),
+        node_id: node_id.clone(),
+    });
+    let dispatcher = Dispatcher::new(rpc::methods(Handlers(state)), metrics.clone());
+    // Metrics are labelled by the method table's names, whatever it holds.
+    metrics.label_methods(dispatcher.method_names());
+    let registry = Registry::new(config.limits.max_connections);
+    let limits = &config.limits;
+    let conn_limits = ConnLimits {
+        max_message: limits.max_message_bytes,
+        pause_reading_at: (limits.outbound_queue_messages / 2).max(1),
+        calls_in_flight: limits.calls_in_flight,
+    };
+    let node = Arc::new(Node {
+        config: config.clone(),
+        jsonrpc: JsonRpc::new(dispatcher, subscriptions, metrics.clone()),
+        metrics,
+        hub,
+        registry,
+        conn_limits,
+        shutdown: Shutdown::new(),
+        next_session: AtomicU64::new(1),
+    });
+    let metrics = &node.metrics;
+    let checks = Checks {
+        route: RouteCheck::new(Arc::new(Routes::new()), metrics.clone()),
+        origin: OriginCheck::new(&config.allowed_origins, metrics.clone()),
+        rate: UpgradeRate::new(config.limits.upgrades_per_minute, metrics.clone()),
+        capacity: CapacityCheck::new(node.registry.clone(), metrics.clone()),
+        token: TokenCheck::new(auth, metrics.clone()),
+    };
+
+    tracing::info!(%addr, node_id = %node_id, broker = node.hub.broker().name(), "rpchub listening");
+    spawn_sweeper(&node);
+    if config.demo {
+        crate::demo::spawn(node.hub.clone(), node.shutdown.clone());
+    }
+    let done = tokio::spawn(accept::accept_loop(listener, node.clone(), checks));
+    Ok(Running { addr, node, done })
+}
+
+/// Pings, silence checks.
+fn spawn_sweeper(node: &Arc<Node>) {
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PING_SWEEP_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let limits = &node.config.limits;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = node.shutdown.triggered() => return,
+            }
+            let ended = node.registry.sweep(limits.ping_interval, limits.pong_timeout);
+            if ended > 0 {
+                tracing::debug!(ended, "closed connections that stopped answering pings");
+            }
+        }
+    });
+}
+
+/// Closes every connection with 1001, waits for them (up to `shutdown_grace`), flushes the
+/// broker.
+async fn shut_down(node: &Arc<Node>) {
+    tracing::info!(connections = node.registry.len(), "shutting down: closing every connection with 1001");
+    node.registry.close_all(frame::code::GOING_AWAY, "server shutting down");
+    let grace = node.config.shutdown_grace;
+    if tokio::time::timeout(grace, node.shutdown.wait_idle()).await.is_err() {
+        tracing::warn!(
+            remaining = node.registry.len(),
+            "shutdown grace of {grace:?} ran out; exiting anyway"
+        );
+    }
+    node.hub.broker().flush().await;
+    tracing::info!("shut down");
+}
+
+/// The client's address (from the accept loop; unspecified if absent).
+fn client_addr<B>(req: &Request<B>) -> SocketAddr {
+    req.extensions().get::<ClientAddr>().map(|c| c.0).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// The principal the token check decided on (anonymous if none ran).
+fn principal_of<B>(req: &Request<B>) -> Arc<Principal> {
+    req.extensions().get::<Arc<Principal>>().cloned().unwrap_or_else(|| Arc::new(Principal::anonymous()))
+}

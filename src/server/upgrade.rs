@@ -1,0 +1,56 @@
+//! The WebSocket upgrade of `GET /ws/rpc`, once the gate has let it through: the 101 answer, and
+//! the connection it starts when hyper hands the TCP stream over.
+
+use super::{Node, client_addr, principal_of};
+use crate::frontends::jsonrpc;
+use crate::gate::capacity::SlotTicket;
+use crate::gate::{Body, json_error};
+use crate::session::Session;
+use crate::transport::{self, Link, handshake};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpStream;
+
+/// Answers the upgrade with 101 and runs the connection once hyper hands the stream over.
+pub(super) fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+    let accept = match handshake::accept_key(req.headers()) {
+        Ok(a) => a,
+        Err(m) => return json_error(StatusCode::BAD_REQUEST, m),
+    };
+    let Some(slot) = req.extensions().get::<SlotTicket>().and_then(SlotTicket::take) else {
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error: no connection slot");
+    };
+    let remote = client_addr(&req);
+    let principal = principal_of(&req);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let id = node.next_session.fetch_add(1, Ordering::Relaxed);
+    let limits = &node.config.limits;
+    let link = Arc::new(Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes));
+    let session = Session::new(id, remote, jsonrpc::DOOR, principal, Some(link), limits.calls_per_second);
+    let conn = node.jsonrpc.connect(Arc::new(session));
+    let (registry, conn_limits) = (node.registry.clone(), node.conn_limits);
+    node.shutdown.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(%remote, "upgrade did not complete: {e}"),
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let leftover = parts.read_buf.to_vec();
+                drop(parts.read_buf);
+                transport::run(conn, registry, conn_limits, parts.io.into_inner(), leftover, slot).await;
+            }
+            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "Upgrade")
+        .header(hyper::header::UPGRADE, "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Body::default())
+        .expect("static headers are valid; qed")
+}
