@@ -8,6 +8,7 @@
 //! Refusals count as `rate`.
 
 use super::{Body, Check, ClientAddr, json_error, refused, upgrade_match};
+use crate::bucket::TokenBucket;
 use crate::metrics::{Metrics, Rejection};
 use hyper::{Request, Response, StatusCode};
 use parking_lot::Mutex;
@@ -21,13 +22,8 @@ const MAX_TRACKED: usize = 262_144;
 /// How often refilled buckets are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
 struct Table {
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<IpAddr, TokenBucket>,
     swept: Instant,
 }
 
@@ -69,25 +65,16 @@ impl UpgradeRate {
     pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), u64> {
         let mut t = self.table.lock();
         if now.saturating_duration_since(t.swept) >= SWEEP_EVERY || t.buckets.len() >= MAX_TRACKED {
-            let (cap, rate) = (self.capacity, self.per_second);
-            t.buckets
-                .retain(|_, b| b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate < cap);
+            t.buckets.retain(|_, b| !b.is_full_at(now));
             t.swept = now;
         }
         let key = key(ip);
         if !t.buckets.contains_key(&key) && t.buckets.len() >= MAX_TRACKED {
             return Err(60);
         }
-        let b = t.buckets.entry(key).or_insert(Bucket { tokens: self.capacity, last: now });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * self.per_second)
-            .min(self.capacity);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - b.tokens) / self.per_second).ceil().max(1.0) as u64)
-        }
+        let (capacity, per_second) = (self.capacity, self.per_second);
+        let b = t.buckets.entry(key).or_insert_with(|| TokenBucket::new(capacity, per_second, now));
+        b.take(now).map_err(|wait_s| wait_s.ceil().max(1.0) as u64)
     }
 }
 
