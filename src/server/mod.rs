@@ -74,6 +74,13 @@ pub struct Node {
     next_session: AtomicU64,
 }
 
+impl Node {
+    /// The JSON-RPC methods served, as the method table has them (sorted).
+    pub fn method_names(&self) -> Vec<&'static str> {
+        self.jsonrpc.dispatcher.method_names()
+    }
+}
+
 /// A started server.
 pub struct Running {
     /// The address it listens on (with the real port when bound to port 0).

@@ -281,3 +281,148 @@ impl PendingSubscription {
         Ok(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Kind, Principal};
+    use crate::broker::memory::MemoryBroker;
+    use crate::hub::{Encoding, Event};
+    use crate::metrics::Metrics;
+    use crate::transport::{FrameWriter, Link, Splice};
+    use parking_lot::Mutex;
+
+    /// Frames as `EVENT-TYPE`, enough to count them.
+    struct Plain;
+
+    impl Encoding for Plain {
+        fn splice_len(&self) -> usize {
+            0
+        }
+        fn encode(&self, e: &Event<'_>, w: &mut FrameWriter<'_>) {
+            w.put(match e {
+                Event::Snapshot { .. } => b"snapshot",
+                Event::Publication { .. } => b"publication",
+                Event::Closed { .. } => b"closed",
+            });
+        }
+    }
+
+    /// Records every lifecycle event as text.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl LifecycleHook for Recorder {
+        fn event(&self, e: &Lifecycle<'_>) {
+            self.0.lock().push(match e {
+                Lifecycle::Subscribed { session, channel } => format!("+{} {channel}", session.id),
+                Lifecycle::Unsubscribed { session, channel, reason } => {
+                    format!("-{} {channel} {}", session.id, reason.as_str())
+                }
+            });
+        }
+    }
+
+    fn service(config: Config) -> (Arc<Subscriptions>, Arc<Recorder>) {
+        let config = Arc::new(config);
+        let hub = Hub::new(config.clone(), MemoryBroker::start(1000), Arc::new(Metrics::new()));
+        let rec = Arc::new(Recorder::default());
+        (Arc::new(Subscriptions::new(hub, config, vec![rec.clone()])), rec)
+    }
+
+    fn session(id: u64, principal: Principal) -> Arc<Session> {
+        let link = Arc::new(Link::new(id, 1 << 20, 1 << 30));
+        Arc::new(Session::new(
+            id,
+            "127.0.0.1:1".parse().unwrap(),
+            "test",
+            Arc::new(principal),
+            Some(link),
+            100,
+        ))
+    }
+
+    async fn subscribe(
+        svc: &Arc<Subscriptions>,
+        s: &Arc<Session>,
+        channel: &str,
+    ) -> Result<SubId, SubscribeError> {
+        let p = svc.prepare(s, channel, None, None).await?;
+        let sink = Sink::new(s.link().unwrap().outbox.clone(), Arc::new(Plain), Splice::EMPTY);
+        Ok(p.go_live(sink, &[])?)
+    }
+
+    #[tokio::test]
+    async fn every_start_and_end_is_told_with_its_reason() {
+        let (svc, rec) = service(Config::default());
+        let s = session(1, Principal::anonymous());
+        let a = subscribe(&svc, &s, "n:a").await.unwrap();
+        subscribe(&svc, &s, "n:b").await.unwrap();
+        subscribe(&svc, &s, "n:b").await.unwrap();
+        subscribe(&svc, &s, "n:c").await.unwrap();
+        assert!(svc.unsubscribe(&s, a));
+        assert!(!svc.unsubscribe(&s, a), "only once");
+        assert_eq!(svc.unsubscribe_channel(&s, "n:b"), 2, "both subscriptions to n:b");
+        assert_eq!(s.subscription_count(), 1);
+        svc.end(&s);
+        assert_eq!(s.subscription_count(), 0);
+        assert!(svc.hub().channels("").is_empty(), "every channel let go");
+        assert_eq!(
+            *rec.0.lock(),
+            [
+                "+1 n:a",
+                "+1 n:b",
+                "+1 n:b",
+                "+1 n:c",
+                "-1 n:a client",
+                "-1 n:b client",
+                "-1 n:b client",
+                "-1 n:c disconnect"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cap_counts_subscriptions_being_made() {
+        let mut config = Config::default();
+        config.limits.max_subscriptions = 2;
+        let (svc, _) = service(config);
+        let s = session(2, Principal::anonymous());
+        let pending = svc.prepare(&s, "c:1", None, None).await.unwrap();
+        subscribe(&svc, &s, "c:2").await.unwrap();
+        assert!(
+            matches!(subscribe(&svc, &s, "c:3").await, Err(SubscribeError::Limit(2))),
+            "one live, one pending"
+        );
+        drop(pending);
+        subscribe(&svc, &s, "c:3").await.expect("the dropped pending one freed its place");
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_ends_only_what_needed_it() {
+        let mut config = Config::default();
+        config.namespaces.insert(
+            "private".into(),
+            crate::config::NamespaceConfig { subscribe: Access::Authenticated, ..Default::default() },
+        );
+        let (svc, rec) = service(config);
+        let principal = Principal {
+            kind: Kind::Jwt,
+            subject: "k".into(),
+            expires_at: Some(now_ms() / 1000 + 3600),
+            ..Principal::anonymous()
+        };
+        let s = session(3, principal);
+        subscribe(&svc, &s, "private:x").await.unwrap();
+        subscribe(&svc, &s, "public:y").await.unwrap();
+        svc.tick(&s);
+        assert_eq!(s.subscription_count(), 2, "not expired yet");
+        s.set_principal(Arc::new(Principal { expires_at: Some(1), ..(*s.principal()).clone() }), 100);
+        svc.tick(&s);
+        assert_eq!(s.subscription_count(), 1);
+        assert_eq!(rec.0.lock().last().unwrap(), "-3 private:x token_expired");
+        // A public channel takes an expired token like none at all.
+        subscribe(&svc, &s, "public:z").await.expect("public channels need no token");
+        assert!(matches!(subscribe(&svc, &s, "private:w").await, Err(SubscribeError::Unauthorized(_))));
+    }
+}

@@ -126,3 +126,23 @@ fn bad_configuration_exits_non_zero_with_one_line() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("pong_timeout"), "{err}");
 }
+
+/// Metrics labels come from the method table: every method served has its counters, shown in
+/// `/metrics` from the start, and a call is counted under its own name.
+#[tokio::test]
+async fn every_method_of_the_table_has_its_metrics_labels() {
+    let server = start(config()).await;
+    let names = server.node.method_names();
+    assert!(names.contains(&"subscribe") && names.contains(&"ping") && names.len() >= 8, "{names:?}");
+    let (_, text) = http(server.addr, "GET", "/metrics", &[], "").await;
+    for name in &names {
+        for result in ["ok", "error"] {
+            let line = format!("rpchub_calls_total{{method=\"{name}\",result=\"{result}\"}} 0");
+            assert!(text.contains(&line), "{line} missing from /metrics");
+        }
+    }
+    let mut ws = ws(server.addr, None).await;
+    call(&mut ws, "info", json!([])).await;
+    let (_, text) = http(server.addr, "GET", "/metrics", &[], "").await;
+    assert!(text.contains("rpchub_calls_total{method=\"info\",result=\"ok\"} 1"), "{text}");
+}
