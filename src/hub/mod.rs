@@ -374,11 +374,17 @@ impl Hub {
 
 /// True when a pending subscriber's history read and the deliveries buffered for it join
 /// without a gap: same epoch as the channel's deliveries, and the first buffered publication
-/// above the snapshot is the one right after it.
+/// above the snapshot is the one right after it; with none above it, the snapshot is not behind
+/// the channel's position (which another subscriber's newer history read may have set, with
+/// deliveries of what lies between still on their way: those then come as repeats, and are not
+/// buffered).
 fn fits(st: &ChannelState, p: &PendingSub, page: &HistoryPage) -> bool {
     !p.stale
         && st.epoch.as_deref().is_none_or(|e| *e == *page.epoch)
-        && p.buffered.iter().find(|b| b.offset > page.offset).is_none_or(|b| b.offset == page.offset + 1)
+        && match p.buffered.iter().find(|b| b.offset > page.offset) {
+            Some(b) => b.offset == page.offset + 1,
+            None => page.offset >= st.offset,
+        }
 }
 
 impl Listener for Hub {
@@ -450,7 +456,8 @@ impl Pending {
     /// Phase two: queues `answer` (copied, as is), the snapshot and the publications delivered
     /// since the history read into `sink`'s outbox, in that order, and makes the subscriber
     /// live, all under the channel's lock. Fails only when the connection is closing. If the
-    /// channel lost track of its stream in between, the snapshot is followed by `closed`
+    /// channel lost track of its stream in between, or its position moved past the snapshot with
+    /// nothing buffered to bridge them, the snapshot is followed by `closed`
     /// `insufficient_state` at once, never by a gap.
     pub fn go_live(mut self, sink: Sink, answer: &[&[u8]]) -> Result<Subscription, HubError> {
         let ch = self.channel.clone();
