@@ -91,6 +91,9 @@ pub(super) struct ChannelState {
     pub(super) offset: u64,
     /// While a gap is filled from history: deliveries held meanwhile.
     pub(super) filling: Option<Vec<Arc<Publication>>>,
+    /// The broker said deliveries may have been lost while a fill was under way: check history
+    /// once more when it ends (the fill's read may have started before the lost one).
+    pub(super) recheck: bool,
     /// Set when the channel was taken out of the hub's map; a subscriber that finds it set looks
     /// the channel up again.
     pub(super) removed: bool,
@@ -181,6 +184,7 @@ impl ChannelState {
         self.epoch = None;
         self.offset = 0;
         self.filling = None;
+        self.recheck = false;
         closed
     }
 

@@ -328,7 +328,8 @@ impl Hub {
     /// the stream (every subscriber told `insufficient_state`) when history no longer covers it.
     async fn fill(self: Arc<Self>, ch: Arc<HubChannel>) {
         let retention = self.retention(&ch.name);
-        for _ in 0..FILL_ATTEMPTS {
+        let mut holes = 0;
+        while holes < FILL_ATTEMPTS {
             let from = ch.state.lock().offset;
             let page = self.broker.history(&ch.name, HistoryRange::After(from, None), retention).await;
             let mut st = ch.state.lock();
@@ -354,10 +355,17 @@ impl Hub {
             }
             self.metrics.deliveries.inc_by(delivered);
             if rest.is_empty() {
+                if st.recheck {
+                    // Asked to check again meanwhile: one more read, from where it stands now.
+                    st.recheck = false;
+                    st.filling = Some(Vec::new());
+                    continue;
+                }
                 self.metrics.gaps_filled.inc();
                 return;
             }
             // Still a hole (history had not caught up, or lost it): try again a few times.
+            holes += 1;
             st.filling = Some(rest);
         }
         let mut st = ch.state.lock();
@@ -376,11 +384,17 @@ impl Hub {
 
 /// True when a pending subscriber's history read and the deliveries buffered for it join
 /// without a gap: same epoch as the channel's deliveries, and the first buffered publication
-/// above the snapshot is the one right after it.
+/// above the snapshot is the one right after it; with none above it, the snapshot is not behind
+/// the channel's position (which another subscriber's newer history read may have set, with
+/// deliveries of what lies between still on their way: those then come as repeats, and are not
+/// buffered).
 fn fits(st: &ChannelState, p: &PendingSub, page: &HistoryPage) -> bool {
     !p.stale
         && st.epoch.as_deref().is_none_or(|e| *e == *page.epoch)
-        && p.buffered.iter().find(|b| b.offset > page.offset).is_none_or(|b| b.offset == page.offset + 1)
+        && match p.buffered.iter().find(|b| b.offset > page.offset) {
+            Some(b) => b.offset == page.offset + 1,
+            None => page.offset >= st.offset,
+        }
 }
 
 impl Listener for Hub {
@@ -410,7 +424,12 @@ impl Listener for Hub {
     fn lagged(&self, channel: &str) {
         let Some(ch) = self.channels.read().get(channel).cloned() else { return };
         let mut st = ch.state.lock();
-        if st.epoch.is_some() && st.filling.is_none() {
+        if st.epoch.is_none() {
+            return;
+        }
+        if st.filling.is_some() {
+            st.recheck = true;
+        } else {
             st.filling = Some(Vec::new());
             drop(st);
             self.spawn_fill(ch);

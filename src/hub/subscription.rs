@@ -42,7 +42,8 @@ impl Pending {
     /// Phase two: queues `answer` (copied, as is), the snapshot and the publications delivered
     /// since the history read into `sink`'s outbox, in that order, and makes the subscriber
     /// live, all under the channel's lock. Fails only when the connection is closing. If the
-    /// channel lost track of its stream in between, the snapshot is followed by `closed`
+    /// channel lost track of its stream in between, or its position moved past the snapshot with
+    /// nothing buffered to bridge them, the snapshot is followed by `closed`
     /// `insufficient_state` at once, never by a gap.
     pub fn go_live(mut self, sink: Sink, answer: &[&[u8]]) -> Result<Subscription, HubError> {
         let ch = self.channel.clone();

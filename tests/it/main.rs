@@ -4,6 +4,7 @@
 mod support;
 
 mod bench;
+mod broker_contract;
 mod browser;
 mod channels;
 mod jsonrpc;
