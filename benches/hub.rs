@@ -12,7 +12,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use rpchub::Config;
 use rpchub::broker::memory::MemoryBroker;
 use rpchub::broker::{NewPublication, Publication};
-use rpchub::frontends::jsonrpc::{JsonRpcEncoding, encoding::splice};
+use rpchub::frontends::jsonrpc::{JsonRpcEncoding, splice};
 use rpchub::hub::{Encoding, Event, Hub, Sink, SubIdGen, Subscription};
 use rpchub::metrics::Metrics;
 use rpchub::transport::{Batch, Outbox, SharedFrame, Take};

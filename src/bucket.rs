@@ -5,7 +5,7 @@ use std::time::Instant;
 
 /// Holds up to `capacity` tokens and refills at `per_second`; each permitted event takes one.
 #[derive(Clone, Debug)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     capacity: f64,
     per_second: f64,
     tokens: f64,
@@ -14,7 +14,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn new(capacity: f64, per_second: f64, now: Instant) -> TokenBucket {
+    pub(crate) fn new(capacity: f64, per_second: f64, now: Instant) -> TokenBucket {
         TokenBucket { capacity, per_second, tokens: capacity, last: now }
     }
 
@@ -25,7 +25,7 @@ impl TokenBucket {
     }
 
     /// Takes a token at `now`; `Err(seconds)` until the next one when there is none.
-    pub fn take(&mut self, now: Instant) -> Result<(), f64> {
+    pub(crate) fn take(&mut self, now: Instant) -> Result<(), f64> {
         self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -36,7 +36,7 @@ impl TokenBucket {
     }
 
     /// True when, at `now`, the bucket would be full again (nothing to remember).
-    pub fn is_full_at(&self, now: Instant) -> bool {
+    pub(crate) fn is_full_at(&self, now: Instant) -> bool {
         self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * self.per_second
             >= self.capacity
     }

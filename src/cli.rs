@@ -16,14 +16,14 @@ use std::time::Duration;
 /// rpchub: JSON-RPC 2.0 over WebSocket with gap-free channel subscriptions.
 #[derive(Parser, Debug)]
 #[command(version, about)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// What to do.
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Runs the server until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Calls a method: `rpchub call ws://127.0.0.1:7410/ws/rpc info` (or an http://.../rpc URL).
@@ -84,7 +84,7 @@ pub enum Command {
 
 /// The token a client command sends.
 #[derive(Args, Debug)]
-pub struct TokenArg {
+pub(crate) struct TokenArg {
     /// Token sent as `Authorization: Bearer` (default: RPCHUB_TOKEN).
     #[arg(long, env = "RPCHUB_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -92,7 +92,7 @@ pub struct TokenArg {
 
 /// `rpchub serve` flags; each overrides the config file and the environment.
 #[derive(Args, Debug, Default)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:7410).
     #[arg(long)]
     pub listen: Option<String>,
@@ -118,7 +118,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The configuration these flags, the environment and the file describe.
-    pub fn config(&self) -> Result<Config> {
+    pub(crate) fn config(&self) -> Result<Config> {
         let mut overrides = Vec::new();
         let mut flag = |k: &str, v: &Option<String>| {
             if let Some(v) = v {
@@ -142,7 +142,7 @@ impl ServeArgs {
 }
 
 /// Runs a client command.
-pub async fn run_client(cmd: Command) -> Result<()> {
+pub(crate) async fn run_client(cmd: Command) -> Result<()> {
     match cmd {
         Command::Call { url, method, params, token } => {
             let params = params.map(|p| parse_json(&p)).transpose()?;

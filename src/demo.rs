@@ -37,7 +37,7 @@ impl Walk {
 }
 
 /// Starts the simulator; it stops with the server.
-pub fn spawn(hub: Arc<Hub>, shutdown: Shutdown) {
+pub(crate) fn spawn(hub: Arc<Hub>, shutdown: Shutdown) {
     tokio::spawn(async move {
         let mut coins = [
             Coin { name: "BTC", mid: 97_000.0, tick: 1.0, decimals: 0, size: 0.05 },

@@ -36,16 +36,16 @@
 
 pub mod auth;
 pub mod broker;
-pub mod bucket;
+mod bucket;
 pub mod channel;
 pub mod config;
 pub mod constants;
-pub mod demo;
+mod demo;
 pub mod frontends;
 pub mod gate;
 pub mod hub;
 pub mod metrics;
-pub mod routes;
+mod routes;
 pub mod rpc;
 pub mod server;
 pub mod session;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The node's shutdown signal and task tracker.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     token: CancellationToken,
     tasks: TaskTracker,

@@ -1,4 +1,4 @@
-//! Channel names and permission patterns from fuzz strings: `rpchub::hub::validate_channel`,
+//! Channel names and permission patterns from fuzz strings: `rpchub::channel::validate_channel`,
 //! `rpchub::auth::Globs::new` and `Globs::matches`.
 //!
 //! Checks, besides "no panic": a name is valid exactly when it is 1..=255 allowed bytes; a
@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rpchub::auth::Globs;
-use rpchub::hub::{MAX_CHANNEL_LEN, validate_channel};
+use rpchub::channel::{MAX_CHANNEL_LEN, validate_channel};
 
 const ALLOWED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:@/=,+-";
 

@@ -30,7 +30,7 @@ pub struct Claims {
 }
 
 /// Verifies JWTs with whatever keys are configured.
-pub struct Verifier {
+pub(super) struct Verifier {
     hmac: Option<DecodingKey>,
     public: Option<(Algorithm, DecodingKey)>,
     audience: Option<String>,
@@ -39,7 +39,7 @@ pub struct Verifier {
 
 impl Verifier {
     /// Reads the keys named by the configuration.
-    pub fn new(config: &Config) -> Result<Verifier, String> {
+    pub(super) fn new(config: &Config) -> Result<Verifier, String> {
         let hmac = config.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes()));
         let public = match &config.jwt_public_key_file {
             None => None,
@@ -67,7 +67,7 @@ impl Verifier {
     }
 
     /// Checks a token and turns its claims into a principal.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+    pub(super) fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let invalid = |m: &str| AuthError::Invalid(m.to_string());
         if self.hmac.is_none() && self.public.is_none() {
             return Err(invalid("not a known key"));

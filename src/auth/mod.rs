@@ -134,6 +134,13 @@ pub struct Authenticator {
     jwt: jwt::Verifier,
 }
 
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys and secrets stay out of every log line.
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
 impl Authenticator {
     /// Builds the key table and JWT verifier from the configuration.
     pub fn new(config: &Config) -> Result<Authenticator, String> {

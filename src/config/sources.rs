@@ -44,7 +44,7 @@ mod toml_value {
     use std::str::FromStr;
 
     /// Parses a one-line TOML document through figment's TOML parser.
-    pub struct Probe;
+    pub(super) struct Probe;
 
     impl FromStr for Probe {
         type Err = ();
@@ -57,7 +57,7 @@ mod toml_value {
     }
 
     /// A TOML basic string.
-    pub fn quote(s: &str) -> String {
+    pub(super) fn quote(s: &str) -> String {
         let mut out = String::with_capacity(s.len() + 2);
         out.push('"');
         for c in s.chars() {

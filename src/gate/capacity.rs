@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use std::sync::Arc;
 
 /// A reserved slot, handed from this layer to the connection (extensions must be `Clone`).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SlotTicket(Arc<Mutex<Option<Slot>>>);
 
 impl SlotTicket {
@@ -23,7 +23,7 @@ impl SlotTicket {
 }
 
 /// The connection limit.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct CapacityCheck {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,

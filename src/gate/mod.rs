@@ -25,11 +25,16 @@
 //!
 //! Both answer `Err(response)` to stop the request with that response.
 
-pub mod capacity;
-pub mod origin;
-pub mod rate;
-pub mod route;
+mod capacity;
+mod origin;
+mod rate;
+mod route;
 pub mod token;
+
+pub use capacity::{CapacityCheck, SlotTicket};
+pub use origin::OriginCheck;
+pub use rate::UpgradeRate;
+pub use route::RouteCheck;
 
 use crate::metrics::{Metrics, Rejection};
 use crate::routes::RouteMatch;
@@ -56,7 +61,7 @@ pub fn upgrade_match(extensions: &Extensions) -> Option<&RouteMatch> {
 }
 
 /// The checks of the gate, built once at start.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Checks {
     /// Layer 1.
     pub route: route::RouteCheck,
@@ -145,7 +150,7 @@ pub trait Check: Clone + Send + Sync + 'static {
 }
 
 /// The layer of a [`Check`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct GateLayer<C>(pub C);
 
 impl<S, C: Check> tower::Layer<S> for GateLayer<C> {
@@ -156,7 +161,7 @@ impl<S, C: Check> tower::Layer<S> for GateLayer<C> {
 }
 
 /// The service of a [`Check`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Gate<S, C> {
     inner: S,
     check: C,
@@ -198,7 +203,7 @@ pub trait AsyncCheck: Clone + Send + Sync + 'static {
 }
 
 /// The layer of an [`AsyncCheck`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AsyncGateLayer<C>(pub C);
 
 impl<S, C: AsyncCheck> tower::Layer<S> for AsyncGateLayer<C> {
@@ -209,7 +214,7 @@ impl<S, C: AsyncCheck> tower::Layer<S> for AsyncGateLayer<C> {
 }
 
 /// The service of an [`AsyncCheck`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AsyncGate<S, C> {
     inner: S,
     check: C,

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use std::sync::Arc;
 
 /// The configured allowlist.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct OriginCheck {
     allowed: Arc<Vec<String>>,
     metrics: Arc<Metrics>,

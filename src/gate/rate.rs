@@ -22,13 +22,14 @@ const MAX_TRACKED: usize = 262_144;
 /// How often refilled buckets are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
+#[derive(Debug)]
 struct Table {
     buckets: HashMap<IpAddr, TokenBucket>,
     swept: Instant,
 }
 
 /// The per-address upgrade limiter.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct UpgradeRate {
     table: Arc<Mutex<Table>>,
     capacity: f64,

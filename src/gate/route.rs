@@ -16,7 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
 /// The route lookup.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RouteCheck {
     routes: Arc<Routes>,
     metrics: Arc<Metrics>,

@@ -20,7 +20,7 @@ use hyper::{Request, Response, StatusCode, Uri};
 use std::sync::Arc;
 
 /// The token check.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct TokenCheck {
     auth: Arc<Authenticator>,
     anonymous: Arc<Principal>,

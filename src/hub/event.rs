@@ -54,7 +54,7 @@ pub enum Event<'a> {
 /// How a front door writes hub events as frames. Implementations live with their front door.
 pub trait Encoding: Send + Sync + 'static {
     /// Length of every subscriber's [`Splice`] in frames of this encoding (0 to
-    /// [`crate::transport::shared::SPLICE_MAX`]).
+    /// [`crate::transport::SPLICE_MAX`]).
     fn splice_len(&self) -> usize;
 
     /// Writes `event` as one text frame's payload, marking where the splice goes.

@@ -22,12 +22,8 @@ use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
 use crate::constants::PING_SWEEP_PERIOD;
 use crate::frontends::jsonrpc::{Dispatcher, JsonRpc};
-use crate::gate::capacity::CapacityCheck;
-use crate::gate::origin::OriginCheck;
-use crate::gate::rate::UpgradeRate;
-use crate::gate::route::RouteCheck;
 use crate::gate::token::TokenCheck;
-use crate::gate::{Checks, ClientAddr};
+use crate::gate::{CapacityCheck, Checks, ClientAddr, OriginCheck, RouteCheck, UpgradeRate};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
@@ -56,6 +52,7 @@ pub enum StartError {
 }
 
 /// Everything a running node shares.
+#[derive(Debug)]
 pub struct Node {
     /// The configuration.
     pub config: Arc<Config>,
@@ -82,6 +79,7 @@ impl Node {
 }
 
 /// A started server.
+#[derive(Debug)]
 pub struct Running {
     /// The address it listens on (with the real port when bound to port 0).
     pub addr: SocketAddr,

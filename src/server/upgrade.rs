@@ -3,7 +3,7 @@
 
 use super::{Node, client_addr, principal_of};
 use crate::frontends::jsonrpc;
-use crate::gate::capacity::SlotTicket;
+use crate::gate::SlotTicket;
 use crate::gate::{Body, json_error};
 use crate::session::Session;
 use crate::transport::{self, Link, handshake};

@@ -8,7 +8,7 @@ use hyper::header::{CONNECTION, HeaderMap, HeaderValue, UPGRADE};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// True when the request asks for a WebSocket (`Connection: upgrade` and `Upgrade: websocket`).
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     header_has_token(headers, CONNECTION, "upgrade") && header_has_token(headers, UPGRADE, "websocket")
 }
 
@@ -23,7 +23,7 @@ fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token:
 
 /// Checks a WebSocket upgrade request and returns the `Sec-WebSocket-Accept` value, or why the
 /// handshake is invalid.
-pub fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
+pub(crate) fn accept_key(headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
     if headers.get("sec-websocket-version").and_then(|v| v.to_str().ok()).map(str::trim) != Some("13") {
         return Err("invalid WebSocket handshake: Sec-WebSocket-Version must be 13");
     }

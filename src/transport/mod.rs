@@ -10,14 +10,14 @@
 
 mod conn;
 pub mod frame;
-pub mod handshake;
+pub(crate) mod handshake;
 mod link;
-pub mod outbox;
+mod outbox;
 mod registry;
-pub mod shared;
+mod shared;
 
 pub use conn::{Conn, ConnLimits, Handled, run};
 pub use link::Link;
 pub use outbox::{Batch, Ending, Outbox, Push, Take};
 pub use registry::{Registry, Slot};
-pub use shared::{FrameWriter, SharedFrame, Splice};
+pub use shared::{FrameWriter, SPLICE_MAX, SharedFrame, Splice};

@@ -37,7 +37,7 @@ use rpchub::broker::{
     Broker, HistoryPage, HistoryRange, Listener, NewPublication, Publication, Published, Retention,
     StreamPosition,
 };
-use rpchub::frontends::jsonrpc::{JsonRpcEncoding, encoding};
+use rpchub::frontends::jsonrpc::{JsonRpcEncoding, splice};
 use rpchub::hub::{Encoding, Hub, HubError, Pending, Sink, Subscription, reason};
 use rpchub::metrics::Metrics;
 use rpchub::transport::{Batch, Outbox, Take};
@@ -1033,7 +1033,7 @@ impl Conn {
 
     /// Where a subscription's events go on this connection.
     fn sink(&self, pending: &Pending) -> Sink {
-        Sink::new(self.out.clone(), jsonrpc(), encoding::splice(pending.id()))
+        Sink::new(self.out.clone(), jsonrpc(), splice(pending.id()))
     }
 
     /// The events queued since the last drain.

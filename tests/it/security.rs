@@ -448,7 +448,10 @@ async fn tokens_never_reach_the_logs() {
     call(&mut w, "auth", json!([ADMIN])).await;
     drop(w);
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM)
+    };
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("WebSocket upgrade blocked from origin http://evil.example"), "{log}");

@@ -97,7 +97,10 @@ async fn the_binary_shuts_down_gracefully_on_sigterm() {
     let mut b = ws(addr, None).await;
     subscribe(&mut a, json!(["x"])).await;
     // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM)
+    };
     assert_eq!(closed(&mut a).await, Some(1001));
     assert_eq!(closed(&mut b).await, Some(1001));
     let status = tokio::task::spawn_blocking(move || {

@@ -14,12 +14,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The admin token of every test server.
-pub const ADMIN: &str = "test-admin-token";
+pub(crate) const ADMIN: &str = "test-admin-token";
 /// How long a test waits for something that should arrive.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// A configuration for tests: port 0, the admin token, the default limits.
-pub fn config() -> Config {
+pub(crate) fn config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(rpchub::config::Secret(ADMIN.into())),
@@ -28,13 +28,13 @@ pub fn config() -> Config {
 }
 
 /// Starts a server with `config` on the current runtime.
-pub async fn start(config: Config) -> Running {
+pub(crate) async fn start(config: Config) -> Running {
     rpchub::start(config).await.expect("server starts")
 }
 
 /// One server shared by the tests of this binary that need no special configuration. It runs
 /// on its own runtime thread, so tests on their own runtimes can all use it.
-pub fn shared() -> SocketAddr {
+pub(crate) fn shared() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -60,15 +60,15 @@ pub fn shared() -> SocketAddr {
 }
 
 /// A raw WebSocket client for exact wire JSON.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens `ws://addr/ws/rpc`, optionally with a bearer token.
-pub async fn ws(addr: SocketAddr, token: Option<&str>) -> Ws {
+pub(crate) async fn ws(addr: SocketAddr, token: Option<&str>) -> Ws {
     try_ws(addr, "/ws/rpc", token, &[]).await.expect("upgrade succeeds")
 }
 
 /// Opens `ws://addr{path}` with extra headers; `Err(status)` if the upgrade is refused.
-pub async fn try_ws(
+pub(crate) async fn try_ws(
     addr: SocketAddr,
     path: &str,
     token: Option<&str>,
@@ -92,12 +92,12 @@ pub async fn try_ws(
 }
 
 /// Sends a text frame.
-pub async fn send(ws: &mut Ws, v: impl ToString) {
+pub(crate) async fn send(ws: &mut Ws, v: impl ToString) {
     ws.send(Message::text(v.to_string())).await.expect("send");
 }
 
 /// The next text message as JSON (pings are answered by the client library).
-pub async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv(ws: &mut Ws) -> Value {
     loop {
         let m =
             tokio::time::timeout(WAIT, ws.next()).await.expect("a message within the wait").expect("open");
@@ -110,7 +110,7 @@ pub async fn recv(ws: &mut Ws) -> Value {
 }
 
 /// Waits for the connection to end; returns the close code, if a close frame came.
-pub async fn closed(ws: &mut Ws) -> Option<u16> {
+pub(crate) async fn closed(ws: &mut Ws) -> Option<u16> {
     loop {
         match tokio::time::timeout(WAIT, ws.next()).await.expect("the connection ends within the wait") {
             Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
@@ -121,13 +121,19 @@ pub async fn closed(ws: &mut Ws) -> Option<u16> {
 }
 
 /// True if nothing arrives within `d`.
-pub async fn silent(ws: &mut Ws, d: Duration) -> bool {
+pub(crate) async fn silent(ws: &mut Ws, d: Duration) -> bool {
     tokio::time::timeout(d, ws.next()).await.is_err()
 }
 
 /// Sends a request with `id` and returns its response, keeping notifications that arrive first
 /// in `notes`.
-pub async fn call_keep(ws: &mut Ws, id: u64, method: &str, params: Value, notes: &mut Vec<Value>) -> Value {
+pub(crate) async fn call_keep(
+    ws: &mut Ws,
+    id: u64,
+    method: &str,
+    params: Value,
+    notes: &mut Vec<Value>,
+) -> Value {
     send(ws, json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
     loop {
         let v = recv(ws).await;
@@ -139,12 +145,12 @@ pub async fn call_keep(ws: &mut Ws, id: u64, method: &str, params: Value, notes:
 }
 
 /// Sends a request and returns its response, dropping notifications that arrive first.
-pub async fn call(ws: &mut Ws, method: &str, params: Value) -> Value {
+pub(crate) async fn call(ws: &mut Ws, method: &str, params: Value) -> Value {
     call_keep(ws, 9_999_999, method, params, &mut Vec::new()).await
 }
 
 /// Subscribes; returns the subscription id and the snapshot event.
-pub async fn subscribe(ws: &mut Ws, params: Value) -> (String, Value) {
+pub(crate) async fn subscribe(ws: &mut Ws, params: Value) -> (String, Value) {
     let r = call(ws, "subscribe", params).await;
     let id = r["result"].as_str().unwrap_or_else(|| panic!("subscribe failed: {r}")).to_string();
     let snap = recv(ws).await;
@@ -155,28 +161,28 @@ pub async fn subscribe(ws: &mut Ws, params: Value) -> (String, Value) {
 }
 
 /// The next notification's event.
-pub async fn event(ws: &mut Ws) -> Value {
+pub(crate) async fn event(ws: &mut Ws) -> Value {
     let v = recv(ws).await;
     assert_eq!(v["method"], "subscription", "{v}");
     v["params"]["result"].clone()
 }
 
 /// Publishes with the admin token over a fresh connection; returns `{epoch, offset}`.
-pub async fn publish(addr: SocketAddr, channel: &str, data: Value) -> Value {
+pub(crate) async fn publish(addr: SocketAddr, channel: &str, data: Value) -> Value {
     let mut w = ws(addr, Some(ADMIN)).await;
     let r = call(&mut w, "publish", json!({"channel": channel, "data": data})).await;
     r["result"].clone()
 }
 
 /// A unique channel name for a test.
-pub fn channel(ns: &str) -> String {
+pub(crate) fn channel(ns: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!("{ns}:t{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// POSTs to `path` and returns the status and body.
-pub async fn http(
+pub(crate) async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -222,14 +228,14 @@ fn dechunk(body: &str) -> String {
 }
 
 /// A WebSocket spoken by hand over TCP, for frames a well-behaved library would never send.
-pub mod raw {
+pub(crate) mod raw {
     use super::WAIT;
     use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
     /// Upgrades a TCP connection on `/ws/rpc` and returns it.
-    pub async fn connect(addr: SocketAddr) -> TcpStream {
+    pub(crate) async fn connect(addr: SocketAddr) -> TcpStream {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let req = format!(
             "GET /ws/rpc HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -252,7 +258,7 @@ pub mod raw {
     }
 
     /// A client frame: first byte `b0` (FIN, RSV, opcode), masked with a fixed key.
-    pub fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [0x37, 0xfa, 0x21, 0x3d];
         let mut out = vec![b0];
         let len = payload.len();
@@ -271,12 +277,12 @@ pub mod raw {
     }
 
     /// A final text frame.
-    pub fn text(s: &str) -> Vec<u8> {
+    pub(crate) fn text(s: &str) -> Vec<u8> {
         frame(0x81, s.as_bytes())
     }
 
     /// Reads one server frame: (opcode, payload); `None` at the end of the stream.
-    pub async fn read(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    pub(crate) async fn read(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
         let mut h = [0u8; 2];
         tokio::time::timeout(WAIT, s.read_exact(&mut h)).await.expect("a frame within the wait").ok()?;
         assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
@@ -299,13 +305,13 @@ pub mod raw {
     }
 
     /// Reads frames until a close frame and returns its code (`None`: the stream ended first).
-    pub async fn close_code(s: &mut TcpStream) -> Option<u16> {
+    pub(crate) async fn close_code(s: &mut TcpStream) -> Option<u16> {
         texts_until_close(s, |_| {}).await
     }
 
     /// Reads until the server's close frame, handing each text message's JSON to `on_text`;
     /// returns the close code (`None` if the stream ends without one).
-    pub async fn texts_until_close(
+    pub(crate) async fn texts_until_close(
         s: &mut TcpStream,
         mut on_text: impl FnMut(serde_json::Value),
     ) -> Option<u16> {

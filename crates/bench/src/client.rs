@@ -107,6 +107,7 @@ impl Target {
             // over all source addresses together; with it, connect() picks it per 4-tuple.
             let one: libc::c_int = 1;
             // SAFETY: a valid socket descriptor and a c_int option value of the size passed.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::setsockopt(
                     sock.as_raw_fd(),

@@ -24,6 +24,7 @@ pub(crate) fn raise_nofile() -> u64 {
 
 fn rusage_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage writes only the struct passed.
+    #[allow(unsafe_code)]
     let u = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
         libc::getrusage(who, &mut u);
@@ -49,6 +50,7 @@ pub(crate) fn pid_cpu(pid: Option<u32>) -> Option<f64> {
     // The command name may hold spaces: the fields we want come after its closing parenthesis.
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
     // SAFETY: sysconf only reads a system constant.
+    #[allow(unsafe_code)]
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;

@@ -4,11 +4,11 @@
 //! Files: [`dispatch`] parses messages and runs calls; [`encoding`] writes hub events as
 //! notifications; this one is the door and its connections.
 
-pub mod dispatch;
-pub mod encoding;
+mod dispatch;
+mod encoding;
 
 pub use dispatch::{Dispatcher, Lane, error_json};
-pub use encoding::JsonRpcEncoding;
+pub use encoding::{JsonRpcEncoding, splice};
 
 use crate::hub::{Encoding, Sink};
 use crate::metrics::Metrics;

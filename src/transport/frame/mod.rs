@@ -235,7 +235,7 @@ pub enum Event<'a> {
 
 /// The message being reassembled from fragments, if any. Kept empty (no allocation) between
 /// messages.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Reassembly {
     partial: Vec<u8>,
     active: bool,
