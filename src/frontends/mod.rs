@@ -6,3 +6,18 @@
 //! - [`jsonrpc`]: JSON-RPC 2.0 on `/ws/rpc` and `POST /rpc`.
 
 pub mod jsonrpc;
+
+use crate::session::Session;
+use crate::transport::Conn;
+use std::sync::Arc;
+
+/// A front door as the server's upgrade sees it: a name for metrics and hooks, and a connection
+/// for each upgraded session. The upgrade itself (handshake, slot, session, transport) is the
+/// same for every door.
+pub trait Door: Send + Sync + 'static {
+    /// The door's label (`jsonrpc`, ...).
+    fn name(&self) -> &'static str;
+
+    /// The connection of a WebSocket `session` through this door.
+    fn connect(&self, session: Arc<Session>) -> Arc<dyn Conn>;
+}

@@ -48,7 +48,7 @@ async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         return json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
     }
     match route {
-        Route::WsRpc => upgrade(&node, req),
+        Route::WsRpc => upgrade(&node, &*node.jsonrpc, req),
         Route::HttpRpc => http_rpc(&node, req).await,
         Route::Health => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         Route::Metrics => Response::builder()

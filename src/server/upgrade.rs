@@ -1,8 +1,8 @@
-//! The WebSocket upgrade of `GET /ws/rpc`, once the gate has let it through: the 101 answer, and
-//! the connection it starts when hyper hands the TCP stream over.
+//! The WebSocket upgrade, once the gate has let it through, for whichever front door the route
+//! names: the 101 answer, and the connection it starts when hyper hands the TCP stream over.
 
 use super::{Node, client_addr, principal_of};
-use crate::frontends::jsonrpc;
+use crate::frontends::Door;
 use crate::gate::SlotTicket;
 use crate::gate::{Body, json_error};
 use crate::session::Session;
@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpStream;
 
-/// Answers the upgrade with 101 and runs the connection once hyper hands the stream over.
-pub(super) fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<Body> {
+/// Answers the upgrade with 101 and runs the connection through `door` once hyper hands the
+/// stream over.
+pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incoming>) -> Response<Body> {
     let accept = match handshake::accept_key(req.headers()) {
         Ok(a) => a,
         Err(m) => return json_error(StatusCode::BAD_REQUEST, m),
@@ -29,8 +30,8 @@ pub(super) fn upgrade(node: &Arc<Node>, mut req: Request<Incoming>) -> Response<
     let id = node.next_session.fetch_add(1, Ordering::Relaxed);
     let limits = &node.config.limits;
     let link = Arc::new(Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes));
-    let session = Session::new(id, remote, jsonrpc::DOOR, principal, Some(link), limits.calls_per_second);
-    let conn = node.jsonrpc.connect(Arc::new(session));
+    let session = Session::new(id, remote, door.name(), principal, Some(link), limits.calls_per_second);
+    let conn = door.connect(Arc::new(session));
     let (registry, conn_limits) = (node.registry.clone(), node.conn_limits);
     node.shutdown.spawn(async move {
         let upgraded = match on_upgrade.await {

@@ -10,6 +10,7 @@ mod encoding;
 pub use dispatch::{Dispatcher, Lane, error_json};
 pub use encoding::{JsonRpcEncoding, splice};
 
+use super::Door;
 use crate::hub::{Encoding, Sink};
 use crate::metrics::Metrics;
 use crate::session::{Session, Subscriptions};
@@ -29,6 +30,8 @@ pub struct JsonRpc {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     encoding: Arc<dyn Encoding>,
+    /// For the connections, which hold the door.
+    me: std::sync::Weak<JsonRpc>,
 }
 
 impl JsonRpc {
@@ -38,18 +41,30 @@ impl JsonRpc {
         subscriptions: Arc<Subscriptions>,
         metrics: Arc<Metrics>,
     ) -> Arc<JsonRpc> {
-        Arc::new(JsonRpc { dispatcher, subscriptions, metrics, encoding: Arc::new(JsonRpcEncoding) })
-    }
-
-    /// A connection of a WebSocket `session` (which has a link).
-    pub fn connect(self: &Arc<Self>, session: Arc<Session>) -> Arc<WsConn> {
-        self.metrics.connection_opened(DOOR);
-        Arc::new(WsConn(Arc::new(ConnState { door: self.clone(), session, lane: Lane::default() })))
+        Arc::new_cyclic(|me| JsonRpc {
+            dispatcher,
+            subscriptions,
+            metrics,
+            encoding: Arc::new(JsonRpcEncoding),
+            me: me.clone(),
+        })
     }
 
     /// Handles one JSON-RPC message over HTTP: the answer's JSON, if it has one.
     pub async fn handle_http(&self, session: &Arc<Session>, text: &str) -> Option<String> {
         self.dispatcher.handle(session, None, text).await.json
+    }
+}
+
+impl Door for JsonRpc {
+    fn name(&self) -> &'static str {
+        DOOR
+    }
+
+    fn connect(&self, session: Arc<Session>) -> Arc<dyn Conn> {
+        let door = self.me.upgrade().expect("a door in use is alive; qed");
+        self.metrics.connection_opened(DOOR);
+        Arc::new(WsConn(Arc::new(ConnState { door, session, lane: Lane::default() })))
     }
 }
 
