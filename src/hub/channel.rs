@@ -34,7 +34,7 @@
 use super::event::{Encoding, Event, Sink, reason};
 use super::id::SubId;
 use crate::broker::Publication;
-use crate::transport::{Push, SharedFrame};
+use crate::transport::{Outbox, Push, SharedFrame, Splice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -44,15 +44,80 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// (BENCHMARKS.md).
 const PREFETCH_AHEAD: usize = 8;
 
-/// A live subscriber.
+/// A live subscriber: what every delivery reads, kept small so that a fan-out over thousands
+/// streams through as few cache lines as it can; the rest is behind a box.
 #[derive(Debug)]
 pub(super) struct LiveSub {
-    pub(super) id: SubId,
-    pub(super) sink: Sink,
+    outbox: Arc<Outbox>,
+    /// Its encoding's address: the key of the frame built for it ([`Frames`]).
+    encoding_key: usize,
     /// Publications at or below this offset reached it in its snapshot already.
-    pub(super) after: u64,
-    /// Cleared when the channel ends the subscription itself (slow consumer, lost track).
-    pub(super) alive: Arc<AtomicBool>,
+    after: u64,
+    shared: Arc<SubShared>,
+    splice: Splice,
+    /// It has a filter (in `shared`).
+    filtered: bool,
+}
+
+/// What a delivery does not read, shared with the subscription's handle
+/// ([`super::Subscription`]).
+#[derive(Debug)]
+pub(super) struct SubShared {
+    pub(super) id: SubId,
+    encoding: Arc<dyn Encoding>,
+    filter: Option<super::Filter>,
+    /// Cleared when the subscription ends, by the hub (slow consumer, lost track) or its owner.
+    pub(super) alive: AtomicBool,
+}
+
+impl SubShared {
+    /// The parts of `sink` that a delivery does not read, for subscription `id`.
+    pub(super) fn new(id: SubId, sink: &Sink) -> Arc<SubShared> {
+        Arc::new(SubShared {
+            id,
+            encoding: sink.encoding.clone(),
+            filter: sink.filter.clone(),
+            alive: AtomicBool::new(true),
+        })
+    }
+}
+
+/// The fan-out reads a subscriber's entry whole; keep it within one cache line.
+const _: () = assert!(std::mem::size_of::<LiveSub>() <= 64);
+
+impl LiveSub {
+    pub(super) fn new(sink: Sink, after: u64, shared: Arc<SubShared>) -> LiveSub {
+        LiveSub {
+            encoding_key: key_of(&sink.encoding),
+            filtered: sink.filter.is_some(),
+            outbox: sink.outbox,
+            splice: sink.splice,
+            after,
+            shared,
+        }
+    }
+
+    pub(super) fn id(&self) -> SubId {
+        self.shared.id
+    }
+
+    /// Its sink without the filter (for the events no filter applies to).
+    pub(super) fn sink(&self) -> Sink {
+        Sink::new(self.outbox.clone(), self.shared.encoding.clone(), self.splice)
+    }
+
+    /// Marks it ended.
+    pub(super) fn end(&self) {
+        self.shared.alive.store(false, Ordering::Release);
+    }
+
+    fn admits(&self, p: &Publication) -> bool {
+        p.offset > self.after && (!self.filtered || self.shared.filter.as_ref().is_none_or(|f| f.admits(p)))
+    }
+}
+
+fn key_of(encoding: &Arc<dyn Encoding>) -> usize {
+    Arc::as_ptr(encoding).cast::<()>().addr()
 }
 
 /// A subscriber between its history read and going live: what was delivered meanwhile.
@@ -141,24 +206,24 @@ impl ChannelState {
                 // The outbox PREFETCH_AHEAD subscribers on is asked for its state; the one half as
                 // far, whose state has arrived by now, for the memory its push will write.
                 if let Some(ahead) = live.get(i + PREFETCH_AHEAD) {
-                    ahead.sink.outbox.prefetch();
+                    ahead.outbox.prefetch();
                 }
                 if let Some(ahead) = live.get(i + PREFETCH_AHEAD / 2) {
-                    ahead.sink.outbox.prefetch_tail();
+                    ahead.outbox.prefetch_tail();
                 }
                 let s = &live[i];
-                if p.offset <= s.after || s.sink.filter.as_ref().is_some_and(|f| !f.admits(p)) {
+                if !s.admits(p) {
                     i += 1;
                     continue;
                 }
-                let frame = frames.get(&s.sink.encoding);
-                if s.sink.outbox.push_shared(frame, s.sink.splice) == Push::Queued {
+                let frame = frames.get(s.encoding_key, || &s.shared.encoding);
+                if s.outbox.push_shared(frame, s.splice) == Push::Queued {
                     delivered += 1;
                     i += 1;
                 } else {
                     // Its outbox overflowed or closed: it leaves the channel here; its connection
                     // is already being failed (and counted) by the outbox's owner.
-                    live.swap_remove(i).alive.store(false, Ordering::Release);
+                    live.swap_remove(i).end();
                 }
             }
         }
@@ -194,8 +259,8 @@ impl ChannelState {
         let mut frames = Frames::new(&event);
         let n = self.live.len();
         for s in self.live.drain(..) {
-            let _ = s.sink.outbox.push_shared(frames.get(&s.sink.encoding), s.sink.splice);
-            s.alive.store(false, Ordering::Release);
+            let _ = s.outbox.push_shared(frames.get(s.encoding_key, || &s.shared.encoding), s.splice);
+            s.end();
         }
         n
     }
@@ -214,11 +279,12 @@ impl<'a> Frames<'a> {
         Frames { event, built: Vec::new() }
     }
 
-    fn get(&mut self, encoding: &Arc<dyn Encoding>) -> &Arc<SharedFrame> {
-        let key = Arc::as_ptr(encoding).cast::<()>().addr();
+    /// The frame of the encoding whose address is `key` (`encoding` gives it, when first needed).
+    fn get<'e>(&mut self, key: usize, encoding: impl FnOnce() -> &'e Arc<dyn Encoding>) -> &Arc<SharedFrame> {
         let at = match self.built.iter().position(|(k, _)| *k == key) {
             Some(at) => at,
             None => {
+                let encoding = encoding();
                 let mut f = SharedFrame::with_capacity(encoding.size_hint(self.event));
                 f.build(encoding.splice_len(), |w| encoding.encode(self.event, w));
                 self.built.push((key, Arc::new(f)));

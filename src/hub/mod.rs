@@ -46,7 +46,6 @@ use crate::metrics::Metrics;
 use channel::{Arrival, ChannelState, PendingSub};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 /// Hub failures, mapped to each front door's errors at its edge.
@@ -256,12 +255,12 @@ impl Hub {
     /// nobody is subscribed or subscribing. Returns whether it was still live.
     fn leave(&self, channel: &Arc<HubChannel>, id: SubId, closed: Option<&str>) -> bool {
         let mut st = channel.state.lock();
-        let at = st.live.iter().position(|s| s.id == id);
+        let at = st.live.iter().position(|s| s.id() == id);
         if let Some(i) = at {
             let s = st.live.swap_remove(i);
-            s.alive.store(false, Ordering::Release);
+            s.end();
             if let Some(why) = closed {
-                s.sink.push_own(&Event::Closed { channel: &channel.name, reason: why });
+                s.sink().push_own(&Event::Closed { channel: &channel.name, reason: why });
             }
         }
         let unused = st.live.is_empty() && st.pending.is_empty();

@@ -1,12 +1,12 @@
 //! The two handles of a subscription: [`Pending`] between its history read and going live,
 //! [`Subscription`] once live. Both undo themselves when dropped.
 
-use super::channel::LiveSub;
+use super::channel::{LiveSub, SubShared};
 use super::event::{Event, Sink, reason};
 use super::{Hub, HubChannel, HubError, SubId, fits};
 use crate::broker::HistoryPage;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 /// A subscription between its history read and going live ([`Hub::prepare`]). Dropping it
 /// undoes the registration.
@@ -64,19 +64,14 @@ impl Pending {
         if !sink.push_own(&snapshot) {
             return Err(closed());
         }
-        let alive = Arc::new(AtomicBool::new(true));
-        let sub = Subscription {
-            hub: self.hub.clone(),
-            channel: ch.clone(),
-            id: self.id,
-            alive: alive.clone(),
-            ended: false,
-        };
+        let shared = SubShared::new(self.id, &sink);
+        let sub =
+            Subscription { hub: self.hub.clone(), channel: ch.clone(), shared: shared.clone(), ended: false };
         self.done = true;
         self.hub.metrics.subscriptions.inc();
         if !joins {
             // What was delivered meanwhile does not join the snapshot: say so instead.
-            alive.store(false, Ordering::Release);
+            shared.alive.store(false, Ordering::Release);
             sink.push_own(&Event::Closed { channel: &ch.name, reason: reason::INSUFFICIENT_STATE });
             return Ok(sub);
         }
@@ -94,7 +89,7 @@ impl Pending {
             st.epoch = Some(self.page.epoch.clone());
             st.offset = after;
         }
-        st.live.push(LiveSub { id: self.id, sink, after, alive });
+        st.live.push(LiveSub::new(sink, after, shared));
         Ok(sub)
     }
 }
@@ -122,21 +117,23 @@ impl Drop for Pending {
 pub struct Subscription {
     hub: Arc<Hub>,
     channel: Arc<HubChannel>,
-    id: SubId,
-    alive: Arc<AtomicBool>,
+    shared: Arc<SubShared>,
     ended: bool,
 }
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("channel", &self.channel.name).field("id", &self.id).finish()
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel.name)
+            .field("id", &self.shared.id)
+            .finish()
     }
 }
 
 impl Subscription {
     /// The id the client knows it by.
     pub fn id(&self) -> SubId {
-        self.id
+        self.shared.id
     }
 
     /// The channel's name.
@@ -147,27 +144,27 @@ impl Subscription {
     /// False once the hub ended it (its connection fell behind, or the channel lost track of its
     /// stream and told the subscriber so).
     pub fn is_active(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        self.shared.alive.load(Ordering::Acquire)
     }
 
     /// Ends it at the client's request; false if it had already ended.
     pub fn unsubscribe(mut self) -> bool {
         self.ended = true;
-        self.hub.leave(&self.channel, self.id, None)
+        self.hub.leave(&self.channel, self.shared.id, None)
     }
 
     /// Ends it from the server's side: its last event is `closed` with `reason`, queued after
     /// every publication it was sent. False if it had already ended.
     pub fn close(mut self, reason: &str) -> bool {
         self.ended = true;
-        self.hub.leave(&self.channel, self.id, Some(reason))
+        self.hub.leave(&self.channel, self.shared.id, Some(reason))
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
         if !self.ended {
-            self.hub.leave(&self.channel, self.id, None);
+            self.hub.leave(&self.channel, self.shared.id, None);
         }
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 use crate::broker::memory::MemoryBroker;
 use crate::transport::{Batch, FrameWriter, Outbox, Splice, Take, frame};
 use serde_json::{Value, json};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 fn hub_with(config: Config) -> Arc<Hub> {

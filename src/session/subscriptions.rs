@@ -274,6 +274,10 @@ impl PendingSubscription {
         let channel = sub.channel().to_string();
         {
             let mut set = session.subscriptions.lock();
+            // Most connections hold one or a few: grow one at a time until then, not to four.
+            if set.live.len() < 4 {
+                set.live.reserve_exact(1);
+            }
             set.live.push(sub);
         }
         drop(reservation);

@@ -136,13 +136,52 @@ pub async fn run(
     drop(slot);
 }
 
-/// Runs every in-flight message as far as it goes now, without waiting.
-async fn run_ready(in_flight: &mut FuturesUnordered<BoxFuture<'static, ()>>) {
-    std::future::poll_fn(|cx| {
-        while let Poll::Ready(Some(())) = in_flight.poll_next_unpin(cx) {}
-        Poll::Ready(())
-    })
-    .await
+/// The messages being handled. The set exists only while it holds some: an idle connection
+/// (most of them) keeps no allocation for it.
+#[derive(Default)]
+struct Slots(Option<FuturesUnordered<BoxFuture<'static, ()>>>);
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, work: BoxFuture<'static, ()>) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(work);
+    }
+
+    /// Runs every message as far as it goes now, without waiting.
+    async fn run_ready(&mut self) {
+        if let Some(set) = &mut self.0 {
+            std::future::poll_fn(|cx| {
+                while let Poll::Ready(Some(())) = set.poll_next_unpin(cx) {}
+                Poll::Ready(())
+            })
+            .await;
+        }
+        self.release_if_empty();
+    }
+
+    /// Resolves when one message is done (never, when none is in flight).
+    async fn next(&mut self) {
+        match &mut self.0 {
+            Some(set) if !set.is_empty() => {
+                set.next().await;
+                self.release_if_empty();
+            }
+            _ => std::future::pending().await,
+        }
+    }
+
+    fn release_if_empty(&mut self) {
+        if self.0.as_ref().is_some_and(FuturesUnordered::is_empty) {
+            self.0 = None;
+        }
+    }
 }
 
 async fn read_loop(
@@ -155,7 +194,7 @@ async fn read_loop(
 ) -> ReadEnd {
     let mut asm = Reassembly::default();
     let mut close_deadline: Option<Instant> = None;
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight = Slots::default();
     // The last read took all it asked for: the client may well have sent more.
     let mut socket_had_more = false;
     loop {
@@ -210,7 +249,7 @@ async fn read_loop(
         }
         // Messages handed over as work start now, in arrival order; most finish at once.
         if !in_flight.is_empty() {
-            run_ready(&mut in_flight).await;
+            in_flight.run_ready().await;
         }
         if handled > 1 || (handled > 0 && socket_had_more) {
             // A publisher's calls wake the writers of every subscriber; let them run before
@@ -235,7 +274,7 @@ async fn read_loop(
             // The client is not reading its answers: stop reading its calls until it does.
             tokio::select! {
                 _ = out.drained() => {}
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                () = in_flight.next(), if !in_flight.is_empty() => {}
                 _ = sleep_until(close_deadline) => return ReadEnd::Ended,
             }
             continue;
@@ -250,7 +289,7 @@ async fn read_loop(
             biased;
             _ = out.reader_wait() => continue,
             _ = sleep_until(close_deadline) => return ReadEnd::Ended,
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            () = in_flight.next(), if !in_flight.is_empty() => continue,
             r = rd.readable(), if may_read => if r.is_err() { return ReadEnd::Gone },
         }
         let want = need.max(READ_CHUNK);

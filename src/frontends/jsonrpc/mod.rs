@@ -64,22 +64,21 @@ impl Door for JsonRpc {
     fn connect(&self, session: Arc<Session>) -> Arc<dyn Conn> {
         let door = self.me.upgrade().expect("a door in use is alive; qed");
         self.metrics.connection_opened(DOOR);
-        Arc::new(WsConn(Arc::new(ConnState { door, session, lane: Lane::default() })))
+        Arc::new_cyclic(|me| WsConn { door, session, lane: Lane::default(), me: me.clone() })
     }
 }
 
-/// One JSON-RPC WebSocket connection (cheap to clone into the work of each message).
+/// One JSON-RPC WebSocket connection.
 #[derive(Debug)]
-pub struct WsConn(Arc<ConnState>);
-
-#[derive(Debug)]
-struct ConnState {
+pub struct WsConn {
     door: Arc<JsonRpc>,
     session: Arc<Session>,
     lane: Lane,
+    /// Handed to the work of each message.
+    me: std::sync::Weak<WsConn>,
 }
 
-impl ConnState {
+impl WsConn {
     fn outbox(&self) -> &Arc<Outbox> {
         &self.session.link().expect("a WebSocket session has a link; qed").outbox
     }
@@ -111,19 +110,20 @@ impl ConnState {
 
 impl Conn for WsConn {
     fn link(&self) -> &Link {
-        self.0.session.link().expect("a WebSocket session has a link; qed")
+        self.session.link().expect("a WebSocket session has a link; qed")
     }
 
     fn on_text(&self, text: &str) -> Handled {
-        Handled::Later(Box::pin(self.0.clone().run(text.to_owned())))
+        let me = self.me.upgrade().expect("the transport holds the connection while it reads; qed");
+        Handled::Later(Box::pin(me.run(text.to_owned())))
     }
 
     fn tick(&self) {
-        self.0.door.subscriptions.tick(&self.0.session);
+        self.door.subscriptions.tick(&self.session);
     }
 
     fn on_end(&self, ending: Option<Ending>) {
-        self.0.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
-        self.0.door.subscriptions.end(&self.0.session);
+        self.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
+        self.door.subscriptions.end(&self.session);
     }
 }
