@@ -32,6 +32,8 @@ use tokio::time::Instant;
 
 /// Smallest read: enough for a typical call and several frames.
 const READ_CHUNK: usize = 4096;
+/// A reader that keeps finding more to read yields at least this often (see `read_loop`).
+const YIELD_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
 /// A writer's batch buffers above this size are released after use instead of kept.
 const KEEP_BATCH_CAPACITY: usize = 256 << 10;
 
@@ -197,12 +199,20 @@ async fn read_loop(
     let mut in_flight = Slots::default();
     // The last read took all it asked for: the client may well have sent more.
     let mut socket_had_more = false;
+    let mut last_yield = Instant::now();
     loop {
         // Parse and handle every complete frame in the buffer, while a slot is free.
         let mut at = 0;
         let mut need = 0;
         let mut handled = 0;
-        while at < buf.len() && in_flight.len() < limits.calls_in_flight {
+        while at < buf.len() {
+            if in_flight.len() >= limits.calls_in_flight {
+                // Most calls finish at once: only those still waiting hold a slot.
+                in_flight.run_ready().await;
+                if in_flight.len() >= limits.calls_in_flight {
+                    break;
+                }
+            }
             let allowance = limits.max_message.saturating_sub(asm.pending());
             let h = match frame::parse_header(&buf[at..], allowance) {
                 Ok(Some(h)) => h,
@@ -251,12 +261,15 @@ async fn read_loop(
         if !in_flight.is_empty() {
             in_flight.run_ready().await;
         }
-        if handled > 1 || (handled > 0 && socket_had_more) {
+        if handled > 1 || (handled > 0 && socket_had_more && last_yield.elapsed() >= YIELD_AFTER) {
             // A publisher's calls wake the writers of every subscriber; let them run before
-            // reading more, so their queues drain as fast as they fill (a woken task may wait
-            // for this one to yield). A call that emptied the socket needs no yield: the reader
-            // waits for the socket next anyway.
+            // reading more, so their queues drain as fast as they fill (a task this one woke may
+            // wait for it to yield). A call that emptied the socket needs no yield: the reader
+            // waits for the socket next anyway. One big call per read (a socket that always has
+            // more) yields once per YIELD_AFTER: often enough for the writers, rarely enough
+            // that they still write in batches.
             tokio::task::yield_now().await;
+            last_yield = Instant::now();
         }
 
         // The answers just queued go out from here if nobody else is writing: no task switch.
