@@ -170,7 +170,10 @@ async fn no_gap_and_no_duplicate_while_publishers_race_and_subscribers_join() {
     const PUBLISHERS: u64 = 4;
     const EACH: u64 = 2_500;
     const TOTAL: u64 = PUBLISHERS * EACH;
-    let hub = hub();
+    // History holds everything, so that a subscriber told to resubscribe recovers exactly.
+    let mut config = Config::default();
+    config.default_namespace.history_size = TOTAL as usize;
+    let hub = hub_with(config);
     let mut tasks = Vec::new();
     for p in 0..PUBLISHERS {
         let hub = hub.clone();
@@ -190,15 +193,39 @@ async fn no_gap_and_no_duplicate_while_publishers_race_and_subscribers_join() {
         subs.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_micros(300 * s)).await;
             let out = big_outbox();
-            let _sub = subscribe(&hub, &out, "race", None, Some(0)).await.unwrap();
-            let mut seen = Vec::new();
+            let mut sub = subscribe(&hub, &out, "race", None, Some(0)).await.unwrap();
+            let (mut seen, mut epoch) = (Vec::new(), String::new());
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             while seen.last().copied() != Some(TOTAL) && tokio::time::Instant::now() < deadline {
                 for e in events(&out) {
-                    seen.push(e["offset"].as_u64().unwrap_or_else(|| panic!("no offset in {e}")));
+                    let offset =
+                        |v: &Value| v["offset"].as_u64().unwrap_or_else(|| panic!("no offset in {v}"));
+                    match e["type"].as_str() {
+                        // The first snapshot marks where the stream starts; a recovery's snapshot
+                        // carries exactly what was missed.
+                        Some("snapshot") if seen.is_empty() => seen.push(offset(&e)),
+                        Some("snapshot") => {
+                            assert_eq!(e["recovered"], true, "history covers every resubscription: {e}");
+                            seen.extend(e["publications"].as_array().unwrap().iter().map(offset));
+                        }
+                        Some("publication") => seen.push(offset(&e)),
+                        // A subscriber may be told to resubscribe (its buffer overflowed while it
+                        // went live on a busy machine): it does, with `since`, as a client would.
+                        Some("closed") => {
+                            assert_eq!(e["reason"], "insufficient_state", "{e}");
+                            let since =
+                                StreamPosition { epoch: epoch.clone(), offset: *seen.last().unwrap() };
+                            sub = subscribe(&hub, &out, "race", Some(since), None).await.unwrap();
+                        }
+                        _ => panic!("unexpected event {e}"),
+                    }
+                    if let Some(ep) = e["epoch"].as_str() {
+                        epoch = ep.to_string();
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            drop(sub);
             seen
         }));
     }
