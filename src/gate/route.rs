@@ -56,7 +56,14 @@ impl RouteCheck {
         }
         match handshake::accept_key(req.headers()) {
             Ok(_) => Ok(()),
-            Err(message) => bad(message),
+            Err(r) => {
+                let mut resp = json_error(StatusCode::BAD_REQUEST, r.message);
+                if r.offer_version {
+                    resp.headers_mut()
+                        .insert("sec-websocket-version", hyper::header::HeaderValue::from_static("13"));
+                }
+                Err(refused(&self.metrics, Rejection::Handshake, resp))
+            }
         }
     }
 }
@@ -102,7 +109,8 @@ mod tests {
         (r, metrics)
     }
 
-    const UPGRADE: [(&str, &str); 4] = [
+    const UPGRADE: [(&str, &str); 5] = [
+        ("host", "example.com"),
         ("connection", "Upgrade"),
         ("upgrade", "websocket"),
         ("sec-websocket-version", "13"),

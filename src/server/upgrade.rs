@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incoming>) -> Response<Body> {
     let accept = match handshake::accept_key(req.headers()) {
         Ok(a) => a,
-        Err(m) => return json_error(StatusCode::BAD_REQUEST, m),
+        Err(r) => return json_error(StatusCode::BAD_REQUEST, r.message),
     };
     let Some(slot) = req.extensions().get::<SlotTicket>().and_then(SlotTicket::take) else {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error: no connection slot");

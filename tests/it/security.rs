@@ -459,3 +459,52 @@ async fn tokens_never_reach_the_logs() {
         assert!(!log.contains(s), "{s} leaked into the log:\n{log}");
     }
 }
+
+/// Sends `request` as it is and returns the response head (status line and headers).
+async fn raw_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !out.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk)).await.expect("an answer").unwrap();
+        assert!(n > 0, "the connection closed before an answer");
+        out.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&out).to_string();
+    text.split("\r\n\r\n").next().unwrap().to_ascii_lowercase()
+}
+
+/// RFC 6455 and RFC 9112: one Host, one Sec-WebSocket-Key, one Sec-WebSocket-Version (13), or
+/// 400; a version refused names the one spoken.
+#[tokio::test]
+async fn ambiguous_handshakes_are_refused() {
+    let addr = shared();
+    let key = "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let upgrade = "connection: Upgrade\r\nupgrade: websocket\r\n";
+    let req = |host: &str, rest: &str| format!("GET /ws/rpc HTTP/1.1\r\n{host}{upgrade}{rest}\r\n");
+    let host = format!("host: {addr}\r\n");
+    let ok = raw_head(addr, &req(&host, &format!("{key}sec-websocket-version: 13\r\n"))).await;
+    assert!(ok.starts_with("http/1.1 101"), "{ok}");
+    for (what, h, rest, names_version) in [
+        ("two keys", host.as_str(), format!("{key}{key}sec-websocket-version: 13\r\n"), false),
+        ("no key", host.as_str(), "sec-websocket-version: 13\r\n".to_string(), false),
+        (
+            "two versions",
+            host.as_str(),
+            format!("{key}sec-websocket-version: 13\r\nsec-websocket-version: 8\r\n"),
+            true,
+        ),
+        ("a list of versions", host.as_str(), format!("{key}sec-websocket-version: 13, 8\r\n"), true),
+        ("version 8", host.as_str(), format!("{key}sec-websocket-version: 8\r\n"), true),
+        ("no host", "", format!("{key}sec-websocket-version: 13\r\n"), false),
+    ] {
+        let head = raw_head(addr, &req(h, &rest)).await;
+        assert!(head.starts_with("http/1.1 400"), "{what}: {head}");
+        assert_eq!(head.contains("sec-websocket-version: 13"), names_version, "{what}: {head}");
+    }
+    let doubled = format!("{host}host: other.example\r\n");
+    let head = raw_head(addr, &req(&doubled, &format!("{key}sec-websocket-version: 13\r\n"))).await;
+    assert!(head.starts_with("http/1.1 400"), "two hosts: {head}");
+}
