@@ -130,10 +130,15 @@ pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
 pub fn redacted_uri(uri: &hyper::Uri) -> String {
     let path = uri.path();
     let Some(q) = uri.query() else { return path.to_string() };
+    // Keys are compared as the token check reads them, decoded (`tok%65n` is `token`), and
+    // without regard to case, so no spelling the server takes as a token is logged.
+    let is_token = |k: &str| {
+        form_urlencoded::parse(k.as_bytes()).next().is_some_and(|(k, _)| k.eq_ignore_ascii_case("token"))
+    };
     let redacted: Vec<String> = q
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("token") => format!("{k}=[redacted]"),
+            Some((k, _)) if is_token(k) => format!("{k}=[redacted]"),
             _ => kv.to_string(),
         })
         .collect();
@@ -261,6 +266,11 @@ mod tests {
         let r = redacted_uri(&u);
         assert!(!r.contains("s3cret") && !r.contains("=x"), "{r}");
         assert_eq!(r, "/ws/rpc?a=1&token=[redacted]&TOKEN=[redacted]&b=2");
+        // Every spelling that decodes to `token`, as the token check decodes it.
+        for spelled in ["tok%65n", "%74oken", "to%6Ben", "tok%45N"] {
+            let u: hyper::Uri = format!("/x?{spelled}=s3cret").parse().unwrap();
+            assert_eq!(redacted_uri(&u), format!("/x?{spelled}=[redacted]"));
+        }
     }
 
     /// Waits once, then refuses requests with a `deny` header and marks the others.

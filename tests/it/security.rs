@@ -416,13 +416,15 @@ async fn every_refused_upgrade_is_counted_by_reason() {
     }
 }
 
-/// Runs the binary with debug logs, offers it tokens every way, and reads its log.
+/// Runs the binary with every log line on (trace, every crate), offers it tokens every way it
+/// takes them (query in any spelling that decodes to `token`, bearer, header, the `auth`
+/// method), and reads its log.
 #[tokio::test]
 async fn tokens_never_reach_the_logs() {
     use std::process::{Command, Stdio};
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log", "debug"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log", "trace"])
         .env("RPCHUB_ADMIN_TOKEN", ADMIN)
         .env("RPCHUB_JWT_SECRET", SECRET)
         .env_remove("RUST_LOG")
@@ -437,8 +439,17 @@ async fn tokens_never_reach_the_logs() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let jwt = hs256(&claims("alice", &["x:*"], &[], 60));
-    let secrets = ["query-secret-111", "bearer-secret-222", "header-secret-333", "auth-secret-444"];
+    let secrets = [
+        "query-secret-111",
+        "bearer-secret-222",
+        "header-secret-333",
+        "auth-secret-444",
+        "spelled-secret-555",
+    ];
     let _ = try_ws(addr, &format!("/ws/rpc?token={}", secrets[0]), None, &[]).await;
+    let _ = try_ws(addr, &format!("/ws/rpc?tok%65n={}", secrets[4]), None, &[]).await;
+    let _ = try_ws(addr, &format!("/nope?tok%65n={}", secrets[4]), None, &[]).await;
+    let _ = http(addr, "GET", &format!("/nope?tok%65n={}", secrets[4]), &[], "").await;
     let _ = try_ws(addr, "/nope?token=query-secret-111", None, &[]).await;
     let _ = http(addr, "GET", "/nope?token=query-secret-111", &[], "").await;
     let _ = try_ws(addr, "/ws/rpc", Some(secrets[1]), &[]).await;
