@@ -26,6 +26,7 @@
 //! Both answer `Err(response)` to stop the request with that response.
 
 mod capacity;
+mod log;
 mod origin;
 mod rate;
 mod route;

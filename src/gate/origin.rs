@@ -4,8 +4,10 @@
 //! empty body and the server logs `WebSocket upgrade blocked from origin <origin> (host
 //! <host>)`. With no allowlist configured only same-origin pages may connect (the Origin's host
 //! and port equal the Host header). Requests without Origin (bots, servers) are accepted. An
-//! entry `*` allows every origin. Refusals count as `origin`.
+//! entry `*` allows every origin. Refusals count as `origin`; their log line shows at most 256
+//! bytes of each header and is written at most ten times a second ([`super::log`]).
 
+use super::log::{Logged, Suppressed, Throttle};
 use super::{Body, Check, refused, upgrade_match};
 use crate::metrics::{Metrics, Rejection};
 use hyper::{Request, Response, StatusCode};
@@ -16,6 +18,8 @@ use std::sync::Arc;
 pub struct OriginCheck {
     allowed: Arc<Vec<String>>,
     metrics: Arc<Metrics>,
+    /// The refusal's log line is bounded in size and rate.
+    log: Arc<Throttle>,
 }
 
 impl OriginCheck {
@@ -23,7 +27,7 @@ impl OriginCheck {
     /// refusals are counted in `metrics`.
     pub fn new(allowed: &[String], metrics: Arc<Metrics>) -> OriginCheck {
         let allowed = allowed.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).collect();
-        OriginCheck { allowed: Arc::new(allowed), metrics }
+        OriginCheck { allowed: Arc::new(allowed), metrics, log: Arc::default() }
     }
 
     /// True if a page from `origin` may connect to a server reached as `host`.
@@ -45,13 +49,20 @@ impl Check for OriginCheck {
         if upgrade_match(req.extensions()).is_none() {
             return Ok(());
         }
-        let Some(origin) = req.headers().get(hyper::header::ORIGIN) else { return Ok(()) };
-        let origin = String::from_utf8_lossy(origin.as_bytes()).into_owned();
-        let host = req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok());
-        if self.allows(&origin, host) {
+        let Some(raw) = req.headers().get(hyper::header::ORIGIN) else { return Ok(()) };
+        let origin = String::from_utf8_lossy(raw.as_bytes()).into_owned();
+        let host = req.headers().get(hyper::header::HOST);
+        if self.allows(&origin, host.and_then(|h| h.to_str().ok())) {
             return Ok(());
         }
-        tracing::warn!("WebSocket upgrade blocked from origin {} (host {})", origin, host.unwrap_or("-"));
+        if let Some(left_out) = self.log.admit() {
+            tracing::warn!(
+                "WebSocket upgrade blocked from origin {} (host {}){}",
+                Logged(raw.as_bytes()),
+                Logged(host.map_or(b"-".as_slice(), |h| h.as_bytes())),
+                Suppressed(left_out)
+            );
+        }
         let forbidden = Response::builder()
             .status(StatusCode::FORBIDDEN)
             .body(Body::default())

@@ -519,3 +519,47 @@ async fn ambiguous_handshakes_are_refused() {
     let head = raw_head(addr, &req(&doubled, &format!("{key}sec-websocket-version: 13\r\n"))).await;
     assert!(head.starts_with("http/1.1 400"), "two hosts: {head}");
 }
+
+/// A client refused for its Origin again and again, with a huge header, costs the log a few
+/// short lines a second: header values cut to 256 bytes with their length, lines beyond ten a
+/// second left out and counted in the next one.
+#[tokio::test]
+async fn refusals_flood_neither_the_log_nor_its_lines() {
+    use std::process::{Command, Stdio};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let origin = format!("http://{}.example", "x".repeat(20_000));
+    for _ in 0..60 {
+        assert_eq!(try_ws(addr, "/ws/rpc", None, &[("origin", &origin)]).await.err(), Some(403));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(try_ws(addr, "/ws/rpc", None, &[("origin", "http://evil.example")]).await.err(), Some(403));
+    // SAFETY: signalling our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM)
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> =
+        log.lines().filter(|l| l.contains("WebSocket upgrade blocked from origin")).collect();
+    assert!((2..=12).contains(&lines.len()), "{} lines for 61 refusals:\n{log}", lines.len());
+    assert!(lines.iter().all(|l| l.len() < 700), "a line longer than the cut values allow");
+    assert!(lines[0].contains(&format!("... ({} bytes)", origin.len())), "{}", lines[0]);
+    let last = lines.last().unwrap();
+    assert!(last.contains("http://evil.example") && last.contains("similar lines left out"), "{last}");
+    assert!(log.len() < 16 << 10, "the whole log stays small: {} bytes", log.len());
+}
