@@ -416,17 +416,16 @@ async fn every_refused_upgrade_is_counted_by_reason() {
     }
 }
 
-/// Runs the binary with every log line on (trace, every crate), offers it tokens every way it
-/// takes them (query in any spelling that decodes to `token`, bearer, header, the `auth`
-/// method), and reads its log.
-#[tokio::test]
-async fn tokens_never_reach_the_logs() {
+/// Starts the built binary on a free port with the admin token, `args` after `serve --listen`
+/// and `env` set, its log piped; returns once it accepts connections.
+async fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, std::net::SocketAddr) {
     use std::process::{Command, Stdio};
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--log", "trace"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .env("RPCHUB_ADMIN_TOKEN", ADMIN)
-        .env("RPCHUB_JWT_SECRET", SECRET)
+        .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -435,9 +434,29 @@ async fn tokens_never_reach_the_logs() {
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline);
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (child, addr)
+}
+
+/// Stops a server started by [`serve_binary`] with SIGTERM and returns everything it logged.
+async fn stop_for_log(child: std::process::Child) -> String {
+    // SAFETY: signalling our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM)
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the binary with every log line on (trace, every crate), offers it tokens every way it
+/// takes them (query in any spelling that decodes to `token`, bearer, header, the `auth`
+/// method), and reads its log.
+#[tokio::test]
+async fn tokens_never_reach_the_logs() {
+    let (child, addr) = serve_binary(&["--log", "trace"], &[("RPCHUB_JWT_SECRET", SECRET)]).await;
     let jwt = hs256(&claims("alice", &["x:*"], &[], 60));
     let secrets = [
         "query-secret-111",
@@ -458,13 +477,7 @@ async fn tokens_never_reach_the_logs() {
     call(&mut w, "auth", json!([secrets[3]])).await;
     call(&mut w, "auth", json!([ADMIN])).await;
     drop(w);
-    // SAFETY: signalling our own child.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM)
-    };
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = stop_for_log(child).await;
     assert!(log.contains("WebSocket upgrade blocked from origin http://evil.example"), "{log}");
     for s in secrets.iter().chain([&ADMIN, &jwt.as_str(), &SECRET]) {
         assert!(!log.contains(s), "{s} leaked into the log:\n{log}");
@@ -525,35 +538,14 @@ async fn ambiguous_handshakes_are_refused() {
 /// second left out and counted in the next one.
 #[tokio::test]
 async fn refusals_flood_neither_the_log_nor_its_lines() {
-    use std::process::{Command, Stdio};
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (child, addr) = serve_binary(&[], &[]).await;
     let origin = format!("http://{}.example", "x".repeat(20_000));
     for _ in 0..60 {
         assert_eq!(try_ws(addr, "/ws/rpc", None, &[("origin", &origin)]).await.err(), Some(403));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(try_ws(addr, "/ws/rpc", None, &[("origin", "http://evil.example")]).await.err(), Some(403));
-    // SAFETY: signalling our own child.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM)
-    };
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = stop_for_log(child).await;
     let lines: Vec<&str> =
         log.lines().filter(|l| l.contains("WebSocket upgrade blocked from origin")).collect();
     assert!((2..=12).contains(&lines.len()), "{} lines for 61 refusals:\n{log}", lines.len());
