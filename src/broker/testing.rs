@@ -57,6 +57,8 @@ pub struct FaultyBroker {
     inner: Arc<MemoryBroker>,
     state: Mutex<State>,
     listener: OnceLock<Weak<dyn Listener>>,
+    /// The inner broker's listener, which it holds weakly: kept alive here.
+    relay: Arc<dyn Listener>,
     /// What was broken.
     pub counts: FaultCounts,
 }
@@ -90,17 +92,14 @@ impl Listener for Relay {
 impl FaultyBroker {
     /// A memory broker of `max_channels` streams behind `faults`.
     pub fn start(max_channels: usize, faults: Faults) -> Arc<FaultyBroker> {
-        let inner = MemoryBroker::start(max_channels);
-        let b = Arc::new(FaultyBroker {
-            inner,
+        let b = Arc::new_cyclic(|me| FaultyBroker {
+            inner: MemoryBroker::start(max_channels),
             state: Mutex::new(State { faults, rng: faults.seed | 1, held: HashMap::new(), seen: Vec::new() }),
             listener: OnceLock::new(),
+            relay: Arc::new(Relay(me.clone())),
             counts: FaultCounts::default(),
         });
-        let relay: Arc<dyn Listener> = Arc::new(Relay(Arc::downgrade(&b)));
-        // The inner broker holds the relay weakly; the faulty broker keeps it alive.
-        b.inner.set_listener(Arc::downgrade(&relay));
-        std::mem::forget(relay);
+        b.inner.set_listener(Arc::downgrade(&b.relay));
         b
     }
 
