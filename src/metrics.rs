@@ -220,12 +220,6 @@ impl Metrics {
         self.methods.get().and_then(|m| m.get(method)).unwrap_or(&self.unknown_method)
     }
 
-    /// True when `method` has counters of its own (every method of the table given to
-    /// [`Metrics::new`]).
-    pub fn has_method(&self, method: &str) -> bool {
-        self.methods.get().is_some_and(|m| m.contains_key(method))
-    }
-
     /// Counts a WebSocket connection opened through `door`.
     pub fn connection_opened(&self, door: &'static str) {
         self.open.inc();

@@ -138,9 +138,4 @@ impl Registry {
             }
         }
     }
-
-    /// Open connections, one shard at a time (for tests and diagnostics).
-    pub fn ids(&self) -> Vec<u64> {
-        self.shards.iter().flat_map(|s| s.lock().keys().copied().collect::<Vec<_>>()).collect()
-    }
 }

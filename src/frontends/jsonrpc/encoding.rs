@@ -35,7 +35,7 @@ impl Encoding for JsonRpcEncoding {
 }
 
 /// Writes an event object: the `result` of a notification.
-pub(super) fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
+fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
     match event {
         Event::Publication { channel, publication } => {
             out.extend_from_slice(PUBLICATION_PREFIX);
