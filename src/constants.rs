@@ -37,6 +37,37 @@ pub const DEFAULT_UPGRADES_PER_MINUTE: u32 = 100;
 /// Concurrent WebSocket connections; beyond it upgrades are refused with 429.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
+/// Concurrent TCP connections that are not WebSockets; beyond it a new connection is closed at
+/// once. A tenth of the WebSockets: plain requests are short, and upgrades leave this count.
+pub const DEFAULT_MAX_HTTP_CONNECTIONS: usize = 10_000;
+
+/// Descriptors kept out of `max_connections` and `max_http_connections` for everything else the process opens: the
+/// listener, the broker's and the backend's connections, log files. Without them, a node full
+/// of clients could not reach its broker, and `accept` would fail with EMFILE.
+pub const DESCRIPTOR_RESERVE: u64 = 256;
+
+/// Connections one client address may hold that are not WebSockets: nginx's `limit_conn`. A
+/// backend's keep-alive pool is well within it; thousands of half-sent requests are not.
+pub const DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS: usize = 256;
+
+/// Time for a request's head, then again for its body (Apache's `RequestReadTimeout`): a
+/// slow-loris client is cut off after it, whatever it trickles.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Each this many bytes of a request body extend its deadline by a second (`MinRate` of
+/// Apache's `RequestReadTimeout`, whose default this is): a large body on a slow link still
+/// arrives, a trickle does not hold a connection.
+pub const DEFAULT_REQUEST_MIN_RATE: u32 = 500;
+
+/// An HTTP answer whose socket accepts nothing for this long is dropped (nginx's
+/// `send_timeout`): a client that does not read cannot pin the answer's memory.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest answer to one message, a call or a whole batch: 1 MiB holds a full default history
+/// page of maximum-size publications twice over, and a 4 KiB batch cannot make the node write
+/// 25 MB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
+
 /// Subscriptions one connection may hold.
 pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 1024;
 
@@ -64,9 +95,6 @@ pub const DEFAULT_LOG: &str = "info";
 
 /// Pending connections the kernel may queue for `accept` (capped by `net.core.somaxconn`).
 pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// Time a client has to send its HTTP request head (slow-loris bound).
-pub const HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After the server sends a close frame, how long it waits for the client's close frame before
 /// it drops the TCP connection.

@@ -36,6 +36,17 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The reasons of `rpchub_connections_refused_total`: the node holds
+/// `limits.max_http_connections` connections that are not WebSockets; the address holds
+/// `limits.http_connections_per_address` of them.
+pub const CONNECTION_REFUSALS: [&str; 2] = ["limit", "per_address"];
+
+/// The reasons of `rpchub_http_refused_total`: the request's head or body missed
+/// `limits.request_timeout` (408); its body was over `limits.max_message_bytes` (413); it was
+/// not JSON (415); it came from a page of an origin CORS does not allow (403); its sender kept
+/// calling far over its rate (429).
+pub const HTTP_REFUSALS: [&str; 5] = ["request_timeout", "too_big", "media_type", "origin", "flood"];
+
 /// Why the gate refused a WebSocket upgrade: the `reason` label of
 /// `rpchub_upgrades_rejected_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,6 +140,14 @@ pub struct Metrics {
     /// The counters of `upgrades_rejected`, one per [`Rejection`] by [`Rejection::index`], made
     /// at start: a flood of refusals takes no lock, and every reason is exported from zero.
     rejections: [Counter; Rejection::ALL.len()],
+    /// TCP connections closed at accept, by reason (`limit`, `per_address`).
+    connections_refused: Family<ReasonLabels, Counter>,
+    /// Open TCP connections that are not WebSockets (yet).
+    pub http_connections: Gauge,
+    /// Plain HTTP requests refused, by reason ([`HTTP_REFUSALS`]).
+    http_refused: Family<ReasonLabels, Counter>,
+    /// Answers replaced by -32007 because they were over `limits.max_response_bytes`.
+    pub responses_too_big: Counter,
     /// Gaps in a broker's deliveries filled from history.
     pub gaps_filled: Counter,
     /// Times a channel lost track of its stream (a new epoch, or a gap history no longer
@@ -167,6 +186,10 @@ impl Metrics {
             rate_limited: Counter::default(),
             upgrades_rejected,
             rejections,
+            connections_refused: Family::default(),
+            http_connections: Gauge::default(),
+            http_refused: Family::default(),
+            responses_too_big: Counter::default(),
             gaps_filled: Counter::default(),
             streams_lost: Counter::default(),
             calls,
@@ -191,6 +214,28 @@ impl Metrics {
             "Upgrades refused before the WebSocket, by reason",
             m.upgrades_rejected.clone(),
         );
+        r.register(
+            "connections_refused",
+            "TCP connections closed at accept, by reason",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "http_connections",
+            "Open TCP connections that are not WebSockets",
+            m.http_connections.clone(),
+        );
+        r.register("http_refused", "Plain HTTP requests refused, by reason", m.http_refused.clone());
+        r.register(
+            "responses_too_big",
+            "Answers replaced by an error for being over limits.max_response_bytes",
+            m.responses_too_big.clone(),
+        );
+        for reason in CONNECTION_REFUSALS {
+            let _ = m.connections_refused.get_or_create(&ReasonLabels { reason });
+        }
+        for reason in HTTP_REFUSALS {
+            let _ = m.http_refused.get_or_create(&ReasonLabels { reason });
+        }
         r.register("gaps_filled", "Gaps in broker deliveries filled from history", m.gaps_filled.clone());
         r.register(
             "streams_lost",
@@ -248,6 +293,16 @@ impl Metrics {
     /// Counts a connection the server closed.
     pub fn closed(&self, reason: &'static str) {
         self.closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a TCP connection closed at accept; `reason` is one of [`CONNECTION_REFUSALS`].
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a plain HTTP request refused; `reason` is one of [`HTTP_REFUSALS`].
+    pub fn http_refused(&self, reason: &'static str) {
+        self.http_refused.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Counts an upgrade refused before the WebSocket existed.

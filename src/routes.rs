@@ -77,7 +77,7 @@ routes! {
     /// `GET /ws/rpc` with an upgrade: JSON-RPC 2.0 over WebSocket.
     WsRpc = "/ws/rpc" { methods: [GET], upgrade: true, token: true },
     /// `POST /rpc`: the same JSON-RPC methods over HTTP, without subscriptions.
-    HttpRpc = "/rpc" { methods: [POST], upgrade: false, token: true },
+    HttpRpc = "/rpc" { methods: [POST, OPTIONS], upgrade: false, token: true },
     /// `GET /health`: liveness, `{"status":"ok"}`.
     Health = "/health" { methods: [GET], upgrade: false, token: false },
     /// `GET /metrics`: the Prometheus text exposition.

@@ -24,8 +24,26 @@ pub struct Limits {
     pub pong_timeout: Duration,
     /// WebSocket upgrades per minute per client IP.
     pub upgrades_per_minute: u32,
-    /// Concurrent WebSocket connections.
+    /// Concurrent WebSocket connections (with `max_http_connections`, kept below the process's
+    /// descriptor limit at start).
     pub max_connections: usize,
+    /// Concurrent TCP connections that are not WebSockets (yet): HTTP requests, keep-alive
+    /// connections, upgrades in progress.
+    pub max_http_connections: usize,
+    /// Connections from one client address (IPv6: its /64) that are not WebSockets (yet):
+    /// HTTP requests, keep-alive connections, upgrades in progress.
+    pub http_connections_per_address: usize,
+    /// Time a client has to send a request's head, and then again its body (extended by the
+    /// body's size at `request_min_rate`).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Bytes a second a request body must arrive at, beyond `request_timeout`'s allowance.
+    pub request_min_rate: u32,
+    /// An HTTP answer whose socket takes no byte for this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Largest answer to one message (a call, or a batch as a whole), in bytes.
+    pub max_response_bytes: usize,
     /// Subscriptions per connection.
     pub max_subscriptions: usize,
     /// Calls per second per connection (a static key's `rate` overrides it; admin: unlimited).
@@ -48,6 +66,12 @@ impl Default for Limits {
             pong_timeout: DEFAULT_PONG_TIMEOUT,
             upgrades_per_minute: DEFAULT_UPGRADES_PER_MINUTE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_http_connections: DEFAULT_MAX_HTTP_CONNECTIONS,
+            http_connections_per_address: DEFAULT_HTTP_CONNECTIONS_PER_ADDRESS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            request_min_rate: DEFAULT_REQUEST_MIN_RATE,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_subscriptions: DEFAULT_MAX_SUBSCRIPTIONS,
             calls_per_second: DEFAULT_CALLS_PER_SECOND,
             calls_in_flight: DEFAULT_CALLS_IN_FLIGHT,

@@ -60,6 +60,10 @@ pub struct Config {
     /// only same-origin pages (Origin host equals Host). Requests without Origin are accepted.
     #[serde(deserialize_with = "string_or_list")]
     pub allowed_origins: Vec<String>,
+    /// Origins whose pages may call `POST /rpc` across origins (CORS), `*` for any. Empty: no
+    /// cross-origin calls (a POST from a page of another origin is 403).
+    #[serde(deserialize_with = "string_or_list")]
+    pub cors_origins: Vec<String>,
     /// How long shutdown waits for clients before exiting anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -87,6 +91,7 @@ impl Default for Config {
             jwt_audience: None,
             jwt_issuer: None,
             allowed_origins: Vec::new(),
+            cors_origins: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             limits: Limits::default(),
             default_namespace: NamespaceConfig::default(),
@@ -156,6 +161,21 @@ impl Config {
             return err(
                 "limits.max_connections, max_subscriptions and max_channels must be above zero".into()
             );
+        }
+        if l.max_http_connections == 0 || l.http_connections_per_address == 0 {
+            return err(
+                "limits.max_http_connections and limits.http_connections_per_address must be above zero"
+                    .into(),
+            );
+        }
+        if l.request_timeout.is_zero() || l.write_timeout.is_zero() {
+            return err("limits.request_timeout and limits.write_timeout must be above zero".into());
+        }
+        if l.max_response_bytes < 1024 {
+            return err(format!(
+                "limits.max_response_bytes is {}; it must be at least 1024 (an error answer must fit)",
+                l.max_response_bytes
+            ));
         }
         if l.upgrades_per_minute == 0 || l.calls_per_second == 0 {
             return err("limits.upgrades_per_minute and limits.calls_per_second must be above zero".into());

@@ -32,7 +32,7 @@ impl fmt::Display for Logged<'_> {
 
 /// One kind of refusal's share of the log.
 #[derive(Debug)]
-pub(super) struct Throttle {
+pub(crate) struct Throttle {
     state: Mutex<(TokenBucket, u64)>,
 }
 
@@ -47,7 +47,7 @@ impl Default for Throttle {
 impl Throttle {
     /// `Some(n)` when a line may be written now, `n` being how many were left out since the last
     /// one; `None` when this one is to be left out (and counted).
-    pub(super) fn admit(&self) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let mut st = self.state.lock();
         if st.0.take(Instant::now()).is_ok() {
             Some(std::mem::take(&mut st.1))
@@ -60,7 +60,7 @@ impl Throttle {
 
 /// `" [N similar lines left out]"` after a line that follows suppressed ones, else nothing.
 #[derive(Debug)]
-pub(super) struct Suppressed(pub(super) u64);
+pub(crate) struct Suppressed(pub(crate) u64);
 
 impl fmt::Display for Suppressed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

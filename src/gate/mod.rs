@@ -26,15 +26,15 @@
 //! Both answer `Err(response)` to stop the request with that response.
 
 mod capacity;
-mod log;
+pub(crate) mod log;
 mod origin;
 mod rate;
 mod route;
 pub mod token;
 
 pub use capacity::{CapacityCheck, SlotTicket};
-pub use origin::OriginCheck;
-pub use rate::UpgradeRate;
+pub use origin::{OriginCheck, same_origin};
+pub use rate::{UpgradeRate, address_key};
 pub use route::RouteCheck;
 
 use crate::metrics::{Metrics, Rejection};

@@ -36,11 +36,16 @@ impl OriginCheck {
         if !self.allowed.is_empty() {
             return self.allowed.iter().any(|a| a == "*" || *a == origin);
         }
-        // Same origin: scheme://HOST[:PORT] against the Host header.
-        let Some(host) = host else { return false };
-        let Some((_, origin_host)) = origin.split_once("://") else { return false };
-        origin_host.eq_ignore_ascii_case(host.trim())
+        same_origin(&origin, host)
     }
+}
+
+/// True if `origin` (`scheme://HOST[:PORT]`) names the server reached as `host` (the Host
+/// header): a page of the server's own origin.
+pub fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else { return false };
+    let Some((_, origin_host)) = origin.trim().split_once("://") else { return false };
+    origin_host.trim_end_matches('/').eq_ignore_ascii_case(host.trim())
 }
 
 impl Check for OriginCheck {

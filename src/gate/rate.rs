@@ -37,8 +37,9 @@ pub struct UpgradeRate {
     metrics: Arc<Metrics>,
 }
 
-/// The address a bucket is kept for.
-fn key(ip: IpAddr) -> IpAddr {
+/// The address a client is counted by: IPv4 addresses (also IPv4-mapped IPv6 ones) whole, IPv6
+/// addresses by their /64, which one client usually holds whole.
+pub fn address_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -69,7 +70,7 @@ impl UpgradeRate {
             t.buckets.retain(|_, b| !b.is_full_at(now));
             t.swept = now;
         }
-        let key = key(ip);
+        let key = address_key(ip);
         if !t.buckets.contains_key(&key) && t.buckets.len() >= MAX_TRACKED {
             return Err(60);
         }

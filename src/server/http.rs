@@ -1,34 +1,93 @@
 //! `POST /rpc`: JSON-RPC over HTTP. The same methods as over WebSocket, in a session of one
-//! request, so without subscriptions; the body is bounded by `limits.max_message_bytes`.
+//! request, so without subscriptions. Before a call runs:
+//! - the page's origin must be the server's own or allowed by CORS ([`super::cors`]; 403);
+//! - the body must say it is JSON: `application/json` or `application/json-rpc` (415), so a
+//!   form or `text/plain` post from another site (the CSRF "simple request") runs nothing;
+//! - the body must arrive within `limits.request_timeout`, plus a second per
+//!   `limits.request_min_rate` bytes (408 and the connection closed), and be at most
+//!   `limits.max_message_bytes` (413 with -32007). It is copied out of hyper's buffers as it
+//!   arrives, so a body sent a byte at a time holds its own size and no more.
+//!
+//! Calls are charged to the budget of the request's principal, or for anonymous clients of its
+//! address ([`Budgets`](crate::session::Budgets)), shared by all its requests and connections:
+//! -32003 over the rate; a client that keeps flooding gets 429 and its connection closed.
 
-use super::{Node, client_addr, principal_of};
+use super::{Node, client_addr, cors, principal_of};
 use crate::frontends::jsonrpc;
 use crate::gate::{Body, json_error, json_response};
 use crate::rpc;
 use crate::session::Session;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// The media types `POST /rpc` takes.
+const JSON_TYPES: [&str; 2] = ["application/json", "application/json-rpc"];
 
 /// JSON-RPC over HTTP: the same methods, no subscriptions.
 pub(super) async fn http_rpc(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
-    let max = node.config.limits.max_message_bytes;
+    let metrics = &node.metrics;
+    let allow_origin = match node.cors.verdict(req.headers()) {
+        cors::Verdict::Refused => {
+            metrics.http_refused("origin");
+            return cors::refused();
+        }
+        cors::Verdict::SameOrigin => None,
+        cors::Verdict::Allowed(origin) => Some(origin),
+    };
+    let mut response = answer(node, req).await;
+    if let Some(origin) = allow_origin {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// The answer to a request CORS let through.
+async fn answer(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    let (metrics, limits) = (&node.metrics, &node.config.limits);
+    if !is_json(req.headers()) {
+        metrics.http_refused("media_type");
+        let mut r = json_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST /rpc takes a JSON-RPC body with Content-Type: application/json",
+        );
+        r.headers_mut()
+            .insert("accept-post", HeaderValue::from_static("application/json, application/json-rpc"));
+        return r;
+    }
     let remote = client_addr(&req);
     let principal = principal_of(&req);
-    let body = match Limited::new(req.into_body(), max).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+    let max = limits.max_message_bytes;
+    let body = match read_body(req.into_body(), max, limits.request_timeout, limits.request_min_rate).await {
+        Ok(b) => b,
+        Err(BodyError::TooBig) => {
+            metrics.http_refused("too_big");
             let err = jsonrpsee::types::ErrorObject::owned(
                 rpc::error::MESSAGE_TOO_BIG,
                 "Request is too big",
                 Some(format!("the limit is {max} bytes (limits.max_message_bytes)")),
             );
             let body = jsonrpc::error_json(jsonrpsee::types::Id::Null, err);
-            return json_response(StatusCode::PAYLOAD_TOO_LARGE, body);
+            return closing(json_response(StatusCode::PAYLOAD_TOO_LARGE, body));
         }
-        Err(_) => return json_error(StatusCode::BAD_REQUEST, "could not read the request body"),
+        Err(BodyError::TimedOut) => {
+            metrics.http_refused("request_timeout");
+            let message = format!(
+                "the request body did not arrive in time: {:?} (limits.request_timeout), and a \
+                 second more per {} bytes (limits.request_min_rate)",
+                limits.request_timeout, limits.request_min_rate
+            );
+            return closing(json_error(StatusCode::REQUEST_TIMEOUT, &message));
+        }
+        Err(BodyError::Unreadable) => {
+            return closing(json_error(StatusCode::BAD_REQUEST, "could not read the request body"));
+        }
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         let body =
@@ -36,18 +95,85 @@ pub(super) async fn http_rpc(node: &Arc<Node>, req: Request<Incoming>) -> Respon
         return json_response(StatusCode::OK, body);
     };
     let id = node.next_session.fetch_add(1, Ordering::Relaxed);
-    let session = Arc::new(Session::new(
-        id,
-        remote,
-        jsonrpc::DOOR,
-        principal,
-        None,
-        node.config.limits.calls_per_second,
-    ));
-    match node.jsonrpc.handle_http(&session, text).await {
+    let budget = node.budgets.of(&principal, remote.ip());
+    let session = Arc::new(Session::over_http(id, remote, jsonrpc::DOOR, principal, budget));
+    let answer = node.jsonrpc.handle_http(&session, text).await;
+    if answer.flood {
+        metrics.http_refused("flood");
+        let err: jsonrpsee::types::ErrorObjectOwned = rpc::RpcError::RateLimited(format!(
+            "far over the rate of {} calls a second (limits.calls_per_second) for too long; the \
+             connection is closed",
+            session.principal().call_rate(limits.calls_per_second).unwrap_or(0)
+        ))
+        .into();
+        let mut r = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            jsonrpc::error_json(jsonrpsee::types::Id::Null, err),
+        );
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return closing(r);
+    }
+    match answer.json {
         Some(json) => json_response(StatusCode::OK, json),
         None => {
             Response::builder().status(StatusCode::NO_CONTENT).body(Body::default()).expect("static; qed")
+        }
+    }
+}
+
+/// True if the request says its body is JSON.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    JSON_TYPES.iter().any(|t| essence.eq_ignore_ascii_case(t))
+}
+
+/// `r`, telling hyper to close the connection after it (whatever of the request is unread).
+fn closing(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Why a body was not read.
+#[derive(Debug, PartialEq)]
+enum BodyError {
+    TooBig,
+    TimedOut,
+    Unreadable,
+}
+
+/// Reads a body of at most `max` bytes that must arrive within `timeout`, extended by a second
+/// per `min_rate` bytes received (0: not extended). Each chunk is copied into one buffer of
+/// the body's size and hyper's is let go at once.
+async fn read_body(
+    mut body: Incoming,
+    max: usize,
+    timeout: Duration,
+    min_rate: u32,
+) -> Result<Vec<u8>, BodyError> {
+    let announced = body.size_hint().lower();
+    if announced > max as u64 {
+        return Err(BodyError::TooBig);
+    }
+    let start = Instant::now();
+    let mut buf = Vec::with_capacity(announced as usize);
+    loop {
+        let earned = if min_rate == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(buf.len() as f64 / min_rate as f64)
+        };
+        let deadline = tokio::time::Instant::from_std(start + timeout + earned);
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(BodyError::TimedOut),
+            Ok(None) => return Ok(buf),
+            Ok(Some(frame)) => frame.map_err(|_| BodyError::Unreadable)?,
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > max {
+                return Err(BodyError::TooBig);
+            }
+            buf.extend_from_slice(&data);
         }
     }
 }

@@ -11,11 +11,16 @@
 //! - `dispatch`: the service behind the gate, from a request's route to its handler, and the
 //!   small handlers (`/health`, `/metrics`, the console);
 //! - `upgrade`: `GET /ws/rpc`, the 101 and the connection it starts;
-//! - `http`: `POST /rpc`, JSON-RPC over HTTP.
+//! - `conns`: the node-wide and per-address limits every TCP connection is counted against;
+//! - `io`: the TCP stream with the write timeout hyper serves HTTP on;
+//! - `http`: `POST /rpc`, JSON-RPC over HTTP; `cors`: its cross-origin policy.
 
 mod accept;
+mod conns;
+mod cors;
 mod dispatch;
 mod http;
+mod io;
 mod upgrade;
 
 use crate::auth::{Authenticator, Principal};
@@ -28,7 +33,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::rpc::{self, Handlers, NodeState};
-use crate::session::Subscriptions;
+use crate::session::{Budgets, Subscriptions};
 use crate::shutdown::Shutdown;
 use crate::transport::{ConnLimits, Registry, frame};
 use hyper::Request;
@@ -69,6 +74,12 @@ pub struct Node {
     /// The shutdown signal.
     pub shutdown: Shutdown,
     next_session: AtomicU64,
+    /// Every TCP connection's places.
+    tcp: Arc<conns::TcpLimits>,
+    /// The call budgets of `POST /rpc`.
+    budgets: Budgets,
+    /// Who may call `POST /rpc` from other origins.
+    cors: cors::Cors,
 }
 
 impl Node {
@@ -113,7 +124,7 @@ pub async fn start_with(
     config: Config,
     broker: Arc<dyn crate::broker::Broker>,
 ) -> Result<Running, StartError> {
-    let config = Arc::new(config);
+    let config = Arc::new(within_descriptors(config));
     let listener = accept::listen(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
     let addr = listener.local_addr().map_err(|e| StartError::Bind(config.listen, e))?;
     let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
@@ -131,7 +142,8 @@ pub async fn start_with(
         started: Instant::now(),
         node_id: node_id.clone(),
     });
-    let dispatcher = Dispatcher::new(rpc::methods(Handlers(state)), metrics.clone());
+    let dispatcher =
+        Dispatcher::new(rpc::methods(Handlers(state)), metrics.clone(), config.limits.max_response_bytes);
     // Metrics are labelled by the method table's names, whatever it holds.
     metrics.label_methods(dispatcher.method_names());
     let registry = Registry::new(config.limits.max_connections);
@@ -144,12 +156,19 @@ pub async fn start_with(
     let node = Arc::new(Node {
         config: config.clone(),
         jsonrpc: JsonRpc::new(dispatcher, subscriptions, metrics.clone()),
-        metrics,
+        metrics: metrics.clone(),
         hub,
         registry,
         conn_limits,
         shutdown: Shutdown::new(),
         next_session: AtomicU64::new(1),
+        tcp: conns::TcpLimits::new(
+            limits.max_http_connections,
+            limits.http_connections_per_address,
+            metrics.http_connections.clone(),
+        ),
+        budgets: Budgets::new(limits.calls_per_second),
+        cors: cors::Cors::new(&config.cors_origins),
     });
     let metrics = &node.metrics;
     let checks = Checks {
@@ -167,6 +186,28 @@ pub async fn start_with(
     }
     let done = tokio::spawn(accept::accept_loop(listener, node.clone(), checks));
     Ok(Running { addr, node, done })
+}
+
+/// `config` with `limits.max_connections` and `limits.max_http_connections` lowered to what the
+/// descriptor limit allows, with a log line saying so: past it, `accept` would fail with EMFILE
+/// and lock every client out.
+fn within_descriptors(mut config: Config) -> Config {
+    let l = &mut config.limits;
+    let Some(nofile) = conns::descriptor_limit() else { return config };
+    let (ws, http) = conns::within_descriptors(l.max_connections, l.max_http_connections, nofile);
+    if (ws, http) != (l.max_connections, l.max_http_connections) {
+        tracing::warn!(
+            "limits.max_connections ({}) and limits.max_http_connections ({}) are more than the \
+             descriptor limit (ulimit -n: {nofile}, {} of them kept for the process) allows: \
+             serving at most {ws} WebSocket connections and {http} other ones; raise the limit \
+             (LimitNOFILE= in systemd, ulimit -n) to serve more",
+            l.max_connections,
+            l.max_http_connections,
+            crate::constants::DESCRIPTOR_RESERVE
+        );
+        (l.max_connections, l.max_http_connections) = (ws, http);
+    }
+    config
 }
 
 /// Pings, silence checks.

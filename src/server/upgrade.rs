@@ -1,6 +1,8 @@
 //! The WebSocket upgrade, once the gate has let it through, for whichever front door the route
 //! names: the 101 answer, and the connection it starts when hyper hands the TCP stream over.
 
+use super::conns::Admitted;
+use super::io::TimedStream;
 use super::{Node, client_addr, principal_of};
 use crate::frontends::Door;
 use crate::gate::SlotTicket;
@@ -12,7 +14,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::net::TcpStream;
 
 /// Answers the upgrade with 101 and runs the connection through `door` once hyper hands the
 /// stream over.
@@ -23,6 +24,9 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
     };
     let Some(slot) = req.extensions().get::<SlotTicket>().and_then(SlotTicket::take) else {
         return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error: no connection slot");
+    };
+    let Some(admitted) = req.extensions().get::<Arc<Admitted>>().cloned() else {
+        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal error: no connection place");
     };
     let remote = client_addr(&req);
     let principal = principal_of(&req);
@@ -38,11 +42,16 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
             Ok(u) => u,
             Err(e) => return tracing::debug!(%remote, "upgrade did not complete: {e}"),
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // A WebSocket now: its address's place is free; its place in the node's limit is held
+        // until it ends.
+        admitted.upgraded();
+        match upgraded.downcast::<TokioIo<TimedStream>>() {
             Ok(parts) => {
                 let leftover = parts.read_buf.to_vec();
                 drop(parts.read_buf);
-                transport::run(conn, registry, conn_limits, parts.io.into_inner(), leftover, slot).await;
+                let stream = parts.io.into_inner().into_inner();
+                transport::run(conn, registry, conn_limits, stream, leftover, slot).await;
+                drop(admitted);
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }

@@ -3,7 +3,10 @@
 //! service ([`Subscriptions`]) is the one place where subscriptions are made and ended, for
 //! every front door.
 
+mod budgets;
 mod subscriptions;
+
+pub use budgets::Budgets;
 
 pub use subscriptions::{
     EndReason, Lifecycle, LifecycleHook, PendingSubscription, SubscribeError, Subscriptions,
@@ -33,7 +36,11 @@ pub struct Session {
     principal: RwLock<Arc<Principal>>,
     /// The principal's expiry in Unix seconds (0: never), readable without the lock.
     expires_at: AtomicU64,
-    budget: Mutex<CallBudget>,
+    /// The call budget: the session's own on a WebSocket; over HTTP, shared by every request of
+    /// the same principal (or anonymous address), from [`Budgets`].
+    budget: Arc<Mutex<CallBudget>>,
+    /// True when `budget` is shared: `auth` then changes rights, not the budget.
+    shared_budget: bool,
     /// Live subscriptions and reserved places for those being made. Dropping the session (its
     /// connection ended) drops them, which unsubscribes.
     pub(crate) subscriptions: Mutex<SubscriptionSet>,
@@ -57,7 +64,31 @@ impl Session {
         link: Option<Arc<Link>>,
         default_rate: u32,
     ) -> Session {
-        let budget = CallBudget::new(principal.call_rate(default_rate));
+        let budget = Arc::new(Mutex::new(CallBudget::new(principal.call_rate(default_rate))));
+        Session::with_budget(id, remote, door, principal, link, budget, false)
+    }
+
+    /// A session of one HTTP request, charged to `budget`, which it shares with the other
+    /// requests of its principal ([`Budgets::of`]).
+    pub fn over_http(
+        id: u64,
+        remote: SocketAddr,
+        door: &'static str,
+        principal: Arc<Principal>,
+        budget: Arc<Mutex<CallBudget>>,
+    ) -> Session {
+        Session::with_budget(id, remote, door, principal, None, budget, true)
+    }
+
+    fn with_budget(
+        id: u64,
+        remote: SocketAddr,
+        door: &'static str,
+        principal: Arc<Principal>,
+        link: Option<Arc<Link>>,
+        budget: Arc<Mutex<CallBudget>>,
+        shared_budget: bool,
+    ) -> Session {
         let expires_at = AtomicU64::new(principal.expires_at.unwrap_or(0));
         Session {
             id,
@@ -66,7 +97,8 @@ impl Session {
             link,
             principal: RwLock::new(principal),
             expires_at,
-            budget: Mutex::new(budget),
+            budget,
+            shared_budget,
             subscriptions: Mutex::new(SubscriptionSet::default()),
         }
     }
@@ -76,9 +108,12 @@ impl Session {
         self.principal.read().clone()
     }
 
-    /// Replaces the principal (after a successful `auth`), with its call rate.
+    /// Replaces the principal (after a successful `auth`), with its call rate (on a WebSocket;
+    /// an HTTP request stays charged to the budget it came with).
     pub fn set_principal(&self, p: Arc<Principal>, default_rate: u32) {
-        self.budget.lock().set_rate(p.call_rate(default_rate));
+        if !self.shared_budget {
+            self.budget.lock().set_rate(p.call_rate(default_rate));
+        }
         self.expires_at.store(p.expires_at.unwrap_or(0), Ordering::Relaxed);
         *self.principal.write() = p;
     }
@@ -145,6 +180,12 @@ impl CallBudget {
             return Verdict::Allow;
         }
         self.charge_at(Instant::now())
+    }
+
+    /// True when the bucket is full at `now` (or there is none): forgetting the budget then
+    /// changes nothing.
+    pub fn is_idle_at(&self, now: Instant) -> bool {
+        self.bucket.as_ref().is_none_or(|b| b.is_full_at(now))
     }
 
     /// Charges a call at `now`.

@@ -159,7 +159,7 @@ async fn the_same_rules_over_http() {
     assert!(v["error"]["message"].as_str().unwrap().contains("/ws/rpc"));
     // Too big.
     let big = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":1,"pad":"{}"}}"#, "x".repeat(5000));
-    let (status, body) = http(addr, "POST", "/rpc", &[], &big).await;
+    let (status, body) = http(addr, "POST", "/rpc", &[("content-type", "application/json")], &big).await;
     assert_eq!((status, error_code(&serde_json::from_str(&body).unwrap())), (413, -32007));
     // Publishing with the admin token works over HTTP too.
     let auth = format!("Bearer {ADMIN}");
@@ -167,7 +167,7 @@ async fn the_same_rules_over_http() {
         addr,
         "POST",
         "/rpc",
-        &[("authorization", &auth)],
+        &[("authorization", &auth), ("content-type", "application/json")],
         r#"{"jsonrpc":"2.0","method":"publish","params":["http:x",{"a":1}],"id":1}"#,
     )
     .await;

@@ -7,6 +7,7 @@ mod bench;
 mod broker_contract;
 mod browser;
 mod channels;
+mod hardening;
 mod jsonrpc;
 mod limits;
 mod security;

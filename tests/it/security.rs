@@ -416,41 +416,6 @@ async fn every_refused_upgrade_is_counted_by_reason() {
     }
 }
 
-/// Starts the built binary on a free port with the admin token, `args` after `serve --listen`
-/// and `env` set, its log piped; returns once it accepts connections.
-async fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, std::net::SocketAddr) {
-    use std::process::{Command, Stdio};
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
-        .envs(env.iter().copied())
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (child, addr)
-}
-
-/// Stops a server started by [`serve_binary`] with SIGTERM and returns everything it logged.
-async fn stop_for_log(child: std::process::Child) -> String {
-    // SAFETY: signalling our own child.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM)
-    };
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Runs the binary with every log line on (trace, every crate), offers it tokens every way it
 /// takes them (query in any spelling that decodes to `token`, bearer, header, the `auth`
 /// method), and reads its log.

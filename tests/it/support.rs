@@ -326,3 +326,80 @@ pub(crate) mod raw {
         }
     }
 }
+
+/// Starts the built binary on a free port with the admin token, `args` after `serve --listen`
+/// and `env` set, its log piped; returns once it accepts connections.
+pub(crate) async fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, SocketAddr) {
+    serve_binary_limited(args, env, None).await
+}
+
+/// Like [`serve_binary`], with the process's descriptor limit (soft and hard) set to `nofile`.
+pub(crate) async fn serve_binary_limited(
+    args: &[&str],
+    env: &[(&str, &str)],
+    nofile: Option<u64>,
+) -> (std::process::Child, SocketAddr) {
+    use std::process::{Command, Stdio};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rpchub"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
+        .envs(env.iter().copied())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(n) = nofile {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // system call (setrlimit), which is async-signal-safe; it allocates nothing.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, n, n));
+        }
+    }
+    let child = command.spawn().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, addr)
+}
+
+/// Stops a server started by [`serve_binary`] with SIGTERM and returns everything it logged.
+pub(crate) async fn stop_for_log(child: std::process::Child) -> String {
+    // SAFETY: signalling our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM)
+    };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (`127.0.0.N`), as a client of
+/// another address.
+pub(crate) async fn connect_from(from: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse().unwrap())?;
+    socket.connect(addr).await
+}
+
+/// True if the server closed `s` (end of stream or reset) within `d`, with nothing sent.
+pub(crate) async fn closed_within(s: &mut TcpStream, d: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 64];
+    matches!(tokio::time::timeout(d, s.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+/// The value of the metric line `name` (with its labels) in `/metrics`, 0 when absent.
+pub(crate) async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, text) = http(addr, "GET", "/metrics", &[], "").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}

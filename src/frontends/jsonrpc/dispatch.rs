@@ -17,6 +17,11 @@
 //! null; valid JSON that is not a request object (or an empty batch) is -32600; a batch answers
 //! with an array of the answers to its requests, or nothing if it held only notifications; a
 //! notification (no `id`) is executed but never answered.
+//!
+//! An answer is at most `limits.max_response_bytes`, a batch's as a whole: a call whose answer
+//! is bigger is answered -32007 instead, saying both sizes; once a batch's answer is full, the
+//! requests left in it are not executed and are answered -32007 (notifications left are
+//! dropped). So a small message can never make the node write a big one.
 
 use crate::metrics::Metrics;
 use crate::rpc::error::{self, standard};
@@ -33,8 +38,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Notify;
 
-/// Largest answer a method may produce.
-const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// What jsonrpsee is told a method's answer may be: nothing it would refuse itself (with its own
+/// code); the dispatcher measures each answer against `limits.max_response_bytes`.
+const UNBOUNDED: usize = usize::MAX;
 
 /// A connection's queue for the calls that must run in the order sent: each takes a ticket
 /// when it starts and runs when the ones before it are done.
@@ -148,6 +154,7 @@ pub struct Answer {
 pub struct Dispatcher {
     methods: Methods,
     metrics: Arc<Metrics>,
+    max_response: usize,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -157,9 +164,9 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher over `methods`.
-    pub fn new(methods: Methods, metrics: Arc<Metrics>) -> Dispatcher {
-        Dispatcher { methods, metrics }
+    /// A dispatcher over `methods` whose answers are at most `max_response` bytes.
+    pub fn new(methods: Methods, metrics: Arc<Metrics>, max_response: usize) -> Dispatcher {
+        Dispatcher { methods, metrics, max_response }
     }
 
     /// The method names served, sorted.
@@ -185,7 +192,18 @@ impl Dispatcher {
             }
             let mut out = String::from("[");
             for e in entries {
-                if let Some(json) = self.call(session, lane, e.get(), true, &mut answer).await {
+                let json = if out.len() >= self.max_response {
+                    // Full: what is left is not executed.
+                    self.metrics.responses_too_big.inc();
+                    serde_json::from_str::<IdOnly>(e.get()).ok().and_then(|i| i.id).map(|id| {
+                        error_json(id, self.too_big("the batch's answer reached it before this call ran"))
+                    })
+                } else {
+                    self.call(session, lane, e.get(), true, &mut answer)
+                        .await
+                        .map(|json| self.fitted(json, out.len() + 1))
+                };
+                if let Some(json) = json {
                     if out.len() > 1 {
                         out.push(',');
                     }
@@ -197,9 +215,38 @@ impl Dispatcher {
                 answer.json = Some(out);
             }
         } else {
-            answer.json = self.call(session, lane, text, false, &mut answer).await;
+            let json = self.call(session, lane, text, false, &mut answer).await;
+            answer.json = json.map(|json| self.fitted(json, 0));
         }
         answer
+    }
+
+    /// `json`, or the error in its place when it does not fit after `used` bytes of its
+    /// message's answer.
+    fn fitted(&self, json: String, used: usize) -> String {
+        if used + json.len() <= self.max_response {
+            return json;
+        }
+        self.metrics.responses_too_big.inc();
+        let Ok(IdOnly { id: Some(id) }) = serde_json::from_str::<IdOnly>(&json) else { return json };
+        let mut why = format!("the answer is {} bytes", json.len());
+        if used > 0 {
+            why += &format!(", after {used} bytes of the batch's answer");
+        }
+        error_json(id, self.too_big(&why))
+    }
+
+    /// -32007 for an answer over the limit.
+    fn too_big(&self, why: &str) -> ErrorObjectOwned {
+        ErrorObject::owned(
+            error::MESSAGE_TOO_BIG,
+            "Response is too big",
+            Some(format!(
+                "{why}; the limit is {} bytes (limits.max_response_bytes): ask for less (a smaller \
+                 history limit, fewer calls in the batch)",
+                self.max_response
+            )),
+        )
     }
 
     /// One request or notification. Returns its answer, if it gets one.
@@ -253,16 +300,10 @@ impl Dispatcher {
         let mut ext = Extensions::new();
         ext.insert(ctx.clone());
         let response = match callback {
-            MethodCallback::Sync(f) => f(id, params, MAX_RESPONSE_BYTES, ext),
+            MethodCallback::Sync(f) => f(id, params, UNBOUNDED, ext),
             MethodCallback::Async(f) => {
-                f(
-                    id.into_owned(),
-                    params.into_owned(),
-                    ConnectionId(session.id as usize),
-                    MAX_RESPONSE_BYTES,
-                    ext,
-                )
-                .await
+                f(id.into_owned(), params.into_owned(), ConnectionId(session.id as usize), UNBOUNDED, ext)
+                    .await
             }
             MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_) => {
                 MethodResponse::error(id, standard(error::INTERNAL_ERROR))

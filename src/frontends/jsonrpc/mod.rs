@@ -7,7 +7,7 @@
 mod dispatch;
 mod encoding;
 
-pub use dispatch::{Dispatcher, Lane, error_json};
+pub use dispatch::{Answer, Dispatcher, Lane, error_json};
 pub use encoding::{JsonRpcEncoding, splice};
 
 use super::Door;
@@ -50,9 +50,10 @@ impl JsonRpc {
         })
     }
 
-    /// Handles one JSON-RPC message over HTTP: the answer's JSON, if it has one.
-    pub async fn handle_http(&self, session: &Arc<Session>, text: &str) -> Option<String> {
-        self.dispatcher.handle(session, None, text).await.json
+    /// Handles one JSON-RPC message over HTTP: the answer's JSON, if it has one, and whether
+    /// its sender floods.
+    pub async fn handle_http(&self, session: &Arc<Session>, text: &str) -> Answer {
+        self.dispatcher.handle(session, None, text).await
     }
 }
 
