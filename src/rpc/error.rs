@@ -104,6 +104,16 @@ impl From<SubscribeError> for RpcError {
     }
 }
 
+/// -32007 `message_too_big`: `data` is `{"code":"message_too_big","detail":...}`, the detail
+/// naming the limit and its config key.
+pub fn too_big(message: &str, detail: String) -> ErrorObjectOwned {
+    ErrorObject::owned(
+        MESSAGE_TOO_BIG,
+        message.to_string(),
+        Some(json!({"code": "message_too_big", "detail": detail})),
+    )
+}
+
 /// A standard error object with a fixed message.
 pub fn standard(code: i32) -> ErrorObjectOwned {
     let message = match code {

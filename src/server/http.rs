@@ -68,10 +68,9 @@ async fn answer(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b,
         Err(BodyError::TooBig) => {
             metrics.http_refused("too_big");
-            let err = jsonrpsee::types::ErrorObject::owned(
-                rpc::error::MESSAGE_TOO_BIG,
+            let err = rpc::error::too_big(
                 "Request is too big",
-                Some(format!("the limit is {max} bytes (limits.max_message_bytes)")),
+                format!("the limit is {max} bytes (limits.max_message_bytes)"),
             );
             let body = jsonrpc::error_json(jsonrpsee::types::Id::Null, err);
             return closing(json_response(StatusCode::PAYLOAD_TOO_LARGE, body));

@@ -253,7 +253,8 @@ async fn answers_are_capped_and_the_connection_kept() {
     // One call whose answer is over the limit.
     let r = call(&mut w, "history", json!({"channel": ch})).await;
     assert_eq!(r["error"]["code"], -32007, "{r}");
-    let data = r["error"]["data"].as_str().unwrap();
+    assert_eq!(r["error"]["data"]["code"], "message_too_big", "{r}");
+    let data = r["error"]["data"]["detail"].as_str().unwrap();
     assert!(data.contains("4096 bytes (limits.max_response_bytes)"), "{data}");
     // Within it, the same call answers.
     let r = call(&mut w, "history", json!({"channel": ch, "limit": 3})).await;

@@ -238,14 +238,13 @@ impl Dispatcher {
 
     /// -32007 for an answer over the limit.
     fn too_big(&self, why: &str) -> ErrorObjectOwned {
-        ErrorObject::owned(
-            error::MESSAGE_TOO_BIG,
+        error::too_big(
             "Response is too big",
-            Some(format!(
+            format!(
                 "{why}; the limit is {} bytes (limits.max_response_bytes): ask for less (a smaller \
                  history limit, fewer calls in the batch)",
                 self.max_response
-            )),
+            ),
         )
     }
 
