@@ -1,7 +1,8 @@
 //! One client's session, whichever front door it came through: who it is, its call budget, its
 //! subscriptions, and (on a WebSocket) the transport link its frames go to. The subscription
 //! service ([`Subscriptions`]) is the one place where subscriptions are made and ended, for
-//! every front door.
+//! every front door; `share` is what anonymous sessions of one address may hold of the node's
+//! channels.
 
 mod share;
 mod subscriptions;

@@ -46,7 +46,8 @@ fn key(ip: IpAddr) -> IpAddr {
 impl AddressShare {
     /// `share` of `max_channels` per address (rounded down, at least one channel).
     pub(crate) fn new(max_channels: usize, share: f64) -> AddressShare {
-        let per_address = ((max_channels as f64 * share) as usize).max(1);
+        // Rounded down; the nudge keeps a product such as 100 * 0.29 (28.999...) at 29.
+        let per_address = ((max_channels as f64 * share + 1e-9) as usize).max(1);
         AddressShare { per_address, table: Mutex::default() }
     }
 
@@ -151,6 +152,8 @@ mod tests {
     fn a_refused_address_leaves_nothing_behind_and_the_share_is_at_least_one() {
         let share = Arc::new(AddressShare::new(10, 0.001));
         assert_eq!(share.per_address(), 1, "rounded down, but at least one");
+        assert_eq!(AddressShare::new(100, 0.29).per_address(), 29, "not 28 for a float's sake");
+        assert_eq!(AddressShare::new(100_000, 0.01).per_address(), 1_000);
         let held = share.take(ip("10.0.0.1"), "c:1").unwrap();
         assert!(share.take(ip("10.0.0.1"), "c:2").is_none());
         drop(held);
