@@ -81,6 +81,12 @@ pub const DEFAULT_CALLS_IN_FLIGHT: usize = 8;
 /// publishers and subscribers can make the node spend on distinct channel names.
 pub const DEFAULT_MAX_CHANNELS: usize = 100_000;
 
+/// The share of `limits.max_channels` that anonymous clients (no token) of one address (IPv6 by
+/// its /64, as the upgrade limit counts it) may hold with their subscriptions: 1% of 100,000 is
+/// 1,000 distinct channels, far more than a person's browser tabs or a public dashboard follow,
+/// while filling the node's channel table takes a hundred addresses instead of one.
+pub const DEFAULT_ANONYMOUS_CHANNEL_SHARE: f64 = 0.01;
+
 /// Publications kept per channel for snapshots and recovery.
 pub const DEFAULT_HISTORY_SIZE: usize = 100;
 

@@ -103,6 +103,40 @@ const _: () = {
     }
 };
 
+/// Why a call was refused a channel slot: the `reason` label of `rpchub_channels_refused_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SlotRefusal {
+    /// The node holds `limits.max_channels` channels and the call would make one more.
+    MaxChannels,
+    /// Anonymous clients of the caller's address hold their share of them
+    /// (`limits.anonymous_channel_share`).
+    AnonymousShare,
+}
+
+impl SlotRefusal {
+    /// Every reason, in declaration order.
+    pub const ALL: [SlotRefusal; 2] = [SlotRefusal::MaxChannels, SlotRefusal::AnonymousShare];
+
+    /// The label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            SlotRefusal::MaxChannels => "max_channels",
+            SlotRefusal::AnonymousShare => "anonymous_share",
+        }
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < SlotRefusal::ALL.len() {
+        assert!(SlotRefusal::ALL[i] as usize == i, "SlotRefusal::ALL is in declaration order");
+        i += 1;
+    }
+};
+
+/// Counts the channels the node holds state for, when the metrics are read.
+type ChannelCount = Box<dyn Fn() -> usize + Send + Sync>;
+
 /// Counters of one method.
 #[derive(Clone, Default, Debug)]
 pub struct MethodCounters {
@@ -123,8 +157,14 @@ pub struct Metrics {
     connections_total: Family<DoorLabels, Counter>,
     /// Active subscriptions.
     pub subscriptions: Gauge,
-    /// Channels with local subscribers.
-    pub channels: Gauge,
+    /// Channels the node holds state for (history, offsets, subscribers): set from
+    /// `count_channels` each time the metrics are read, so it is what the node holds then,
+    /// whoever made or dropped the channels (the hub, the embedded broker, its sweeper).
+    channels: Gauge,
+    count_channels: OnceLock<ChannelCount>,
+    /// Calls refused a channel slot, by reason; one counter per [`SlotRefusal`], made at start
+    /// (a flood of refusals takes no lock, and every reason is exported from zero).
+    slot_refusals: [Counter; SlotRefusal::ALL.len()],
     /// Publications accepted by this node.
     pub publications: Counter,
     /// Notifications queued for subscribers (one per subscriber per publication).
@@ -172,6 +212,9 @@ impl Metrics {
         let upgrades_rejected: Family<ReasonLabels, Counter> = Family::default();
         let rejections = Rejection::ALL
             .map(|r| upgrades_rejected.get_or_create(&ReasonLabels { reason: r.label() }).clone());
+        let channels_refused: Family<ReasonLabels, Counter> = Family::default();
+        let slot_refusals = SlotRefusal::ALL
+            .map(|r| channels_refused.get_or_create(&ReasonLabels { reason: r.label() }).clone());
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
             connections: Family::default(),
@@ -179,6 +222,8 @@ impl Metrics {
             connections_total: Family::default(),
             subscriptions: Gauge::default(),
             channels: Gauge::default(),
+            count_channels: OnceLock::new(),
+            slot_refusals,
             publications: Counter::default(),
             deliveries: Counter::default(),
             slow_consumers: Counter::default(),
@@ -203,7 +248,16 @@ impl Metrics {
             m.connections_total.clone(),
         );
         r.register("subscriptions", "Active subscriptions", m.subscriptions.clone());
-        r.register("channels", "Channels with local subscribers", m.channels.clone());
+        r.register(
+            "channels",
+            "Channels the node holds state for (history, offsets, subscribers)",
+            m.channels.clone(),
+        );
+        r.register(
+            "channels_refused",
+            "Calls refused a channel slot (limits.max_channels), by reason",
+            channels_refused,
+        );
         r.register("publications", "Publications accepted by this node", m.publications.clone());
         r.register("deliveries", "Notifications queued for subscribers", m.deliveries.clone());
         r.register("slow_consumers", "Connections dropped for falling behind", m.slow_consumers.clone());
@@ -310,8 +364,21 @@ impl Metrics {
         self.rejections[reason.index()].inc();
     }
 
+    /// Counts a call refused a channel slot.
+    pub fn slot_refused(&self, reason: SlotRefusal) {
+        self.slot_refusals[reason as usize].inc();
+    }
+
+    /// Sets what `rpchub_channels` reads from (once; the hub does it).
+    pub fn count_channels_with(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
+        let _ = self.count_channels.set(Box::new(count));
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(count) = self.count_channels.get() {
+            self.channels.set(count() as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry.lock())
             .expect("writing to a String; qed");
@@ -345,7 +412,12 @@ mod tests {
         m.closed("slow_consumer");
         m.upgrade_rejected(Rejection::Origin);
         m.upgrade_rejected(Rejection::Origin);
+        m.slot_refused(SlotRefusal::AnonymousShare);
+        m.count_channels_with(|| 7);
         let text = m.render();
+        assert!(text.contains("rpchub_channels 7"), "{text}");
+        assert!(text.contains(r#"rpchub_channels_refused_total{reason="anonymous_share"} 1"#), "{text}");
+        assert!(text.contains(r#"rpchub_channels_refused_total{reason="max_channels"} 0"#), "{text}");
         assert!(text.contains(r#"rpchub_calls_total{method="ping",result="ok"} 1"#), "{text}");
         assert!(text.contains(r#"rpchub_calls_total{method="unknown",result="error"} 1"#), "{text}");
         assert!(text.contains("rpchub_deliveries_total 1000"), "{text}");

@@ -4,7 +4,12 @@
 //! history and calls the listener all under that lock, which is what makes deliveries come in
 //! offset order. Epochs are random per stream, so a restart (or a stream swept away after it
 //! went idle) starts a new epoch. A sweeper task trims expired history and forgets idle streams
-//! so that memory tracks what is in use.
+//! so that memory tracks what is in use; a stream with nothing retained is forgotten as soon as
+//! the hub lets go of its channel ([`Broker::release`]), and a history read never makes one.
+//!
+//! A stream taken out of the map is marked `removed` under its lock; whoever finds the mark
+//! after locking a stream it looked up looks the channel up again, so no publication is appended
+//! to, and no interest is registered on, a stream that can no longer be reached.
 
 use super::*;
 use crate::constants::HISTORY_SWEEP_PERIOD;
@@ -37,6 +42,8 @@ struct Stream {
     retention: Retention,
     /// Last publish or read, in Unix ms (idle streams are forgotten).
     touched: u64,
+    /// Taken out of the map (swept or released): look the channel up again.
+    removed: bool,
 }
 
 impl Stream {
@@ -49,6 +56,7 @@ impl Stream {
             interest: 0,
             retention,
             touched: now_ms(),
+            removed: false,
         }
     }
 
@@ -144,13 +152,34 @@ impl MemoryBroker {
         retention: Retention,
         f: impl FnOnce(&mut Stream, u64) -> T,
     ) -> Result<T, BrokerError> {
-        let stream = self.stream(channel, retention)?;
-        let mut st = stream.lock();
-        let now = now_ms();
-        st.retention = retention;
-        st.touched = now;
-        st.trim(now);
-        Ok(f(&mut st, now))
+        loop {
+            let stream = self.stream(channel, retention)?;
+            let mut st = stream.lock();
+            if st.removed {
+                continue;
+            }
+            let now = touch(&mut st, retention);
+            return Ok(f(&mut st, now));
+        }
+    }
+
+    /// Like [`MemoryBroker::with_stream`] for a stream that exists; `None` (and nothing created)
+    /// when the channel has none.
+    fn with_existing<T>(
+        &self,
+        channel: &str,
+        retention: Retention,
+        f: impl FnOnce(&mut Stream) -> T,
+    ) -> Option<T> {
+        loop {
+            let stream = self.streams.read().get(channel)?.clone();
+            let mut st = stream.lock();
+            if st.removed {
+                continue;
+            }
+            touch(&mut st, retention);
+            return Some(f(&mut st));
+        }
     }
 
     /// Trims expired history and forgets streams that are empty, unwatched and idle for their TTL.
@@ -169,7 +198,7 @@ impl MemoryBroker {
         let mut map = self.streams.write();
         for name in idle {
             // Checked again: a publish or subscribe may have come in between.
-            if map.get(&name).is_some_and(|s| is_idle(&s.lock(), now)) {
+            if map.get(&name).is_some_and(|s| take_out(&mut s.lock(), |st| is_idle(st, now))) {
                 map.remove(&name);
             }
         }
@@ -197,8 +226,31 @@ impl MemoryBroker {
     }
 }
 
+/// Marks the stream and the time it was used, with the retention asked for, and trims what that
+/// no longer covers; returns the time in Unix ms.
+fn touch(st: &mut Stream, retention: Retention) -> u64 {
+    let now = now_ms();
+    st.retention = retention;
+    st.touched = now;
+    st.trim(now);
+    now
+}
+
+/// Marks `st` removed if `going` says it may go (its caller then takes it out of the map, under
+/// the map's write lock held all along).
+fn take_out(st: &mut Stream, going: impl FnOnce(&Stream) -> bool) -> bool {
+    st.removed = going(st);
+    st.removed
+}
+
+/// Nothing retained and nobody on this node watching: nothing a later use could miss but the
+/// offset, and a new epoch says that.
+fn is_unused(st: &Stream) -> bool {
+    st.history.is_empty() && st.interest == 0
+}
+
 fn is_idle(st: &Stream, now: u64) -> bool {
-    st.history.is_empty() && st.interest == 0 && st.touched + st.retention.ttl.as_millis() as u64 <= now
+    is_unused(st) && st.touched + st.retention.ttl.as_millis() as u64 <= now
 }
 
 impl Broker for MemoryBroker {
@@ -252,8 +304,10 @@ impl Broker for MemoryBroker {
         range: HistoryRange,
         retention: Retention,
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
-        let result = self.with_stream(channel, retention, |st, _| st.page(range));
-        Box::pin(std::future::ready(result))
+        let page = self
+            .with_existing(channel, retention, |st| st.page(range))
+            .unwrap_or_else(|| HistoryPage { epoch: NO_EPOCH.into(), offset: 0, publications: Vec::new() });
+        Box::pin(std::future::ready(Ok(page)))
     }
 
     fn subscribe<'a>(
@@ -261,11 +315,7 @@ impl Broker for MemoryBroker {
         channel: &'a str,
         retention: Retention,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let result = self.stream(channel, retention).map(|stream| {
-            let mut st = stream.lock();
-            st.interest += 1;
-            st.touched = now_ms();
-        });
+        let result = self.with_stream(channel, retention, |st, _| st.interest += 1);
         Box::pin(std::future::ready(result))
     }
 
@@ -275,6 +325,27 @@ impl Broker for MemoryBroker {
             st.interest = st.interest.saturating_sub(1);
             st.touched = now_ms();
         }
+    }
+
+    fn release(&self, channel: &str) {
+        let now = now_ms();
+        let unused = |st: &mut Stream| {
+            st.trim(now);
+            is_unused(st)
+        };
+        // Most channels let go of hold publications: tell those apart without the write lock.
+        if !self.streams.read().get(channel).is_some_and(|s| unused(&mut s.lock())) {
+            return;
+        }
+        let mut map = self.streams.write();
+        // Checked again: a publish or subscribe may have come in between.
+        if map.get(channel).is_some_and(|s| take_out(&mut s.lock(), is_unused)) {
+            map.remove(channel);
+        }
+    }
+
+    fn held(&self) -> Option<usize> {
+        Some(self.len())
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
@@ -357,6 +428,27 @@ mod tests {
         b.unsubscribe("a");
         b.sweep(now_ms() + 301_000);
         assert!(b.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reads_make_no_stream_and_release_forgets_only_what_keeps_nothing() {
+        let b = MemoryBroker::start(10);
+        let page = history(&b, "unknown", HistoryRange::After(3, None));
+        assert_eq!((&*page.epoch, page.offset, page.publications.len()), (NO_EPOCH, 0, 0));
+        assert!(b.is_empty(), "a read makes no stream");
+        b.subscribe("watched", retention(3)).now_or_never().unwrap().unwrap();
+        b.release("watched");
+        assert_eq!(b.len(), 1, "a stream someone watches stays");
+        publish(&b, "kept", 1, None, 3);
+        b.release("kept");
+        assert_eq!(b.len(), 2, "a stream that retains a publication stays for its TTL");
+        b.unsubscribe("watched");
+        let epoch = history(&b, "watched", HistoryRange::Newest(None)).epoch;
+        b.release("watched");
+        assert_eq!(b.len(), 1, "nothing retained, nobody watching: forgotten at once");
+        let again = publish(&b, "watched", 1, None, 3).position;
+        assert_ne!(*again.epoch, *epoch, "its next use starts a new epoch, as a lost stream does");
+        assert_eq!(b.held(), Some(2));
     }
 
     #[tokio::test]

@@ -28,7 +28,12 @@
 //!   as above). After [`Broker::unsubscribe`] deliveries may still arrive for a while; the hub
 //!   ignores those of channels it no longer holds.
 //! - **History.** The newest `history_size` publications no older than `history_ttl` are kept
-//!   (per the channel's namespace). A read returns them oldest first.
+//!   (per the channel's namespace). A read returns them oldest first. A read of a channel that
+//!   has no stream creates none: it answers an empty page in [`NO_EPOCH`] at offset 0, so that
+//!   reads of channels nobody uses (anyone may send them) leave nothing behind.
+//! - **Slots.** A stream that keeps no publication and that no local subscriber needs is
+//!   forgotten once the hub lets go of its channel ([`Broker::release`]), not after its TTL: its
+//!   next use starts a new epoch, which recovering clients are told of like any other.
 //! - **Idempotency.** A publish whose `idempotency_key` equals that of a publication still in the
 //!   channel's history returns that publication's position and publishes nothing.
 //! - **Loss.** If the broker cannot keep a promise (a stream was lost, a connection to a shared
@@ -48,6 +53,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The epoch of a channel that has no stream: the empty string, which no stream's epoch ever is.
+/// A position in it vouches for nothing, so a `since` in it is never recovered: the subscriber
+/// gets the retained tail with `recovered: false`, and a history read after it reads from the
+/// oldest retained publication of the stream's epoch.
+pub const NO_EPOCH: &str = "";
 
 /// A place in a channel's stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -217,7 +228,8 @@ pub trait Broker: Send + Sync + 'static {
         retention: Retention,
     ) -> BoxFuture<'a, Result<Published, BrokerError>>;
 
-    /// Reads history (creating the stream, with a new epoch, if it does not exist).
+    /// Reads history. A channel with no stream reads as an empty page in [`NO_EPOCH`] at offset
+    /// 0, and no stream is created.
     fn history<'a>(
         &'a self,
         channel: &'a str,
@@ -235,6 +247,16 @@ pub trait Broker: Send + Sync + 'static {
 
     /// One local subscriber fewer.
     fn unsubscribe(&self, channel: &str);
+
+    /// The hub let go of `channel` (nobody on this node is subscribed or subscribing): a stream
+    /// this broker holds for the node that keeps no publication and has no interest is forgotten
+    /// now, freeing its slot, instead of after its TTL. A broker whose streams live elsewhere
+    /// may do nothing.
+    fn release(&self, channel: &str);
+
+    /// Streams this broker holds in this process (each counts against `limits.max_channels`),
+    /// or `None` when they live elsewhere (a shared broker).
+    fn held(&self) -> Option<usize>;
 
     /// Finishes pending work before the process exits.
     fn flush(&self) -> BoxFuture<'_, ()>;

@@ -218,6 +218,14 @@ impl Broker for FaultyBroker {
         self.inner.unsubscribe(channel);
     }
 
+    fn release(&self, channel: &str) {
+        self.inner.release(channel);
+    }
+
+    fn held(&self) -> Option<usize> {
+        self.inner.held()
+    }
+
     fn flush(&self) -> BoxFuture<'_, ()> {
         self.inner.flush()
     }

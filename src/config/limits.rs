@@ -54,6 +54,11 @@ pub struct Limits {
     pub calls_in_flight: usize,
     /// Channels the node keeps state for.
     pub max_channels: usize,
+    /// The share of `max_channels` (above 0, at most 1) that anonymous clients of one address
+    /// (IPv6 by its /64) may hold with their subscriptions, counted in distinct channels: a
+    /// subscription to a channel the address already holds costs nothing more. Clients with a
+    /// token are not counted.
+    pub anonymous_channel_share: f64,
 }
 
 impl Default for Limits {
@@ -76,6 +81,7 @@ impl Default for Limits {
             calls_per_second: DEFAULT_CALLS_PER_SECOND,
             calls_in_flight: DEFAULT_CALLS_IN_FLIGHT,
             max_channels: DEFAULT_MAX_CHANNELS,
+            anonymous_channel_share: DEFAULT_ANONYMOUS_CHANNEL_SHARE,
         }
     }
 }

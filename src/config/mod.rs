@@ -177,6 +177,13 @@ impl Config {
                 l.max_response_bytes
             ));
         }
+        if !(l.anonymous_channel_share > 0.0 && l.anonymous_channel_share <= 1.0) {
+            return err(format!(
+                "limits.anonymous_channel_share is {}; it must be above 0 and at most 1 (a share of \
+                 limits.max_channels: 0.01 is 1%)",
+                l.anonymous_channel_share
+            ));
+        }
         if l.upgrades_per_minute == 0 || l.calls_per_second == 0 {
             return err("limits.upgrades_per_minute and limits.calls_per_second must be above zero".into());
         }

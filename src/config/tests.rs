@@ -43,6 +43,12 @@ fn bad_values_are_explained() {
     assert!(e.0.contains("max_conections"), "{e}");
     let e = Config::load(None, &[("broker".into(), "kafka://x".into())]).unwrap_err();
     assert!(e.0.contains("broker"), "{e}");
+    for share in ["0", "0.0", "-0.5", "1.5", "nan"] {
+        let e = Config::load(None, &[("limits.anonymous_channel_share".into(), share.into())]).unwrap_err();
+        assert!(e.0.contains("anonymous_channel_share"), "{share}: {e}");
+    }
+    let c = Config::load(None, &[("limits.anonymous_channel_share".into(), "1".into())]).unwrap();
+    assert_eq!(c.limits.anonymous_channel_share, 1.0, "all of max_channels is a share too");
 }
 
 #[test]

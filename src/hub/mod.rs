@@ -37,12 +37,12 @@ pub use id::{SUB_ID_LEN, SubId, SubIdGen};
 pub use subscription::{Pending, Subscription};
 
 use crate::broker::{
-    Broker, BrokerError, HistoryPage, HistoryRange, Listener, NewPublication, Publication, Published,
-    Retention, StreamPosition,
+    Broker, BrokerError, HistoryPage, HistoryRange, Listener, NO_EPOCH, NewPublication, Publication,
+    Published, Retention, StreamPosition,
 };
 use crate::channel::validate_channel;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SlotRefusal};
 use channel::{Arrival, ChannelState, PendingSub};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -130,13 +130,36 @@ impl Hub {
             me: me.clone(),
         });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
-        hub.broker.set_listener(weak);
+        hub.broker.set_listener(weak.clone());
+        hub.metrics.count_channels_with(move || weak.upgrade().map_or(0, |h| h.held_channels()));
         hub
+    }
+
+    /// Channels the node holds state for: the streams of a broker that keeps them in this
+    /// process (the embedded one makes a stream for every channel with subscribers, so those are
+    /// among them, but for the moment between a subscriber's arrival and its stream's), else
+    /// the channels with local subscribers. What `rpchub_channels` says.
+    pub fn held_channels(&self) -> usize {
+        let local = self.channels.read().len();
+        self.broker.held().map_or(local, |streams| streams.max(local))
+    }
+
+    /// `e`, counted when it is a refusal of one more channel.
+    fn broker_error(&self, e: BrokerError) -> HubError {
+        if matches!(e, BrokerError::Full(_)) {
+            self.metrics.slot_refused(SlotRefusal::MaxChannels);
+        }
+        HubError::Broker(e)
     }
 
     /// The broker underneath.
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn retention(&self, channel: &str) -> Retention {
@@ -154,22 +177,32 @@ impl Hub {
         }
         let max = self.config.limits.max_channels;
         if map.len() >= max {
+            self.metrics.slot_refused(SlotRefusal::MaxChannels);
             return Err(HubError::TooManyChannels(max));
         }
         let c = Arc::new(HubChannel { name: name.into(), state: Mutex::default() });
         map.insert(c.name.clone(), c.clone());
-        self.metrics.channels.inc();
         Ok(c)
     }
 
-    /// Takes `channel` out of the map if nobody is subscribed or subscribing.
+    /// Takes `channel` out of the map if nobody is subscribed or subscribing, and tells the
+    /// broker, which frees the stream's slot too when it retains nothing ([`Broker::release`]).
+    /// The broker is called after both locks are let go (the lock order); a subscriber that
+    /// comes meanwhile finds a new channel in the map, and takes interest in the stream before
+    /// or after the release: either way the broker holds the stream it reads.
     fn remove_if_unused(&self, channel: &Arc<HubChannel>) {
-        let mut map = self.channels.write();
-        let mut st = channel.state.lock();
-        if st.live.is_empty() && st.pending.is_empty() && !st.removed {
-            st.removed = true;
-            map.remove(&channel.name);
-            self.metrics.channels.dec();
+        let removed = {
+            let mut map = self.channels.write();
+            let mut st = channel.state.lock();
+            let unused = st.live.is_empty() && st.pending.is_empty() && !st.removed;
+            if unused {
+                st.removed = true;
+                map.remove(&channel.name);
+            }
+            unused
+        };
+        if removed {
+            self.broker.release(&channel.name);
         }
     }
 
@@ -206,7 +239,7 @@ impl Hub {
             done: false,
         };
         let retention = self.retention(channel);
-        self.broker.subscribe(channel, retention).await?;
+        self.broker.subscribe(channel, retention).await.map_err(|e| self.broker_error(e))?;
         pending.interest = true;
         // The buffer of publications delivered while history is read is bounded; if a busy
         // channel overflows it (or the channel lost track meanwhile), the read is done again.
@@ -276,7 +309,11 @@ impl Hub {
     /// Publishes to `channel`.
     pub async fn publish(&self, channel: &str, p: NewPublication) -> Result<Published, HubError> {
         validate_channel(channel).map_err(HubError::InvalidChannel)?;
-        let published = self.broker.publish(channel, p, self.retention(channel)).await?;
+        let published = self
+            .broker
+            .publish(channel, p, self.retention(channel))
+            .await
+            .map_err(|e| self.broker_error(e))?;
         if !published.duplicate {
             self.metrics.publications.inc();
         }
@@ -284,7 +321,9 @@ impl Hub {
     }
 
     /// Reads history: with `since`, the first `limit` publications after it (from the oldest
-    /// retained when `since` is from another epoch); without, the newest `limit`.
+    /// retained when `since` is from another epoch); without, the newest `limit`. A channel
+    /// that has no stream reads as an empty page in [`NO_EPOCH`] at offset 0, and takes no slot:
+    /// nothing is created for it, here or in the broker.
     pub async fn history(
         &self,
         channel: &str,
@@ -298,7 +337,7 @@ impl Hub {
             None => HistoryRange::Newest(limit),
         };
         let mut page = self.broker.history(channel, range, retention).await?;
-        if since.is_some_and(|s| *s.epoch != *page.epoch) {
+        if *page.epoch != *NO_EPOCH && since.is_some_and(|s| *s.epoch != *page.epoch) {
             page = self.broker.history(channel, HistoryRange::After(0, limit), retention).await?;
         }
         Ok(History {

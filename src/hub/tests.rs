@@ -360,3 +360,67 @@ async fn the_node_channel_cap_is_the_hubs() {
         "a slot is freed when its channel empties"
     );
 }
+
+/// A hub over a memory broker of `max_channels` streams, with the broker's handle.
+fn hub_and_broker(max_channels: usize) -> (Arc<Hub>, Arc<MemoryBroker>, Arc<Metrics>) {
+    let mut config = Config::default();
+    config.limits.max_channels = max_channels;
+    let broker = MemoryBroker::start(max_channels);
+    let metrics = Arc::new(Metrics::new());
+    (Hub::new(Arc::new(config), broker.clone(), metrics.clone()), broker, metrics)
+}
+
+#[tokio::test]
+async fn a_history_read_of_a_channel_with_no_stream_stores_nothing() {
+    let (hub, broker, metrics) = hub_and_broker(2);
+    for i in 0..10 {
+        let since = (i % 2 == 1).then(|| StreamPosition { epoch: "e".into(), offset: i });
+        let h = hub.history(&format!("nobody:{i}"), since, Some(3)).await.expect("reads never fill the node");
+        assert_eq!((h.position.epoch.as_str(), h.position.offset, h.publications.len()), (NO_EPOCH, 0, 0));
+    }
+    assert_eq!((broker.len(), hub.channels.read().len(), hub.held_channels()), (0, 0, 0));
+    assert!(metrics.render().contains("rpchub_channels 0"));
+    assert!(metrics.render().contains(r#"rpchub_channels_refused_total{reason="max_channels"} 0"#));
+}
+
+#[tokio::test]
+async fn the_last_subscriber_leaving_an_empty_channel_frees_its_slot_at_once() {
+    let (hub, broker, metrics) = hub_and_broker(1);
+    let out = big_outbox();
+    let a = subscribe(&hub, &out, "slot:a", None, None).await.unwrap();
+    assert_eq!((broker.len(), hub.held_channels()), (1, 1));
+    assert!(matches!(
+        subscribe(&hub, &out, "slot:b", None, None).await,
+        Err(HubError::TooManyChannels(1) | HubError::Broker(BrokerError::Full(1)))
+    ));
+    drop(a);
+    assert_eq!((broker.len(), hub.held_channels()), (0, 0), "nothing retained: the stream goes with it");
+    let b = subscribe(&hub, &out, "slot:b", None, None).await.expect("the slot is free again");
+    // A channel that retains a publication keeps its stream (and its epoch) for its TTL.
+    let kept = hub.publish("slot:b", data(json!(1))).await.unwrap().position;
+    drop(b);
+    assert_eq!((broker.len(), hub.held_channels()), (1, 1), "its history holds slot:b");
+    assert!(metrics.render().contains("rpchub_channels 1"));
+    let h = hub.history("slot:b", None, None).await.unwrap();
+    assert_eq!(h.position, kept);
+    assert!(subscribe(&hub, &out, "slot:c", None, None).await.is_err(), "slot:b still holds the slot");
+    assert!(metrics.render().contains(r#"rpchub_channels_refused_total{reason="max_channels"} 2"#));
+}
+
+#[tokio::test]
+async fn a_subscriber_that_comes_while_the_last_one_leaves_keeps_the_stream_it_read() {
+    let (hub, broker, _) = hub_and_broker(10);
+    let out = big_outbox();
+    let first = subscribe(&hub, &out, "stay", None, None).await.unwrap();
+    // The next one registers (and takes interest) before the first leaves.
+    let pending = hub.prepare("stay", None, None).await.unwrap();
+    let epoch = pending.page.epoch.clone();
+    drop(first);
+    assert_eq!(broker.len(), 1, "the stream stays: someone is subscribing to it");
+    let id = pending.id();
+    let _second = pending.go_live(sink_for(&out, Arc::new(TestEncoding::default()), id), &[]).unwrap();
+    drain(&out);
+    let p = hub.publish("stay", data(json!(1))).await.unwrap();
+    assert_eq!(*p.position.epoch, *epoch, "publishers append to the stream the subscriber read");
+    assert_eq!(events(&out)[0]["offset"], 1, "and it gets the publication");
+}

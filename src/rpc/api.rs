@@ -47,7 +47,8 @@ pub trait ChannelApi {
     ) -> RpcResult<StreamPosition>;
 
     /// Reads a channel's history, oldest first: with `since`, the first `limit` publications
-    /// after it; without, the newest `limit`.
+    /// after it; without, the newest `limit`. A channel that does not exist reads as an empty
+    /// page in the empty epoch `""` at offset 0, and the read creates nothing.
     #[method(name = "history", with_extensions)]
     async fn history(
         &self,
@@ -82,7 +83,8 @@ pub trait NodeApi {
 /// The result of `history`.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct HistoryResult {
-    /// The channel's epoch.
+    /// The channel's epoch; `""` for a channel that does not exist (a `since` in it is never
+    /// recovered).
     pub epoch: String,
     /// The channel's newest offset.
     pub offset: u64,

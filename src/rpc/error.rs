@@ -97,7 +97,9 @@ impl From<SubscribeError> for RpcError {
     fn from(e: SubscribeError) -> Self {
         match e {
             SubscribeError::Unauthorized(m) => RpcError::Unauthorized(m),
-            SubscribeError::Limit(_) => RpcError::SubscriptionFailed(e.to_string()),
+            SubscribeError::Limit(_) | SubscribeError::AnonymousShare(_) => {
+                RpcError::SubscriptionFailed(e.to_string())
+            }
             SubscribeError::NoSocket => RpcError::Unacceptable(e.to_string()),
             SubscribeError::Hub(h) => h.into(),
         }

@@ -1,9 +1,11 @@
 //! One client's session, whichever front door it came through: who it is, its call budget, its
 //! subscriptions, and (on a WebSocket) the transport link its frames go to. The subscription
 //! service ([`Subscriptions`]) is the one place where subscriptions are made and ended, for
-//! every front door.
+//! every front door; `share` is what anonymous sessions of one address may hold of the node's
+//! channels.
 
 mod budgets;
+mod share;
 mod subscriptions;
 
 pub use budgets::Budgets;
@@ -18,6 +20,7 @@ use crate::constants::FLOOD_REJECTIONS_PER_SECOND;
 use crate::hub::Subscription;
 use crate::transport::Link;
 use parking_lot::{Mutex, RwLock};
+use share::ShareHold;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,9 +52,44 @@ pub struct Session {
 /// A session's subscriptions.
 #[derive(Debug, Default)]
 pub(crate) struct SubscriptionSet {
-    pub(crate) live: Vec<Subscription>,
+    pub(crate) live: Vec<Live>,
     /// Subscribes in progress, counted against the cap.
     pub(crate) pending: usize,
+}
+
+/// A live subscription with what it holds besides: an anonymous session's place in its
+/// address's share of the channels ([`share`]), given back when the subscription goes (it is
+/// dropped after the subscription, which unsubscribes first).
+#[derive(Debug)]
+pub(crate) struct Live {
+    sub: Subscription,
+    share: Option<ShareHold>,
+}
+
+impl Live {
+    /// Ends it at the client's request; false if it had already ended.
+    pub(crate) fn unsubscribe(self) -> bool {
+        let Live { sub, share } = self;
+        let was_live = sub.unsubscribe();
+        drop(share);
+        was_live
+    }
+
+    /// Ends it from the server's side with `closed` `reason`; false if it had already ended.
+    pub(crate) fn close(self, reason: &str) -> bool {
+        let Live { sub, share } = self;
+        let was_live = sub.close(reason);
+        drop(share);
+        was_live
+    }
+}
+
+impl std::ops::Deref for Live {
+    type Target = Subscription;
+
+    fn deref(&self) -> &Subscription {
+        &self.sub
+    }
 }
 
 impl Session {

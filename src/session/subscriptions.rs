@@ -4,12 +4,14 @@
 //! the token expires and when the connection ends, and tells lifecycle hooks about each start
 //! and end, with the reason.
 
-use super::Session;
+use super::share::{AddressShare, ShareHold};
+use super::{Live, Session};
 use crate::auth::{Action, authorize};
 use crate::broker::StreamPosition;
 use crate::broker::memory::now_ms;
 use crate::config::{Access, Config};
 use crate::hub::{Hub, HubError, Pending, Sink, SubId, reason};
+use crate::metrics::SlotRefusal;
 use std::sync::Arc;
 
 /// Why a subscription could not be made.
@@ -21,6 +23,14 @@ pub enum SubscribeError {
     /// The connection holds its maximum of subscriptions.
     #[error("this connection holds its maximum of {0} subscriptions; unsubscribe first")]
     Limit(usize),
+    /// Anonymous clients of the session's address hold their share of the node's channels, and
+    /// this channel is not among them.
+    #[error(
+        "anonymous clients of this address already hold their share of {0} channels \
+         (limits.anonymous_channel_share of limits.max_channels); unsubscribe first, or connect \
+         with a token"
+    )]
+    AnonymousShare(usize),
     /// The session has no socket to deliver to (plain HTTP).
     #[error("subscriptions need a WebSocket: connect to /ws/rpc")]
     NoSocket,
@@ -87,6 +97,8 @@ pub struct Subscriptions {
     hub: Arc<Hub>,
     config: Arc<Config>,
     hooks: Vec<Arc<dyn LifecycleHook>>,
+    /// What anonymous sessions of each address hold of the node's channels.
+    share: Arc<AddressShare>,
 }
 
 impl std::fmt::Debug for Subscriptions {
@@ -98,7 +110,9 @@ impl std::fmt::Debug for Subscriptions {
 impl Subscriptions {
     /// The service over `hub`, telling `hooks` of each start and end.
     pub fn new(hub: Arc<Hub>, config: Arc<Config>, hooks: Vec<Arc<dyn LifecycleHook>>) -> Subscriptions {
-        Subscriptions { hub, config, hooks }
+        let share =
+            Arc::new(AddressShare::new(config.limits.max_channels, config.limits.anonymous_channel_share));
+        Subscriptions { hub, config, hooks, share }
     }
 
     /// The hub underneath.
@@ -128,8 +142,9 @@ impl Subscriptions {
     }
 
     /// Phase one of a subscribe for `session`: rights, the cap (a place is reserved until the
-    /// subscription goes live or is dropped), the history read. Holds nothing of the session's
-    /// other subscriptions while it waits.
+    /// subscription goes live or is dropped), for an anonymous session a place in its address's
+    /// share of the channels (kept with the subscription), the history read. Holds nothing of
+    /// the session's other subscriptions while it waits.
     pub async fn prepare(
         self: &Arc<Self>,
         session: &Arc<Session>,
@@ -153,8 +168,18 @@ impl Subscriptions {
             set.pending += 1;
         }
         let reservation = Reservation(session.clone());
+        let share = match session.principal().is_authenticated() {
+            true => None,
+            false => match self.share.take(session.remote.ip(), channel) {
+                Some(hold) => Some(hold),
+                None => {
+                    self.hub.metrics().slot_refused(SlotRefusal::AnonymousShare);
+                    return Err(SubscribeError::AnonymousShare(self.share.per_address()));
+                }
+            },
+        };
         let inner = self.hub.prepare(channel, since, limit).await?;
-        Ok(PendingSubscription { service: self.clone(), inner, reservation })
+        Ok(PendingSubscription { service: self.clone(), inner, reservation, share })
     }
 
     /// Ends `session`'s subscription `id`; false if it has none by that id (or it had ended).
@@ -251,6 +276,7 @@ pub struct PendingSubscription {
     service: Arc<Subscriptions>,
     inner: Pending,
     reservation: Reservation,
+    share: Option<ShareHold>,
 }
 
 impl PendingSubscription {
@@ -267,7 +293,7 @@ impl PendingSubscription {
     /// Queues `answer`, the snapshot and what arrived meanwhile into `sink`, in that order (see
     /// [`Pending::go_live`]), and adds the subscription to the session.
     pub fn go_live(self, sink: Sink, answer: &[&[u8]]) -> Result<SubId, HubError> {
-        let PendingSubscription { service, inner, reservation } = self;
+        let PendingSubscription { service, inner, reservation, share } = self;
         let sub = inner.go_live(sink, answer)?;
         let id = sub.id();
         let session = reservation.0.clone();
@@ -278,7 +304,7 @@ impl PendingSubscription {
             if set.live.len() < 4 {
                 set.live.reserve_exact(1);
             }
-            set.live.push(sub);
+            set.live.push(Live { sub, share });
         }
         drop(reservation);
         service.emit(Lifecycle::Subscribed { session: &session, channel: &channel });
@@ -400,6 +426,29 @@ mod tests {
         );
         drop(pending);
         subscribe(&svc, &s, "c:3").await.expect("the dropped pending one freed its place");
+    }
+
+    #[tokio::test]
+    async fn anonymous_sessions_of_one_address_share_their_channels_and_tokens_are_not_counted() {
+        let mut config = Config::default();
+        config.limits.max_channels = 1_000;
+        config.limits.anonymous_channel_share = 0.002;
+        let (svc, _) = service(config);
+        let (a, b) = (session(4, Principal::anonymous()), session(5, Principal::anonymous()));
+        let keyed = session(6, Principal { kind: Kind::Jwt, subject: "k".into(), ..Principal::anonymous() });
+        let one = subscribe(&svc, &a, "s:1").await.unwrap();
+        subscribe(&svc, &b, "s:2").await.unwrap();
+        assert!(matches!(subscribe(&svc, &a, "s:3").await, Err(SubscribeError::AnonymousShare(2))));
+        subscribe(&svc, &b, "s:1").await.expect("a channel the address holds costs nothing");
+        subscribe(&svc, &keyed, "s:3").await.expect("a session with a token is not counted");
+        let pending = svc.prepare(&keyed, "s:4", None, None).await.unwrap();
+        drop(pending);
+        assert!(svc.unsubscribe(&a, one));
+        assert!(matches!(subscribe(&svc, &a, "s:3").await, Err(SubscribeError::AnonymousShare(2))));
+        svc.end(&b);
+        subscribe(&svc, &a, "s:3").await.expect("the session's end let go of its channels");
+        let refused = r#"rpchub_channels_refused_total{reason="anonymous_share"} 2"#;
+        assert!(svc.hub().metrics().render().contains(refused));
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ use rpchub::Config;
 use rpchub::broker::memory::MemoryBroker;
 use rpchub::broker::testing::{Faults, FaultyBroker};
 use rpchub::broker::{
-    Broker, HistoryPage, HistoryRange, Listener, NewPublication, Publication, Published, Retention,
+    Broker, HistoryPage, HistoryRange, Listener, NO_EPOCH, NewPublication, Publication, Published, Retention,
     StreamPosition,
 };
 use rpchub::frontends::jsonrpc::{JsonRpcEncoding, splice};
@@ -230,13 +230,18 @@ async fn history_keeps_the_newest_oldest_first(s: Subject) {
     let (b, ch) = (&*s.broker, channel("history"));
     let fresh = read(b, &ch, HistoryRange::Newest(None), SIZE).await;
     assert_eq!((fresh.offset, fresh.publications.len()), (0, 0), "a channel never published to is empty");
-    assert!(!fresh.epoch.is_empty(), "even an empty stream has an epoch");
-    for n in 1..=10 {
+    assert_eq!(&*fresh.epoch, NO_EPOCH, "a channel with no stream reads in the empty epoch");
+    if let Some(streams) = b.held() {
+        assert_eq!(streams, 0, "and the read made no stream");
+    }
+    let first = publish_kept(b, &ch, 1, None, SIZE).await;
+    assert!(!first.position.epoch.is_empty(), "a stream has an epoch of its own");
+    for n in 2..=10 {
         publish_kept(b, &ch, n, None, SIZE).await;
     }
     let read_range = |range| read(b, &ch, range, SIZE);
     let all = read_range(HistoryRange::Newest(None)).await;
-    assert_eq!(all.epoch, fresh.epoch, "the stream a read created is the one publishers append to");
+    assert_eq!(*all.epoch, first.position.epoch, "history reads the publishers' stream");
     assert_eq!(all.offset, 10, "the page's offset is the stream's, whatever was trimmed");
     assert_eq!(offsets(&all), vec![6, 7, 8, 9, 10], "retention keeps the newest 5, oldest first");
     for p in &all.publications {
@@ -297,10 +302,7 @@ async fn epochs_differ_per_channel(s: Subject) {
     assert_ne!(px.position.epoch, py.position.epoch, "two channels' epochs differ");
     let unread = channel("epoch-z");
     let pz = read(b, &unread, HistoryRange::Newest(None), KEPT).await;
-    assert!(
-        *pz.epoch != px.position.epoch && *pz.epoch != py.position.epoch,
-        "a stream created by a read has an epoch of its own too"
-    );
+    assert_eq!((&*pz.epoch, pz.offset), (NO_EPOCH, 0), "a channel with no stream: the empty epoch");
     assert_eq!(*read(b, &x, HistoryRange::Newest(None), KEPT).await.epoch, px.position.epoch);
 }
 
@@ -635,7 +637,12 @@ struct Shared {
 async fn run_hub(s: Subject, plan: Plan) -> Run {
     let (hub, metrics) = hub_over(s.broker.clone(), plan.history_size);
     let channel = channel("hub");
+    // An interest of the run's own makes the stream (a read makes none) and keeps it, so that its
+    // first epoch is known before anyone subscribes or publishes.
+    let retention = Retention { size: plan.history_size, ttl: Duration::from_secs(300) };
+    s.broker.subscribe(&channel, retention).await.expect("taking interest");
     let first_epoch = hub.history(&channel, None, Some(0)).await.expect("reading history").position.epoch;
+    assert!(!first_epoch.is_empty(), "a stream with interest has an epoch");
     let lose = plan.lose_midway.then(|| s.lose.as_ref().expect("the plan loses the stream: the broker can"));
     let sh = Arc::new(Shared {
         hub: hub.clone(),
@@ -680,6 +687,7 @@ async fn run_hub(s: Subject, plan: Plan) -> Run {
         reached,
         "every subscriber reaches the end of the stream ({end:?}) within {REACH:?}; last events: {at:?}"
     );
+    s.broker.unsubscribe(&channel);
     Run { streams, first_epoch, end, metrics }
 }
 

@@ -6,6 +6,7 @@ mod support;
 mod bench;
 mod broker_contract;
 mod browser;
+mod channel_slots;
 mod channels;
 mod hardening;
 mod jsonrpc;
