@@ -24,6 +24,13 @@ pub const DEFAULT_OUTBOUND_QUEUE_MESSAGES: usize = 256;
 /// message bound alone would let 256 large snapshots pile up.
 pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 8 << 20;
 
+/// The reader of a connection stops reading its calls while the answers waiting for its client
+/// exceed `limits.outbound_queue_bytes` divided by this (2 MiB by default). Answers are not
+/// counted by the slow-consumer rule, so this bounds them instead: with a quarter, what a
+/// connection's answers hold (about twice this plus the calls in flight: one share queued, one in
+/// the writer's hands) stays within what its publications may hold.
+pub const ANSWER_SHARE_OF_OUTBOUND_QUEUE: usize = 4;
+
 /// How often the server pings an idle client. 54 s and 60 s are the classic pair (9/10 of the
 /// pong wait), below the 60 s idle timeout of most load balancers.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(54);

@@ -14,12 +14,15 @@ pub struct Limits {
     /// Messages queued for one client connection while its socket is full before it is dropped
     /// as a slow consumer.
     pub outbound_queue_messages: usize,
-    /// Bytes queued for one client connection before it is dropped as a slow consumer.
+    /// Bytes queued for one client connection before it is dropped as a slow consumer. Answers
+    /// to the client's own calls do not count: the connection's further calls wait unread while
+    /// more than a share of this of them waits (`ANSWER_SHARE_OF_OUTBOUND_QUEUE`).
     pub outbound_queue_bytes: usize,
     /// Interval between server pings.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
-    /// A client silent for this long (no pong, no message) is disconnected.
+    /// A client silent for this long (no pong, no message) is disconnected; so is one whose
+    /// socket took no bytes for this long while data waited for it (`write_stalled`).
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
     /// WebSocket upgrades per minute per client IP.

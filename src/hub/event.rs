@@ -139,4 +139,13 @@ impl Sink {
         frame.build(self.encoding.splice_len(), |w| self.encoding.encode(event, w));
         self.outbox.push(&frame.parts(&self.splice)) == crate::transport::Push::Queued
     }
+
+    /// Like [`Sink::push_own`], for what a call of the subscriber's own queues (a subscribe's
+    /// snapshot and what follows it at once): queued as an answer, which the slow-consumer rule
+    /// does not count ([`crate::transport::Outbox::push_answer`]).
+    pub(super) fn push_answer(&self, event: &Event<'_>) -> bool {
+        let mut frame = crate::transport::SharedFrame::with_capacity(self.encoding.size_hint(event));
+        frame.build(self.encoding.splice_len(), |w| self.encoding.encode(event, w));
+        self.outbox.push_answer(&frame.parts(&self.splice)) == crate::transport::Push::Queued
+    }
 }

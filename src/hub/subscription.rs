@@ -41,7 +41,9 @@ impl Pending {
 
     /// Phase two: queues `answer` (copied, as is), the snapshot and the publications delivered
     /// since the history read into `sink`'s outbox, in that order, and makes the subscriber
-    /// live, all under the channel's lock. Fails only when the connection is closing. If the
+    /// live, all under the channel's lock. All of it is the answer to the subscriber's own call
+    /// ([`crate::transport::Outbox::push_answer`]): its size is no reason to drop a client that
+    /// reads it. Call it from the connection's reader, which writes or hands on the answers. Fails only when the connection is closing. If the
     /// channel lost track of its stream in between, or its position moved past the snapshot with
     /// nothing buffered to bridge them, the snapshot is followed by `closed`
     /// `insufficient_state` at once, never by a gap.
@@ -61,7 +63,7 @@ impl Pending {
             return Err(closed());
         }
         let snapshot = Event::Snapshot { channel: &ch.name, page: &self.page, recovered: self.recovered };
-        if !sink.push_own(&snapshot) {
+        if !sink.push_answer(&snapshot) {
             return Err(closed());
         }
         let shared = SubShared::new(self.id, &sink);
@@ -72,14 +74,14 @@ impl Pending {
         if !joins {
             // What was delivered meanwhile does not join the snapshot: say so instead.
             shared.alive.store(false, Ordering::Release);
-            sink.push_own(&Event::Closed { channel: &ch.name, reason: reason::INSUFFICIENT_STATE });
+            sink.push_answer(&Event::Closed { channel: &ch.name, reason: reason::INSUFFICIENT_STATE });
             return Ok(sub);
         }
         let mut after = self.page.offset;
         for p in pend.buffered.iter().filter(|p| p.offset > self.page.offset) {
             if sink.filter.as_ref().is_none_or(|f| f.admits(p)) {
                 let event = Event::Publication { channel: &ch.name, publication: p };
-                if !sink.push_own(&event) {
+                if !sink.push_answer(&event) {
                     return Err(closed());
                 }
             }

@@ -25,7 +25,7 @@ mod upgrade;
 
 use crate::auth::{Authenticator, Principal};
 use crate::config::Config;
-use crate::constants::PING_SWEEP_PERIOD;
+use crate::constants::{ANSWER_SHARE_OF_OUTBOUND_QUEUE, PING_SWEEP_PERIOD};
 use crate::frontends::jsonrpc::{Dispatcher, JsonRpc};
 use crate::gate::token::TokenCheck;
 use crate::gate::{CapacityCheck, Checks, ClientAddr, OriginCheck, RouteCheck, UpgradeRate};
@@ -151,6 +151,7 @@ pub async fn start_with(
     let conn_limits = ConnLimits {
         max_message: limits.max_message_bytes,
         pause_reading_at: (limits.outbound_queue_messages / 2).max(1),
+        pause_reading_bytes: (limits.outbound_queue_bytes / ANSWER_SHARE_OF_OUTBOUND_QUEUE).max(1),
         calls_in_flight: limits.calls_in_flight,
     };
     let node = Arc::new(Node {
@@ -224,7 +225,7 @@ fn spawn_sweeper(node: &Arc<Node>) {
             }
             let ended = node.registry.sweep(limits.ping_interval, limits.pong_timeout);
             if ended > 0 {
-                tracing::debug!(ended, "closed connections that stopped answering pings");
+                tracing::debug!(ended, "closed connections that stopped answering pings or reading");
             }
         }
     });

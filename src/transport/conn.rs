@@ -7,8 +7,11 @@
 //! waits for the broker or a backend) comes back as a future, run here beside later messages in
 //! one of at most `calls_in_flight` slots: slow calls do not hold up fast ones, and what they
 //! hold is bounded. The reader stops reading while every slot is taken or while the outbox
-//! holds many unsent messages, so a client that sends without reading is slowed down by TCP
-//! instead of growing server memory. The writer takes everything queued and writes it with as
+//! holds many unsent messages or many bytes of unsent answers, so a client that sends without
+//! reading is slowed down by TCP instead of growing server memory, and a big answer is never a
+//! reason to drop a client that reads it. While it so waits on the client, the client's silence
+//! is not timed out (the server is not reading it); a client that reads nothing is ended by the
+//! write-progress rule instead (see the outbox). The writer takes everything queued and writes it with as
 //! few syscalls as the socket allows; it never waits on anything but the socket and the outbox.
 //!
 //! Endings: the client's close frame is answered with the same code; a protocol violation is
@@ -90,6 +93,8 @@ pub struct ConnLimits {
     pub max_message: usize,
     /// The reader pauses while this many messages wait in the outbox.
     pub pause_reading_at: usize,
+    /// The reader pauses while this many bytes of answers wait in the outbox.
+    pub pause_reading_bytes: usize,
     /// Messages handled at the same time (see [`Handled::Later`]).
     pub calls_in_flight: usize,
 }
@@ -283,13 +288,16 @@ async fn read_loop(
                     close_deadline.get_or_insert_with(|| Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
                 }
             }
-        } else if out.queued_messages() >= limits.pause_reading_at {
-            // The client is not reading its answers: stop reading its calls until it does.
+        } else if out.backlogged(limits.pause_reading_at, limits.pause_reading_bytes) {
+            // The client is not reading its answers as fast as it asks: stop reading its calls
+            // until it does. Meanwhile its silence is ours, not a dead client's.
+            conn.link().hold_silence();
             tokio::select! {
                 _ = out.drained() => {}
                 () = in_flight.next(), if !in_flight.is_empty() => {}
                 _ = sleep_until(close_deadline) => return ReadEnd::Ended,
             }
+            conn.link().touch(registry.now_ms());
             continue;
         }
 
@@ -429,6 +437,16 @@ async fn write_all(out: &Outbox, wr: &TcpStream, batch: &mut Batch) -> Result<()
                             let _ = wr.set_zero_linger();
                             let _ = socket2::SockRef::from(wr).shutdown(Shutdown::Read);
                             return Err(());
+                        }
+                        // New data, or the sweeper checking on a full socket: does it take
+                        // anything yet, short of what makes the reactor call it writable?
+                        match batch.write_unready(wr) {
+                            Ok(_) => {
+                                full = false;
+                                out.set_socket_full(false);
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                            Err(_) => return Err(()),
                         }
                     }
                     r = wr.writable() => r.map_err(|_| ())?,

@@ -28,7 +28,20 @@ impl Link {
         self.last_seen.store(now_ms, Ordering::Relaxed);
     }
 
-    /// When the client last sent something.
+    /// The server stopped reading the client on purpose (its answers wait to be written): until
+    /// the next [`Link::touch`], its silence is not timed out. A client that reads nothing is
+    /// ended by the write-progress rule instead.
+    pub fn hold_silence(&self) {
+        self.last_seen.store(u64::MAX, Ordering::Relaxed);
+    }
+
+    /// The client's silence up to `now_ms` is excused (its own data is stuck behind ours): like
+    /// [`Link::touch`], but it never undoes a [`Link::hold_silence`].
+    pub fn excuse_silence(&self, now_ms: u64) {
+        self.last_seen.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the client last sent something ([`u64::MAX`] while the server does not read it).
     pub fn last_seen(&self) -> u64 {
         self.last_seen.load(Ordering::Relaxed)
     }

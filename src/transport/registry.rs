@@ -1,7 +1,7 @@
 //! Every open WebSocket connection of the node, whichever front door it serves: counted
-//! against `limits.max_connections`, kept alive and checked for silence by one sweeper task (not
-//! a timer per connection, which would cost memory on every idle connection), given a periodic
-//! [`Conn::tick`], and closed with 1001 on shutdown.
+//! against `limits.max_connections`, kept alive and checked for silence and for write progress
+//! by one sweeper task (not a timer per connection, which would cost memory on every idle
+//! connection), given a periodic [`Conn::tick`], and closed with 1001 on shutdown.
 
 use super::conn::Conn;
 use super::frame;
@@ -18,6 +18,10 @@ const SHARDS: usize = 16;
 struct Entry {
     conn: Arc<dyn Conn>,
     last_ping_ms: u64,
+    /// The outbox's stall number the last sweep saw ([`crate::transport::Outbox::stall`]; 0:
+    /// none), and when a sweep first saw it.
+    stall: u64,
+    stall_seen_ms: u64,
 }
 
 /// The open connections.
@@ -91,7 +95,7 @@ impl Registry {
     pub fn insert(&self, conn: Arc<dyn Conn>) {
         let id = conn.link().id;
         conn.link().touch(self.now_ms());
-        let entry = Entry { last_ping_ms: self.now_ms(), conn };
+        let entry = Entry { last_ping_ms: self.now_ms(), conn, stall: 0, stall_seen_ms: 0 };
         self.shard(id).lock().insert(id, entry);
     }
 
@@ -101,8 +105,10 @@ impl Registry {
     }
 
     /// Sends a keepalive to connections due for one ([`Conn::keepalive`]), ends those silent for
-    /// longer than `pong_timeout`, and gives every connection its [`Conn::tick`]. Returns how
-    /// many were ended.
+    /// longer than `pong_timeout` and those whose socket took nothing for longer than
+    /// `pong_timeout` while data waited (the write-progress rule: a client that stops reading
+    /// is ended whatever pings it answers), and gives every connection its [`Conn::tick`].
+    /// Returns how many were ended.
     pub fn sweep(&self, ping_interval: Duration, pong_timeout: Duration) -> usize {
         let now = self.now_ms();
         let (interval, timeout) = (ping_interval.as_millis() as u64, pong_timeout.as_millis() as u64);
@@ -111,14 +117,36 @@ impl Registry {
         for shard in &self.shards {
             for e in shard.lock().values_mut() {
                 let link = e.conn.link();
+                let stall = link.outbox.stall().unwrap_or(0);
+                if stall != e.stall {
+                    e.stall = stall;
+                    e.stall_seen_ms = now;
+                }
+                if stall != 0 {
+                    // Our own data waits for the client: our pings (and its pongs to them) wait
+                    // behind it. Its silence is not judged now; its reading is, just below.
+                    link.excuse_silence(now);
+                }
                 if now.saturating_sub(link.last_seen()) > timeout {
                     if !link.outbox.is_ending() {
                         link.outbox.end(Ending::Close(frame::code::POLICY, "ping timeout"));
                         ended += 1;
                     }
-                } else if now.saturating_sub(e.last_ping_ms) >= interval {
-                    e.last_ping_ms = now;
-                    e.conn.keepalive();
+                } else if stall != 0 && now.saturating_sub(e.stall_seen_ms) > timeout {
+                    // Aborted as a slow consumer is: the close frame goes out if the socket
+                    // has room, else the connection is reset.
+                    if !link.outbox.is_ending() {
+                        link.outbox.end(Ending::Abort(frame::code::POLICY, "write stalled"));
+                        ended += 1;
+                    }
+                } else {
+                    if stall != 0 {
+                        link.outbox.nudge_writer();
+                    }
+                    if now.saturating_sub(e.last_ping_ms) >= interval {
+                        e.last_ping_ms = now;
+                        e.conn.keepalive();
+                    }
                 }
                 conns.push(e.conn.clone());
             }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod backpressure;
 mod bench;
 mod broker_contract;
 mod browser;

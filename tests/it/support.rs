@@ -236,7 +236,19 @@ pub(crate) mod raw {
 
     /// Upgrades a TCP connection on `/ws/rpc` and returns it.
     pub(crate) async fn connect(addr: SocketAddr) -> TcpStream {
-        let mut s = TcpStream::connect(addr).await.unwrap();
+        upgrade(TcpStream::connect(addr).await.unwrap(), addr).await
+    }
+
+    /// Like [`connect`], with the client's receive buffer cut to `bytes` before connecting: a
+    /// client whose kernel takes little for it, so what it does not read waits at the server.
+    pub(crate) async fn connect_small_window(addr: SocketAddr, bytes: u32) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        upgrade(socket.connect(addr).await.unwrap(), addr).await
+    }
+
+    /// Upgrades `s` on `/ws/rpc`.
+    async fn upgrade(mut s: TcpStream, addr: SocketAddr) -> TcpStream {
         let req = format!(
             "GET /ws/rpc HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

@@ -23,6 +23,16 @@
 //! a writer that has simply not been scheduled yet on a busy machine (a publisher's burst lands
 //! in thousands of outboxes within a millisecond) does not get a reading client dropped; the
 //! byte bound still caps what any connection can hold.
+//!
+//! Answers to the client's own calls ([`Outbox::push_answer`]: answers, and the snapshots and
+//! events a call queues) are not counted by that rule: a client that asked for a big answer
+//! and reads it is never dropped for its size. The connection's reader bounds them instead: it
+//! stops reading further calls while the answers waiting exceed its bound
+//! ([`Outbox::backlogged`]), so they hold at most that bound plus the calls in flight, in the
+//! queue and again in the writer's batch. A client that stops reading altogether is ended by the
+//! write-progress rule: the outbox says when its socket is full ([`Outbox::stall`], one number
+//! per stretch of time in which the socket took nothing), and the registry's sweeper closes a
+//! connection whose socket stayed full for `limits.pong_timeout`, whatever pings it answers.
 
 //!
 //! Files: this one is the outbox and its signals; [`queue`] the queue and the writer's batch;
@@ -39,7 +49,7 @@ use super::frame;
 use super::shared::{SharedFrame, Splice};
 use parking_lot::Mutex;
 use queue::{Cursor, Item, Queue};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Notify;
 
@@ -77,11 +87,13 @@ impl Ending {
     }
 
     /// The metrics label of an ending the server or the protocol made (`slow_consumer`,
-    /// `ping_timeout`, `flood`, `shutdown`, ...); `None` for a client that closed or left.
+    /// `write_stalled`, `ping_timeout`, `flood`, `shutdown`, ...); `None` for a client that
+    /// closed or left.
     pub fn label(&self) -> Option<&'static str> {
         use frame::code;
         Some(match *self {
             Ending::Abort(_, "slow consumer") => "slow_consumer",
+            Ending::Abort(_, "write stalled") => "write_stalled",
             Ending::Close(_, "ping timeout") => "ping_timeout",
             Ending::Close(_, "rate limit exceeded") => "flood",
             Ending::Close(code::GOING_AWAY, _) => "shutdown",
@@ -150,6 +162,11 @@ pub struct Outbox {
     reader: Notify,
     /// How the connection ends; set once (under the state lock), readable without it.
     ending: OnceLock<Ending>,
+    /// Odd while the writer finds the socket full, even while it takes data: each stretch in
+    /// which the socket took nothing has its own odd number, for the sweeper's write-progress
+    /// rule ([`Outbox::stall`]). Written under the state lock, when the writer's view of the
+    /// socket changes, never per message.
+    stall: AtomicU64,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -169,6 +186,7 @@ impl Outbox {
             writer: Notify::new(),
             reader: Notify::new(),
             ending: OnceLock::new(),
+            stall: AtomicU64::new(0),
             max_messages,
             max_bytes,
         }
@@ -217,13 +235,22 @@ impl Outbox {
         self.push_with(frame.frame_len(), true, |q| q.push_shared(frame, splice))
     }
 
-    /// Queues an answer to a call without waking the writer task. Answers are queued from the
-    /// connection's reader task, which writes the queue itself next ([`Outbox::take_inline`]),
-    /// waking the writer for whatever the socket does not take; a wake-up here would make the
-    /// writer task run for nothing on every call.
+    /// Queues an answer to a call (copied) without waking the writer task. Answers are queued
+    /// from the connection's reader task, which writes the queue itself next
+    /// ([`Outbox::take_inline`]), waking the writer for whatever the socket does not take; a
+    /// wake-up here would make the writer task run for nothing on every call.
+    ///
+    /// The slow-consumer rule does not count answers, whatever their size: the reader bounds
+    /// them by not reading more calls while they wait ([`Outbox::backlogged`]). Never
+    /// [`Push::Overflow`].
     pub fn push_answer(&self, parts: &[&[u8]]) -> Push {
-        let len = parts.iter().map(|p| p.len()).sum();
-        self.push_with(len, false, |q| q.push_bytes(parts))
+        let mut st = self.state.lock();
+        if st.ended {
+            return Push::Closed;
+        }
+        st.queue.push_answer(parts);
+        self.note_tail(&st);
+        Push::Queued
     }
 
     fn push_with(&self, len: usize, wake: bool, put: impl FnOnce(&mut Queue)) -> Push {
@@ -231,7 +258,10 @@ impl Outbox {
         if st.ended {
             return Push::Closed;
         }
-        if (st.socket_full && st.queue.messages >= self.max_messages) || st.queue.len + len > self.max_bytes {
+        let q = &st.queue;
+        if (st.socket_full && q.counted_messages() >= self.max_messages)
+            || q.counted_bytes() + len > self.max_bytes
+        {
             drop(st);
             self.end(Ending::Abort(frame::code::POLICY, "slow consumer"));
             return Push::Overflow;
@@ -283,6 +313,28 @@ impl Outbox {
     /// Messages queued and not yet taken by the writer.
     pub fn queued_messages(&self) -> usize {
         self.state.lock().queue.messages
+    }
+
+    /// Reader: true while at least `messages` messages, or `answer_bytes` bytes of answers, wait
+    /// to be taken by the writer; then the reader reads no more calls until they drain.
+    pub fn backlogged(&self, messages: usize, answer_bytes: usize) -> bool {
+        let st = self.state.lock();
+        st.queue.messages >= messages || st.queue.answer_bytes >= answer_bytes
+    }
+
+    /// While the writer finds the socket full, the number of this stretch of no progress (odd,
+    /// unique to it); `None` while the socket takes data. The same number on two looks means the
+    /// socket took nothing in between.
+    pub fn stall(&self) -> Option<u64> {
+        let s = self.stall.load(Ordering::Acquire);
+        (s % 2 == 1).then_some(s)
+    }
+
+    /// Wakes the writer of a full socket to try it again. The reactor reports a full socket
+    /// writable only once a third of its send buffer is free, which a client that reads slowly
+    /// may take long to free; the sweeper's nudge once a second sees progress that small too.
+    pub fn nudge_writer(&self) {
+        self.writer.notify_one();
     }
 
     /// Writer: swaps the queued messages into `into` (which must be empty), keeping buffers'
@@ -365,8 +417,13 @@ impl Outbox {
     pub fn set_socket_full(&self, full: bool) {
         let mut st = self.state.lock();
         st.socket_full = full;
+        let stall = self.stall.load(Ordering::Relaxed);
+        if stall % 2 == u64::from(!full) {
+            // A new stretch of no progress begins (odd), or the one going on ends (even).
+            self.stall.store(stall + 1, Ordering::Release);
+        }
         // Messages that piled up while the client was not reading count from now on.
-        if full && st.queue.messages > self.max_messages {
+        if full && st.queue.counted_messages() > self.max_messages {
             drop(st);
             self.end(Ending::Abort(frame::code::POLICY, "slow consumer"));
         }

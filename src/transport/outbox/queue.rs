@@ -14,6 +14,12 @@ pub(super) struct Queue {
     pub(super) len: usize,
     /// Messages queued (reset when the writer takes them).
     pub(super) messages: usize,
+    /// Of `len`, the bytes of answers to the client's own calls, and of what an inline write
+    /// left and gave back: bytes the slow-consumer rule does not count (the reader's pause
+    /// bounds them instead).
+    pub(super) answer_bytes: usize,
+    /// Of `messages`, the answers.
+    pub(super) answer_messages: usize,
     /// The copied messages, in order: each [`Item::Bytes`] takes the next so many of them.
     pub(super) bytes: Vec<u8>,
 }
@@ -48,6 +54,24 @@ impl Queue {
         self.messages += 1;
     }
 
+    /// Like [`Queue::push_bytes`], for an answer to the client's own call.
+    pub(super) fn push_answer(&mut self, parts: &[&[u8]]) {
+        let before = self.len;
+        self.push_bytes(parts);
+        self.answer_bytes += self.len - before;
+        self.answer_messages += 1;
+    }
+
+    /// Bytes queued that the slow-consumer rule counts: all but the answers.
+    pub(super) fn counted_bytes(&self) -> usize {
+        self.len - self.answer_bytes
+    }
+
+    /// Messages queued that the slow-consumer rule counts: all but the answers.
+    pub(super) fn counted_messages(&self) -> usize {
+        self.messages - self.answer_messages
+    }
+
     pub(super) fn push_shared(&mut self, frame: &Arc<SharedFrame>, splice: Splice) {
         self.items.push(Item::Shared(frame.clone(), splice));
         self.len += frame.frame_len();
@@ -60,6 +84,8 @@ impl Queue {
         self.items.append(&mut other.items);
         self.len += other.len;
         self.messages += other.messages;
+        self.answer_bytes += other.answer_bytes;
+        self.answer_messages += other.answer_messages;
         other.clear();
     }
 
@@ -68,6 +94,8 @@ impl Queue {
         self.bytes.clear();
         self.len = 0;
         self.messages = 0;
+        self.answer_bytes = 0;
+        self.answer_messages = 0;
     }
 
     /// The bytes of item `i`, whose copied bytes (if any) start at `at` in `bytes`, as up to three
@@ -128,13 +156,25 @@ impl Batch {
     /// (`writev`, three per shared frame) costs more: it copies small pieces slowly, and this
     /// copy reads frames shared by every subscriber and writes a buffer that stays in cache.
     pub fn write_to(&mut self, socket: &TcpStream) -> std::io::Result<usize> {
+        self.write_with(|bytes| socket.try_write(bytes))
+    }
+
+    /// Like [`Batch::write_to`], past the reactor: a write to the socket itself even while tokio
+    /// holds it not writable (it does so until a third of the send buffer is free), to see
+    /// whether a full socket takes anything at all.
+    pub fn write_unready(&mut self, socket: &TcpStream) -> std::io::Result<usize> {
+        use std::io::Write as _;
+        self.write_with(|bytes| (&*socket2::SockRef::from(socket)).write(bytes))
+    }
+
+    fn write_with(&mut self, write: impl FnOnce(&[u8]) -> std::io::Result<usize>) -> std::io::Result<usize> {
         let Cursor { item: mut i, mut within, mut at } = self.cursor;
         // Copied bytes go out from where they are when nothing follows them (answers to calls)
         // or when they are many (a big snapshot).
         if let Some(Item::Bytes(n)) = self.q.items.get(i)
             && (i + 1 == self.q.items.len() || n - within >= GATHER_BYTES / 2)
         {
-            let written = socket.try_write(&self.q.bytes[at + within..at + n])?;
+            let written = write(&self.q.bytes[at + within..at + n])?;
             self.advance(written);
             return Ok(written);
         }
@@ -160,7 +200,7 @@ impl Batch {
                 }
                 i += 1;
             }
-            socket.try_write(buf)
+            write(buf)
         })?;
         self.advance(written);
         Ok(written)
@@ -212,7 +252,9 @@ impl Batch {
                 at += len;
             }
         }
+        // Counted once, when queued: what a write left is not counted again by either rule.
         rest.messages = 0;
+        rest.answer_bytes = rest.len;
         self.clear(0);
         rest
     }

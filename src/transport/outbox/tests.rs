@@ -143,7 +143,7 @@ fn shared_frames_count_in_full_against_the_byte_bound() {
     // Taken but not yet written: the queue is empty again, so two more fit, a third does not.
     assert_eq!(o.push_shared(&f, id), Push::Queued);
     assert_eq!(o.push_shared(&f, id), Push::Queued);
-    assert_eq!(o.push_answer(&[b"ok"]), Push::Overflow);
+    assert_eq!(o.push_shared(&f, id), Push::Overflow);
     assert!(o.is_ending());
     assert_eq!(Arc::strong_count(&f), 2, "the dropped queue let go; the batch taken holds one");
     drop(b);
@@ -230,4 +230,48 @@ fn close_lets_queued_data_go_first() {
     assert_eq!(b.to_vec(), b"x");
     b.clear(0);
     assert!(matches!(o.take(&mut b), Take::End(Ending::Close(1001, _))));
+}
+
+#[test]
+fn answers_are_not_counted_by_the_slow_consumer_rule() {
+    let o = Outbox::new(2, 10);
+    o.set_socket_full(true);
+    // Far over both bounds, while the socket is full: answers to the client's own calls.
+    for _ in 0..5 {
+        assert_eq!(o.push_answer(&[b"0123456789ab"]), Push::Queued);
+    }
+    assert!(!o.is_ending());
+    assert!(o.backlogged(100, 60), "the reader stops reading calls at its byte bound");
+    assert!(!o.backlogged(100, 61));
+    // Publications meanwhile meet the rule on their own: two fit, a third is over.
+    assert_eq!(o.push(&[b"12345"]), Push::Queued);
+    assert_eq!(o.push(&[b"123"]), Push::Queued);
+    assert_eq!(o.push(&[b"1"]), Push::Overflow);
+}
+
+#[test]
+fn what_an_inline_write_leaves_is_not_counted_again() {
+    let o = Outbox::new(100, 10);
+    assert_eq!(o.push(&[b"12345678"]), Push::Queued);
+    let mut inline = Batch::default();
+    assert!(o.take_inline(&mut inline));
+    inline.advance(1);
+    o.finish_inline(&mut inline);
+    // Seven bytes went back to the queue; a publication of nine is still within the bound.
+    assert_eq!(o.push(&[b"123456789"]), Push::Queued);
+    assert!(o.backlogged(100, 7), "the reader waits for them to drain");
+}
+
+#[test]
+fn each_stretch_of_a_full_socket_has_its_own_stall_number() {
+    let o = Outbox::new(100, 1 << 20);
+    assert_eq!(o.stall(), None);
+    o.set_socket_full(true);
+    let first = o.stall().expect("stalled");
+    o.set_socket_full(true);
+    assert_eq!(o.stall(), Some(first), "the same stretch: the socket took nothing");
+    o.set_socket_full(false);
+    assert_eq!(o.stall(), None);
+    o.set_socket_full(true);
+    assert!(o.stall().is_some_and(|s| s != first), "progress in between: a new stretch");
 }
