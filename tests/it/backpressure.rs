@@ -152,6 +152,8 @@ async fn closed_counts(addr: std::net::SocketAddr) -> String {
 async fn big_answers_reach_a_client_that_reads_them_slowly() {
     let mut c = config();
     c.limits.outbound_queue_bytes = 256 << 10;
+    // One batch's answer (3.7 MB) within the answer size limit, far over the queue's bytes.
+    c.limits.max_response_bytes = 4 << 20;
     let server = start(c).await;
     let client = raw::connect(server.addr).await;
     read_big_answers_slowly(server.addr, 3, client, 64 << 10, Duration::from_millis(5)).await;
@@ -169,6 +171,7 @@ async fn a_client_that_reads_slowly_outlives_the_write_progress_timeout() {
     let mut c = config();
     c.limits.ping_interval = Duration::from_millis(500);
     c.limits.pong_timeout = Duration::from_secs(2);
+    c.limits.max_response_bytes = 4 << 20;
     let server = start(c).await;
     let client = raw::connect_small_window(server.addr, 16 << 10).await;
     // About 15 MB at most 3.2 MB/s: more than twice the pong timeout.
@@ -183,6 +186,7 @@ async fn a_client_that_stops_reading_is_closed_whatever_pongs_it_sends() {
     let mut c = config();
     c.limits.ping_interval = Duration::from_millis(300);
     c.limits.pong_timeout = Duration::from_secs(1);
+    c.limits.max_response_bytes = 4 << 20;
     let server = start(c).await;
     let addr = server.addr;
     let ch = full_channel(addr).await;
