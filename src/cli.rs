@@ -80,6 +80,17 @@ pub(crate) enum Command {
     },
     /// Load generator for sizing a deployment: `rpchub bench fanout|rpc|idle|storm`.
     Bench(rpchub_bench::BenchArgs),
+    /// Writes the API documents generated from the code (rpc-spec/openrpc.json); with `--check`,
+    /// fails naming the first difference when a committed one differs instead.
+    Spec {
+        /// Compare instead of writing: exit 1 when a committed document is not what the code
+        /// generates.
+        #[arg(long)]
+        check: bool,
+        /// The repository's root, where the documents are committed.
+        #[arg(long, default_value = ".")]
+        root: std::path::PathBuf,
+    },
 }
 
 /// The token a client command sends.
@@ -175,6 +186,14 @@ pub(crate) async fn run_client(cmd: Command) -> Result<()> {
         Command::Bench(args) => {
             // A bench runs its own client threads and blocks until it is over.
             tokio::task::spawn_blocking(move || rpchub_bench::run(args)).await.context("bench")??
+        }
+        Command::Spec { check: true, root } => rpchub::spec::check(&root).map_err(|e| anyhow!(e))?,
+        Command::Spec { check: false, root } => {
+            for path in
+                rpchub::spec::write(&root).with_context(|| format!("writing under {}", root.display()))?
+            {
+                println!("wrote {}", path.display());
+            }
         }
         Command::Serve(_) => unreachable!("serve is handled by main"),
     }

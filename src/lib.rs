@@ -50,6 +50,7 @@ pub mod rpc;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod spec;
 pub mod transport;
 
 pub use config::Config;

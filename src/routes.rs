@@ -82,6 +82,8 @@ routes! {
     Health = "/health" { methods: [GET], upgrade: false, token: false },
     /// `GET /metrics`: the Prometheus text exposition.
     Metrics = "/metrics" { methods: [GET], upgrade: false, token: false },
+    /// `GET /openrpc.json`: the OpenRPC document of the JSON-RPC methods.
+    OpenRpc = "/openrpc.json" { methods: [GET], upgrade: false, token: false },
     /// `GET /ws/rpc/test`: the browser console.
     Console = "/ws/rpc/test" { methods: [GET], upgrade: false, token: false },
 }
@@ -196,6 +198,7 @@ mod tests {
         assert_eq!(found("/rpc"), Some(Route::HttpRpc));
         assert_eq!(found("/health"), Some(Route::Health));
         assert_eq!(found("/metrics"), Some(Route::Metrics));
+        assert_eq!(found("/openrpc.json"), Some(Route::OpenRpc));
         for p in ["/", "/ws", "/ws/rpc/", "/ws/other", "/WS/RPC", "/api/publish", "/health/x", "*"] {
             assert_eq!(found(p), None, "{p}");
         }
@@ -209,14 +212,8 @@ mod tests {
     /// The routes planned next fit beside today's without conflicts or shadowing.
     #[test]
     fn planned_routes_fit_the_table() {
-        let planned = [
-            "/ws",
-            "/ws/{instance}",
-            "/api/publish",
-            "/api/events/websocket/{instance}",
-            "/openrpc.json",
-            "/openapi.json",
-        ];
+        let planned =
+            ["/ws", "/ws/{instance}", "/api/publish", "/api/events/websocket/{instance}", "/openapi.json"];
         let mut router = matchit::Router::new();
         for &route in Route::ALL {
             router.insert(route.pattern(), route.pattern()).unwrap();

@@ -1,10 +1,15 @@
 //! The JSON-RPC methods, one `#[rpc]` trait per concern. The doc comments here are the methods'
 //! documentation for users; the types are their params and results.
 //!
+//! Each trait is wrapped in `described!`, which also makes the descriptors the OpenRPC document
+//! is generated from (`super::describe`): what is written here is the one definition of each
+//! method.
+//!
 //! Every method accepts params by name or by position (in the order declared). Rust names that
 //! differ from the method names (`subscribe_channel`) avoid clashing with jsonrpsee's client
 //! traits; the wire names are the `name = ...` ones.
 
+use super::describe::described;
 use crate::broker::StreamPosition;
 use crate::hub::ChannelInfo;
 use jsonrpsee::core::RpcResult;
@@ -14,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
+described! {
+CHANNEL_METHODS;
 /// Channels: subscribe, publish, read history.
 #[rpc(server, client)]
 pub trait ChannelApi {
@@ -41,7 +48,7 @@ pub trait ChannelApi {
     async fn publish(
         &self,
         channel: String,
-        data: Box<RawValue>,
+        data: JsonData,
         event: Option<String>,
         idempotency_key: Option<String>,
     ) -> RpcResult<StreamPosition>;
@@ -62,7 +69,10 @@ pub trait ChannelApi {
     #[method(name = "channels", with_extensions)]
     fn channels(&self, prefix: Option<String>) -> RpcResult<Vec<ChannelInfo>>;
 }
+}
 
+described! {
+NODE_METHODS;
 /// The node itself: liveness, identity, authentication.
 #[rpc(server, client)]
 pub trait NodeApi {
@@ -78,6 +88,31 @@ pub trait NodeApi {
     /// A failed `auth` leaves the connection's rights as they were.
     #[method(name = "auth", with_extensions)]
     fn auth(&self, token: String) -> RpcResult<AuthResult>;
+}
+}
+
+/// Any JSON value, taken as it was written (published data is never re-encoded).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JsonData(pub Box<RawValue>);
+
+impl JsonData {
+    /// `v` as JSON.
+    pub fn of<T: Serialize + ?Sized>(v: &T) -> serde_json::Result<JsonData> {
+        serde_json::value::to_raw_value(v).map(JsonData)
+    }
+}
+
+impl JsonSchema for JsonData {
+    fn schema_name() -> Cow<'static, str> {
+        "JsonData".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"description": "Any JSON value."})
+    }
 }
 
 /// The result of `history`.
@@ -98,7 +133,7 @@ pub struct HistoryResult {
 #[serde(transparent)]
 pub struct PublicationJson(pub Box<RawValue>);
 
-/// The documented shape of [`PublicationJson`].
+/// A publication: `{"offset","ts","event"?,"data"}`.
 #[derive(JsonSchema)]
 #[allow(dead_code)]
 struct Publication {
@@ -146,4 +181,44 @@ pub struct AuthResult {
     /// When the token expires, Unix seconds (JWTs only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+}
+
+/// An event of a subscription: `params.result` of a `subscription` notification; its `type`
+/// says which.
+#[derive(Debug, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum SubscriptionEvent {
+    /// First, exactly once: where the subscription starts.
+    Snapshot {
+        /// The channel.
+        channel: String,
+        /// The channel's epoch; live publications of this subscription belong to it.
+        epoch: String,
+        /// The offset the snapshot reaches; live publications continue at `offset + 1`.
+        offset: u64,
+        /// True when `publications` are exactly those after the `since` given.
+        recovered: bool,
+        /// Publications, oldest first.
+        publications: Vec<PublicationJson>,
+    },
+    /// A live publication, in offset order, with no gap and no duplicate.
+    Publication {
+        /// The channel.
+        channel: String,
+        /// Offset in the channel.
+        offset: u64,
+        /// When the broker accepted it, Unix milliseconds.
+        ts: u64,
+        /// Event name, if the publisher gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<String>,
+        /// What was published.
+        data: JsonData,
+    },
+    /// Last, when the server ends the subscription itself.
+    Closed {
+        /// Why: `token_expired`, `insufficient_state`, ...
+        reason: String,
+    },
 }

@@ -2,7 +2,9 @@
 //! authenticator, with the permission checks in front.
 
 use super::CallCtx;
-use super::api::{AuthResult, ChannelApiServer, HistoryResult, NodeApiServer, NodeInfo, PublicationJson};
+use super::api::{
+    AuthResult, ChannelApiServer, HistoryResult, JsonData, NodeApiServer, NodeInfo, PublicationJson,
+};
 use super::error::RpcError;
 use crate::auth::{Action, AuthError, Authenticator};
 use crate::broker::{NewPublication, StreamPosition};
@@ -93,10 +95,11 @@ impl ChannelApiServer for Handlers {
         &self,
         ext: &Extensions,
         channel: String,
-        data: Box<RawValue>,
+        data: JsonData,
         event: Option<String>,
         idempotency_key: Option<String>,
     ) -> RpcResult<StreamPosition> {
+        let data = data.0;
         let s = session(ext)?;
         self.allow(&s, Action::Publish, &channel)?;
         if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > 255) {

@@ -3,6 +3,7 @@
 //! messages and dispatches into the method table built here.
 
 pub mod api;
+pub mod describe;
 pub mod error;
 mod handlers;
 
@@ -13,6 +14,7 @@ use crate::session::{PendingSubscription, Session};
 use api::{ChannelApiServer, NodeApiServer};
 use jsonrpsee::core::server::{Methods, RpcModule};
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 
 /// The methods that change the connection's state, which run in the order a client sends them
@@ -46,11 +48,28 @@ impl CallCtx {
     }
 }
 
-/// The method table of every `#[rpc]` trait.
-pub fn methods(handlers: Handlers) -> Methods {
+/// The descriptors of every method of the method table, in the order of their traits.
+pub fn descriptors() -> Vec<describe::MethodDescriptor> {
+    api::CHANNEL_METHODS.iter().chain(api::NODE_METHODS).copied().collect()
+}
+
+/// The method that answers the OpenRPC document, on every transport, without a token.
+pub const DISCOVER: &str = "rpc.discover";
+
+/// The method table of every `#[rpc]` trait, and `rpc.discover` answering `openrpc` (the
+/// document [`crate::spec::openrpc::document`] generates, made once at start).
+pub fn methods(handlers: Handlers, openrpc: Box<RawValue>) -> Methods {
     let mut m = RpcModule::new(());
     m.merge(ChannelApiServer::into_rpc(handlers.clone()))
         .expect("method names are unique across traits; qed");
     m.merge(NodeApiServer::into_rpc(handlers)).expect("method names are unique across traits; qed");
+    let mut discover = RpcModule::new(openrpc);
+    discover
+        .register_method(DISCOVER, |_, doc, _| {
+            let raw: &RawValue = doc;
+            Ok::<_, jsonrpsee::types::ErrorObjectOwned>(raw.to_owned())
+        })
+        .expect("rpc.discover is registered once; qed");
+    m.merge(discover).expect("rpc.discover is no trait's method; qed");
     m.into()
 }

@@ -56,6 +56,11 @@ async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             .header(hyper::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(Body::from(node.metrics.render()))
             .expect("static header is valid; qed"),
+        Route::OpenRpc => Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+            .body(Body::from(node.openrpc.clone()))
+            .expect("static headers are valid; qed"),
         Route::Console => Response::builder()
             .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
             .header(hyper::header::CACHE_CONTROL, "no-cache")

@@ -80,6 +80,8 @@ pub struct Node {
     budgets: Budgets,
     /// Who may call `POST /rpc` from other origins.
     cors: cors::Cors,
+    /// The OpenRPC document, as `GET /openrpc.json` serves it.
+    openrpc: String,
 }
 
 impl Node {
@@ -142,8 +144,14 @@ pub async fn start_with(
         started: Instant::now(),
         node_id: node_id.clone(),
     });
-    let dispatcher =
-        Dispatcher::new(rpc::methods(Handlers(state)), metrics.clone(), config.limits.max_response_bytes);
+    let openrpc = crate::spec::pretty(&crate::spec::openrpc::document());
+    let openrpc_raw = serde_json::value::RawValue::from_string(openrpc.clone())
+        .map_err(|e| StartError::Config(format!("the OpenRPC document: {e}")))?;
+    let dispatcher = Dispatcher::new(
+        rpc::methods(Handlers(state), openrpc_raw),
+        metrics.clone(),
+        config.limits.max_response_bytes,
+    );
     // Metrics are labelled by the method table's names, whatever it holds.
     metrics.label_methods(dispatcher.method_names());
     let registry = Registry::new(config.limits.max_connections);
@@ -170,6 +178,7 @@ pub async fn start_with(
         ),
         budgets: Budgets::new(limits.calls_per_second),
         cors: cors::Cors::new(&config.cors_origins),
+        openrpc,
     });
     let metrics = &node.metrics;
     let checks = Checks {

@@ -36,22 +36,23 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
     let link = Arc::new(Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes));
     let session = Session::new(id, remote, door.name(), principal, Some(link), limits.calls_per_second);
     let conn = door.connect(Arc::new(session));
-    let (registry, conn_limits) = (node.registry.clone(), node.conn_limits);
+    let (registry, conn_limits, shutdown) = (node.registry.clone(), node.conn_limits, node.shutdown.clone());
     node.shutdown.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => return tracing::debug!(%remote, "upgrade did not complete: {e}"),
         };
-        // A WebSocket now: its address's place is free; its place in the node's limit is held
-        // until it ends.
+        // A WebSocket now, counted by the registry: its places are free for other requests.
         admitted.upgraded();
+        drop(admitted);
         match upgraded.downcast::<TokioIo<TimedStream>>() {
             Ok(parts) => {
                 let leftover = parts.read_buf.to_vec();
                 drop(parts.read_buf);
                 let stream = parts.io.into_inner().into_inner();
-                transport::run(conn, registry, conn_limits, stream, leftover, slot).await;
-                drop(admitted);
+                // A task of its own: an idle connection holds the connection's state only, not
+                // the upgrade's too.
+                shutdown.spawn(transport::run(conn, registry, conn_limits, stream, leftover, slot));
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
         }

@@ -39,11 +39,8 @@ pub struct Session {
     principal: RwLock<Arc<Principal>>,
     /// The principal's expiry in Unix seconds (0: never), readable without the lock.
     expires_at: AtomicU64,
-    /// The call budget: the session's own on a WebSocket; over HTTP, shared by every request of
-    /// the same principal (or anonymous address), from [`Budgets`].
-    budget: Arc<Mutex<CallBudget>>,
-    /// True when `budget` is shared: `auth` then changes rights, not the budget.
-    shared_budget: bool,
+    /// The call budget.
+    budget: Budget,
     /// Live subscriptions and reserved places for those being made. Dropping the session (its
     /// connection ended) drops them, which unsubscribes.
     pub(crate) subscriptions: Mutex<SubscriptionSet>,
@@ -102,8 +99,8 @@ impl Session {
         link: Option<Arc<Link>>,
         default_rate: u32,
     ) -> Session {
-        let budget = Arc::new(Mutex::new(CallBudget::new(principal.call_rate(default_rate))));
-        Session::with_budget(id, remote, door, principal, link, budget, false)
+        let budget = Budget::Own(Mutex::new(CallBudget::new(principal.call_rate(default_rate))));
+        Session::with_budget(id, remote, door, principal, link, budget)
     }
 
     /// A session of one HTTP request, charged to `budget`, which it shares with the other
@@ -115,7 +112,7 @@ impl Session {
         principal: Arc<Principal>,
         budget: Arc<Mutex<CallBudget>>,
     ) -> Session {
-        Session::with_budget(id, remote, door, principal, None, budget, true)
+        Session::with_budget(id, remote, door, principal, None, Budget::Shared(budget))
     }
 
     fn with_budget(
@@ -124,8 +121,7 @@ impl Session {
         door: &'static str,
         principal: Arc<Principal>,
         link: Option<Arc<Link>>,
-        budget: Arc<Mutex<CallBudget>>,
-        shared_budget: bool,
+        budget: Budget,
     ) -> Session {
         let expires_at = AtomicU64::new(principal.expires_at.unwrap_or(0));
         Session {
@@ -136,7 +132,6 @@ impl Session {
             principal: RwLock::new(principal),
             expires_at,
             budget,
-            shared_budget,
             subscriptions: Mutex::new(SubscriptionSet::default()),
         }
     }
@@ -149,8 +144,8 @@ impl Session {
     /// Replaces the principal (after a successful `auth`), with its call rate (on a WebSocket;
     /// an HTTP request stays charged to the budget it came with).
     pub fn set_principal(&self, p: Arc<Principal>, default_rate: u32) {
-        if !self.shared_budget {
-            self.budget.lock().set_rate(p.call_rate(default_rate));
+        if let Budget::Own(budget) = &self.budget {
+            budget.lock().set_rate(p.call_rate(default_rate));
         }
         self.expires_at.store(p.expires_at.unwrap_or(0), Ordering::Relaxed);
         *self.principal.write() = p;
@@ -175,8 +170,20 @@ impl Session {
     /// Charges one message (a call, a notification, a batch entry, or something invalid)
     /// against the budget.
     pub fn charge_call(&self) -> Verdict {
-        self.budget.lock().charge()
+        match &self.budget {
+            Budget::Own(b) => b.lock().charge(),
+            Budget::Shared(b) => b.lock().charge(),
+        }
     }
+}
+
+/// A session's call budget: its own on a WebSocket (inline: every connection has one); over
+/// HTTP, shared by every request of the same principal (or anonymous address), from
+/// [`Budgets`], so that `auth` there changes rights and not the budget.
+#[derive(Debug)]
+enum Budget {
+    Own(Mutex<CallBudget>),
+    Shared(Arc<Mutex<CallBudget>>),
 }
 
 /// What the call budget says about a call.

@@ -190,7 +190,7 @@ async fn generated_jsonrpsee_client_calls_every_method() {
     let info = client.info().await.unwrap();
     assert_eq!((info.name.as_str(), info.broker.as_str()), ("rpchub", "memory"));
     let ch = channel("client");
-    let data = serde_json::value::to_raw_value(&json!({"px": "1.0"})).unwrap();
+    let data = rpchub::rpc::api::JsonData::of(&json!({"px": "1.0"})).unwrap();
     let pos = client.publish(ch.clone(), data, Some("trade".into()), None).await.unwrap();
     assert_eq!(pos.offset, 1);
     let h = client.history(ch.clone(), None, None).await.unwrap();
@@ -201,7 +201,7 @@ async fn generated_jsonrpsee_client_calls_every_method() {
         client.subscribe::<Value, _>("subscribe", rpc_params![ch.clone()], "unsubscribe").await.unwrap();
     let snap = sub.next().await.unwrap().unwrap();
     assert_eq!((snap["type"].clone(), snap["offset"].clone()), (json!("snapshot"), json!(1)));
-    let data = serde_json::value::to_raw_value(&json!(2)).unwrap();
+    let data = rpchub::rpc::api::JsonData::of(&json!(2)).unwrap();
     client.publish(ch.clone(), data, None, None).await.unwrap();
     let live = sub.next().await.unwrap().unwrap();
     assert_eq!(

@@ -15,3 +15,4 @@ mod limits;
 mod security;
 mod server;
 mod slots;
+mod spec;

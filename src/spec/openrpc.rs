@@ -1,0 +1,322 @@
+//! The OpenRPC 1.3 document of the JSON-RPC API, generated from the method descriptors
+//! ([`crate::rpc::descriptors`]): each method's name, doc comment, params and result come from
+//! its one definition in `rpc::api`. What a type cannot say is here, keyed by method name: the
+//! errors a method can answer and its examples; [`extra`] has an entry for every method (a test
+//! fails otherwise).
+//!
+//! Extensions, documented in `rpc-spec/README.md`:
+//! - `x-notifications` on `subscribe`: the notification every event of a subscription arrives
+//!   in (method `subscription`), and the JSON Schema of each event (`snapshot`, `publication`,
+//!   `closed`), so that a reader or a generator can type them.
+//!
+//! `rpc.discover`, which answers this document, is served on every transport without a token
+//! and not listed (its name has a dot, which generators turn into an invalid identifier).
+
+use super::schema;
+use crate::rpc::api;
+use crate::rpc::describe::MethodDescriptor;
+use crate::rpc::error::{
+    INVALID_PARAMS, MESSAGE_TOO_BIG, RATE_LIMITED, SUBSCRIPTION_FAILED, UNACCEPTABLE, UNAUTHORIZED,
+};
+use schemars::SchemaGenerator;
+use serde_json::{Value, json};
+
+/// The OpenRPC version the document follows.
+pub const OPENRPC_VERSION: &str = "1.3.2";
+
+/// An error a method can answer: code, message, `data.code`, and when.
+#[derive(Debug)]
+struct ErrorDoc {
+    code: i32,
+    message: &'static str,
+    name: &'static str,
+}
+
+const E_UNAUTHORIZED: ErrorDoc =
+    ErrorDoc { code: UNAUTHORIZED, message: "the caller may not do this", name: "unauthorized" };
+const E_SUBSCRIPTION_FAILED: ErrorDoc = ErrorDoc {
+    code: SUBSCRIPTION_FAILED,
+    message: "the subscription (or the channel it needs) could not be made",
+    name: "subscription_failed",
+};
+const E_RATE_LIMITED: ErrorDoc =
+    ErrorDoc { code: RATE_LIMITED, message: "over the call rate; slow down", name: "rate_limited" };
+const E_INVALID: ErrorDoc = ErrorDoc {
+    code: UNACCEPTABLE,
+    message: "well-formed but unacceptable input (a bad channel name, ...)",
+    name: "invalid_request",
+};
+const E_TOO_BIG: ErrorDoc = ErrorDoc {
+    code: MESSAGE_TOO_BIG,
+    message: "the answer is over limits.max_response_bytes",
+    name: "message_too_big",
+};
+
+/// An example: its name, the params by name, and the result.
+type Example = (&'static str, Vec<(&'static str, Value)>, Value);
+
+/// What the document says of a method beyond its types.
+#[derive(Debug)]
+pub struct Extra {
+    /// The rpchub errors it can answer (besides -32602 for params of the wrong shape and
+    /// -32603 for the server's own failures, which every method can).
+    errors: &'static [ErrorDoc],
+    /// Examples: a name, the params by name, and the result.
+    examples: fn() -> Vec<Example>,
+}
+
+/// The errors and examples of `method`; `None` for a method the document does not know, which
+/// a test rules out.
+pub fn extra(method: &str) -> Option<Extra> {
+    let e = match method {
+        "subscribe" => Extra {
+            errors: &[E_UNAUTHORIZED, E_SUBSCRIPTION_FAILED, E_RATE_LIMITED, E_INVALID],
+            examples: || {
+                vec![
+                    (
+                        "newest",
+                        vec![("channel", json!("trades:SOL")), ("limit", json!(2))],
+                        json!("c66cb31949c70cfc"),
+                    ),
+                    (
+                        "resume",
+                        vec![
+                            ("channel", json!("trades:SOL")),
+                            ("since", json!({"epoch": "bc541b2435dd", "offset": 19})),
+                        ],
+                        json!("0f5b2a9d4c3e8a71"),
+                    ),
+                ]
+            },
+        },
+        "unsubscribe" => Extra {
+            errors: &[E_RATE_LIMITED],
+            examples: || vec![("unknown", vec![("subscription", json!("c66cb31949c70cfc"))], json!(false))],
+        },
+        "publish" => Extra {
+            errors: &[E_UNAUTHORIZED, E_SUBSCRIPTION_FAILED, E_RATE_LIMITED, E_INVALID],
+            examples: || {
+                vec![(
+                    "trade",
+                    vec![
+                        ("channel", json!("trades:SOL")),
+                        ("data", json!({"px": "190.12", "sz": "1.5"})),
+                        ("event", json!("trade")),
+                    ],
+                    json!({"epoch": "bc541b2435dd", "offset": 20}),
+                )]
+            },
+        },
+        "history" => Extra {
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_INVALID, E_TOO_BIG],
+            examples: || {
+                vec![(
+                    "newest",
+                    vec![("channel", json!("trades:SOL")), ("limit", json!(1))],
+                    json!({
+                        "epoch": "bc541b2435dd",
+                        "offset": 20,
+                        "publications": [{"offset": 20, "ts": 1795685883714u64, "event": "trade",
+                            "data": {"coin": "SOL", "side": "B", "px": "190.12", "sz": "26.7431",
+                                "time": 1795685883714u64, "tid": 17956858769194u64}}]
+                    }),
+                )]
+            },
+        },
+        "channels" => Extra {
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_TOO_BIG],
+            examples: || {
+                vec![(
+                    "by prefix",
+                    vec![("prefix", json!("trades:"))],
+                    json!([{"channel": "trades:SOL", "subscribers": 3, "offset": 20}]),
+                )]
+            },
+        },
+        "auth" => Extra {
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED],
+            examples: || vec![("admin", vec![("token", json!("change-me-please"))], json!({"sub": "admin"}))],
+        },
+        "ping" => Extra { errors: &[E_RATE_LIMITED], examples: || vec![("ping", vec![], json!("pong"))] },
+        "info" => Extra {
+            errors: &[E_RATE_LIMITED],
+            examples: || {
+                vec![(
+                    "info",
+                    vec![],
+                    json!({"name": "rpchub", "version": env!("CARGO_PKG_VERSION"), "node_id": "node-1",
+                        "uptime_s": 42, "connections": 3, "broker": "memory"}),
+                )]
+            },
+        },
+        _ => return None,
+    };
+    Some(e)
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut g = schema::generator();
+    let methods: Vec<Value> = crate::rpc::descriptors().iter().map(|d| method(d, &mut g)).collect();
+    let schemas = schema::definitions(&mut g);
+    json!({
+        "openrpc": OPENRPC_VERSION,
+        "info": {
+            "title": "rpchub",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "One real-time API for bots, browsers and generated clients: JSON-RPC 2.0 over \
+                WebSocket (all methods and subscriptions) and over HTTP (the same methods, no \
+                subscriptions). Channels are subscribed to with a snapshot first, then every \
+                publication with no gap and no duplicate; a reconnecting client resumes with `since`. \
+                Every method takes its params by position or by name. Tokens: an `Authorization: \
+                Bearer` or `token` header, `?token=` in the URL, or the `auth` method.",
+            "license": {"name": env!("CARGO_PKG_LICENSE")},
+        },
+        "servers": [
+            {
+                "name": "WebSocket",
+                "url": "ws://{host}/ws/rpc",
+                "summary": "every method and subscriptions",
+                "variables": {"host": {"default": "127.0.0.1:7410"}},
+            },
+            {
+                "name": "HTTP",
+                "url": "http://{host}/rpc",
+                "summary": "every method, no subscriptions",
+                "variables": {"host": {"default": "127.0.0.1:7410"}},
+            },
+        ],
+        "methods": methods,
+        "components": {"schemas": schemas},
+    })
+}
+
+/// One method's entry.
+fn method(d: &MethodDescriptor, g: &mut SchemaGenerator) -> Value {
+    let extra = extra(d.name).unwrap_or_else(|| panic!("the OpenRPC document has no entry for {}", d.name));
+    let params: Vec<Value> = d
+        .params
+        .iter()
+        .map(|p| {
+            let schema = schema::shaped((p.schema)(g));
+            let required = !accepts_null(&schema, g);
+            json!({"name": p.name, "required": required, "schema": schema})
+        })
+        .collect();
+    let mut errors: Vec<Value> = extra
+        .errors
+        .iter()
+        .map(|e| json!({"code": e.code, "message": e.message, "data": {"code": e.name}}))
+        .collect();
+    errors.push(json!({"code": INVALID_PARAMS, "message": "Invalid params"}));
+    let examples: Vec<Value> = (extra.examples)()
+        .into_iter()
+        .map(|(name, params, result)| {
+            let params: Vec<Value> =
+                params.into_iter().map(|(n, v)| json!({"name": n, "value": v})).collect();
+            json!({"name": name, "params": params, "result": {"name": "result", "value": result}})
+        })
+        .collect();
+    let mut m = json!({
+        "name": d.name,
+        "summary": d.summary(),
+        "description": d.description(),
+        "paramStructure": "either",
+        "params": params,
+        "result": {"name": "result", "schema": schema::shaped((d.result)(g))},
+        "errors": errors,
+        "examples": examples,
+    });
+    if d.name == "subscribe" {
+        m["x-notifications"] = notifications(g);
+    }
+    m
+}
+
+/// True when `schema` (or the definition it refers to) accepts `null`: an optional param.
+fn accepts_null(schema: &Value, g: &SchemaGenerator) -> bool {
+    if schema["type"] == "null" {
+        return true;
+    }
+    if let Some(r) = schema["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
+        return g.definitions().get(r).is_some_and(|d| {
+            let mut d = d.clone();
+            schema::shape(&mut d);
+            accepts_null(&d, g)
+        });
+    }
+    schema["anyOf"].as_array().is_some_and(|alts| alts.iter().any(|a| accepts_null(a, g)))
+}
+
+/// `x-notifications`: the envelope of a subscription's events and each event's schema.
+fn notifications(g: &mut SchemaGenerator) -> Value {
+    let event = schema::shaped(g.subschema_for::<api::SubscriptionEvent>());
+    json!([{
+        "name": "subscription",
+        "summary": "every event of a subscription, as a JSON-RPC notification",
+        "description": "Sent after the answer to `subscribe`: first a `snapshot`, then a `publication` \
+            per live publication in offset order with no gap and no duplicate, and `closed` last when \
+            the server ends the subscription. Ignore event types you do not know.",
+        "params": [{
+            "name": "params",
+            "required": true,
+            "schema": {
+                "type": "object",
+                "required": ["subscription", "result"],
+                "properties": {
+                    "subscription": {"type": "string", "description": "the id `subscribe` answered"},
+                    "result": event,
+                },
+            },
+        }],
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_has_its_errors_and_examples_and_they_fit_its_types() {
+        for d in crate::rpc::descriptors() {
+            let e = extra(d.name).unwrap_or_else(|| panic!("{} has no entry", d.name));
+            let examples = (e.examples)();
+            assert!(!examples.is_empty(), "{} has no example", d.name);
+            for (name, params, result) in examples {
+                for (p, v) in &params {
+                    let param = d
+                        .params
+                        .iter()
+                        .find(|x| x.name == *p)
+                        .unwrap_or_else(|| panic!("{}: no param {p}", d.name));
+                    (param.check)(v).unwrap_or_else(|err| panic!("{} {name}: {p}: {err}", d.name));
+                }
+                (d.check_result)(&result).unwrap_or_else(|err| panic!("{} {name}: result: {err}", d.name));
+            }
+        }
+        assert!(extra("nope").is_none());
+    }
+
+    #[test]
+    fn params_are_required_exactly_when_their_type_has_no_null() {
+        let doc = document();
+        let subscribe = &doc["methods"][0];
+        assert_eq!(subscribe["name"], "subscribe");
+        let required: Vec<bool> = subscribe["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["required"].as_bool().unwrap())
+            .collect();
+        assert_eq!(required, [true, false, false], "channel, since?, limit?");
+        assert!(
+            subscribe["x-notifications"][0]["params"][0]["schema"]["properties"]["result"]["$ref"]
+                .is_string()
+        );
+        let text = doc.to_string();
+        assert!(
+            !text.contains("uint") && !text.contains("\"type\":[\""),
+            "no non-standard formats, no type arrays"
+        );
+    }
+}
