@@ -38,6 +38,7 @@ pub mod auth;
 pub mod broker;
 mod bucket;
 pub mod channel;
+pub mod client;
 pub mod config;
 pub mod constants;
 mod demo;

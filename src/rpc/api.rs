@@ -134,17 +134,17 @@ pub struct HistoryResult {
 pub struct PublicationJson(pub Box<RawValue>);
 
 /// A publication: `{"offset","ts","event"?,"data"}`.
-#[derive(JsonSchema)]
-#[allow(dead_code)]
-struct Publication {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Publication {
     /// Offset in the channel.
-    offset: u64,
+    pub offset: u64,
     /// When the broker accepted it, Unix milliseconds.
-    ts: u64,
+    pub ts: u64,
     /// Event name, if the publisher gave one.
-    event: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
     /// What was published.
-    data: serde_json::Value,
+    pub data: serde_json::Value,
 }
 
 impl JsonSchema for PublicationJson {
@@ -185,10 +185,14 @@ pub struct AuthResult {
 
 /// An event of a subscription: `params.result` of a `subscription` notification; its `type`
 /// says which.
-#[derive(Debug, JsonSchema)]
+///
+/// Generic over how data and publications are held: as the server has them (raw JSON, the
+/// default, which the document is made from), or as a client reads them ([`Event`]: an
+/// internally tagged enum cannot hold raw JSON when it is deserialized).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-#[allow(dead_code)]
-pub enum SubscriptionEvent {
+#[schemars(rename = "SubscriptionEvent")]
+pub enum SubscriptionEvent<D = JsonData, P = PublicationJson> {
     /// First, exactly once: where the subscription starts.
     Snapshot {
         /// The channel.
@@ -200,7 +204,7 @@ pub enum SubscriptionEvent {
         /// True when `publications` are exactly those after the `since` given.
         recovered: bool,
         /// Publications, oldest first.
-        publications: Vec<PublicationJson>,
+        publications: Vec<P>,
     },
     /// A live publication, in offset order, with no gap and no duplicate.
     Publication {
@@ -214,11 +218,18 @@ pub enum SubscriptionEvent {
         #[serde(skip_serializing_if = "Option::is_none")]
         event: Option<String>,
         /// What was published.
-        data: JsonData,
+        data: D,
     },
     /// Last, when the server ends the subscription itself.
     Closed {
         /// Why: `token_expired`, `insufficient_state`, ...
         reason: String,
     },
+    /// An event type this client does not know (a newer server's): to be ignored.
+    #[serde(other)]
+    #[schemars(skip)]
+    Other,
 }
+
+/// A subscription's event as a client reads it.
+pub type Event = SubscriptionEvent<serde_json::Value, Publication>;
