@@ -185,10 +185,10 @@ pub struct AuthResult {
 
 /// An event of a subscription: `params.result` of a `subscription` notification; its `type`
 /// says which.
-///
-/// Generic over how data and publications are held: as the server has them (raw JSON, the
-/// default, which the document is made from), or as a client reads them ([`Event`]: an
-/// internally tagged enum cannot hold raw JSON when it is deserialized).
+// Generic over how data and publications are held: as the server has them (raw JSON, the
+// default, which the document is made from), or as a client reads them (`Event`: an internally
+// tagged enum cannot hold raw JSON when it is deserialized). Doc comments here are the
+// document's descriptions.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[schemars(rename = "SubscriptionEvent")]
