@@ -76,6 +76,8 @@ macro_rules! routes {
 routes! {
     /// `GET /ws/rpc` with an upgrade: JSON-RPC 2.0 over WebSocket.
     WsRpc = "/ws/rpc" { methods: [GET], upgrade: true, token: true },
+    /// `GET /ws`: the dialects of clients written for other servers.
+    WsCompat = "/ws" { methods: [GET], upgrade: true, token: true },
     /// `POST /rpc`: the same JSON-RPC methods over HTTP, without subscriptions.
     HttpRpc = "/rpc" { methods: [POST, OPTIONS], upgrade: false, token: true },
     /// `GET /health`: liveness, `{"status":"ok"}`.
@@ -199,21 +201,21 @@ mod tests {
         assert_eq!(found("/health"), Some(Route::Health));
         assert_eq!(found("/metrics"), Some(Route::Metrics));
         assert_eq!(found("/openrpc.json"), Some(Route::OpenRpc));
-        for p in ["/", "/ws", "/ws/rpc/", "/ws/other", "/WS/RPC", "/api/publish", "/health/x", "*"] {
+        assert_eq!(found("/ws"), Some(Route::WsCompat));
+        for p in ["/", "/ws/", "/ws/rpc/", "/ws/other", "/WS/RPC", "/api/publish", "/health/x", "*"] {
             assert_eq!(found(p), None, "{p}");
         }
         let upgrades: Vec<Route> = Route::ALL.iter().copied().filter(|r| r.is_upgrade()).collect();
-        assert_eq!(upgrades, [Route::WsRpc]);
+        assert_eq!(upgrades, [Route::WsRpc, Route::WsCompat]);
         let tokens: Vec<Route> = Route::ALL.iter().copied().filter(|r| r.takes_token()).collect();
-        assert_eq!(tokens, [Route::WsRpc, Route::HttpRpc]);
+        assert_eq!(tokens, [Route::WsRpc, Route::WsCompat, Route::HttpRpc]);
         assert!(Route::HttpRpc.allows(&Method::POST) && !Route::HttpRpc.allows(&Method::GET));
     }
 
     /// The routes planned next fit beside today's without conflicts or shadowing.
     #[test]
     fn planned_routes_fit_the_table() {
-        let planned =
-            ["/ws", "/ws/{instance}", "/api/publish", "/api/events/websocket/{instance}", "/openapi.json"];
+        let planned = ["/ws/{instance}", "/api/publish", "/api/events/websocket/{instance}", "/openapi.json"];
         let mut router = matchit::Router::new();
         for &route in Route::ALL {
             router.insert(route.pattern(), route.pattern()).unwrap();

@@ -119,6 +119,14 @@ impl Publication {
         &self.json[self.data_at as usize..self.json.len() - 1]
     }
 
+    /// The event name as a JSON string literal (quotes and escapes included), if it has one.
+    pub fn event_json(&self) -> Option<&str> {
+        const EVENT: &str = r#","event":"#;
+        const DATA: &str = r#","data":"#;
+        let head = &self.json[..self.data_at as usize - DATA.len()];
+        head.find(EVENT).map(|at| &head[at + EVENT.len()..])
+    }
+
     /// The fields after the opening brace: `"offset":..,...}`, for building event objects that
     /// add fields in front.
     pub fn fields_and_close(&self) -> &str {
@@ -275,8 +283,10 @@ mod tests {
         assert_eq!(v["event"], "trade \"x\"");
         assert_eq!(v["data"]["px"], "1.5");
         assert_eq!(p.data(), r#"{"px":"1.5"}"#);
+        assert_eq!(p.event_json(), Some(r#""trade \"x\"""#));
         let no_event = Publication::new(1, 2, None, &data, None);
         assert_eq!(no_event.json(), r#"{"offset":1,"ts":2,"data":{"px":"1.5"}}"#);
         assert_eq!(no_event.fields_and_close(), r#""offset":1,"ts":2,"data":{"px":"1.5"}}"#);
+        assert_eq!(no_event.event_json(), None);
     }
 }

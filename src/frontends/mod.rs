@@ -3,9 +3,11 @@
 //! each text message) and [`crate::hub::Encoding`] for its frames; it never reaches into the
 //! broker. Adding a door is adding a room here and a route.
 //!
-//! - [`jsonrpc`]: JSON-RPC 2.0 on `/ws/rpc` and `POST /rpc`.
+//! - [`jsonrpc`]: JSON-RPC 2.0 on `/ws/rpc` and `POST /rpc`;
+//! - [`ws`]: `/ws`, the dialects of clients written for other servers.
 
 pub mod jsonrpc;
+pub mod ws;
 
 use crate::session::Session;
 use crate::transport::Conn;

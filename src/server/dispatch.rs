@@ -49,6 +49,7 @@ async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     }
     match route {
         Route::WsRpc => upgrade(&node, &*node.jsonrpc, req),
+        Route::WsCompat => upgrade(&node, &*node.compat, req),
         Route::HttpRpc if req.method() == hyper::Method::OPTIONS => node.cors.preflight(req.headers()),
         Route::HttpRpc => http_rpc(&node, req).await,
         Route::Health => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),

@@ -69,6 +69,8 @@ pub struct Node {
     pub registry: Arc<Registry>,
     /// The JSON-RPC front door.
     jsonrpc: Arc<JsonRpc>,
+    /// The `/ws` front door.
+    compat: Arc<crate::frontends::ws::Compat>,
     /// The bounds of every connection's reader.
     conn_limits: ConnLimits,
     /// The shutdown signal.
@@ -164,7 +166,13 @@ pub async fn start_with(
     };
     let node = Arc::new(Node {
         config: config.clone(),
-        jsonrpc: JsonRpc::new(dispatcher, subscriptions, metrics.clone()),
+        jsonrpc: JsonRpc::new(dispatcher, subscriptions.clone(), metrics.clone()),
+        compat: crate::frontends::ws::Compat::new(
+            subscriptions,
+            auth.clone(),
+            metrics.clone(),
+            config.limits.calls_per_second,
+        ),
         metrics: metrics.clone(),
         hub,
         registry,

@@ -9,6 +9,7 @@ mod broker_contract;
 mod browser;
 mod channel_slots;
 mod channels;
+mod compat;
 mod follow;
 mod hardening;
 mod jsonrpc;

@@ -1,0 +1,59 @@
+//! Hub events in the `{type,data}` dialect: a publication as
+//! `{"type":EVENT or "publication","channel":C,"offset":N,"ts":T,"event"?:E,"data":D}`, the
+//! snapshot as `{"type":"snapshot","channel","epoch","offset","recovered","publications"}`, and
+//! `{"type":"closed","channel","reason"}`. No subscription id: a connection holds one
+//! subscription per channel, so every subscriber of a channel gets the same bytes (no splice).
+
+use crate::hub::{Encoding, Event};
+use crate::transport::FrameWriter;
+use std::fmt::Write as _;
+
+/// The `{type,data}` encoding.
+#[derive(Debug, Default)]
+pub struct TypedEncoding;
+
+impl Encoding for TypedEncoding {
+    fn splice_len(&self) -> usize {
+        0
+    }
+
+    fn encode(&self, event: &Event<'_>, w: &mut FrameWriter<'_>) {
+        let out = w.out();
+        match event {
+            Event::Publication { channel, publication } => {
+                out.extend_from_slice(br#"{"type":"#);
+                out.extend_from_slice(publication.event_json().unwrap_or(r#""publication""#).as_bytes());
+                out.extend_from_slice(br#","channel":""#);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(b"\",");
+                out.extend_from_slice(publication.fields_and_close().as_bytes());
+            }
+            Event::Snapshot { channel, page, recovered } => {
+                let mut s = String::with_capacity(96 + channel.len());
+                write!(
+                    s,
+                    r#"{{"type":"snapshot","channel":"{channel}","epoch":"{}","offset":{},"recovered":{recovered},"publications":["#,
+                    page.epoch, page.offset
+                )
+                .expect("writing to a String; qed");
+                out.extend_from_slice(s.as_bytes());
+                for (i, p) in page.publications.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(p.json().as_bytes());
+                }
+                out.extend_from_slice(b"]}");
+            }
+            Event::Closed { channel, reason } => {
+                out.extend_from_slice(br#"{"type":"closed","channel":""#);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(br#"","reason":"#);
+                out.extend_from_slice(
+                    serde_json::to_string(reason).expect("a str serializes; qed").as_bytes(),
+                );
+                out.push(b'}');
+            }
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! `GET /ws`: the compatibility front door for clients written for other servers. Its dialect
+//! is fixed by the first message a connection sends:
+//! - `{type,data}` (a first message with `"type"`): `auth`, `subscribe` and `unsubscribe` with
+//!   `data.channel`, `ping`/`pong` both ways, events carrying the publication's `event` name as
+//!   their `type` ([`encoding`]), errors as `{"type":"error","data":{"code","message"}}` with
+//!   string codes;
+//! - Hyperliquid style (a first message with `"method"` and no `"jsonrpc"`): specified in
+//!   docs/protocol.md 8.9, not served yet; such a client is told so in that dialect's error shape
+//!   (`{"channel":"error","data":...}`).
+//!
+//! The gate, the session (principal, call budget), the subscription service and the hub are
+//! the same as `/ws/rpc`'s: a publication made through any door reaches every door. Messages
+//! of a connection are handled one after another, in the order sent.
+
+pub mod encoding;
+
+use super::Door;
+use crate::auth::{AuthError, Authenticator};
+use crate::broker::StreamPosition;
+use crate::hub::{Encoding, Sink};
+use crate::metrics::Metrics;
+use crate::session::{Session, SubscribeError, Subscriptions, Verdict};
+use crate::transport::{Conn, Ending, Handled, Link, Outbox, Splice, frame};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// The door's label in metrics.
+pub const DOOR: &str = "ws";
+
+/// The `/ws` front door.
+#[derive(Debug)]
+pub struct Compat {
+    subscriptions: Arc<Subscriptions>,
+    auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
+    encoding: Arc<dyn Encoding>,
+    default_rate: u32,
+    me: std::sync::Weak<Compat>,
+}
+
+impl Compat {
+    /// The door.
+    pub fn new(
+        subscriptions: Arc<Subscriptions>,
+        auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+        default_rate: u32,
+    ) -> Arc<Compat> {
+        Arc::new_cyclic(|me| Compat {
+            subscriptions,
+            auth,
+            metrics,
+            encoding: Arc::new(encoding::TypedEncoding),
+            default_rate,
+            me: me.clone(),
+        })
+    }
+}
+
+impl Door for Compat {
+    fn name(&self) -> &'static str {
+        DOOR
+    }
+
+    fn connect(&self, session: Arc<Session>) -> Arc<dyn Conn> {
+        let door = self.me.upgrade().expect("a door in use is alive; qed");
+        self.metrics.connection_opened(DOOR);
+        Arc::new_cyclic(|me| CompatConn {
+            door,
+            session,
+            dialect: Mutex::new(Dialect::Undecided),
+            order: tokio::sync::Mutex::new(()),
+            me: me.clone(),
+        })
+    }
+}
+
+/// What a connection speaks, fixed by its first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Undecided,
+    Typed,
+    Hyperliquid,
+}
+
+/// One `/ws` connection.
+#[derive(Debug)]
+struct CompatConn {
+    door: Arc<Compat>,
+    session: Arc<Session>,
+    dialect: Mutex<Dialect>,
+    /// Messages are handled in the order sent, one at a time.
+    order: tokio::sync::Mutex<()>,
+    me: std::sync::Weak<CompatConn>,
+}
+
+/// A `{type,data}` message.
+#[derive(Deserialize)]
+struct Typed {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    data: Option<TypedData>,
+}
+
+/// The `data` of `subscribe` and `unsubscribe`.
+#[derive(Deserialize)]
+struct TypedData {
+    channel: String,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// A `{type,data}` error.
+fn typed_error(code: &str, message: &str) -> String {
+    json!({"type": "error", "data": {"code": code, "message": message}}).to_string()
+}
+
+impl CompatConn {
+    fn outbox(&self) -> &Arc<Outbox> {
+        &self.session.link().expect("a WebSocket session has a link; qed").outbox
+    }
+
+    /// Queues one text frame of `text`.
+    fn send(&self, text: &str) {
+        let (h, n) = frame::header_bytes(frame::OP_TEXT, text.len());
+        // An overflow fails the connection; it is counted when the connection ends.
+        let _ = self.outbox().push_answer(&[&h[..n], text.as_bytes()]);
+    }
+
+    /// Handles one message, after the ones before it.
+    async fn run(self: Arc<Self>, text: String) {
+        let _turn = self.order.lock().await;
+        match self.session.charge_call() {
+            Verdict::Allow => {}
+            Verdict::Reject => {
+                return self.send(&typed_error(
+                    "rate_limited",
+                    "too many messages; slow down (limits.calls_per_second)",
+                ));
+            }
+            Verdict::Flood => {
+                self.door.metrics.rate_limited.inc();
+                return self.outbox().end(Ending::Close(frame::code::POLICY, "rate limit exceeded"));
+            }
+        }
+        let dialect = {
+            let mut d = self.dialect.lock();
+            if *d == Dialect::Undecided {
+                *d = detect(&text);
+            }
+            *d
+        };
+        match dialect {
+            Dialect::Typed => self.typed(&text).await,
+            Dialect::Hyperliquid => self.send(
+                &json!({"channel": "error", "data": "the Hyperliquid dialect is not served by this version of /ws; use the {type,data} messages or /ws/rpc"})
+                    .to_string(),
+            ),
+            Dialect::Undecided => self.send(&typed_error(
+                "invalid_request",
+                "the first message must be a JSON object with \"type\" ({type,data} messages) or \"method\" (Hyperliquid style)",
+            )),
+        }
+    }
+
+    /// One `{type,data}` message.
+    async fn typed(&self, text: &str) {
+        let msg: Typed = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(e) => {
+                return self
+                    .send(&typed_error("invalid_request", &format!("not a {{type,data}} message: {e}")));
+            }
+        };
+        match msg.kind.as_str() {
+            "ping" => self.send(r#"{"type":"pong"}"#),
+            "pong" => {}
+            "auth" => {
+                let Some(token) = msg.token else {
+                    return self.send(&typed_error("invalid_request", "auth needs \"token\""));
+                };
+                match self.door.auth.authenticate(&token) {
+                    Ok(p) => {
+                        let reply =
+                            json!({"type": "auth", "data": {"sub": p.subject, "expires_at": p.expires_at}});
+                        self.session.set_principal(p, self.door.default_rate);
+                        self.send(&reply.to_string());
+                    }
+                    Err(e) => {
+                        let message = match e {
+                            AuthError::Invalid(m) => m,
+                            e => e.to_string(),
+                        };
+                        self.send(&typed_error("unauthorized", &message));
+                    }
+                }
+            }
+            "subscribe" => {
+                let Some(d) = msg.data else {
+                    return self
+                        .send(&typed_error("invalid_request", "subscribe needs \"data\": {\"channel\"}"));
+                };
+                self.subscribe(d).await;
+            }
+            "unsubscribe" => {
+                let Some(d) = msg.data else {
+                    return self
+                        .send(&typed_error("invalid_request", "unsubscribe needs \"data\": {\"channel\"}"));
+                };
+                if self.door.subscriptions.unsubscribe_channel(&self.session, &d.channel) == 0 {
+                    return self
+                        .send(&typed_error("invalid_request", &format!("not subscribed to {}", d.channel)));
+                }
+                self.send(&json!({"type": "unsubscribed", "data": {"channel": d.channel}}).to_string());
+            }
+            other => self.send(&typed_error(
+                "invalid_request",
+                &format!("unknown message type {other:?}: use auth, subscribe, unsubscribe, ping or pong"),
+            )),
+        }
+    }
+
+    /// `subscribe`: the snapshot is the acknowledgement.
+    async fn subscribe(&self, d: TypedData) {
+        let subscribed =
+            self.session.subscriptions.lock().live.iter().any(|s| s.is_active() && s.channel() == d.channel);
+        if subscribed {
+            return self
+                .send(&typed_error("subscription_failed", &format!("already subscribed to {}", d.channel)));
+        }
+        let pending = match self.door.subscriptions.prepare(&self.session, &d.channel, d.since, d.limit).await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let code = match &e {
+                    SubscribeError::Unauthorized(_) => "unauthorized",
+                    SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
+                    _ => "subscription_failed",
+                };
+                return self.send(&typed_error(code, &e.to_string()));
+            }
+        };
+        let splice = Splice::new(&[]).expect("an empty splice fits; qed");
+        let sink = Sink::new(self.outbox().clone(), self.door.encoding.clone(), splice);
+        // Fails only when the connection is closing: nothing more goes out then anyway.
+        let _ = pending.go_live(sink, &[]);
+    }
+}
+
+/// The dialect a first message speaks.
+fn detect(text: &str) -> Dialect {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        kind: Option<serde::de::IgnoredAny>,
+        method: Option<serde::de::IgnoredAny>,
+        jsonrpc: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_str::<Probe>(text) {
+        Ok(Probe { kind: Some(_), .. }) => Dialect::Typed,
+        Ok(Probe { method: Some(_), jsonrpc: None, .. }) => Dialect::Hyperliquid,
+        _ => Dialect::Undecided,
+    }
+}
+
+impl Conn for CompatConn {
+    fn link(&self) -> &Link {
+        self.session.link().expect("a WebSocket session has a link; qed")
+    }
+
+    fn on_text(&self, text: &str) -> Handled {
+        let me = self.me.upgrade().expect("the transport holds the connection while it reads; qed");
+        Handled::Later(Box::pin(me.run(text.to_owned())))
+    }
+
+    fn keepalive(&self) {
+        // A WebSocket ping always; `{type,data}` clients also expect a text one.
+        self.link().outbox.push_control(frame::OP_PING, b"");
+        if *self.dialect.lock() == Dialect::Typed {
+            self.send(r#"{"type":"ping"}"#);
+        }
+    }
+
+    fn tick(&self) {
+        self.door.subscriptions.tick(&self.session);
+    }
+
+    fn on_end(&self, ending: Option<Ending>) {
+        self.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
+        self.door.subscriptions.end(&self.session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_message_picks_the_dialect() {
+        assert_eq!(detect(r#"{"type":"subscribe","data":{"channel":"a"}}"#), Dialect::Typed);
+        assert_eq!(
+            detect(r#"{"method":"subscribe","subscription":{"type":"trades","coin":"SOL"}}"#),
+            Dialect::Hyperliquid,
+            "a nested type is no {{type,data}} message"
+        );
+        assert_eq!(detect(r#"{"method":"ping"}"#), Dialect::Hyperliquid);
+        assert_eq!(detect(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#), Dialect::Undecided);
+        assert_eq!(detect("[1]"), Dialect::Undecided);
+        assert_eq!(detect("nope"), Dialect::Undecided);
+    }
+}

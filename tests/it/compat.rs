@@ -1,0 +1,134 @@
+//! `GET /ws` in its `{type,data}` dialect, with a real WebSocket client: the same hub as
+//! `/ws/rpc`, recovery with `since`, errors in the dialect's own shape.
+
+use crate::support::*;
+use futures::SinkExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn compat(addr: std::net::SocketAddr, token: Option<&str>) -> Ws {
+    try_ws(addr, "/ws", token, &[]).await.expect("upgrade on /ws")
+}
+
+fn error_code(v: &Value) -> &str {
+    assert_eq!(v["type"], "error", "{v}");
+    v["data"]["code"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn typed_clients_subscribe_and_get_every_door_s_publications_then_resume_with_since() {
+    let addr = shared();
+    let ch = channel("typed");
+    publish(addr, &ch, json!({"n": 1})).await;
+    let mut w = compat(addr, None).await;
+    send(&mut w, json!({"type": "subscribe", "data": {"channel": ch}})).await;
+    let snap = recv(&mut w).await;
+    assert_eq!(
+        (snap["type"].clone(), snap["channel"].clone(), snap["offset"].clone()),
+        (json!("snapshot"), json!(ch), json!(1))
+    );
+    assert_eq!(snap["publications"][0]["data"], json!({"n": 1}));
+    let epoch = snap["epoch"].as_str().unwrap().to_string();
+    // A publication with an event name, made through /ws/rpc, arrives typed by that name.
+    let mut publisher = ws(addr, Some(ADMIN)).await;
+    call(&mut publisher, "publish", json!({"channel": ch, "data": {"n": 2}, "event": "trade"})).await;
+    let live = recv(&mut w).await;
+    assert_eq!(
+        live,
+        json!({"type": "trade", "channel": ch, "offset": 2, "ts": live["ts"], "event": "trade", "data": {"n": 2}})
+    );
+    call(&mut publisher, "publish", json!({"channel": ch, "data": {"n": 3}})).await;
+    let plain = recv(&mut w).await;
+    assert_eq!((plain["type"].clone(), plain["offset"].clone()), (json!("publication"), json!(3)));
+    send(&mut w, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut w).await, json!({"type": "pong"}));
+    send(&mut w, json!({"type": "unsubscribe", "data": {"channel": ch}})).await;
+    assert_eq!(recv(&mut w).await, json!({"type": "unsubscribed", "data": {"channel": ch}}));
+    // Away: two publications; back with `since`, exactly those.
+    call(&mut publisher, "publish", json!({"channel": ch, "data": {"n": 4}})).await;
+    call(&mut publisher, "publish", json!({"channel": ch, "data": {"n": 5}})).await;
+    let mut back = compat(addr, None).await;
+    send(
+        &mut back,
+        json!({"type": "subscribe", "data": {"channel": ch, "since": {"epoch": epoch, "offset": 3}}}),
+    )
+    .await;
+    let resumed = recv(&mut back).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    let offsets: Vec<u64> =
+        resumed["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [4, 5]);
+}
+
+#[tokio::test]
+async fn auth_and_rights_follow_the_same_rules_as_json_rpc() {
+    let mut c = config();
+    c.default_namespace.subscribe = rpchub::config::Access::Authenticated;
+    let server = start(c).await;
+    let mut w = compat(server.addr, None).await;
+    let ch = channel("private");
+    send(&mut w, json!({"type": "subscribe", "data": {"channel": ch}})).await;
+    assert_eq!(error_code(&recv(&mut w).await), "unauthorized");
+    send(&mut w, json!({"type": "auth", "token": "not-a-token"})).await;
+    assert_eq!(error_code(&recv(&mut w).await), "unauthorized");
+    send(&mut w, json!({"type": "auth", "token": ADMIN})).await;
+    let ok = recv(&mut w).await;
+    assert_eq!((ok["type"].clone(), ok["data"]["sub"].clone()), (json!("auth"), json!("admin")), "{ok}");
+    send(&mut w, json!({"type": "subscribe", "data": {"channel": ch}})).await;
+    assert_eq!(recv(&mut w).await["type"], "snapshot");
+    // The connection is counted under its own door.
+    let (_, metrics) = http(server.addr, "GET", "/metrics", &[], "").await;
+    assert!(metrics.contains(r#"rpchub_connections{door="ws"} 1"#), "{metrics}");
+    server.shutdown();
+}
+
+#[tokio::test]
+async fn bad_input_gets_errors_in_the_dialect_and_subscribes_nothing() {
+    let addr = shared();
+    let mut w = compat(addr, None).await;
+    // Fits no dialect: told so, and the connection may still choose one.
+    send(&mut w, json!({"jsonrpc": "2.0", "method": "ping", "id": 1})).await;
+    assert_eq!(error_code(&recv(&mut w).await), "invalid_request");
+    send(&mut w, "not json").await;
+    assert_eq!(error_code(&recv(&mut w).await), "invalid_request");
+    send(&mut w, json!({"type": "subscribe"})).await;
+    assert_eq!(error_code(&recv(&mut w).await), "invalid_request", "no data");
+    send(&mut w, json!({"type": "subscribe", "data": {"channel": "bad channel!"}})).await;
+    assert_eq!(error_code(&recv(&mut w).await), "invalid_request", "an invalid channel name");
+    send(&mut w, json!({"type": "dance"})).await;
+    let e = recv(&mut w).await;
+    assert!(error_code(&e) == "invalid_request" && e["data"]["message"].as_str().unwrap().contains("dance"));
+    send(&mut w, json!({"type": "unsubscribe", "data": {"channel": "a:b"}})).await;
+    assert_eq!(error_code(&recv(&mut w).await), "invalid_request", "not subscribed");
+    let ch = channel("twice");
+    send(&mut w, json!({"type": "subscribe", "data": {"channel": ch}})).await;
+    assert_eq!(recv(&mut w).await["type"], "snapshot");
+    send(&mut w, json!({"type": "subscribe", "data": {"channel": ch}})).await;
+    assert_eq!(error_code(&recv(&mut w).await), "subscription_failed", "one subscription per channel");
+    // A binary frame fails the connection as on /ws/rpc.
+    w.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(closed(&mut w).await, Some(1003));
+    // A Hyperliquid-style client is told, in its own error shape, that its dialect is not served.
+    let mut hl = compat(addr, None).await;
+    send(&mut hl, json!({"method": "subscribe", "subscription": {"type": "trades", "coin": "SOL"}})).await;
+    let e = recv(&mut hl).await;
+    assert_eq!(e["channel"], "error", "{e}");
+}
+
+#[tokio::test]
+async fn the_server_pings_typed_clients_in_their_dialect() {
+    let mut c = config();
+    c.limits.ping_interval = Duration::from_millis(300);
+    c.limits.pong_timeout = Duration::from_secs(5);
+    let server = start(c).await;
+    let mut w = compat(server.addr, None).await;
+    send(&mut w, json!({"type": "ping"})).await;
+    assert_eq!(recv(&mut w).await, json!({"type": "pong"}));
+    assert_eq!(recv(&mut w).await, json!({"type": "ping"}), "a text ping every ping interval");
+    send(&mut w, json!({"type": "pong"})).await;
+    assert!(
+        silent(&mut w, Duration::from_millis(100)).await || recv(&mut w).await == json!({"type": "ping"})
+    );
+    server.shutdown();
+}
