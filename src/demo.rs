@@ -1,9 +1,11 @@
 //! `serve --demo`: a market simulator, so that a new user sees data at once.
 //!
 //! Three coins (BTC, ETH, SOL) follow a random walk. Each publishes a few trades a second to
-//! `trades:{COIN}` as `{"coin","side","px","sz","time","tid"}` (event `trade`), and its order
-//! book twice a second to `l2Book:{COIN}` as `{"coin","time","levels":[bids,asks]}` with levels
-//! `{"px","sz","n"}` (event `book`). Prices and sizes are strings, as exchanges send them.
+//! `trades:{COIN}`, each a list of one `{"coin","side","px","sz","time","hash","tid","users"}`
+//! (event `trade`), and its order book twice a second to `l2Book:{COIN}` as
+//! `{"coin","time","levels":[bids,asks]}` with levels `{"px","sz","n"}` (event `book`): the
+//! Hyperliquid API's shapes and field names, so its clients read them on `/ws`. Prices and sizes
+//! are strings, as exchanges send them.
 
 use crate::broker::NewPublication;
 use crate::broker::memory::now_ms;
@@ -62,10 +64,12 @@ pub(crate) fn spawn(hub: Arc<Hub>, shutdown: Shutdown) {
                     let side = if rng.unit() < 0.5 { "B" } else { "A" };
                     let px = c.mid + (rng.unit() - 0.5) * c.tick * 4.0;
                     let sz = c.size * (0.1 + rng.unit() * 2.0);
-                    let trade = json!({
+                    // A list of trades, as the Hyperliquid API sends them.
+                    let trade = json!([{
                         "coin": c.name, "side": side, "px": fmt(px, c.decimals), "sz": fmt(sz, 4),
-                        "time": now_ms(), "tid": tid,
-                    });
+                        "time": now_ms(), "hash": format!("0x{:064x}", tid), "tid": tid,
+                        "users": ["0x0000000000000000000000000000000000000001", "0x0000000000000000000000000000000000000002"],
+                    }]);
                     publish(&hub, format!("trades:{}", c.name), "trade", trade).await;
                 }
                 if n.is_multiple_of(TICKS_PER_SECOND / 2) {

@@ -164,12 +164,14 @@ pub async fn start_with(
         pause_reading_bytes: (limits.outbound_queue_bytes / ANSWER_SHARE_OF_OUTBOUND_QUEUE).max(1),
         calls_in_flight: limits.calls_in_flight,
     };
+    let jsonrpc = JsonRpc::new(dispatcher, subscriptions.clone(), metrics.clone());
     let node = Arc::new(Node {
         config: config.clone(),
-        jsonrpc: JsonRpc::new(dispatcher, subscriptions.clone(), metrics.clone()),
+        jsonrpc: jsonrpc.clone(),
         compat: crate::frontends::ws::Compat::new(
             subscriptions,
             auth.clone(),
+            jsonrpc,
             metrics.clone(),
             config.limits.calls_per_second,
         ),

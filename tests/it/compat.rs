@@ -109,11 +109,6 @@ async fn bad_input_gets_errors_in_the_dialect_and_subscribes_nothing() {
     // A binary frame fails the connection as on /ws/rpc.
     w.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
     assert_eq!(closed(&mut w).await, Some(1003));
-    // A Hyperliquid-style client is told, in its own error shape, that its dialect is not served.
-    let mut hl = compat(addr, None).await;
-    send(&mut hl, json!({"method": "subscribe", "subscription": {"type": "trades", "coin": "SOL"}})).await;
-    let e = recv(&mut hl).await;
-    assert_eq!(e["channel"], "error", "{e}");
 }
 
 #[tokio::test]
@@ -129,6 +124,109 @@ async fn the_server_pings_typed_clients_in_their_dialect() {
     send(&mut w, json!({"type": "pong"})).await;
     assert!(
         silent(&mut w, Duration::from_millis(100)).await || recv(&mut w).await == json!({"type": "ping"})
+    );
+    server.shutdown();
+}
+
+#[tokio::test]
+async fn hyperliquid_clients_get_their_frames_from_the_demo_and_resume_with_since() {
+    let mut c = config();
+    c.demo = true;
+    let server = start(c.with_demo_namespaces()).await;
+    let mut w = compat(server.addr, None).await;
+    send(&mut w, json!({"method": "ping"})).await;
+    assert_eq!(recv(&mut w).await, json!({"channel": "pong"}));
+    let sub = json!({"type": "trades", "coin": "SOL"});
+    send(&mut w, json!({"method": "subscribe", "subscription": sub})).await;
+    assert_eq!(
+        recv(&mut w).await,
+        json!({"channel": "subscriptionResponse", "data": {"method": "subscribe", "subscription": sub}})
+    );
+    let snap = recv(&mut w).await;
+    assert_eq!(
+        (snap["channel"].clone(), snap["isSnapshot"].clone()),
+        (json!("trades"), json!(true)),
+        "{snap}"
+    );
+    assert!(snap["data"].is_array() && snap["epoch"].is_string() && snap["offset"].is_u64(), "{snap}");
+    let live = recv(&mut w).await;
+    assert_eq!(live["channel"], "trades", "{live}");
+    assert_eq!(live["data"][0]["coin"], "SOL", "the publisher's list of trades");
+    assert!(live.get("isSnapshot").is_none());
+    // Books: the snapshot is the latest book itself.
+    let book = json!({"type": "l2Book", "coin": "BTC"});
+    send(&mut w, json!({"method": "subscribe", "subscription": book})).await;
+    let (mut got_response, mut book_snapshot) = (false, None);
+    while book_snapshot.is_none() {
+        let v = recv(&mut w).await;
+        if v["channel"] == "subscriptionResponse" {
+            got_response = true;
+        } else if v["channel"] == "l2Book" {
+            assert!(got_response, "the response comes before the snapshot");
+            book_snapshot = Some(v);
+        }
+    }
+    let b = book_snapshot.unwrap();
+    assert_eq!(b["isSnapshot"], true);
+    assert!(b["data"]["coin"] == "BTC" || b["data"] == json!([]), "the latest book: {b}");
+    // A post request runs a JSON-RPC method and comes back by id.
+    send(&mut w, json!({"method": "post", "id": 7, "request": {"type": "history", "payload": {"channel": "trades:SOL", "limit": 1}}})).await;
+    let post = loop {
+        let v = recv(&mut w).await;
+        if v["channel"] == "post" {
+            break v;
+        }
+    };
+    assert_eq!(
+        (post["data"]["id"].clone(), post["data"]["response"]["type"].clone()),
+        (json!(7), json!("info")),
+        "{post}"
+    );
+    let position = post["data"]["response"]["payload"].clone();
+    send(&mut w, json!({"method": "post", "id": 8, "request": {"type": "nope"}})).await;
+    let err = loop {
+        let v = recv(&mut w).await;
+        if v["channel"] == "post" {
+            break v;
+        }
+    };
+    assert_eq!(err["data"]["response"]["type"], "error", "{err}");
+    // Bad subscriptions: the real API's error frame, nothing subscribed.
+    for bad in [
+        json!({"type": "trades"}),
+        json!({"type": "teleport", "coin": "SOL"}),
+        json!({"type": "trades", "coin": "bad coin"}),
+    ] {
+        send(&mut w, json!({"method": "subscribe", "subscription": bad})).await;
+        let e = loop {
+            let v = recv(&mut w).await;
+            if v["channel"] == "error" {
+                break v;
+            }
+        };
+        assert!(e["data"].is_string(), "{e}");
+    }
+    // Unsubscribe, then resume from the history read's position with `since`.
+    send(&mut w, json!({"method": "unsubscribe", "subscription": sub})).await;
+    loop {
+        let v = recv(&mut w).await;
+        if v["channel"] == "subscriptionResponse" && v["data"]["method"] == "unsubscribe" {
+            break;
+        }
+    }
+    let since = json!({"epoch": position["epoch"], "offset": position["offset"]});
+    let mut back = compat(server.addr, None).await;
+    send(
+        &mut back,
+        json!({"method": "subscribe", "subscription": {"type": "trades", "coin": "SOL", "since": since}}),
+    )
+    .await;
+    let _response = recv(&mut back).await;
+    let resumed = recv(&mut back).await;
+    assert_eq!(
+        (resumed["isSnapshot"].clone(), resumed["recovered"].clone()),
+        (json!(true), json!(true)),
+        "{resumed}"
     );
     server.shutdown();
 }

@@ -4,17 +4,20 @@
 //!   `data.channel`, `ping`/`pong` both ways, events carrying the publication's `event` name as
 //!   their `type` ([`encoding`]), errors as `{"type":"error","data":{"code","message"}}` with
 //!   string codes;
-//! - Hyperliquid style (a first message with `"method"` and no `"jsonrpc"`): specified in
-//!   docs/protocol.md 8.9, not served yet; such a client is told so in that dialect's error shape
-//!   (`{"channel":"error","data":...}`).
+//! - Hyperliquid style (a first message with `"method"` and no `"jsonrpc"`, [`hyperliquid`]):
+//!   `subscribe`/`unsubscribe` with subscription objects mapped to channels,
+//!   `subscriptionResponse`, `{"channel":TYPE,"data":...}` frames, `post` requests onto the
+//!   JSON-RPC methods, `ping`, errors as `{"channel":"error","data":"..."}`.
 //!
 //! The gate, the session (principal, call budget), the subscription service and the hub are
 //! the same as `/ws/rpc`'s: a publication made through any door reaches every door. Messages
 //! of a connection are handled one after another, in the order sent.
 
 pub mod encoding;
+pub mod hyperliquid;
 
 use super::Door;
+use super::jsonrpc::JsonRpc;
 use crate::auth::{AuthError, Authenticator};
 use crate::broker::StreamPosition;
 use crate::hub::{Encoding, Sink};
@@ -36,6 +39,9 @@ pub struct Compat {
     auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
     encoding: Arc<dyn Encoding>,
+    hyperliquid: Arc<dyn Encoding>,
+    /// The JSON-RPC door, whose methods `post` requests call.
+    jsonrpc: Arc<JsonRpc>,
     default_rate: u32,
     me: std::sync::Weak<Compat>,
 }
@@ -45,6 +51,7 @@ impl Compat {
     pub fn new(
         subscriptions: Arc<Subscriptions>,
         auth: Arc<Authenticator>,
+        jsonrpc: Arc<JsonRpc>,
         metrics: Arc<Metrics>,
         default_rate: u32,
     ) -> Arc<Compat> {
@@ -53,6 +60,8 @@ impl Compat {
             auth,
             metrics,
             encoding: Arc::new(encoding::TypedEncoding),
+            hyperliquid: Arc::new(hyperliquid::HyperliquidEncoding),
+            jsonrpc,
             default_rate,
             me: me.clone(),
         })
@@ -159,10 +168,7 @@ impl CompatConn {
         };
         match dialect {
             Dialect::Typed => self.typed(&text).await,
-            Dialect::Hyperliquid => self.send(
-                &json!({"channel": "error", "data": "the Hyperliquid dialect is not served by this version of /ws; use the {type,data} messages or /ws/rpc"})
-                    .to_string(),
-            ),
+            Dialect::Hyperliquid => self.hyperliquid(&text).await,
             Dialect::Undecided => self.send(&typed_error(
                 "invalid_request",
                 "the first message must be a JSON object with \"type\" ({type,data} messages) or \"method\" (Hyperliquid style)",
@@ -227,30 +233,126 @@ impl CompatConn {
         }
     }
 
-    /// `subscribe`: the snapshot is the acknowledgement.
-    async fn subscribe(&self, d: TypedData) {
+    /// One Hyperliquid-style message.
+    async fn hyperliquid(&self, text: &str) {
+        let error = |m: &str| json!({"channel": "error", "data": m}).to_string();
+        let msg: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => return self.send(&error("Invalid JSON: expected an object with \"method\"")),
+        };
+        match msg["method"].as_str().unwrap_or("") {
+            "ping" => self.send(r#"{"channel":"pong"}"#),
+            method @ ("subscribe" | "unsubscribe") => {
+                let Some(sub) = msg.get("subscription").and_then(|s| s.as_object()) else {
+                    return self.send(&error(&format!("{method} needs a \"subscription\" object")));
+                };
+                let channel = match hyperliquid::channel_of(sub) {
+                    Ok(c) => c,
+                    Err(e) => return self.send(&error(&format!("Invalid subscription: {e}"))),
+                };
+                let response =
+                    json!({"channel": "subscriptionResponse", "data": {"method": method, "subscription": sub}}).to_string();
+                if method == "unsubscribe" {
+                    if self.door.subscriptions.unsubscribe_channel(&self.session, &channel) == 0 {
+                        return self.send(&error(&format!("Already unsubscribed: {}", msg["subscription"])));
+                    }
+                    return self.send(&response);
+                }
+                let since = match sub.get("since") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => match serde_json::from_value::<StreamPosition>(v.clone()) {
+                        Ok(p) => Some(p),
+                        Err(e) => return self.send(&error(&format!("Invalid subscription: since: {e}"))),
+                    },
+                };
+                let data = TypedData { channel, since, limit: None };
+                if let Err((_, m)) = self.go_live(data, self.door.hyperliquid.clone(), &response).await {
+                    self.send(&error(&m));
+                }
+            }
+            "post" => self.post(&msg).await,
+            other => self
+                .send(&error(&format!("unknown method {other:?}: use subscribe, unsubscribe, post or ping"))),
+        }
+    }
+
+    /// A `post` request: `{"method":"post","id":N,"request":{"type":METHOD,"payload":PARAMS}}`
+    /// runs the JSON-RPC method METHOD; the answer comes back by `id` as
+    /// `{"channel":"post","data":{"id":N,"response":{"type":"info","payload":RESULT}}}`, or with
+    /// `{"type":"error","payload":MESSAGE}`.
+    async fn post(&self, msg: &serde_json::Value) {
+        let id = msg.get("id").cloned().unwrap_or(serde_json::Value::Null);
+        let reply = |response: serde_json::Value| {
+            json!({"channel": "post", "data": {"id": id, "response": response}}).to_string()
+        };
+        let Some(method) = msg["request"]["type"].as_str() else {
+            return self.send(&reply(
+                json!({"type": "error", "payload": "post needs request.type (a method name)"}),
+            ));
+        };
+        if matches!(method, "subscribe" | "unsubscribe") {
+            let m = format!("{method} is a message of its own, not a post request");
+            return self.send(&reply(json!({"type": "error", "payload": m})));
+        }
+        let mut call = json!({"jsonrpc": "2.0", "id": 0, "method": method});
+        match &msg["request"]["payload"] {
+            serde_json::Value::Null => {}
+            p => call["params"] = p.clone(),
+        }
+        let answer = self.door.jsonrpc.dispatcher.handle(&self.session, None, &call.to_string()).await;
+        let v: serde_json::Value = answer
+            .json
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let response = match v.get("result") {
+            Some(r) => json!({"type": "info", "payload": r}),
+            None => {
+                json!({"type": "error", "payload": v["error"]["message"].as_str().unwrap_or("internal error")})
+            }
+        };
+        self.send(&reply(response));
+    }
+
+    /// Makes a subscription live with `encoding`, `answer` queued before its snapshot; `Err`
+    /// says why it could not be made: an error code of the `{type,data}` dialect and a message.
+    async fn go_live(
+        &self,
+        d: TypedData,
+        encoding: Arc<dyn Encoding>,
+        answer: &str,
+    ) -> Result<(), (&'static str, String)> {
         let subscribed =
             self.session.subscriptions.lock().live.iter().any(|s| s.is_active() && s.channel() == d.channel);
         if subscribed {
-            return self
-                .send(&typed_error("subscription_failed", &format!("already subscribed to {}", d.channel)));
+            return Err(("subscription_failed", format!("already subscribed to {}", d.channel)));
         }
-        let pending = match self.door.subscriptions.prepare(&self.session, &d.channel, d.since, d.limit).await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let code = match &e {
-                    SubscribeError::Unauthorized(_) => "unauthorized",
-                    SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
-                    _ => "subscription_failed",
-                };
-                return self.send(&typed_error(code, &e.to_string()));
-            }
-        };
+        let pending =
+            self.door.subscriptions.prepare(&self.session, &d.channel, d.since, d.limit).await.map_err(
+                |e| {
+                    let code = match &e {
+                        SubscribeError::Unauthorized(_) => "unauthorized",
+                        SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
+                        _ => "subscription_failed",
+                    };
+                    (code, e.to_string())
+                },
+            )?;
         let splice = Splice::new(&[]).expect("an empty splice fits; qed");
-        let sink = Sink::new(self.outbox().clone(), self.door.encoding.clone(), splice);
+        let sink = Sink::new(self.outbox().clone(), encoding, splice);
+        let (h, n) = frame::header_bytes(frame::OP_TEXT, answer.len());
+        let frame: [&[u8]; 2] = [&h[..n], answer.as_bytes()];
+        let first: &[&[u8]] = if answer.is_empty() { &[] } else { &frame };
         // Fails only when the connection is closing: nothing more goes out then anyway.
-        let _ = pending.go_live(sink, &[]);
+        let _ = pending.go_live(sink, first);
+        Ok(())
+    }
+
+    /// `subscribe`: the snapshot is the acknowledgement.
+    async fn subscribe(&self, d: TypedData) {
+        if let Err((code, message)) = self.go_live(d, self.door.encoding.clone(), "").await {
+            self.send(&typed_error(code, &message));
+        }
     }
 }
 

@@ -1,0 +1,174 @@
+//! The Hyperliquid dialect of `/ws`: subscription objects mapped to channels, the
+//! `subscriptionResponse` acknowledgement, `{"channel":TYPE,"data":...}` frames, `post` requests
+//! onto the JSON-RPC methods, `{"channel":"pong"}` and `{"channel":"error","data":"..."}`, as
+//! the API of that name sends them; plus `since` in a subscription object, and `epoch`, `offset`
+//! and `recovered` on snapshot frames, which that API does not have (its clients ignore them).
+
+use crate::hub::{Encoding, Event};
+use crate::transport::FrameWriter;
+use serde_json::{Map, Value};
+use std::fmt::Write as _;
+
+/// Subscription types whose channel is `TYPE:COIN`.
+const BY_COIN: &[&str] = &["trades", "l2Book", "bbo", "candle", "activeAssetCtx"];
+/// Subscription types whose channel is `TYPE:USER`.
+const BY_USER: &[&str] = &[
+    "userFills",
+    "userEvents",
+    "orderUpdates",
+    "userFundings",
+    "userNonFundingLedgerUpdates",
+    "webData2",
+    "notification",
+    "userTwapSliceFills",
+    "userTwapHistory",
+];
+/// Subscription types with both: `TYPE:USER:COIN`.
+const BY_USER_AND_COIN: &[&str] = &["activeAssetData"];
+/// Subscription types with neither.
+const BARE: &[&str] = &["allMids"];
+
+/// The channel a subscription object names: its `type`, then `user` and `coin` where the type
+/// has them, then the other values in the order of their keys (`nSigFigs`, `interval`, ...),
+/// `:`-joined; `since` is not part of it. `Err` says what is wrong, for the error frame.
+pub fn channel_of(sub: &Map<String, Value>) -> Result<String, String> {
+    let Some(kind) = sub.get("type").and_then(Value::as_str) else {
+        return Err("the subscription has no \"type\"".into());
+    };
+    let text = |key: &str| -> Result<String, String> {
+        match sub.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            Some(_) => Err(format!("\"{key}\" of a {kind} subscription must be a non-empty string")),
+            None => Err(format!("a {kind} subscription needs \"{key}\"")),
+        }
+    };
+    let mut parts = vec![kind.to_string()];
+    if BY_COIN.contains(&kind) {
+        parts.push(text("coin")?);
+    } else if BY_USER.contains(&kind) {
+        parts.push(text("user")?);
+    } else if BY_USER_AND_COIN.contains(&kind) {
+        parts.push(text("user")?);
+        parts.push(text("coin")?);
+    } else if !BARE.contains(&kind) {
+        return Err(format!("unknown subscription type {kind:?}"));
+    }
+    let mut rest: Vec<(&String, &Value)> =
+        sub.iter().filter(|(k, _)| !matches!(k.as_str(), "type" | "coin" | "user" | "since")).collect();
+    rest.sort_by(|a, b| a.0.cmp(b.0));
+    for (k, v) in rest {
+        match v {
+            Value::Null => {}
+            Value::String(s) => parts.push(s.clone()),
+            Value::Number(n) => parts.push(n.to_string()),
+            Value::Bool(b) => parts.push(b.to_string()),
+            _ => return Err(format!("\"{k}\" must be a string, a number or a boolean")),
+        }
+    }
+    Ok(parts.join(":"))
+}
+
+/// Hub events as Hyperliquid frames. The frame's `channel` is the subscription type (the
+/// channel name's namespace); live `data` is what the publisher published; the snapshot's is
+/// the retained publications' data joined into one list when they are lists (trades), else the
+/// latest one (a book), `[]` when none is retained.
+#[derive(Debug, Default)]
+pub struct HyperliquidEncoding;
+
+fn kind(channel: &str) -> &str {
+    channel.split(':').next().unwrap_or(channel)
+}
+
+impl Encoding for HyperliquidEncoding {
+    fn splice_len(&self) -> usize {
+        0
+    }
+
+    fn encode(&self, event: &Event<'_>, w: &mut FrameWriter<'_>) {
+        let out = w.out();
+        match event {
+            Event::Publication { channel, publication } => {
+                out.extend_from_slice(br#"{"channel":""#);
+                out.extend_from_slice(kind(channel).as_bytes());
+                out.extend_from_slice(br#"","data":"#);
+                out.extend_from_slice(publication.data().as_bytes());
+                out.push(b'}');
+            }
+            Event::Snapshot { channel, page, recovered } => {
+                out.extend_from_slice(br#"{"channel":""#);
+                out.extend_from_slice(kind(channel).as_bytes());
+                out.extend_from_slice(br#"","data":"#);
+                let datas: Vec<&str> = page.publications.iter().map(|p| p.data().trim()).collect();
+                if datas.is_empty() {
+                    out.extend_from_slice(b"[]");
+                } else if datas.iter().all(|d| d.starts_with('[')) {
+                    out.push(b'[');
+                    let mut first = true;
+                    for d in datas {
+                        let inner = d[1..d.len() - 1].trim();
+                        if inner.is_empty() {
+                            continue;
+                        }
+                        if !first {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(inner.as_bytes());
+                        first = false;
+                    }
+                    out.push(b']');
+                } else {
+                    out.extend_from_slice(datas[datas.len() - 1].as_bytes());
+                }
+                let mut s = String::new();
+                write!(
+                    s,
+                    r#","isSnapshot":true,"epoch":"{}","offset":{},"recovered":{recovered}}}"#,
+                    page.epoch, page.offset
+                )
+                .expect("writing to a String; qed");
+                out.extend_from_slice(s.as_bytes());
+            }
+            Event::Closed { channel, reason } => {
+                let text = format!("the subscription to {channel} ended: {reason}");
+                out.extend_from_slice(br#"{"channel":"error","data":"#);
+                out.extend_from_slice(
+                    serde_json::to_string(&text).expect("a str serializes; qed").as_bytes(),
+                );
+                out.push(b'}');
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn of(v: Value) -> Result<String, String> {
+        channel_of(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn subscription_objects_map_to_channels_in_a_stable_order() {
+        assert_eq!(of(json!({"type": "trades", "coin": "SOL"})).unwrap(), "trades:SOL");
+        assert_eq!(of(json!({"type": "l2Book", "coin": "BTC"})).unwrap(), "l2Book:BTC");
+        assert_eq!(
+            of(json!({"type": "l2Book", "nSigFigs": 5, "coin": "BTC", "mantissa": null})).unwrap(),
+            "l2Book:BTC:5"
+        );
+        assert_eq!(of(json!({"type": "userFills", "user": "0xabc"})).unwrap(), "userFills:0xabc");
+        assert_eq!(of(json!({"type": "candle", "interval": "1m", "coin": "ETH"})).unwrap(), "candle:ETH:1m");
+        assert_eq!(of(json!({"type": "allMids"})).unwrap(), "allMids");
+        assert_eq!(
+            of(json!({"type": "trades", "coin": "SOL", "since": {"epoch": "e", "offset": 1}})).unwrap(),
+            "trades:SOL"
+        );
+        assert!(of(json!({"type": "trades"})).unwrap_err().contains("needs \"coin\""));
+        assert!(
+            of(json!({"type": "teleport", "coin": "SOL"})).unwrap_err().contains("unknown subscription type")
+        );
+        assert!(of(json!({"coin": "SOL"})).is_err());
+        assert!(of(json!({"type": "trades", "coin": 5})).is_err());
+    }
+}
