@@ -212,9 +212,7 @@ fn method(d: &MethodDescriptor, g: &mut SchemaGenerator) -> Value {
     let examples: Vec<Value> = (extra.examples)()
         .into_iter()
         .map(|(name, params, result)| {
-            let params: Vec<Value> =
-                params.into_iter().map(|(n, v)| json!({"name": n, "value": v})).collect();
-            json!({"name": name, "params": params, "result": {"name": "result", "value": result}})
+            json!({"name": name, "params": example_params(d, &params), "result": {"name": "result", "value": result}})
         })
         .collect();
     let mut m = json!({
@@ -231,6 +229,20 @@ fn method(d: &MethodDescriptor, g: &mut SchemaGenerator) -> Value {
         m["x-notifications"] = notifications(g);
     }
     m
+}
+
+/// An example's params as the document lists them: in the method's positional order up to the
+/// last one given, an optional param left out before it as `null`, so that the list reads the
+/// same by name and by position (tools such as `@open-rpc/test-coverage` send an example's values
+/// by position when `paramStructure` allows it, and a generated client sends `null` for a
+/// skipped optional param).
+fn example_params(d: &MethodDescriptor, given: &[(&str, Value)]) -> Vec<Value> {
+    let value = |name: &str| given.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+    let len = d.params.iter().rposition(|p| value(p.name).is_some()).map_or(0, |i| i + 1);
+    d.params[..len]
+        .iter()
+        .map(|p| json!({"name": p.name, "value": value(p.name).unwrap_or(Value::Null)}))
+        .collect()
 }
 
 /// True when `schema` (or the definition it refers to) accepts `null`: an optional param.
@@ -295,6 +307,36 @@ mod tests {
             }
         }
         assert!(extra("nope").is_none());
+    }
+
+    #[test]
+    fn example_params_are_positional_with_null_for_a_skipped_optional_one() {
+        let doc = document();
+        for m in doc["methods"].as_array().unwrap() {
+            let declared = m["params"].as_array().unwrap();
+            for ex in m["examples"].as_array().unwrap() {
+                let given = ex["params"].as_array().unwrap();
+                assert!(given.len() <= declared.len(), "{}", m["name"]);
+                for (g, p) in given.iter().zip(declared) {
+                    assert_eq!(g["name"], p["name"], "{} {}: in positional order", m["name"], ex["name"]);
+                    assert!(
+                        !g["value"].is_null() || p["required"] == false,
+                        "{}: null only if optional",
+                        m["name"]
+                    );
+                }
+                assert!(
+                    given.last().is_none_or(|g| !g["value"].is_null()),
+                    "{}: no trailing null",
+                    m["name"]
+                );
+            }
+        }
+        let subscribe = &doc["methods"][0]["examples"][0]["params"];
+        assert_eq!(
+            subscribe,
+            &json!([{"name": "channel", "value": "trades:SOL"}, {"name": "since", "value": null}, {"name": "limit", "value": 2}])
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Integration tests: real servers on port 0, real WebSocket clients (tokio-tungstenite for
-//! exact wire JSON, jsonrpsee's client as applications use it).
+//! exact wire JSON, jsonrpsee's client as applications use it), and tools in node: headless
+//! Chromium, the generated TypeScript client and the OpenRPC tools.
 
 mod support;
 
@@ -9,6 +10,7 @@ mod broker_contract;
 mod browser;
 mod channel_slots;
 mod channels;
+mod clients;
 mod compat;
 mod follow;
 mod hardening;
