@@ -234,7 +234,7 @@ fn method(d: &MethodDescriptor, g: &mut SchemaGenerator) -> Value {
 }
 
 /// True when `schema` (or the definition it refers to) accepts `null`: an optional param.
-fn accepts_null(schema: &Value, g: &SchemaGenerator) -> bool {
+pub(super) fn accepts_null(schema: &Value, g: &SchemaGenerator) -> bool {
     if schema["type"] == "null" {
         return true;
     }

@@ -12,6 +12,8 @@ mod channels;
 mod hardening;
 mod jsonrpc;
 mod limits;
+mod openapi;
+mod publish_api;
 mod security;
 mod server;
 mod slots;
