@@ -80,7 +80,7 @@ pub(crate) enum Command {
     },
     /// Load generator for sizing a deployment: `rpchub bench fanout|rpc|idle|storm`.
     Bench(rpchub_bench::BenchArgs),
-    /// Writes the API documents generated from the code (rpc-spec/openrpc.json); with `--check`,
+    /// Writes the API documents generated from the code (rpc-spec/openrpc.json, openapi/openapi.json); with `--check`,
     /// fails naming the first difference when a committed one differs instead.
     Spec {
         /// Compare instead of writing: exit 1 when a committed document is not what the code

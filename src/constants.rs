@@ -16,6 +16,14 @@ pub const DEFAULT_BROKER: &str = "memory";
 /// similar limits).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
 
+/// Largest body of `POST /api/publish`: a batch of 1,000 publications (the most one request may
+/// carry) of up to a client message (4 KiB) each. Only requests with a valid token get this far,
+/// and the body must still arrive at `limits.request_min_rate`.
+pub const DEFAULT_MAX_PUBLISH_BODY_BYTES: usize = 4 << 20;
+
+/// Publications one `POST /api/publish` batch may carry.
+pub const MAX_PUBLISH_BATCH: usize = 1000;
+
 /// Messages a client connection may have queued (not yet taken by its socket) before it is
 /// dropped as a slow consumer. 256 is what Centrifugo and most exchange gateways allow.
 pub const DEFAULT_OUTBOUND_QUEUE_MESSAGES: usize = 256;

@@ -86,8 +86,12 @@ routes! {
     Metrics = "/metrics" { methods: [GET], upgrade: false, token: false },
     /// `GET /openrpc.json`: the OpenRPC document of the JSON-RPC methods.
     OpenRpc = "/openrpc.json" { methods: [GET], upgrade: false, token: false },
+    /// `GET /openapi.json`: the OpenAPI document of the HTTP routes.
+    OpenApi = "/openapi.json" { methods: [GET], upgrade: false, token: false },
     /// `GET /ws/rpc/test`: the browser console.
     Console = "/ws/rpc/test" { methods: [GET], upgrade: false, token: false },
+    /// `POST /api/publish`: the server API for backends, one publication or a batch.
+    ApiPublish = "/api/publish" { methods: [POST], upgrade: false, token: true },
 }
 
 impl Route {
@@ -202,20 +206,23 @@ mod tests {
         assert_eq!(found("/metrics"), Some(Route::Metrics));
         assert_eq!(found("/openrpc.json"), Some(Route::OpenRpc));
         assert_eq!(found("/ws"), Some(Route::WsCompat));
-        for p in ["/", "/ws/", "/ws/rpc/", "/ws/other", "/WS/RPC", "/api/publish", "/health/x", "*"] {
+        assert_eq!(found("/openapi.json"), Some(Route::OpenApi));
+        assert_eq!(found("/api/publish"), Some(Route::ApiPublish));
+        for p in ["/", "/ws/", "/ws/rpc/", "/ws/other", "/WS/RPC", "/api/publish/", "/api", "/health/x", "*"]
+        {
             assert_eq!(found(p), None, "{p}");
         }
         let upgrades: Vec<Route> = Route::ALL.iter().copied().filter(|r| r.is_upgrade()).collect();
         assert_eq!(upgrades, [Route::WsRpc, Route::WsCompat]);
         let tokens: Vec<Route> = Route::ALL.iter().copied().filter(|r| r.takes_token()).collect();
-        assert_eq!(tokens, [Route::WsRpc, Route::WsCompat, Route::HttpRpc]);
+        assert_eq!(tokens, [Route::WsRpc, Route::WsCompat, Route::HttpRpc, Route::ApiPublish]);
         assert!(Route::HttpRpc.allows(&Method::POST) && !Route::HttpRpc.allows(&Method::GET));
     }
 
     /// The routes planned next fit beside today's without conflicts or shadowing.
     #[test]
     fn planned_routes_fit_the_table() {
-        let planned = ["/ws/{instance}", "/api/publish", "/api/events/websocket/{instance}", "/openapi.json"];
+        let planned = ["/ws/{instance}", "/api/events/websocket/{instance}"];
         let mut router = matchit::Router::new();
         for &route in Route::ALL {
             router.insert(route.pattern(), route.pattern()).unwrap();

@@ -11,6 +11,9 @@ use std::time::Duration;
 pub struct Limits {
     /// Largest client message in bytes; a bigger one closes the connection with code 1009.
     pub max_message_bytes: usize,
+    /// Largest body of `POST /api/publish` in bytes, one publication or a batch of them (413
+    /// beyond it). Backends hold tokens; a batch of 1,000 needs more than a client message.
+    pub max_publish_body_bytes: usize,
     /// Messages queued for one client connection while its socket is full before it is dropped
     /// as a slow consumer.
     pub outbound_queue_messages: usize,
@@ -68,6 +71,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_publish_body_bytes: DEFAULT_MAX_PUBLISH_BODY_BYTES,
             outbound_queue_messages: DEFAULT_OUTBOUND_QUEUE_MESSAGES,
             outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             ping_interval: DEFAULT_PING_INTERVAL,

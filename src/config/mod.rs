@@ -142,6 +142,12 @@ impl Config {
                 l.max_message_bytes
             ));
         }
+        if l.max_publish_body_bytes < l.max_message_bytes {
+            return err(format!(
+                "limits.max_publish_body_bytes is {}; it must be at least limits.max_message_bytes ({})",
+                l.max_publish_body_bytes, l.max_message_bytes
+            ));
+        }
         if l.outbound_queue_messages == 0 || l.outbound_queue_bytes < 1024 {
             return err("limits.outbound_queue_messages must be at least 1 and limits.outbound_queue_bytes \
                         at least 1024"

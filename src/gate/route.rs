@@ -42,11 +42,10 @@ impl RouteCheck {
     fn check_upgrade<B>(&self, req: &Request<B>, upgrade: bool) -> Result<(), Response<Body>> {
         let bad = |message: &str| self.refuse(Rejection::Handshake, StatusCode::BAD_REQUEST, message);
         if req.method() != Method::GET {
-            return self.refuse(
-                Rejection::Handshake,
-                StatusCode::METHOD_NOT_ALLOWED,
-                "WebSocket routes take GET with an upgrade",
-            );
+            let mut r =
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "WebSocket routes take GET with an upgrade");
+            r.headers_mut().insert(hyper::header::ALLOW, hyper::header::HeaderValue::from_static("GET"));
+            return Err(refused(&self.metrics, Rejection::Handshake, r));
         }
         if !upgrade {
             return bad("this route needs a WebSocket upgrade (Connection: Upgrade, Upgrade: websocket)");

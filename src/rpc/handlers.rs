@@ -63,6 +63,31 @@ impl Handlers {
     }
 }
 
+impl Handlers {
+    /// Publishes for session `s` under the rules of the `publish` method: a valid channel name,
+    /// the namespace's publish rule, `event` and `idempotency_key` of 1 to 255 bytes. The one
+    /// place those rules are applied, for the method and for `POST /api/publish` alike.
+    pub async fn publish_as(
+        &self,
+        s: &Session,
+        channel: &str,
+        data: JsonData,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<StreamPosition, RpcError> {
+        self.allow(s, Action::Publish, channel)?;
+        if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > 255) {
+            return Err(RpcError::Unacceptable("event must be 1 to 255 bytes".into()));
+        }
+        if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+            return Err(RpcError::Unacceptable("idempotency_key must be 1 to 255 bytes".into()));
+        }
+        let p = NewPublication { data: data.0, event, idempotency_key };
+        let published = self.0.hub.publish(channel, p).await?;
+        Ok(published.position)
+    }
+}
+
 #[async_trait]
 impl ChannelApiServer for Handlers {
     async fn subscribe_channel(
@@ -99,18 +124,8 @@ impl ChannelApiServer for Handlers {
         event: Option<String>,
         idempotency_key: Option<String>,
     ) -> RpcResult<StreamPosition> {
-        let data = data.0;
         let s = session(ext)?;
-        self.allow(&s, Action::Publish, &channel)?;
-        if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > 255) {
-            return Err(RpcError::Unacceptable("event must be 1 to 255 bytes".into()).into());
-        }
-        if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
-            return Err(RpcError::Unacceptable("idempotency_key must be 1 to 255 bytes".into()).into());
-        }
-        let p = NewPublication { data, event, idempotency_key };
-        let published = self.0.hub.publish(&channel, p).await.map_err(RpcError::from)?;
-        Ok(published.position)
+        Ok(self.publish_as(&s, &channel, data, event, idempotency_key).await?)
     }
 
     async fn history(

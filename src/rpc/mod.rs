@@ -6,6 +6,7 @@ pub mod api;
 pub mod describe;
 pub mod error;
 mod handlers;
+pub mod server_api;
 
 pub use error::RpcError;
 pub use handlers::{Handlers, NodeState};

@@ -1,9 +1,9 @@
 //! The service behind the gate: from the route the gate's first layer matched to its handler.
 //! No path is looked at here: a request without a [`RouteMatch`] is 404, one whose route does not
 //! allow its method is 405, and the rest go to their route's handler. The small handlers live
-//! here too: `/health`, `/metrics` and the browser console.
+//! here too: `/health`, `/metrics`, the generated documents and the browser console.
 
-use super::{Node, http::http_rpc, upgrade::upgrade};
+use super::{Node, api, http::http_rpc, upgrade::upgrade};
 use crate::gate::{Body, json_error, json_response, redacted_uri};
 use crate::routes::{Route, RouteMatch};
 use futures_util::future::BoxFuture;
@@ -45,7 +45,11 @@ async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         return json_error(StatusCode::NOT_FOUND, "not found");
     };
     if !route.allows(req.method()) {
-        return json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+        let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here");
+        let allow: Vec<&str> = route.methods().iter().map(|m| m.as_str()).collect();
+        let allow = hyper::header::HeaderValue::from_str(&allow.join(", ")).expect("method names; qed");
+        r.headers_mut().insert(hyper::header::ALLOW, allow);
+        return r;
     }
     match route {
         Route::WsRpc => upgrade(&node, &*node.jsonrpc, req),
@@ -57,15 +61,23 @@ async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             .header(hyper::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(Body::from(node.metrics.render()))
             .expect("static header is valid; qed"),
-        Route::OpenRpc => Response::builder()
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
-            .body(Body::from(node.openrpc.clone()))
-            .expect("static headers are valid; qed"),
+        Route::OpenRpc => document(&node.openrpc),
+        Route::OpenApi => document(&node.openapi),
+        Route::ApiPublish => api::publish(&node, req).await,
         Route::Console => Response::builder()
             .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
             .header(hyper::header::CACHE_CONTROL, "no-cache")
             .body(Body::from(CONSOLE_HTML))
             .expect("static headers are valid; qed"),
     }
+}
+
+/// A generated document (`/openrpc.json`, `/openapi.json`): JSON, readable by any page (tools
+/// such as API explorers load it from other origins).
+fn document(text: &str) -> Response<Body> {
+    Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")
+        .body(Body::from(text.to_string()))
+        .expect("static headers are valid; qed")
 }

@@ -8,6 +8,9 @@
 //!   `limits.max_message_bytes` (413 with -32007). It is copied out of hyper's buffers as it
 //!   arrives, so a body sent a byte at a time holds its own size and no more.
 //!
+//! The content type, deadline and size rules are [`read_json`] and [`refusal`], which
+//! `POST /api/publish` ([`super::api`]) reads its body with too, under its own [`BodyRules`].
+//!
 //! Calls are charged to the budget of the request's principal, or for anonymous clients of its
 //! address ([`Budgets`](crate::session::Budgets)), shared by all its requests and connections:
 //! -32003 over the rate; a client that keeps flooding gets 429 and its connection closed.
@@ -51,20 +54,10 @@ pub(super) async fn http_rpc(node: &Arc<Node>, req: Request<Incoming>) -> Respon
 /// The answer to a request CORS let through.
 async fn answer(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let (metrics, limits) = (&node.metrics, &node.config.limits);
-    if !is_json(req.headers()) {
-        metrics.http_refused("media_type");
-        let mut r = json_error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "POST /rpc takes a JSON-RPC body with Content-Type: application/json",
-        );
-        r.headers_mut()
-            .insert("accept-post", HeaderValue::from_static("application/json, application/json-rpc"));
-        return r;
-    }
     let remote = client_addr(&req);
     let principal = principal_of(&req);
     let max = limits.max_message_bytes;
-    let body = match read_body(req.into_body(), max, limits.request_timeout, limits.request_min_rate).await {
+    let body = match read_json(node, req, &RPC_BODY).await {
         Ok(b) => b,
         Err(BodyError::TooBig) => {
             metrics.http_refused("too_big");
@@ -75,18 +68,7 @@ async fn answer(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             let body = jsonrpc::error_json(jsonrpsee::types::Id::Null, err);
             return closing(json_response(StatusCode::PAYLOAD_TOO_LARGE, body));
         }
-        Err(BodyError::TimedOut) => {
-            metrics.http_refused("request_timeout");
-            let message = format!(
-                "the request body did not arrive in time: {:?} (limits.request_timeout), and a \
-                 second more per {} bytes (limits.request_min_rate)",
-                limits.request_timeout, limits.request_min_rate
-            );
-            return closing(json_error(StatusCode::REQUEST_TIMEOUT, &message));
-        }
-        Err(BodyError::Unreadable) => {
-            return closing(json_error(StatusCode::BAD_REQUEST, "could not read the request body"));
-        }
+        Err(e) => return refusal(node, &RPC_BODY, e),
     };
     let Ok(text) = std::str::from_utf8(&body) else {
         let body =
@@ -120,24 +102,105 @@ async fn answer(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// True if the request says its body is JSON.
-fn is_json(headers: &HeaderMap) -> bool {
+/// What a route takes as its body: the media types, and the limit with its config key.
+#[derive(Debug)]
+pub(super) struct BodyRules {
+    /// The route, for messages (`POST /rpc`).
+    pub(super) route: &'static str,
+    /// The media types taken (their essence; parameters such as `charset` are allowed).
+    pub(super) types: &'static [&'static str],
+    /// The `Accept-Post` header of a 415.
+    pub(super) accept_post: &'static str,
+    /// The size limit's value.
+    pub(super) max: fn(&crate::config::Limits) -> usize,
+    /// The size limit's config key.
+    pub(super) max_key: &'static str,
+}
+
+/// The body rules of `POST /rpc`.
+const RPC_BODY: BodyRules = BodyRules {
+    route: "POST /rpc",
+    types: &JSON_TYPES,
+    accept_post: "application/json, application/json-rpc",
+    max: |l| l.max_message_bytes,
+    max_key: "limits.max_message_bytes",
+};
+
+/// Reads the JSON body of `req` under `rules` and the node's deadline: the content type first
+/// (nothing is read of a body of another type), then at most the limit's bytes within
+/// `limits.request_timeout` plus a second per `limits.request_min_rate` bytes.
+pub(super) async fn read_json(
+    node: &Node,
+    req: Request<Incoming>,
+    rules: &BodyRules,
+) -> Result<Vec<u8>, BodyError> {
+    if !is_json(req.headers(), rules.types) {
+        return Err(BodyError::NotJson);
+    }
+    let limits = &node.config.limits;
+    read_body(req.into_body(), (rules.max)(limits), limits.request_timeout, limits.request_min_rate).await
+}
+
+/// The answer to a body [`read_json`] refused, with the JSON error body, counted in
+/// `rpchub_http_refused_total`; the connection is closed where the body was left unread.
+pub(super) fn refusal(node: &Node, rules: &BodyRules, e: BodyError) -> Response<Body> {
+    let (metrics, limits) = (&node.metrics, &node.config.limits);
+    match e {
+        BodyError::NotJson => {
+            metrics.http_refused("media_type");
+            let message =
+                format!("{} takes a JSON body with Content-Type: {}", rules.route, rules.types.join(" or "));
+            let mut r = json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &message);
+            r.headers_mut().insert("accept-post", HeaderValue::from_static(rules.accept_post));
+            r
+        }
+        BodyError::TooBig => {
+            metrics.http_refused("too_big");
+            let message = format!(
+                "the body is too big: the limit is {} bytes ({})",
+                (rules.max)(limits),
+                rules.max_key
+            );
+            closing(json_error(StatusCode::PAYLOAD_TOO_LARGE, &message))
+        }
+        BodyError::TimedOut => {
+            metrics.http_refused("request_timeout");
+            let message = format!(
+                "the request body did not arrive in time: {:?} (limits.request_timeout), and a \
+                 second more per {} bytes (limits.request_min_rate)",
+                limits.request_timeout, limits.request_min_rate
+            );
+            closing(json_error(StatusCode::REQUEST_TIMEOUT, &message))
+        }
+        BodyError::Unreadable => {
+            closing(json_error(StatusCode::BAD_REQUEST, "could not read the request body"))
+        }
+    }
+}
+
+/// True if the request says its body is of one of `types`.
+fn is_json(headers: &HeaderMap, types: &[&str]) -> bool {
     let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else { return false };
     let essence = value.split(';').next().unwrap_or("").trim();
-    JSON_TYPES.iter().any(|t| essence.eq_ignore_ascii_case(t))
+    types.iter().any(|t| essence.eq_ignore_ascii_case(t))
 }
 
 /// `r`, telling hyper to close the connection after it (whatever of the request is unread).
-fn closing(mut r: Response<Body>) -> Response<Body> {
+pub(super) fn closing(mut r: Response<Body>) -> Response<Body> {
     r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
 /// Why a body was not read.
 #[derive(Debug, PartialEq)]
-enum BodyError {
+pub(super) enum BodyError {
+    /// Not of a JSON media type the route takes (415).
+    NotJson,
+    /// Over the route's limit (413).
     TooBig,
+    /// Not arrived in time (408).
     TimedOut,
+    /// The connection failed while it was read (400).
     Unreadable,
 }
 

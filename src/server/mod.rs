@@ -13,9 +13,12 @@
 //! - `upgrade`: `GET /ws/rpc`, the 101 and the connection it starts;
 //! - `conns`: the node-wide and per-address limits every TCP connection is counted against;
 //! - `io`: the TCP stream with the write timeout hyper serves HTTP on;
-//! - `http`: `POST /rpc`, JSON-RPC over HTTP; `cors`: its cross-origin policy.
+//! - `http`: `POST /rpc`, JSON-RPC over HTTP, and the body rules other routes share; `cors`: its
+//!   cross-origin policy;
+//! - `api`: `POST /api/publish`, the server API for backends.
 
 mod accept;
+mod api;
 mod conns;
 mod cors;
 mod dispatch;
@@ -84,6 +87,10 @@ pub struct Node {
     cors: cors::Cors,
     /// The OpenRPC document, as `GET /openrpc.json` serves it.
     openrpc: String,
+    /// The OpenAPI document, as `GET /openapi.json` serves it.
+    openapi: String,
+    /// The method handlers, for `POST /api/publish`, which publishes under `publish`'s rules.
+    publisher: Handlers,
 }
 
 impl Node {
@@ -149,6 +156,7 @@ pub async fn start_with(
     let openrpc = crate::spec::pretty(&crate::spec::openrpc::document());
     let openrpc_raw = serde_json::value::RawValue::from_string(openrpc.clone())
         .map_err(|e| StartError::Config(format!("the OpenRPC document: {e}")))?;
+    let publisher = Handlers(state.clone());
     let dispatcher = Dispatcher::new(
         rpc::methods(Handlers(state), openrpc_raw),
         metrics.clone(),
@@ -189,6 +197,8 @@ pub async fn start_with(
         budgets: Budgets::new(limits.calls_per_second),
         cors: cors::Cors::new(&config.cors_origins),
         openrpc,
+        openapi: crate::spec::pretty(&crate::spec::openapi::document()),
+        publisher,
     });
     let metrics = &node.metrics;
     let checks = Checks {

@@ -1,8 +1,11 @@
 //! The machine-readable descriptions of the API, generated from the code: the OpenRPC document
-//! of the JSON-RPC methods ([`openrpc`]), built from the methods' one definition, with the JSON
-//! Schemas of their types ([`schema`]). `rpchub spec` writes it to `rpc-spec/openrpc.json`;
-//! `rpchub spec --check` fails when the committed file differs from what the code generates.
+//! of the JSON-RPC methods ([`openrpc`]), built from the methods' one definition, and the OpenAPI
+//! document of the HTTP routes ([`openapi`]), built from the route table and the same types,
+//! both with the JSON Schemas of their types made by one generator ([`schema`]). `rpchub spec`
+//! writes them to `rpc-spec/openrpc.json` and `openapi/openapi.json`; `rpchub spec --check`
+//! fails when a committed file differs from what the code generates.
 
+pub mod openapi;
 pub mod openrpc;
 pub mod schema;
 
@@ -19,7 +22,10 @@ pub struct Document {
 
 /// Every generated document.
 pub fn documents() -> Vec<Document> {
-    vec![Document { path: "rpc-spec/openrpc.json", text: pretty(&openrpc::document()) }]
+    vec![
+        Document { path: "rpc-spec/openrpc.json", text: pretty(&openrpc::document()) },
+        Document { path: "openapi/openapi.json", text: pretty(&openapi::document()) },
+    ]
 }
 
 /// `v` as committed: two-space indentation and a final newline.
@@ -35,6 +41,9 @@ pub fn write(root: &Path) -> std::io::Result<Vec<PathBuf>> {
         .into_iter()
         .map(|d| {
             let path = root.join(d.path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
             std::fs::write(&path, d.text)?;
             Ok(path)
         })

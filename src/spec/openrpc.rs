@@ -246,7 +246,7 @@ fn example_params(d: &MethodDescriptor, given: &[(&str, Value)]) -> Vec<Value> {
 }
 
 /// True when `schema` (or the definition it refers to) accepts `null`: an optional param.
-fn accepts_null(schema: &Value, g: &SchemaGenerator) -> bool {
+pub(super) fn accepts_null(schema: &Value, g: &SchemaGenerator) -> bool {
     if schema["type"] == "null" {
         return true;
     }

@@ -16,6 +16,8 @@ mod follow;
 mod hardening;
 mod jsonrpc;
 mod limits;
+mod openapi;
+mod publish_api;
 mod security;
 mod server;
 mod slots;

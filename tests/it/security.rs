@@ -505,18 +505,30 @@ async fn ambiguous_handshakes_are_refused() {
 async fn refusals_flood_neither_the_log_nor_its_lines() {
     let (child, addr) = serve_binary(&[], &[]).await;
     let origin = format!("http://{}.example", "x".repeat(20_000));
+    let started = std::time::Instant::now();
     for _ in 0..60 {
         assert_eq!(try_ws(addr, "/ws/rpc", None, &[("origin", &origin)]).await.err(), Some(403));
     }
+    let flood = started.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(try_ws(addr, "/ws/rpc", None, &[("origin", "http://evil.example")]).await.err(), Some(403));
     let log = stop_for_log(child).await;
     let lines: Vec<&str> =
         log.lines().filter(|l| l.contains("WebSocket upgrade blocked from origin")).collect();
-    assert!((2..=12).contains(&lines.len()), "{} lines for 61 refusals:\n{log}", lines.len());
+    // Ten lines at once, then ten a second (a loaded machine makes the flood take longer).
+    let allowed = 11 + (10.0 * (flood.as_secs_f64() + 0.3)).ceil() as usize;
+    assert!(
+        (2..=allowed).contains(&lines.len()),
+        "{} lines for 61 refusals in {flood:?}:\n{log}",
+        lines.len()
+    );
     assert!(lines.iter().all(|l| l.len() < 700), "a line longer than the cut values allow");
     assert!(lines[0].contains(&format!("... ({} bytes)", origin.len())), "{}", lines[0]);
     let last = lines.last().unwrap();
-    assert!(last.contains("http://evil.example") && last.contains("similar lines left out"), "{last}");
+    assert!(last.contains("http://evil.example"), "{last}");
+    // Every refusal is a line or counted in a later one.
+    let left_out: usize =
+        lines.iter().filter_map(|l| l.split(" [").nth(1)?.split(' ').next()?.parse::<usize>().ok()).sum();
+    assert_eq!(lines.len() + left_out, 61, "lines and the counts of those left out:\n{log}");
     assert!(log.len() < 16 << 10, "the whole log stays small: {} bytes", log.len());
 }
