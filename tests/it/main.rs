@@ -12,6 +12,7 @@ mod channel_slots;
 mod channels;
 mod clients;
 mod compat;
+mod dialects;
 mod follow;
 mod hardening;
 mod jsonrpc;

@@ -1,0 +1,85 @@
+//! `/ws` with the clients its dialects were written for: the official Hyperliquid SDK,
+//! unmodified, and plain Python WebSocket clients that disconnect and resume with `since` in
+//! each dialect, all against a server with the demo feed. They run in a virtual environment
+//! (`target/dialects-venv`, from `tests/dialects/requirements.txt`) that `.ci/run` makes, and it
+//! sets `RPCHUB_DIALECT_TESTS=required`; elsewhere these tests say they were skipped when it is
+//! missing.
+
+use crate::support::*;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The venv's python, or why there is none (a failure under CI, else a skip).
+fn python() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/dialects-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    let why = format!(
+        "no {} (python3 -m venv target/dialects-venv && target/dialects-venv/bin/pip install -r \
+         tests/dialects/requirements.txt)",
+        python.display()
+    );
+    assert_ne!(std::env::var("RPCHUB_DIALECT_TESTS").as_deref(), Ok("required"), "{why}");
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// Runs `tests/dialects/SCRIPT ARGS` (at most a minute) and returns its exit status and the
+/// JSON it printed.
+async fn run(python: PathBuf, script: &str, args: Vec<String>) -> (bool, Value, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dialects").join(script);
+    let child = tokio::process::Command::new(python).arg(path).args(args).kill_on_drop(true).output();
+    let out = tokio::time::timeout(Duration::from_secs(60), child).await.expect("the script ends").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let printed = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    (out.status.success(), printed, format!("{stdout}\n{stderr}"))
+}
+
+/// A server with the demo feed.
+async fn demo() -> rpchub::Running {
+    let mut c = config();
+    c.demo = true;
+    start(c.with_demo_namespaces()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_hyperliquid_sdk_receives_trades_and_books() {
+    let Some(python) = python() else { return };
+    let server = demo().await;
+    let (ok, got, output) = run(python, "hl_sdk.py", vec![format!("http://{}", server.addr)]).await;
+    assert!(ok, "{output}");
+    let trades = got["trades"].as_array().unwrap();
+    assert!(trades.len() >= 3, "{got}");
+    for t in trades {
+        assert_eq!(
+            (t["channel"].clone(), t["data"][0]["coin"].clone()),
+            (json!("trades"), json!("SOL")),
+            "{t}"
+        );
+    }
+    assert_eq!(trades[0]["isSnapshot"], true, "the first message is the snapshot: {}", trades[0]);
+    let books = got["books"].as_array().unwrap();
+    for b in books {
+        assert_eq!((b["channel"].clone(), b["data"]["coin"].clone()), (json!("l2Book"), json!("BTC")), "{b}");
+        assert_eq!(b["data"]["levels"].as_array().map(Vec::len), Some(2), "bids and asks: {b}");
+    }
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_dialect_resumes_with_exactly_what_it_missed() {
+    let Some(python) = python() else { return };
+    let server = demo().await;
+    for dialect in ["typed", "hyperliquid"] {
+        let url = format!("ws://{}/ws", server.addr);
+        let (ok, got, output) = run(python.clone(), "resume.py", vec![url, dialect.into()]).await;
+        assert!(ok, "{dialect}: {output}");
+        assert_eq!(got["ok"], true, "{dialect}: {got}");
+        assert!(got["missed"].as_u64().unwrap() >= 1, "{dialect}: {got}");
+    }
+    server.shutdown();
+}
