@@ -111,6 +111,13 @@ pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
 /// How long shutdown waits for clients to go before it stops anyway.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Where instances made or changed by `POST /api/events/websocket/{instance}` are kept, unless
+/// `instances_file` says otherwise (relative to the working directory).
+pub const DEFAULT_INSTANCES_FILE: &str = "rpchub-instances.json";
+
+/// How long the 101 of `/ws/{instance}` waits for the connection's subscription to be live.
+pub const INSTANCE_LIVE_WAIT: Duration = Duration::from_secs(5);
+
 /// Default log filter (`tracing_subscriber::EnvFilter` syntax).
 pub const DEFAULT_LOG: &str = "info";
 

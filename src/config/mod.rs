@@ -11,6 +11,7 @@
 //! Files: this one is [`Config`] and its loading; `limits`, `namespace` and `tokens` the
 //! tables; `sources` the reading of environment variables and `--set` values.
 
+mod instances;
 mod limits;
 mod namespace;
 mod sources;
@@ -18,6 +19,7 @@ mod sources;
 mod tests;
 mod tokens;
 
+pub use instances::{InstanceConfig, valid_instance_name};
 pub use limits::Limits;
 pub use namespace::{Access, NamespaceConfig};
 pub use tokens::{Secret, StaticToken};
@@ -75,6 +77,11 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// Static API keys.
     pub tokens: Vec<StaticToken>,
+    /// The `/ws/{instance}` event sources, by name (`[instances.NAME]`).
+    pub instances: BTreeMap<String, InstanceConfig>,
+    /// Where `POST /api/events/websocket/{instance}` keeps the instances it creates or changes
+    /// (JSON, written atomically); relative paths are from the working directory.
+    pub instances_file: PathBuf,
 }
 
 impl Default for Config {
@@ -97,6 +104,8 @@ impl Default for Config {
             default_namespace: NamespaceConfig::default(),
             namespaces: BTreeMap::new(),
             tokens: Vec::new(),
+            instances: BTreeMap::new(),
+            instances_file: PathBuf::from(DEFAULT_INSTANCES_FILE),
         }
     }
 }
@@ -136,6 +145,16 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         let err = |m: String| Err(ConfigError(m));
+        for (name, i) in &self.instances {
+            if !valid_instance_name(name) {
+                return err(format!(
+                    "instances.{name}: an instance name is 1 to 64 of A-Z a-z 0-9 _ -, and not \"rpc\""
+                ));
+            }
+            if i.token.expose().is_empty() {
+                return err(format!("instances.{name}.token must not be empty"));
+            }
+        }
         if l.max_message_bytes < 64 {
             return err(format!(
                 "limits.max_message_bytes is {}; it must be at least 64",

@@ -21,6 +21,7 @@ pub(super) const ENV_KEYS: &[&str] = &[
     "shutdown_grace",
     "limits",
     "default_namespace",
+    "instances_file",
 ];
 
 /// `key=value` as TOML: the value as written when it parses as a TOML value, else as a string.

@@ -9,8 +9,12 @@ fn example_file_shows_every_default() {
     let parsed: Config = Figment::from(Toml::string(&text)).extract().expect("example parses");
     // The example adds one namespace and one token to show their shape; the rest must be
     // exactly the defaults.
-    let expected =
-        Config { namespaces: parsed.namespaces.clone(), tokens: parsed.tokens.clone(), ..Config::default() };
+    let expected = Config {
+        namespaces: parsed.namespaces.clone(),
+        tokens: parsed.tokens.clone(),
+        instances: parsed.instances.clone(),
+        ..Config::default()
+    };
     assert_eq!(parsed, expected);
     assert_eq!(parsed.namespaces.get("trades"), Some(&NamespaceConfig::default()));
     for key in ENV_KEYS {

@@ -4,8 +4,10 @@
 //! broker. Adding a door is adding a room here and a route.
 //!
 //! - [`jsonrpc`]: JSON-RPC 2.0 on `/ws/rpc` and `POST /rpc`;
-//! - [`ws`]: `/ws`, the dialects of clients written for other servers.
+//! - [`ws`]: `/ws`, the dialects of clients written for other servers;
+//! - [`instance`]: `/ws/{instance}`, per-instance event streams.
 
+pub mod instance;
 pub mod jsonrpc;
 pub mod ws;
 

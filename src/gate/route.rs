@@ -134,7 +134,7 @@ mod tests {
             (Method::GET, "/ws/rpc", &[][..], 400, Rejection::Handshake),
             (Method::POST, "/ws/rpc", &UPGRADE[..], 405, Rejection::Handshake),
             (Method::GET, "/ws/rpc", &UPGRADE[..3], 400, Rejection::Handshake),
-            (Method::GET, "/ws/other", &UPGRADE[..], 404, Rejection::NotFound),
+            (Method::GET, "/ws/a/b", &UPGRADE[..], 404, Rejection::NotFound),
             (Method::GET, "/health", &UPGRADE[..], 404, Rejection::NotFound),
         ] {
             let (r, metrics) = check(method.clone(), path, headers);

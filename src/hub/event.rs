@@ -60,6 +60,12 @@ pub trait Encoding: Send + Sync + 'static {
     /// Writes `event` as one text frame's payload, marking where the splice goes.
     fn encode(&self, event: &Event<'_>, out: &mut FrameWriter<'_>);
 
+    /// False for a door that sends no snapshot frame (its connection queues what it wants sent
+    /// first as the subscription's answer, from [`crate::session::PendingSubscription::page`]).
+    fn sends_snapshot(&self) -> bool {
+        true
+    }
+
     /// Bytes `encode` is likely to write, to size the buffer once.
     fn size_hint(&self, event: &Event<'_>) -> usize {
         match event {

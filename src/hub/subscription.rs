@@ -22,6 +22,13 @@ pub struct Pending {
     pub(super) done: bool,
 }
 
+impl Pending {
+    /// The snapshot read: the history page, and whether `since` was honoured exactly.
+    pub fn page(&self) -> (&HistoryPage, bool) {
+        (&self.page, self.recovered)
+    }
+}
+
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending").field("channel", &self.channel.name).field("id", &self.id).finish()
@@ -63,7 +70,7 @@ impl Pending {
             return Err(closed());
         }
         let snapshot = Event::Snapshot { channel: &ch.name, page: &self.page, recovered: self.recovered };
-        if !sink.push_answer(&snapshot) {
+        if sink.encoding.sends_snapshot() && !sink.push_answer(&snapshot) {
             return Err(closed());
         }
         let shared = SubShared::new(self.id, &sink);

@@ -128,3 +128,71 @@ async fn publish_one(
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("positions and results serialize; qed")
 }
+
+/// The body rules of `POST /api/events/websocket/{instance}`.
+const INSTANCE_BODY: BodyRules = BodyRules {
+    route: "POST /api/events/websocket/{instance}",
+    types: &["application/json"],
+    accept_post: "application/json",
+    max: |l| l.max_message_bytes.max(16 * 1024),
+    max_key: "limits.max_message_bytes (at least 16 KiB)",
+};
+
+/// The answer to `POST /api/events/websocket/{instance}`: creates or changes the instance with
+/// the admin token (401 without a token, 403 with another), 400 for a bad name or body, 415 for
+/// a body that is not JSON; 200 with the instance as it now is, without its token.
+pub(super) async fn configure_instance(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
+    use crate::frontends::instance::{InstanceUpdate, public_view};
+    let principal = principal_of(&req);
+    if !principal.is_authenticated() {
+        node.metrics.http_refused("auth");
+        let mut r = json_error(
+            StatusCode::UNAUTHORIZED,
+            "POST /api/events/websocket/{instance} needs the admin token in Authorization: Bearer, \
+             the token header or ?token=",
+        );
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return closing(r);
+    }
+    if !principal.is_admin() {
+        return closing(json_error(StatusCode::FORBIDDEN, "only the admin token may configure instances"));
+    }
+    let name = crate::routes::RouteMatch::of(req.extensions())
+        .and_then(|m| m.param("instance"))
+        .unwrap_or("")
+        .to_string();
+    if !crate::config::valid_instance_name(&name) {
+        return closing(json_error(
+            StatusCode::BAD_REQUEST,
+            "an instance name is 1 to 64 of A-Z a-z 0-9 _ -, and not \"rpc\"",
+        ));
+    }
+    let body = match read_json(node, req, &INSTANCE_BODY).await {
+        Ok(b) => b,
+        Err(e) => return refusal(node, &INSTANCE_BODY, e),
+    };
+    let update: InstanceUpdate = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the body must be {{\"enabled\":bool,\"events\":[..],\"mediaBase64\":bool,\"token\"?:string}}: {e}"
+                ),
+            );
+        }
+    };
+    let instance = match update.apply(node.instances.get(&name)) {
+        Ok(i) => i,
+        Err(m) => return json_error(StatusCode::BAD_REQUEST, &m),
+    };
+    if let Err(e) = node.instances.set(&name, instance.clone()) {
+        tracing::error!("{e}");
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error: the instance could not be saved",
+        );
+    }
+    tracing::info!(instance = %name, enabled = instance.enabled, "instance configured");
+    json_response(StatusCode::OK, public_view(&name, &instance).to_string())
+}

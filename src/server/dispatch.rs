@@ -3,7 +3,7 @@
 //! allow its method is 405, and the rest go to their route's handler. The small handlers live
 //! here too: `/health`, `/metrics`, the generated documents and the browser console.
 
-use super::{Node, api, http::http_rpc, upgrade::upgrade};
+use super::{Node, api, http::http_rpc, instance, upgrade::upgrade};
 use crate::gate::{Body, json_error, json_response, redacted_uri};
 use crate::routes::{Route, RouteMatch};
 use futures_util::future::BoxFuture;
@@ -64,6 +64,8 @@ async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         Route::OpenRpc => document(&node.openrpc),
         Route::OpenApi => document(&node.openapi),
         Route::ApiPublish => api::publish(&node, req).await,
+        Route::WsInstance => instance::upgrade(&node, req).await,
+        Route::ApiInstance => api::configure_instance(&node, req).await,
         Route::Console => Response::builder()
             .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
             .header(hyper::header::CACHE_CONTROL, "no-cache")

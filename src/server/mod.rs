@@ -15,7 +15,9 @@
 //! - `io`: the TCP stream with the write timeout hyper serves HTTP on;
 //! - `http`: `POST /rpc`, JSON-RPC over HTTP, and the body rules other routes share; `cors`: its
 //!   cross-origin policy;
-//! - `api`: `POST /api/publish`, the server API for backends.
+//! - `api`: `POST /api/publish`, the server API for backends, and
+//!   `POST /api/events/websocket/{instance}`;
+//! - `instance`: `GET /ws/{instance}`, the checks before its upgrade.
 
 mod accept;
 mod api;
@@ -23,6 +25,7 @@ mod conns;
 mod cors;
 mod dispatch;
 mod http;
+mod instance;
 mod io;
 mod upgrade;
 
@@ -74,6 +77,8 @@ pub struct Node {
     jsonrpc: Arc<JsonRpc>,
     /// The `/ws` front door.
     compat: Arc<crate::frontends::ws::Compat>,
+    /// The instances of `/ws/{instance}`.
+    instances: Arc<crate::frontends::instance::Instances>,
     /// The bounds of every connection's reader.
     conn_limits: ConnLimits,
     /// The shutdown signal.
@@ -173,9 +178,17 @@ pub async fn start_with(
         calls_in_flight: limits.calls_in_flight,
     };
     let jsonrpc = JsonRpc::new(dispatcher, subscriptions.clone(), metrics.clone());
+    let instances = crate::frontends::instance::Instances::new(
+        &config,
+        subscriptions.clone(),
+        auth.clone(),
+        metrics.clone(),
+    )
+    .map_err(StartError::Config)?;
     let node = Arc::new(Node {
         config: config.clone(),
         jsonrpc: jsonrpc.clone(),
+        instances,
         compat: crate::frontends::ws::Compat::new(
             subscriptions,
             auth.clone(),

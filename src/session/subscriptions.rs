@@ -290,6 +290,11 @@ impl PendingSubscription {
         self.inner.channel()
     }
 
+    /// The snapshot read: the history page, and whether `since` was honoured exactly.
+    pub fn page(&self) -> (&crate::broker::HistoryPage, bool) {
+        self.inner.page()
+    }
+
     /// Queues `answer`, the snapshot and what arrived meanwhile into `sink`, in that order (see
     /// [`Pending::go_live`]), and adds the subscription to the session.
     pub fn go_live(self, sink: Sink, answer: &[&[u8]]) -> Result<SubId, HubError> {

@@ -57,7 +57,8 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Every HTTP route of rpchub: the WebSocket upgrade of JSON-RPC 2.0 (`GET /ws/rpc`; \
                 its messages are described by the OpenRPC document, `GET /openrpc.json`), JSON-RPC 2.0 over \
-                HTTP (`POST /rpc`), the server API for backends (`POST /api/publish`), liveness, metrics, \
+                HTTP (`POST /rpc`), the server API for backends (`POST /api/publish`), the instances' event \
+                streams (`GET /ws/{instance}`, configured by `POST /api/events/websocket/{instance}`), liveness, metrics, \
                 the generated documents and the browser console. Errors before a route's own answer are \
                 `{\"success\":false,\"error\":{\"message\":...}}` with `Content-Type: application/json`; a \
                 method a route does not take is 405 with `Allow`; an unknown path is 404. The wire contract \
@@ -73,6 +74,7 @@ pub fn document() -> Value {
             {"name": "json-rpc", "description": "JSON-RPC 2.0 over WebSocket and HTTP"},
             {"name": "compat", "description": "The dialects of clients written for other servers (`/ws`)"},
             {"name": "server-api", "description": "for backends that publish"},
+            {"name": "instances", "description": "per-instance event streams (`/ws/{instance}`) and their configuration"},
             {"name": "node", "description": "liveness, metrics, documents, console"},
         ],
         "paths": paths,
@@ -186,6 +188,8 @@ fn path_item(route: Route, g: &mut SchemaGenerator) -> Map<String, Value> {
             }),
         ),
         Route::ApiPublish => op("POST", api_publish(g)),
+        Route::WsInstance => op("GET", ws_instance()),
+        Route::ApiInstance => op("POST", api_instance()),
     }
     item
 }
@@ -225,6 +229,118 @@ fn ws_compat() -> Value {
             messages (a first message with `type`) or the Hyperliquid style (a first message with \
             `method` and no `jsonrpc`), on the same channels as `/ws/rpc` (docs/protocol.md 8.9).",
     )
+}
+
+/// The `instance` path parameter.
+fn instance_param() -> Value {
+    json!({
+        "name": "instance",
+        "in": "path",
+        "required": true,
+        "description": "the instance's name: 1 to 64 of `A-Z a-z 0-9 _ -`, not `rpc`",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+    })
+}
+
+/// `GET /ws/{instance}`.
+fn ws_instance() -> Value {
+    let mut op = ws_upgrade(
+        "websocketInstance",
+        "instances",
+        "An instance's event stream, server-push only",
+        "An RFC 6455 upgrade. Once upgraded, every publication to channel `instance:{instance}` whose \
+            `event` the instance's `events` filter admits arrives as \
+            `{\"event\":E,\"data\":D,\"instanceData\":{\"baseUrl\":B,\"instance\":NAME,\"epoch\",\"offset\"}}` \
+            (B is `http://` and the request's `Host`); `?since=EPOCH:OFFSET` resumes with exactly the \
+            publications missed, or begins with a `resync` frame when they are gone. Client messages are \
+            ignored (docs/protocol.md 8.10). The token must be the instance's own or the admin token.",
+    );
+    op["security"] = token_required();
+    let params = op["parameters"].as_array_mut().expect("the upgrade's parameters; qed");
+    params.insert(0, instance_param());
+    params.push(json!({
+        "name": "since",
+        "in": "query",
+        "required": false,
+        "description": "`EPOCH:OFFSET` of the last frame received (its `instanceData`): resume after it",
+        "schema": {"type": "string"},
+    }));
+    let responses = &mut op["responses"];
+    responses["400"]["description"] = json!(
+        "no upgrade (a plain GET), an invalid handshake, a malformed `since`, or the instance is not \
+            enabled"
+    );
+    responses["401"] = json!({
+        "description": "no token, or one that is neither the instance's nor the admin token",
+        "content": json_content(r("ErrorBody")),
+    });
+    responses["404"] = json!({
+        "description": "no instance of that name (`unknown instance`)",
+        "content": json_content(r("ErrorBody")),
+    });
+    op
+}
+
+/// `POST /api/events/websocket/{instance}`.
+fn api_instance() -> Value {
+    let events = json!({"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 255}, "maxItems": 1024});
+    json!({
+        "operationId": "configureInstance",
+        "tags": ["instances"],
+        "summary": "Create or change an instance",
+        "description": "With the admin token. Each field is optional: a missing one keeps the instance's \
+            value, or its default for a new instance (`enabled` true, `events` empty: every event, \
+            `mediaBase64` false), which needs `token`. The instance is saved in `instances_file` (written \
+            atomically) and survives restarts; it is in use at once (a disabled instance's connected \
+            clients receive nothing more, new upgrades are 400). The answer never holds the token.",
+        "security": token_required(),
+        "parameters": [instance_param()],
+        "requestBody": {
+            "required": true,
+            "content": json_content(json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "events": events.clone(),
+                    "mediaBase64": {"type": "boolean"},
+                    "token": {"type": "string", "minLength": 1, "maxLength": 1024,
+                        "description": "the token the instance's clients connect with"},
+                },
+            })),
+        },
+        "responses": {
+            "200": {
+                "description": "the instance as it now is, without its token",
+                "content": json_content(json!({
+                    "type": "object",
+                    "required": ["instance", "enabled", "events", "mediaBase64"],
+                    "properties": {
+                        "instance": {"type": "string"},
+                        "enabled": {"type": "boolean"},
+                        "events": events,
+                        "mediaBase64": {"type": "boolean"},
+                    },
+                })),
+            },
+            "400": {
+                "description": "a bad instance name, a body that is not such an object, or a new instance \
+                    without `token`",
+                "content": json_content(r("ErrorBody")),
+            },
+            "401": resp("Unauthorized"),
+            "403": {"description": "a valid token that is not the admin's", "content": json_content(r("ErrorBody"))},
+            "408": resp("RequestTimeout"),
+            "413": {
+                "description": "the body is over `limits.max_message_bytes` (at least 16 KiB); the connection is \
+                    closed",
+                "content": json_content(r("ErrorBody")),
+            },
+            "415": resp("UnsupportedMediaType"),
+            "500": {"description": "the instances file could not be written; nothing changed",
+                "content": json_content(r("ErrorBody"))},
+        },
+    })
 }
 
 /// A WebSocket upgrade route: its checks and answers are the same whatever it speaks.

@@ -15,6 +15,7 @@ mod compat;
 mod dialects;
 mod follow;
 mod hardening;
+mod instances;
 mod jsonrpc;
 mod limits;
 mod openapi;
