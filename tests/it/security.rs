@@ -377,7 +377,7 @@ async fn every_refused_upgrade_is_counted_by_reason() {
     for _ in 0..2 {
         assert_eq!(http(addr, "GET", "/ws/rpc", &with(("token", "not-a-token")), "").await.0, 401);
         assert_eq!(http(addr, "GET", "/ws/rpc", &with(("origin", "http://evil.example")), "").await.0, 403);
-        assert_eq!(http(addr, "GET", "/ws/other", &upgrade, "").await.0, 404);
+        assert_eq!(http(addr, "GET", "/ws/no/such", &upgrade, "").await.0, 404);
     }
     cause("auth", 2);
     cause("origin", 2);
