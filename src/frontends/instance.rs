@@ -422,3 +422,28 @@ pub fn since_of(query: Option<&str>) -> Result<Option<StreamPosition>, String> {
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_and_updates() {
+        assert_eq!(since_of(None), Ok(None));
+        assert_eq!(since_of(Some("token=x")), Ok(None));
+        let p = since_of(Some("token=x&since=ab%3Acd:12")).unwrap().unwrap();
+        assert_eq!((p.epoch.as_str(), p.offset), ("ab:cd", 12));
+        assert!(since_of(Some("since=12")).is_err() && since_of(Some("since=a:b")).is_err());
+
+        let parse = |s: &str| serde_json::from_str::<InstanceUpdate>(s);
+        assert!(parse(r#"{"other":1}"#).is_err() && parse(r#"{"enabled":1}"#).is_err());
+        assert!(parse("{}").unwrap().apply(None).is_err(), "a new instance needs a token");
+        let made = parse(r#"{"token":"t","events":["a"]}"#).unwrap().apply(None).unwrap();
+        assert_eq!((made.enabled, made.events.clone(), made.media_base64), (true, vec!["a".into()], false));
+        let changed = parse(r#"{"mediaBase64":true}"#).unwrap().apply(Some(made)).unwrap();
+        assert_eq!((changed.token.expose(), changed.media_base64, changed.events.len()), ("t", true, 1));
+        assert!(parse(r#"{"token":""}"#).unwrap().apply(None).is_err());
+        assert!(parse(r#"{"token":"t","events":[""]}"#).unwrap().apply(None).is_err());
+        assert!(!public_view("n", &changed).to_string().contains("\"t\""), "no token in the view");
+    }
+}
