@@ -24,6 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 /// The door's label in metrics.
@@ -195,6 +196,7 @@ impl Door for Opening {
             session,
             name: self.name.clone(),
             encoding,
+            following: AtomicBool::new(false),
         });
         tokio::spawn(conn.clone().follow(self.since.clone(), self.live.lock().take()));
         conn
@@ -268,6 +270,9 @@ struct InstanceConn {
     session: Arc<Session>,
     name: String,
     encoding: Arc<InstanceEncoding>,
+    /// Set once the subscription is live: from then on, a connection without it has lost its
+    /// stream and is closed.
+    following: AtomicBool,
 }
 
 /// A text frame of `payload`, appended to `out`.
@@ -325,7 +330,9 @@ impl InstanceConn {
         let parts: [&[u8]; 1] = [&first];
         let answer: &[&[u8]] = if first.is_empty() { &[] } else { &parts };
         // Fails only when the connection is closing: nothing more goes out then anyway.
-        let _ = pending.go_live(sink, answer);
+        if pending.go_live(sink, answer).is_ok() {
+            self.following.store(true, Ordering::Release);
+        }
         outbox.nudge_writer();
         if let Some(tx) = live {
             let _ = tx.send(());
@@ -343,8 +350,13 @@ impl Conn for InstanceConn {
         Handled::Done
     }
 
+    /// The hub ended the subscription (the `closed` frame is queued): the connection closes
+    /// with 1011, and the client reconnects with `since`.
     fn tick(&self) {
         self.instances.subscriptions.tick(&self.session);
+        if self.following.load(Ordering::Acquire) && self.session.subscription_count() == 0 {
+            self.link().outbox.end(Ending::Close(frame::code::INTERNAL, "stream lost; reconnect with since"));
+        }
     }
 
     fn on_end(&self, ending: Option<Ending>) {
