@@ -43,8 +43,10 @@ async fn serve(args: cli::ServeArgs) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     raise_open_file_limit();
+    // Caught from before the listener opens, so a signal during start is a graceful shutdown.
+    let mut signals = rpchub::shutdown::signals();
     let running = rpchub::start(config).await?;
-    rpchub::shutdown::signal().await;
+    signals.recv().await;
     running.shutdown();
     running.wait().await;
     Ok(())

@@ -53,18 +53,45 @@ impl Shutdown {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, caught from the moment [`signals`] returns (not from the first poll, as
+/// with `tokio::signal::ctrl_c`): a signal that comes while the server is starting still shuts
+/// it down gracefully instead of killing it.
+#[derive(Debug)]
+pub struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+/// Starts catching SIGINT and SIGTERM (inside a tokio runtime).
+pub fn signals() -> Signals {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler works on unix; qed");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        Signals {
+            int: signal(SignalKind::interrupt()).expect("installing a SIGINT handler works on unix; qed"),
+            term: signal(SignalKind::terminate()).expect("installing a SIGTERM handler works on unix; qed"),
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Signals {}
+}
+
+impl Signals {
+    /// Resolves on the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn signal() {
+    signals().recv().await
 }

@@ -23,6 +23,9 @@ pub(crate) fn config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: Some(rpchub::config::Secret(ADMIN.into())),
+        // Instances made through the API (schemathesis tries that route too) go to a file of
+        // this test process, not into the working directory.
+        instances_file: std::env::temp_dir().join(format!("rpchub-it-instances-{}.json", std::process::id())),
         ..Config::default()
     }
 }
