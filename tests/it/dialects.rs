@@ -1,6 +1,7 @@
-//! `/ws` with the clients its dialects were written for: the official Hyperliquid SDK,
+//! The front doors with the clients written for them: on `/ws`, the official Hyperliquid SDK,
 //! unmodified, and plain Python WebSocket clients that disconnect and resume with `since` in
-//! each dialect, all against a server with the demo feed. They run in a virtual environment
+//! each dialect, against a server with the demo feed; on `/ws/{instance}`, a Python client of
+//! the instance style. They run in a virtual environment
 //! (`target/dialects-venv`, from `tests/dialects/requirements.txt`) that `.ci/run` makes, and it
 //! sets `RPCHUB_DIALECT_TESTS=required`; elsewhere these tests say they were skipped when it is
 //! missing.
@@ -88,6 +89,61 @@ async fn each_dialect_resumes_with_exactly_what_it_missed() {
         assert!(ok, "{dialect}: {output}");
         assert_eq!(got["ok"], true, "{dialect}: {got}");
         assert!(got["missed"].as_u64().unwrap() >= 1, "{dialect}: {got}");
+    }
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_style_client_receives_its_events_and_nothing_else() {
+    let Some(python) = python() else { return };
+    let mut c = config();
+    let token = "python-instance-token-42";
+    c.instances.insert(
+        "py".into(),
+        rpchub::config::InstanceConfig {
+            token: rpchub::config::Secret(token.into()),
+            enabled: true,
+            events: vec!["order".into()],
+            media_base64: false,
+        },
+    );
+    let server = start(c).await;
+    let url = format!("ws://{}/ws/py?token={token}", server.addr);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dialects/instance.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(path)
+        .args([url, "2".into()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(WAIT, lines.next_line()).await.expect("the client connects").unwrap();
+    assert_eq!(ready.as_deref(), Some(r#"{"ready": true}"#));
+    // One event the filter drops, two it admits.
+    let auth = format!("Bearer {ADMIN}");
+    let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+    for (event, n) in [("refund", 0), ("order", 1), ("order", 2)] {
+        let body = json!({"channel": "instance:py", "event": event, "data": {"n": n}}).to_string();
+        assert_eq!(http(server.addr, "POST", "/api/publish", &headers, &body).await.0, 200);
+    }
+    let last = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the frames")
+        .unwrap()
+        .unwrap();
+    let got: Value = serde_json::from_str(&last).unwrap();
+    let frames = got["frames"].as_array().unwrap();
+    let datas: Vec<Value> = frames.iter().map(|f| f["data"].clone()).collect();
+    assert_eq!(datas, [json!({"n": 1}), json!({"n": 2})], "only the admitted events, in order: {got}");
+    for f in frames {
+        assert_eq!(
+            (f["event"].clone(), f["instanceData"]["instance"].clone()),
+            (json!("order"), json!("py")),
+            "{f}"
+        );
+        assert!(!f.to_string().contains(token), "the token is never echoed: {f}");
     }
     server.shutdown();
 }
