@@ -234,3 +234,39 @@ async fn hyperliquid_clients_get_their_frames_from_the_demo_and_resume_with_sinc
     );
     server.shutdown();
 }
+
+#[tokio::test]
+async fn a_flooding_client_is_told_then_closed_in_either_dialect() {
+    let mut c = config();
+    c.limits.calls_per_second = 5;
+    let server = start(c).await;
+    for (first, ping, refusal) in [
+        (
+            json!({"type": "ping"}),
+            json!({"type": "ping"}),
+            r#"{"type":"error","data":{"code":"rate_limited""#,
+        ),
+        (json!({"method": "ping"}), json!({"method": "ping"}), r#"{"channel":"error","data":"too many"#),
+    ] {
+        let mut w = compat(server.addr, None).await;
+        send(&mut w, first).await;
+        // Far over 5 a second: refused ones are told so, then the connection is closed (1008).
+        for _ in 0..400 {
+            if w.send(Message::text(ping.to_string())).await.is_err() {
+                break;
+            }
+        }
+        let mut told = false;
+        let code = loop {
+            match tokio::time::timeout(WAIT, futures::StreamExt::next(&mut w)).await.expect("an end") {
+                Some(Ok(Message::Text(t))) => told |= t.starts_with(refusal),
+                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break None,
+            }
+        };
+        assert!(told, "the refused messages were answered with the dialect's error first: {refusal}");
+        assert_eq!(code, Some(1008));
+    }
+    server.shutdown();
+}

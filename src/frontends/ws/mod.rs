@@ -146,19 +146,6 @@ impl CompatConn {
     /// Handles one message, after the ones before it.
     async fn run(self: Arc<Self>, text: String) {
         let _turn = self.order.lock().await;
-        match self.session.charge_call() {
-            Verdict::Allow => {}
-            Verdict::Reject => {
-                return self.send(&typed_error(
-                    "rate_limited",
-                    "too many messages; slow down (limits.calls_per_second)",
-                ));
-            }
-            Verdict::Flood => {
-                self.door.metrics.rate_limited.inc();
-                return self.outbox().end(Ending::Close(frame::code::POLICY, "rate limit exceeded"));
-            }
-        }
         let dialect = {
             let mut d = self.dialect.lock();
             if *d == Dialect::Undecided {
@@ -166,6 +153,23 @@ impl CompatConn {
             }
             *d
         };
+        match self.session.charge_call() {
+            Verdict::Allow => {}
+            Verdict::Reject => {
+                self.door.metrics.rate_limited.inc();
+                let message = "too many messages; slow down (limits.calls_per_second)";
+                return match dialect {
+                    Dialect::Hyperliquid => {
+                        self.send(&json!({"channel": "error", "data": message}).to_string())
+                    }
+                    _ => self.send(&typed_error("rate_limited", message)),
+                };
+            }
+            Verdict::Flood => {
+                self.door.metrics.rate_limited.inc();
+                return self.outbox().end(Ending::Close(frame::code::POLICY, "rate limit exceeded"));
+            }
+        }
         match dialect {
             Dialect::Typed => self.typed(&text).await,
             Dialect::Hyperliquid => self.hyperliquid(&text).await,
