@@ -11,6 +11,7 @@ pub mod instance;
 pub mod jsonrpc;
 pub mod ws;
 
+use crate::broker::HistoryPage;
 use crate::session::Session;
 use crate::transport::Conn;
 use std::sync::Arc;
@@ -24,4 +25,26 @@ pub trait Door: Send + Sync + 'static {
 
     /// The connection of a WebSocket `session` through this door.
     fn connect(&self, session: Arc<Session>) -> Arc<dyn Conn>;
+}
+
+/// Writes the snapshot object every door that sends one uses:
+/// `{"type":"snapshot","channel","epoch","offset","recovered","publications":[...]}`, the
+/// publications copied as they are kept (never re-encoded).
+pub(crate) fn write_snapshot(out: &mut Vec<u8>, channel: &str, page: &HistoryPage, recovered: bool) {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(96 + channel.len());
+    write!(
+        s,
+        r#"{{"type":"snapshot","channel":"{channel}","epoch":"{}","offset":{},"recovered":{recovered},"publications":["#,
+        page.epoch, page.offset
+    )
+    .expect("writing to a String; qed");
+    out.extend_from_slice(s.as_bytes());
+    for (i, p) in page.publications.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(p.json().as_bytes());
+    }
+    out.extend_from_slice(b"]}");
 }

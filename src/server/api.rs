@@ -42,18 +42,24 @@ const PUBLISH_BODY: BodyRules = BodyRules {
     max_key: "limits.max_publish_body_bytes",
 };
 
+/// 401 for a request that came without a token (counted as `auth`), with `message` saying which
+/// token the route takes; nothing of the body is read, so the connection is closed.
+fn needs_token(node: &Node, message: &str) -> Response<Body> {
+    node.metrics.http_refused("auth");
+    let mut r = json_error(StatusCode::UNAUTHORIZED, message);
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    closing(r)
+}
+
 /// The answer to `POST /api/publish`.
 pub(super) async fn publish(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let principal = principal_of(&req);
     if !principal.is_authenticated() {
-        node.metrics.http_refused("auth");
-        let mut r = json_error(
-            StatusCode::UNAUTHORIZED,
+        return needs_token(
+            node,
             "POST /api/publish needs a token (the admin token, or one with publish rights for the \
              channel) in Authorization: Bearer, the token header or ?token=",
         );
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return closing(r);
     }
     let remote = client_addr(&req);
     let body = match read_json(node, req, &PUBLISH_BODY).await {
@@ -145,14 +151,11 @@ pub(super) async fn configure_instance(node: &Arc<Node>, req: Request<Incoming>)
     use crate::frontends::instance::{InstanceUpdate, public_view};
     let principal = principal_of(&req);
     if !principal.is_authenticated() {
-        node.metrics.http_refused("auth");
-        let mut r = json_error(
-            StatusCode::UNAUTHORIZED,
+        return needs_token(
+            node,
             "POST /api/events/websocket/{instance} needs the admin token in Authorization: Bearer, \
              the token header or ?token=",
         );
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return closing(r);
     }
     if !principal.is_admin() {
         return closing(json_error(StatusCode::FORBIDDEN, "only the admin token may configure instances"));

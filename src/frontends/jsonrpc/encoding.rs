@@ -3,9 +3,9 @@
 //! The subscription id is each subscriber's splice, so one frame per publication serves every
 //! JSON-RPC subscriber of a channel.
 
+use crate::frontends::write_snapshot;
 use crate::hub::{Encoding, Event, SUB_ID_LEN, SubId};
 use crate::transport::{FrameWriter, Splice};
-use std::fmt::Write as _;
 
 const NOTIF_PREFIX: &[u8] = br#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":""#;
 const RESULT_MID: &[u8] = br#"","result":"#;
@@ -43,23 +43,7 @@ fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
             out.extend_from_slice(b"\",");
             out.extend_from_slice(publication.fields_and_close().as_bytes());
         }
-        Event::Snapshot { channel, page, recovered } => {
-            let mut s = String::with_capacity(96 + channel.len());
-            write!(
-                s,
-                r#"{{"type":"snapshot","channel":"{channel}","epoch":"{}","offset":{},"recovered":{recovered},"publications":["#,
-                page.epoch, page.offset
-            )
-            .expect("writing to a String; qed");
-            out.extend_from_slice(s.as_bytes());
-            for (i, p) in page.publications.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(p.json().as_bytes());
-            }
-            out.extend_from_slice(b"]}");
-        }
+        Event::Snapshot { channel, page, recovered } => write_snapshot(out, channel, page, *recovered),
         Event::Closed { reason, .. } => {
             out.extend_from_slice(br#"{"type":"closed","reason":"#);
             out.extend_from_slice(serde_json::to_string(reason).expect("a str serializes; qed").as_bytes());

@@ -4,9 +4,9 @@
 //! `{"type":"closed","channel","reason"}`. No subscription id: a connection holds one
 //! subscription per channel, so every subscriber of a channel gets the same bytes (no splice).
 
+use crate::frontends::write_snapshot;
 use crate::hub::{Encoding, Event};
 use crate::transport::FrameWriter;
-use std::fmt::Write as _;
 
 /// The `{type,data}` encoding.
 #[derive(Debug, Default)]
@@ -28,23 +28,7 @@ impl Encoding for TypedEncoding {
                 out.extend_from_slice(b"\",");
                 out.extend_from_slice(publication.fields_and_close().as_bytes());
             }
-            Event::Snapshot { channel, page, recovered } => {
-                let mut s = String::with_capacity(96 + channel.len());
-                write!(
-                    s,
-                    r#"{{"type":"snapshot","channel":"{channel}","epoch":"{}","offset":{},"recovered":{recovered},"publications":["#,
-                    page.epoch, page.offset
-                )
-                .expect("writing to a String; qed");
-                out.extend_from_slice(s.as_bytes());
-                for (i, p) in page.publications.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(p.json().as_bytes());
-                }
-                out.extend_from_slice(b"]}");
-            }
+            Event::Snapshot { channel, page, recovered } => write_snapshot(out, channel, page, *recovered),
             Event::Closed { channel, reason } => {
                 out.extend_from_slice(br#"{"type":"closed","channel":""#);
                 out.extend_from_slice(channel.as_bytes());
