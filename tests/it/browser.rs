@@ -23,12 +23,7 @@ fn browser_ready(script_dir: &Path) -> Result<(), String> {
 async fn the_console_page_subscribes_and_calls_in_a_real_browser() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     if let Err(why) = browser_ready(&dir) {
-        assert_ne!(
-            std::env::var("RPCHUB_BROWSER_TESTS").as_deref(),
-            Ok("required"),
-            "browser test required: {why}"
-        );
-        eprintln!("skipped: {why}");
+        skip_unless_required("RPCHUB_BROWSER_TESTS", &why);
         return;
     }
     let server = start(config()).await;

@@ -40,12 +40,7 @@ fn ready(dir: &Path, package: &str) -> bool {
         }
     };
     let Some(why) = why else { return true };
-    assert_ne!(
-        std::env::var("RPCHUB_CLIENT_TESTS").as_deref(),
-        Ok("required"),
-        "client tests required: {why}"
-    );
-    eprintln!("skipped: {why}");
+    skip_unless_required("RPCHUB_CLIENT_TESTS", &why);
     false
 }
 

@@ -342,6 +342,14 @@ pub(crate) mod raw {
     }
 }
 
+/// A test whose outside tool (a browser, node packages, a Python venv) is missing, for `why`:
+/// it says it is skipped, unless `var` is `required` (as `.ci/run` sets it), where the missing
+/// tool fails the test instead.
+pub(crate) fn skip_unless_required(var: &str, why: &str) {
+    assert_ne!(std::env::var(var).as_deref(), Ok("required"), "{var}=required, but {why}");
+    eprintln!("skipped: {why}");
+}
+
 /// Starts the built binary on a free port with the admin token, `args` after `serve --listen`
 /// and `env` set, its log piped; returns once it accepts connections.
 pub(crate) async fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, SocketAddr) {
