@@ -75,8 +75,15 @@ with connect(url) as ws:
     epoch, offset = snap["epoch"], snap["offset"]
     live_offsets(ws, offset + 1, 2)
     last = offset + 2
-# Away for a while: the demo keeps publishing.
-time.sleep(1.5)
+# Away for a while: the demo keeps publishing. Another connection waits until it has published
+# at least once more (its trades come at random, a few a second), so something was missed.
+time.sleep(0.5)
+with connect(url) as watcher:
+    subscribe(watcher)
+    kind, _ = next_event(watcher)
+    kind, _ = next_event(watcher)
+    if kind != "publication":
+        fail("the watcher saw no publication")
 with connect(url) as ws:
     subscribe(ws, since={"epoch": epoch, "offset": last})
     kind, snap = next_event(ws)
