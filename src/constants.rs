@@ -115,6 +115,21 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// `instances_file` says otherwise (relative to the working directory).
 pub const DEFAULT_INSTANCES_FILE: &str = "rpchub-instances.json";
 
+/// Longest wait for a backend's JSON answer, or a streamed one's first byte (`backend.timeout`).
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a streamed reply may run (`backend.stream_timeout`).
+pub const DEFAULT_BACKEND_STREAM_TIMEOUT: Duration = Duration::from_secs(300);
+/// Proxied calls per connection at once (`backend.max_in_flight`).
+pub const DEFAULT_BACKEND_MAX_IN_FLIGHT: usize = 8;
+/// Largest JSON answer, or streamed line, taken from the backend (`backend.max_body_bytes`).
+pub const DEFAULT_BACKEND_MAX_BODY_BYTES: usize = 1 << 20;
+/// How often each node posts its `presence` reconciliation event (`backend.hooks_reconcile`).
+pub const DEFAULT_HOOKS_RECONCILE: Duration = Duration::from_secs(60);
+/// Hook events kept while the backend does not take them (`backend.hooks_queue`).
+pub const DEFAULT_HOOKS_QUEUE: usize = 10_000;
+/// Longest wait for an upstream JSON-RPC node's answer (`upstream.timeout`).
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long the 101 of `/ws/{instance}` waits for the connection's subscription to be live.
 pub const INSTANCE_LIVE_WAIT: Duration = Duration::from_secs(5);
 

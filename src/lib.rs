@@ -21,6 +21,9 @@
 //! - [`frontends`]: the front doors; [`frontends::jsonrpc`] is JSON-RPC 2.0 (parsing, batches,
 //!   call slots, notifications).
 //! - [`rpc`]: the `#[rpc]` method definitions, their handlers, and their errors.
+//! - [`backend`]: the application's HTTP backend (proxied methods, streamed replies,
+//!   permission checks, lifecycle hooks) and an upstream JSON-RPC node; used by the front doors
+//!   and the session, it uses nothing above them.
 //! - [`session`]: a client's session and the subscription service every front door uses.
 //! - [`hub`]: channels, subscribers, snapshot-then-live in two phases, fan-out by encoding.
 //! - [`broker`]: the `Broker` trait (its doc is the contract), the memory broker, a
@@ -35,6 +38,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod auth;
+pub mod backend;
 pub mod broker;
 mod bucket;
 pub mod channel;

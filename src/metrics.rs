@@ -134,6 +134,81 @@ const _: () = {
     }
 };
 
+/// Labels of the backend's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// What was asked ([`BACKEND_KINDS`]).
+    pub kind: &'static str,
+    /// How it went ([`BACKEND_OUTCOMES`]).
+    pub outcome: &'static str,
+}
+
+/// The `kind` label of `rpchub_backend_requests_total`: a proxied method's call (`method`), a
+/// streamed reply (`stream`, counted when it ends), the permission checks (`subscribe`,
+/// `publish`, `connect`), a call forwarded to the upstream node (`upstream`).
+pub const BACKEND_KINDS: [&str; 6] = ["method", "stream", "subscribe", "publish", "connect", "upstream"];
+
+/// The `outcome` label of `rpchub_backend_requests_total`: answered (`ok`), answered with an
+/// error object (`refused`), not answered usably (`unavailable`: down, slow, 5xx, malformed,
+/// oversized), ended by the client (`cancelled`, streams only).
+pub const BACKEND_OUTCOMES: [&str; 4] = ["ok", "refused", "unavailable", "cancelled"];
+
+/// The `outcome` label of `rpchub_hook_events_total`: posted and taken (`sent`), posted again
+/// after a failed post (`retried`, once per event per retry), dropped from a full queue
+/// (`dropped`).
+pub const HOOK_OUTCOMES: [&str; 3] = ["sent", "retried", "dropped"];
+
+/// Labels of counters split by outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// What happened.
+    pub outcome: &'static str,
+}
+
+/// The metrics of the backend, the upstream node and the lifecycle hooks.
+#[derive(Debug, Default)]
+pub struct BackendMetrics {
+    /// Requests to the backend and the upstream node, by kind and outcome.
+    requests: Family<BackendLabels, Counter>,
+    /// Streamed replies running.
+    pub streams: Gauge,
+    /// Hook events, by outcome.
+    hook_events: Family<OutcomeLabels, Counter>,
+    /// Hook events waiting to be posted.
+    pub hook_queue: Gauge,
+}
+
+impl BackendMetrics {
+    /// Counts one request of `kind` that ended with `outcome`.
+    pub fn request(&self, kind: &'static str, outcome: &'static str) {
+        self.requests.get_or_create(&BackendLabels { kind, outcome }).inc();
+    }
+
+    /// Counts `n` hook events with `outcome`.
+    pub fn hook_events(&self, outcome: &'static str, n: u64) {
+        self.hook_events.get_or_create(&OutcomeLabels { outcome }).inc_by(n);
+    }
+
+    fn register(&self, r: &mut Registry) {
+        for kind in BACKEND_KINDS {
+            for outcome in BACKEND_OUTCOMES {
+                let _ = self.requests.get_or_create(&BackendLabels { kind, outcome });
+            }
+        }
+        for outcome in HOOK_OUTCOMES {
+            let _ = self.hook_events.get_or_create(&OutcomeLabels { outcome });
+        }
+        r.register(
+            "backend_requests",
+            "Requests to the backend and the upstream node, by kind and outcome",
+            self.requests.clone(),
+        );
+        r.register("backend_streams", "Streamed replies running", self.streams.clone());
+        r.register("hook_events", "Lifecycle hook events, by outcome", self.hook_events.clone());
+        r.register("hook_queue", "Lifecycle hook events waiting to be posted", self.hook_queue.clone());
+    }
+}
+
 /// Counts the channels the node holds state for, when the metrics are read.
 type ChannelCount = Box<dyn Fn() -> usize + Send + Sync>;
 
@@ -193,6 +268,8 @@ pub struct Metrics {
     /// Times a channel lost track of its stream (a new epoch, or a gap history no longer
     /// covers) and told its subscribers to resubscribe.
     pub streams_lost: Counter,
+    /// The backend's, the upstream node's and the hooks'.
+    pub backend: BackendMetrics,
     calls: Family<CallLabels, Counter>,
     /// Per-method counters, made once from the method table ([`Metrics::label_methods`]).
     methods: OnceLock<HashMap<&'static str, MethodCounters>>,
@@ -237,6 +314,7 @@ impl Metrics {
             responses_too_big: Counter::default(),
             gaps_filled: Counter::default(),
             streams_lost: Counter::default(),
+            backend: BackendMetrics::default(),
             calls,
             methods: OnceLock::new(),
             unknown_method,
@@ -297,6 +375,7 @@ impl Metrics {
             m.streams_lost.clone(),
         );
         r.register("calls", "JSON-RPC calls answered, by method and result", m.calls.clone());
+        m.backend.register(&mut r);
         *m.registry.lock() = r;
         m
     }

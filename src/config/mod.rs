@@ -11,6 +11,7 @@
 //! Files: this one is [`Config`] and its loading; `limits`, `namespace` and `tokens` the
 //! tables; `sources` the reading of environment variables and `--set` values.
 
+mod backend;
 mod instances;
 mod limits;
 mod namespace;
@@ -19,6 +20,7 @@ mod sources;
 mod tests;
 mod tokens;
 
+pub use backend::{BackendConfig, HOOK_EVENTS, UpstreamConfig};
 pub use instances::{InstanceConfig, valid_instance_name};
 pub use limits::Limits;
 pub use namespace::{Access, NamespaceConfig};
@@ -82,6 +84,10 @@ pub struct Config {
     /// Where `POST /api/events/websocket/{instance}` keeps the instances it creates or changes
     /// (JSON, written atomically); relative paths are from the working directory.
     pub instances_file: PathBuf,
+    /// The application's backend: proxied methods, permission checks, lifecycle hooks.
+    pub backend: BackendConfig,
+    /// An HTTP-only JSON-RPC node whose methods are forwarded.
+    pub upstream: UpstreamConfig,
 }
 
 impl Default for Config {
@@ -106,6 +112,8 @@ impl Default for Config {
             tokens: Vec::new(),
             instances: BTreeMap::new(),
             instances_file: PathBuf::from(DEFAULT_INSTANCES_FILE),
+            backend: BackendConfig::default(),
+            upstream: UpstreamConfig::default(),
         }
     }
 }
@@ -230,8 +238,75 @@ impl Config {
                 return err(format!("token {:?}: a static key must be at least 8 characters", t.name));
             }
         }
+        self.validate_backend()?;
         if self.admin_token.as_ref().is_some_and(|t| t.expose().len() < 8) {
             return err("admin_token (RPCHUB_ADMIN_TOKEN) must be at least 8 characters".into());
+        }
+        Ok(())
+    }
+
+    /// The `[backend]` and `[upstream]` tables, and the namespaces' proxy options.
+    fn validate_backend(&self) -> Result<(), ConfigError> {
+        let (b, u) = (&self.backend, &self.upstream);
+        let err = |m: String| Err(ConfigError(m));
+        if b.is_on() {
+            backend::check_url("backend.url", &b.url).map_err(ConfigError)?;
+            if b.timeout.is_zero() || b.stream_timeout < b.timeout {
+                return err(format!(
+                    "backend.timeout ({:?}) must be above zero and backend.stream_timeout ({:?}) at \
+                     least as long",
+                    b.timeout, b.stream_timeout
+                ));
+            }
+            if b.max_in_flight == 0 || b.max_body_bytes < 1024 || b.hooks_queue == 0 {
+                return err("backend.max_in_flight and backend.hooks_queue must be above zero, and \
+                            backend.max_body_bytes at least 1024"
+                    .into());
+            }
+            if b.hooks_reconcile < Duration::from_secs(1) {
+                return err("backend.hooks_reconcile must be at least 1s".into());
+            }
+            if let Some(h) = b.hooks.iter().find(|h| !HOOK_EVENTS.contains(&h.as_str())) {
+                return err(format!("backend.hooks: unknown event {h:?}; use {HOOK_EVENTS:?}"));
+            }
+            for h in &b.forward_headers {
+                if hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return err(format!("backend.forward_headers: {h:?} is not a header name"));
+                }
+            }
+            crate::auth::Globs::new(&b.methods).map_err(|e| ConfigError(format!("backend.methods: {e}")))?;
+            for m in b.schemas.keys() {
+                if !crate::auth::Globs::new(&b.methods).is_ok_and(|g| g.matches(m)) {
+                    return err(format!(
+                        "backend.schemas.{m}: {m} is not among backend.methods, so it is not proxied"
+                    ));
+                }
+            }
+        } else {
+            let proxied = self
+                .namespaces
+                .iter()
+                .map(|(n, ns)| (n.as_str(), ns))
+                .chain([("default_namespace", &self.default_namespace)]);
+            for (name, ns) in proxied {
+                if ns.subscribe_proxy || ns.publish_proxy {
+                    return err(format!(
+                        "namespace {name}: subscribe_proxy and publish_proxy need a backend (backend.url)"
+                    ));
+                }
+            }
+            if b.connect_proxy || !b.methods.is_empty() || !b.hooks.is_empty() {
+                return err(
+                    "backend.connect_proxy, backend.methods and backend.hooks need backend.url".into()
+                );
+            }
+        }
+        if u.is_on() {
+            backend::check_url("upstream.url", &u.url).map_err(ConfigError)?;
+            if u.timeout.is_zero() {
+                return err("upstream.timeout must be above zero".into());
+            }
+            crate::auth::Globs::new(&u.methods).map_err(|e| ConfigError(format!("upstream.methods: {e}")))?;
         }
         Ok(())
     }

@@ -30,6 +30,11 @@ pub struct NamespaceConfig {
     pub subscribe: Access,
     /// Who may publish.
     pub publish: Access,
+    /// Ask the backend (`{backend.url}/subscribe`) before every subscribe and history read.
+    pub subscribe_proxy: bool,
+    /// Ask the backend (`{backend.url}/publish`) before every client's publish; it may replace
+    /// the data.
+    pub publish_proxy: bool,
 }
 
 impl Default for NamespaceConfig {
@@ -39,6 +44,8 @@ impl Default for NamespaceConfig {
             history_ttl: DEFAULT_HISTORY_TTL,
             subscribe: Access::Public,
             publish: Access::Claims,
+            subscribe_proxy: false,
+            publish_proxy: false,
         }
     }
 }

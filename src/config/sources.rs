@@ -22,6 +22,8 @@ pub(super) const ENV_KEYS: &[&str] = &[
     "limits",
     "default_namespace",
     "instances_file",
+    "backend",
+    "upstream",
 ];
 
 /// `key=value` as TOML: the value as written when it parses as a TOML value, else as a string.

@@ -30,6 +30,10 @@ pub const NOT_FOUND: i32 = -32004;
 pub const UNACCEPTABLE: i32 = -32005;
 /// A client message over the size limit.
 pub const MESSAGE_TOO_BIG: i32 = -32007;
+/// A proxied method's backend answered with an error object.
+pub const BACKEND_ERROR: i32 = -32020;
+/// A proxied method's backend (or the upstream node) gave no usable answer.
+pub const BACKEND_UNAVAILABLE: i32 = -32021;
 
 /// rpchub's errors, each a code and a message that says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +106,20 @@ impl From<SubscribeError> for RpcError {
             }
             SubscribeError::NoSocket => RpcError::Unacceptable(e.to_string()),
             SubscribeError::Hub(h) => h.into(),
+        }
+    }
+}
+
+/// The error object of a failed request to the backend or the upstream node: -32020
+/// `backend_error` with `data.code` the backend's own code, or -32021 `backend_unavailable`.
+pub fn backend(e: &crate::backend::BackendError) -> ErrorObjectOwned {
+    use crate::backend::BackendError;
+    match e {
+        BackendError::Refused { code, message } => {
+            ErrorObject::owned(BACKEND_ERROR, message.clone(), Some(json!({ "code": code })))
+        }
+        BackendError::Unavailable(m) => {
+            ErrorObject::owned(BACKEND_UNAVAILABLE, m.clone(), Some(json!({"code": "backend_unavailable"})))
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct NodeState {
     pub started: Instant,
     /// This node's id.
     pub node_id: String,
+    /// The application's backend, if one is configured.
+    pub backend: Option<Arc<crate::backend::Backend>>,
 }
 
 impl std::fmt::Debug for NodeState {

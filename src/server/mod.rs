@@ -96,6 +96,8 @@ pub struct Node {
     openapi: String,
     /// The method handlers, for `POST /api/publish`, which publishes under `publish`'s rules.
     publisher: Handlers,
+    /// The application's backend, if one is configured.
+    pub backend: Option<Arc<crate::backend::Backend>>,
 }
 
 impl Node {
@@ -146,6 +148,8 @@ pub async fn start_with(
     let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
 
     let metrics = Arc::new(Metrics::new());
+    let backend =
+        crate::backend::Backend::new(&config, &node_id, metrics.clone()).map_err(StartError::Config)?;
     let hub = Hub::new(config.clone(), broker, metrics.clone());
     let subscriptions = Arc::new(Subscriptions::new(hub.clone(), config.clone(), Vec::new()));
     let auth = Arc::new(Authenticator::new(&config).map_err(StartError::Config)?);
@@ -157,6 +161,7 @@ pub async fn start_with(
         metrics: metrics.clone(),
         started: Instant::now(),
         node_id: node_id.clone(),
+        backend: backend.clone(),
     });
     let openrpc = crate::spec::pretty(&crate::spec::openrpc::document());
     let openrpc_raw = serde_json::value::RawValue::from_string(openrpc.clone())
@@ -212,6 +217,7 @@ pub async fn start_with(
         openrpc,
         openapi: crate::spec::pretty(&crate::spec::openapi::document()),
         publisher,
+        backend,
     });
     let metrics = &node.metrics;
     let checks = Checks {

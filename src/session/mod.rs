@@ -44,6 +44,10 @@ pub struct Session {
     /// Live subscriptions and reserved places for those being made. Dropping the session (its
     /// connection ended) drops them, which unsubscribes.
     pub(crate) subscriptions: Mutex<SubscriptionSet>,
+    /// Proxied calls to the backend in flight, and streamed replies running.
+    pub calls: crate::backend::Calls,
+    /// The client's request headers that `backend.forward_headers` names.
+    forwarded: Box<[(hyper::header::HeaderName, hyper::header::HeaderValue)]>,
 }
 
 /// A session's subscriptions.
@@ -133,7 +137,23 @@ impl Session {
             expires_at,
             budget,
             subscriptions: Mutex::new(SubscriptionSet::default()),
+            calls: crate::backend::Calls::default(),
+            forwarded: Box::default(),
         }
+    }
+
+    /// The session, passing `headers` (of the client's request) on to the backend.
+    pub fn forwarding(
+        mut self,
+        headers: Box<[(hyper::header::HeaderName, hyper::header::HeaderValue)]>,
+    ) -> Session {
+        self.forwarded = headers;
+        self
+    }
+
+    /// The client's request headers passed on to the backend.
+    pub fn forwarded(&self) -> &[(hyper::header::HeaderName, hyper::header::HeaderValue)] {
+        &self.forwarded
     }
 
     /// Who the client is now.

@@ -1,0 +1,2 @@
+//! Proxied methods: calls of `backend.methods` POSTed to `{url}/rpc/{method}`, answered with
+//! JSON or streamed as NDJSON.
