@@ -62,10 +62,15 @@ impl BackendError {
 /// `{"result":R}` or `{"error":{"code","message"}}`, R borrowed as it came.
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
+    /// `Some` whenever present, `null` included.
+    #[serde(borrow, default, deserialize_with = "present")]
     result: Option<&'a RawValue>,
     #[serde(default)]
     error: Option<ErrorBody>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// The backend's error object.
@@ -105,11 +110,14 @@ impl Calls {
         true
     }
 
-    /// Cancels every stream (the connection ended).
-    pub fn cancel_all(&self) {
-        for (_, token) in std::mem::take(&mut *self.streams.lock()) {
+    /// Cancels every stream (the connection ended, or its client asked); returns how many
+    /// were running.
+    pub fn cancel_all(&self) -> usize {
+        let streams = std::mem::take(&mut *self.streams.lock());
+        for (_, token) in &streams {
             token.cancel();
         }
+        streams.len()
     }
 
     /// Registers stream `id`; its token is cancelled by [`Calls::cancel`] or
@@ -192,9 +200,14 @@ impl Backend {
         &self.metrics
     }
 
-    /// True when the backend serves `method`.
+    /// True when the backend serves `method`: it matches `backend.methods`, and is a name that
+    /// fits a URL path segment as it is (1 to 128 of `A-Za-z0-9_-.:`, not starting with `.`).
     pub fn proxies(&self, method: &str) -> bool {
-        self.methods.matches(method)
+        let fits = !method.is_empty()
+            && method.len() <= 128
+            && !method.starts_with('.')
+            && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b));
+        fits && self.methods.matches(method)
     }
 
     /// A client's id as the backend sees it, unique across nodes: `{node}-{session}`.
@@ -367,6 +380,10 @@ fn parse_envelope(body: &[u8]) -> Result<Box<RawValue>, BackendError> {
     let malformed = || {
         BackendError::Unavailable("the backend's answer is not {\"result\":...} or {\"error\":{...}}".into())
     };
+    // An object: serde would take an array for the struct too, by position.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(malformed());
+    }
     let env: Envelope = serde_json::from_slice(body).map_err(|_| malformed())?;
     match (env.result, env.error) {
         (_, Some(e)) => Err(BackendError::Refused {

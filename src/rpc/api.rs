@@ -91,6 +91,19 @@ pub trait NodeApi {
 }
 }
 
+described! {
+STREAM_METHODS;
+/// Streamed replies of the methods the application's backend serves (`backend.methods`): such
+/// a call answers `{"stream":ID}` and its lines follow as notifications with method `stream`.
+#[rpc(server, client)]
+pub trait StreamApi {
+    /// Cancels streamed reply `stream` of this connection: the backend's request is dropped and
+    /// no more of it is sent. `true` if it was running, else `false`.
+    #[method(name = "stream_cancel", with_extensions)]
+    fn stream_cancel(&self, stream: String) -> RpcResult<bool>;
+}
+}
+
 /// Any JSON value, taken as it was written (published data is never re-encoded).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]

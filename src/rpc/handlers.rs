@@ -4,6 +4,7 @@
 use super::CallCtx;
 use super::api::{
     AuthResult, ChannelApiServer, HistoryResult, JsonData, NodeApiServer, NodeInfo, PublicationJson,
+    StreamApiServer,
 };
 use super::error::RpcError;
 use crate::auth::{Action, AuthError, Authenticator};
@@ -188,5 +189,12 @@ impl NodeApiServer for Handlers {
         let result = AuthResult { sub: p.subject.clone(), expires_at: p.expires_at };
         s.set_principal(p, self.0.config.limits.calls_per_second);
         Ok(result)
+    }
+}
+
+impl StreamApiServer for Handlers {
+    fn stream_cancel(&self, ext: &Extensions, stream: String) -> RpcResult<bool> {
+        let s = session(ext)?;
+        Ok(stream.parse::<u64>().is_ok_and(|id| s.calls.cancel(id)))
     }
 }

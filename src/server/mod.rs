@@ -163,7 +163,9 @@ pub async fn start_with(
         node_id: node_id.clone(),
         backend: backend.clone(),
     });
-    let openrpc = crate::spec::pretty(&crate::spec::openrpc::document());
+    let openrpc = crate::spec::pretty(
+        &crate::spec::openrpc::document_with(&config.backend).map_err(StartError::Config)?,
+    );
     let openrpc_raw = serde_json::value::RawValue::from_string(openrpc.clone())
         .map_err(|e| StartError::Config(format!("the OpenRPC document: {e}")))?;
     let publisher = Handlers(state.clone());
@@ -171,6 +173,7 @@ pub async fn start_with(
         rpc::methods(Handlers(state), openrpc_raw),
         metrics.clone(),
         config.limits.max_response_bytes,
+        backend.clone(),
     );
     // Metrics are labelled by the method table's names, whatever it holds.
     metrics.label_methods(dispatcher.method_names());
@@ -200,6 +203,7 @@ pub async fn start_with(
             jsonrpc,
             metrics.clone(),
             config.limits.calls_per_second,
+            backend.clone(),
         ),
         metrics: metrics.clone(),
         hub,

@@ -137,6 +137,10 @@ pub fn extra(method: &str) -> Option<Extra> {
             errors: &[E_UNAUTHORIZED, E_RATE_LIMITED],
             examples: || vec![("admin", vec![("token", json!("change-me-please"))], json!({"sub": "admin"}))],
         },
+        "stream_cancel" => Extra {
+            errors: &[E_RATE_LIMITED],
+            examples: || vec![("running", vec![("stream", json!("17"))], json!(true))],
+        },
         "ping" => Extra { errors: &[E_RATE_LIMITED], examples: || vec![("ping", vec![], json!("pong"))] },
         "info" => Extra {
             errors: &[E_RATE_LIMITED],
@@ -228,7 +232,126 @@ fn method(d: &MethodDescriptor, g: &mut SchemaGenerator) -> Value {
     if d.name == "subscribe" {
         m["x-notifications"] = notifications(g);
     }
+    if d.name == "stream_cancel" {
+        m["x-notifications"] = stream_notifications();
+    }
     m
+}
+
+/// `x-notifications` of streamed replies: the envelope of each line.
+fn stream_notifications() -> Value {
+    json!([{
+        "name": "stream",
+        "summary": "every line of a streamed reply, as a JSON-RPC notification",
+        "description": "A proxied method whose backend streams its answer returns `{\"stream\":ID}`; \
+            each line the backend writes follows as it arrives, in order, and the last one has type \
+            `end` or `error` (`{\"type\":\"error\",\"data\":{\"code\",\"message\"}}`).",
+        "params": [{
+            "name": "params",
+            "required": true,
+            "schema": {
+                "type": "object",
+                "required": ["stream", "result"],
+                "properties": {
+                    "stream": {"type": "string", "description": "the id the call answered"},
+                    "result": {"type": "object", "description": "one line of the backend's reply"},
+                },
+            },
+        }],
+    }])
+}
+
+/// The document as a node with `backend` serves it: [`document`] plus the proxied methods of
+/// `backend.methods` that are plain names (not patterns), described by their
+/// `backend.schemas` file if they have one, as free-form otherwise. A schema file is a JSON
+/// object with optional `summary`, `description`, `params` (a JSON Schema of the params
+/// object: its properties become the params, by name), `result` (a JSON Schema of the result)
+/// and `stream` (a JSON Schema of one line of a streamed reply, for a method that streams).
+pub fn document_with(backend: &crate::config::BackendConfig) -> Result<Value, String> {
+    let mut doc = document();
+    if !backend.is_on() {
+        return Ok(doc);
+    }
+    let is_pattern = |m: &str| m.contains(['*', '?', '[', '{']);
+    let own: Vec<&str> = crate::rpc::descriptors().iter().map(|d| d.name).collect();
+    let names = backend.methods.iter().filter(|m| !is_pattern(m) && !own.contains(&m.as_str()));
+    let mut proxied = Vec::new();
+    for name in names {
+        let file = match backend.schemas.get(name) {
+            None => Value::Null,
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("backend.schemas.{name}: {}: {e}", path.display()))?;
+                let v: Value = serde_json::from_str(&text)
+                    .map_err(|e| format!("backend.schemas.{name}: {}: not JSON: {e}", path.display()))?;
+                if !v.is_object() {
+                    return Err(format!("backend.schemas.{name}: {}: must be a JSON object", path.display()));
+                }
+                v
+            }
+        };
+        proxied.push(proxied_method(name, &file).map_err(|e| format!("backend.schemas.{name}: {e}"))?);
+    }
+    if let Some(methods) = doc["methods"].as_array_mut() {
+        methods.extend(proxied);
+    }
+    Ok(doc)
+}
+
+/// A proxied method's entry from its schema file (`Null`: none).
+fn proxied_method(name: &str, file: &Value) -> Result<Value, String> {
+    let free = file.is_null();
+    let summary = file["summary"].as_str().unwrap_or("Served by the application's backend");
+    let mut description = file["description"].as_str().unwrap_or("").to_string();
+    if free {
+        description = "Proxied to the application's backend, which has published no schema: params \
+            are passed as the client gives them (by name or by position) and the result is the \
+            backend's."
+            .into();
+    }
+    let mut params = Vec::new();
+    if let Some(schema) = file.get("params") {
+        let props =
+            schema["properties"].as_object().ok_or("params must be an object schema with properties")?;
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        for (p, s) in props {
+            params.push(json!({"name": p, "required": required.contains(&p.as_str()), "schema": s}));
+        }
+    }
+    let streams = file.get("stream").is_some();
+    let result = match (streams, file.get("result")) {
+        (true, _) => json!({
+            "type": "object",
+            "required": ["stream"],
+            "properties": {"stream": {"type": "string", "description": "the id of the streamed reply"}},
+        }),
+        (false, Some(r)) => r.clone(),
+        (false, None) => json!({}),
+    };
+    let errors = json!([
+        {"code": crate::rpc::error::BACKEND_ERROR, "message": "the backend refused the call", "data": {"code": "the backend's code"}},
+        {"code": crate::rpc::error::BACKEND_UNAVAILABLE, "message": "the backend gave no usable answer", "data": {"code": "backend_unavailable"}},
+        {"code": RATE_LIMITED, "message": "over the call rate, or backend.max_in_flight calls in flight", "data": {"code": "rate_limited"}},
+    ]);
+    let mut m = json!({
+        "name": name,
+        "summary": summary,
+        "description": description,
+        "paramStructure": if free { "either" } else { "by-name" },
+        "params": params,
+        "result": {"name": "result", "schema": result},
+        "errors": errors,
+        "x-proxied": true,
+    });
+    if let Some(line) = file.get("stream") {
+        let mut n = stream_notifications();
+        n[0]["params"][0]["schema"]["properties"]["result"] = line.clone();
+        m["x-notifications"] = n;
+    }
+    Ok(m)
 }
 
 /// An example's params as the document lists them: in the method's positional order up to the

@@ -19,6 +19,7 @@ mod instances;
 mod jsonrpc;
 mod limits;
 mod openapi;
+mod proxy;
 mod publish_api;
 mod security;
 mod server;

@@ -23,6 +23,8 @@
 //! requests left in it are not executed and are answered -32007 (notifications left are
 //! dropped). So a small message can never make the node write a big one.
 
+use crate::backend::Backend;
+use crate::backend::proxy::{Reply, Stream, Takes};
 use crate::metrics::Metrics;
 use crate::rpc::error::{self, standard};
 use crate::rpc::{CallCtx, ORDERED_METHODS, RpcError};
@@ -148,6 +150,9 @@ pub struct Answer {
     /// Subscriptions the message's calls prepared: the first queues the answer, then each its
     /// snapshot.
     pub pending: Vec<PendingSubscription>,
+    /// Streamed replies of proxied methods, to relay once the answer (`{"stream":ID}`) is
+    /// queued.
+    pub streams: Vec<Stream>,
 }
 
 /// Dispatches JSON-RPC messages to the method table.
@@ -155,6 +160,8 @@ pub struct Dispatcher {
     methods: Methods,
     metrics: Arc<Metrics>,
     max_response: usize,
+    /// The application's backend, whose `backend.methods` are proxied.
+    backend: Option<Arc<Backend>>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -164,9 +171,15 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// A dispatcher over `methods` whose answers are at most `max_response` bytes.
-    pub fn new(methods: Methods, metrics: Arc<Metrics>, max_response: usize) -> Dispatcher {
-        Dispatcher { methods, metrics, max_response }
+    /// A dispatcher over `methods` whose answers are at most `max_response` bytes, proxying
+    /// the methods `backend` serves.
+    pub fn new(
+        methods: Methods,
+        metrics: Arc<Metrics>,
+        max_response: usize,
+        backend: Option<Arc<Backend>>,
+    ) -> Dispatcher {
+        Dispatcher { methods, metrics, max_response, backend }
     }
 
     /// The method names served, sorted.
@@ -276,7 +289,7 @@ impl Dispatcher {
             Ok(c) => c,
             Err(e) => return Some(self.invalid(text, in_batch, &e)),
         };
-        let id = call.id;
+        let id = call.id.clone();
         if let Some(p) = call.params
             && !matches!(p.get().as_bytes().first(), Some(b'[' | b'{'))
         {
@@ -285,6 +298,9 @@ impl Dispatcher {
         }
         let counters = self.metrics.method(&call.method);
         let Some((name, callback)) = self.methods.method_with_name(&call.method) else {
+            if let Some(backend) = self.backend.as_ref().filter(|b| b.proxies(&call.method)) {
+                return self.proxy(backend, session, lane, &call, answer).await;
+            }
             counters.error.inc();
             return id.map(|id| error_json(id, standard(error::METHOD_NOT_FOUND)));
         };
@@ -321,6 +337,48 @@ impl Dispatcher {
         Some(json.get().to_string())
     }
 
+    /// A call of a method the backend serves. A streamed reply is taken on a WebSocket
+    /// (`lane`): the call answers `{"stream":ID}` and the stream is left in `answer`, to relay
+    /// behind it; elsewhere it is -32005.
+    async fn proxy(
+        &self,
+        backend: &Arc<Backend>,
+        session: &Arc<Session>,
+        lane: Option<&Lane>,
+        call: &Call<'_>,
+        answer: &mut Answer,
+    ) -> Option<String> {
+        let id = call.id.clone().unwrap_or(Id::Null);
+        let Some(place) = backend.take_place(session) else {
+            let err: ErrorObjectOwned = RpcError::RateLimited(format!(
+                "this connection has {} proxied calls in flight (backend.max_in_flight); wait for one \
+                 to end",
+                backend.config().max_in_flight
+            ))
+            .into();
+            return call.id.is_some().then(|| error_json(id, err));
+        };
+        let takes = if lane.is_some() { Takes::JsonOrStream } else { Takes::Json };
+        let reply = backend.call(session, &call.method, call.params, takes, place).await;
+        let json = match reply {
+            Ok(Reply::Json(result)) => result_json(&id, result.get()),
+            Ok(Reply::Stream(stream)) if lane.is_some() && call.id.is_some() => {
+                let json = result_json(&id, &format!(r#"{{"stream":"{}"}}"#, stream.id()));
+                answer.streams.push(stream);
+                json
+            }
+            Ok(Reply::Stream(_)) => {
+                let err = RpcError::Unacceptable(format!(
+                    "{} answers with a streamed reply, which needs a WebSocket: call it on /ws/rpc",
+                    call.method
+                ));
+                error_json(id, err.into())
+            }
+            Err(e) => error_json(id, error::backend(&e)),
+        };
+        call.id.is_some().then_some(json)
+    }
+
     /// The answer to something that is not a valid request object.
     fn invalid(&self, text: &str, in_batch: bool, why: &serde_json::Error) -> String {
         self.metrics.method("").error.inc();
@@ -334,6 +392,12 @@ impl Dispatcher {
 
 fn invalid_request(why: &str) -> ErrorObjectOwned {
     ErrorObject::owned(error::INVALID_REQUEST, "Invalid Request", Some(why))
+}
+
+/// A success response object as JSON, `result` (JSON) copied as it is.
+fn result_json(id: &Id<'_>, result: &str) -> String {
+    let id = serde_json::to_string(id).expect("an id is plain JSON; qed");
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#)
 }
 
 /// An error response object as JSON.

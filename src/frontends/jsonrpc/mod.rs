@@ -11,6 +11,7 @@ pub use dispatch::{Answer, Dispatcher, Lane, error_json};
 pub use encoding::{JsonRpcEncoding, splice};
 
 use super::Door;
+use crate::backend::proxy::Flavor;
 use crate::hub::{Encoding, Sink};
 use crate::metrics::Metrics;
 use crate::session::{Session, Subscriptions};
@@ -103,6 +104,10 @@ impl WsConn {
             // An overflow fails the connection; it is counted when the connection ends.
             let _ = out.push_answer(first);
         }
+        // Behind the answer that named them.
+        for stream in answer.streams {
+            tokio::spawn(stream.relay(out.clone(), Flavor::JsonRpc));
+        }
         if answer.flood {
             out.end(Ending::Close(frame::code::POLICY, "rate limit exceeded"));
         }
@@ -125,6 +130,7 @@ impl Conn for WsConn {
 
     fn on_end(&self, ending: Option<Ending>) {
         self.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
+        self.session.calls.cancel_all();
         self.door.subscriptions.end(&self.session);
     }
 }

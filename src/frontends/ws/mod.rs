@@ -19,6 +19,8 @@ pub mod hyperliquid;
 use super::Door;
 use super::jsonrpc::JsonRpc;
 use crate::auth::{AuthError, Authenticator};
+use crate::backend::proxy::{self, Flavor, Takes};
+use crate::backend::{Backend, BackendError};
 use crate::broker::StreamPosition;
 use crate::hub::{Encoding, Sink};
 use crate::metrics::Metrics;
@@ -27,6 +29,8 @@ use crate::transport::{Conn, Ending, Handled, Link, Outbox, Splice, frame};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The door's label in metrics.
@@ -43,6 +47,8 @@ pub struct Compat {
     /// The JSON-RPC door, whose methods `post` requests call.
     jsonrpc: Arc<JsonRpc>,
     default_rate: u32,
+    /// The application's backend, whose `backend.methods` are message types here.
+    backend: Option<Arc<Backend>>,
     me: std::sync::Weak<Compat>,
 }
 
@@ -54,6 +60,7 @@ impl Compat {
         jsonrpc: Arc<JsonRpc>,
         metrics: Arc<Metrics>,
         default_rate: u32,
+        backend: Option<Arc<Backend>>,
     ) -> Arc<Compat> {
         Arc::new_cyclic(|me| Compat {
             subscriptions,
@@ -63,6 +70,7 @@ impl Compat {
             hyperliquid: Arc::new(hyperliquid::HyperliquidEncoding),
             jsonrpc,
             default_rate,
+            backend,
             me: me.clone(),
         })
     }
@@ -107,13 +115,16 @@ struct CompatConn {
 
 /// A `{type,data}` message.
 #[derive(Deserialize)]
-struct Typed {
+struct Typed<'a> {
     #[serde(rename = "type")]
-    kind: String,
+    kind: Cow<'a, str>,
     #[serde(default)]
     token: Option<String>,
-    #[serde(default)]
-    data: Option<TypedData>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    /// Echoed in the answer of a proxied message.
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
 }
 
 /// The `data` of `subscribe` and `unsubscribe`.
@@ -124,6 +135,33 @@ struct TypedData {
     since: Option<StreamPosition>,
     #[serde(default)]
     limit: Option<usize>,
+}
+
+/// How the answer of a proxied `{type,data}` message is written: its type, and the client's
+/// `id` if it sent one.
+struct Reply {
+    kind: String,
+    id: Option<Box<RawValue>>,
+}
+
+impl Reply {
+    fn result(&self, result: &RawValue) -> String {
+        let mut v = json!({"type": self.kind});
+        if let Some(id) = &self.id {
+            v["id"] = serde_json::from_str(id.get()).unwrap_or(serde_json::Value::Null);
+        }
+        // The result is spliced in as the backend wrote it.
+        let head = v.to_string();
+        format!("{},\"data\":{}}}", &head[..head.len() - 1], result.get())
+    }
+
+    fn error(&self, code: &serde_json::Value, message: &str) -> String {
+        let mut v = json!({"type": "error", "data": {"code": code, "message": message}});
+        if let Some(id) = &self.id {
+            v["id"] = serde_json::from_str(id.get()).unwrap_or(serde_json::Value::Null);
+        }
+        v.to_string()
+    }
 }
 
 /// A `{type,data}` error.
@@ -189,7 +227,7 @@ impl CompatConn {
                     .send(&typed_error("invalid_request", &format!("not a {{type,data}} message: {e}")));
             }
         };
-        match msg.kind.as_str() {
+        match &*msg.kind {
             "ping" => self.send(r#"{"type":"pong"}"#),
             "pong" => {}
             "auth" => {
@@ -212,29 +250,75 @@ impl CompatConn {
                     }
                 }
             }
-            "subscribe" => {
-                let Some(d) = msg.data else {
-                    return self
-                        .send(&typed_error("invalid_request", "subscribe needs \"data\": {\"channel\"}"));
+            kind @ ("subscribe" | "unsubscribe") => {
+                let d = msg.data.map(|d| serde_json::from_str::<TypedData>(d.get()));
+                let d = match d {
+                    Some(Ok(d)) => d,
+                    None => {
+                        return self.send(&typed_error(
+                            "invalid_request",
+                            &format!("{kind} needs \"data\": {{\"channel\"}}"),
+                        ));
+                    }
+                    Some(Err(e)) => {
+                        return self.send(&typed_error("invalid_request", &format!("{kind}: data: {e}")));
+                    }
                 };
-                self.subscribe(d).await;
-            }
-            "unsubscribe" => {
-                let Some(d) = msg.data else {
-                    return self
-                        .send(&typed_error("invalid_request", "unsubscribe needs \"data\": {\"channel\"}"));
-                };
+                if kind == "subscribe" {
+                    return self.subscribe(d).await;
+                }
                 if self.door.subscriptions.unsubscribe_channel(&self.session, &d.channel) == 0 {
                     return self
                         .send(&typed_error("invalid_request", &format!("not subscribed to {}", d.channel)));
                 }
                 self.send(&json!({"type": "unsubscribed", "data": {"channel": d.channel}}).to_string());
             }
-            other => self.send(&typed_error(
-                "invalid_request",
-                &format!("unknown message type {other:?}: use auth, subscribe, unsubscribe, ping or pong"),
-            )),
+            "stream_cancel" => {
+                let cancelled = self.session.calls.cancel_all();
+                self.send(&json!({"type": "stream_cancel", "data": {"cancelled": cancelled}}).to_string());
+            }
+            other => match self.door.backend.as_ref().filter(|b| b.proxies(other)) {
+                Some(backend) => self.proxy(backend, &msg),
+                None => self.send(&typed_error(
+                    "invalid_request",
+                    &format!(
+                        "unknown message type {other:?}: use auth, subscribe, unsubscribe, ping or pong"
+                    ),
+                )),
+            },
         }
+    }
+
+    /// A message whose type the backend serves: its call runs on its own, so that the
+    /// connection's next messages are not held up by it. A JSON answer comes back as
+    /// `{"type":TYPE,"id"?,"data":RESULT}`, a streamed reply line by line as the backend writes
+    /// them, an error as `{"type":"error","id"?,"data":{"code","message"}}`.
+    fn proxy(&self, backend: &Arc<Backend>, msg: &Typed<'_>) {
+        let reply = Reply { kind: msg.kind.to_string(), id: msg.id.map(|i| i.to_owned()) };
+        let Some(place) = backend.take_place(&self.session) else {
+            let m = format!(
+                "{} proxied calls are in flight on this connection (backend.max_in_flight); wait for one \
+                 to end",
+                backend.config().max_in_flight
+            );
+            return self.send(&reply.error(&json!("rate_limited"), &m));
+        };
+        let (backend, session) = (backend.clone(), self.session.clone());
+        let (method, params) = (msg.kind.to_string(), msg.data.map(|d| d.to_owned()));
+        let outbox = self.outbox().clone();
+        tokio::spawn(async move {
+            let answer = backend.call(&session, &method, params.as_deref(), Takes::JsonOrStream, place).await;
+            let text = match answer {
+                Ok(proxy::Reply::Stream(stream)) => return stream.relay(outbox, Flavor::Raw).await,
+                Ok(proxy::Reply::Json(result)) => reply.result(&result),
+                Err(BackendError::Refused { code, message }) => reply.error(&code, &message),
+                Err(BackendError::Unavailable(m)) => reply.error(&json!("internal_error"), &m),
+            };
+            let (h, n) = frame::header_bytes(frame::OP_TEXT, text.len());
+            // Queued from a task of its own, not the reader's: the writer is woken for it.
+            let _ = outbox.push_answer(&[&h[..n], text.as_bytes()]);
+            outbox.nudge_writer();
+        });
     }
 
     /// One Hyperliquid-style message.
@@ -400,6 +484,7 @@ impl Conn for CompatConn {
 
     fn on_end(&self, ending: Option<Ending>) {
         self.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
+        self.session.calls.cancel_all();
         self.door.subscriptions.end(&self.session);
     }
 }
