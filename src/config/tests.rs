@@ -89,6 +89,7 @@ fn namespace_lookup_falls_back_to_the_default() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // figment's Jail returns its own error type
 fn backend_and_upstream_come_from_every_source_and_are_checked() {
     figment::Jail::expect_with(|jail| {
         jail.set_env("RPCHUB_BACKEND__URL", "http://127.0.0.1:7420");
