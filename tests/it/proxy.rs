@@ -534,3 +534,27 @@ async fn a_batch_answers_first_and_its_streams_follow_and_post_cannot_stream() {
     assert!(p["data"]["response"]["payload"].as_str().unwrap().contains("/ws/rpc"), "{p}");
     node.shutdown();
 }
+
+#[tokio::test]
+async fn the_typed_client_follows_a_streamed_reply_and_cancels_one() {
+    use rpchub::client::{self, StreamApiClient};
+    let (url, seen) = backend().await;
+    let node = start(with_backend(&url)).await;
+    let c = client::connect(&format!("ws://{}/ws/rpc", node.addr), None).await.unwrap();
+    let mut params = jsonrpsee::core::params::ObjectParams::new();
+    params.insert("message", "?").unwrap();
+    let mut lines = client::call_streamed(&c, "words", params).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(line) = lines.next().await {
+        got.push(line.unwrap());
+    }
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(got[0]["data"]["content"], "The");
+    assert_eq!(got[5], json!({"type": "end"}));
+    drop(lines);
+    let mut forever = client::call_streamed(&c, "forever", jsonrpsee::rpc_params![]).await.unwrap();
+    assert_eq!(forever.next().await.unwrap().unwrap(), json!({"tick": 0}));
+    assert!(c.stream_cancel(forever.id().to_string()).await.unwrap());
+    cancelled(&seen, 1).await;
+    node.shutdown();
+}
