@@ -174,8 +174,8 @@ impl Subscriptions {
     /// Phase one of a subscribe for `session`: rights, the cap (a place is reserved until the
     /// subscription goes live or is dropped), for an anonymous session a place in its address's
     /// share of the channels (kept with the subscription), the backend's verdict where the
-    /// namespace asks for it, the history read. Holds nothing of
-    /// the session's other subscriptions while it waits.
+    /// namespace asks for it, the history read. Holds nothing of the session's other
+    /// subscriptions while it waits.
     pub async fn prepare(
         self: &Arc<Self>,
         session: &Arc<Session>,

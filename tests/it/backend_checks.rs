@@ -223,6 +223,19 @@ async fn subscribe_asks_the_backend_on_the_ws_dialects() {
     assert_eq!(log.about("subscribe", "trades:deny").len(), 1);
     send(&mut hl, json!({"method": "subscribe", "subscription": {"type": "trades", "coin": "SOL"}})).await;
     assert_eq!(recv(&mut hl).await["channel"], "subscriptionResponse");
+    // A publish through a `post` request is a client's: the backend is asked.
+    let denied = ch("gated", "deny");
+    let post = json!({"method": "post", "id": 7, "request": {"type": "publish", "payload": {"channel": denied, "data": 1}}});
+    send(&mut hl, post).await;
+    loop {
+        let v = recv(&mut hl).await;
+        if v["channel"] == "post" {
+            let expected = json!({"type": "error", "payload": format!("publishing to {denied} is closed")});
+            assert_eq!(v["data"], json!({"id": 7, "response": expected}));
+            break;
+        }
+    }
+    assert_eq!(log.about("publish", &denied).len(), 1);
 }
 
 #[tokio::test]
