@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::constants::{ANSWER_SHARE_OF_OUTBOUND_QUEUE, PING_SWEEP_PERIOD};
 use crate::frontends::jsonrpc::{Dispatcher, JsonRpc};
 use crate::gate::token::TokenCheck;
-use crate::gate::{CapacityCheck, Checks, ClientAddr, OriginCheck, RouteCheck, UpgradeRate};
+use crate::gate::{CapacityCheck, Checks, ClientAddr, ConnectProxy, OriginCheck, RouteCheck, UpgradeRate};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
@@ -83,7 +83,9 @@ pub struct Node {
     conn_limits: ConnLimits,
     /// The shutdown signal.
     pub shutdown: Shutdown,
-    next_session: AtomicU64,
+    /// Session ids, unique in the process; shared with the gate's connect check, which
+    /// allocates an upgrade's id before the upgrade.
+    next_session: Arc<AtomicU64>,
     /// Every TCP connection's places.
     tcp: Arc<conns::TcpLimits>,
     /// The call budgets of `POST /rpc`.
@@ -151,7 +153,8 @@ pub async fn start_with(
     let backend =
         crate::backend::Backend::new(&config, &node_id, metrics.clone()).map_err(StartError::Config)?;
     let hub = Hub::new(config.clone(), broker, metrics.clone());
-    let subscriptions = Arc::new(Subscriptions::new(hub.clone(), config.clone(), Vec::new()));
+    let subscriptions =
+        Arc::new(Subscriptions::new(hub.clone(), config.clone(), backend.clone(), Vec::new()));
     let auth = Arc::new(Authenticator::new(&config).map_err(StartError::Config)?);
     let state = Arc::new(NodeState {
         config: config.clone(),
@@ -210,7 +213,7 @@ pub async fn start_with(
         registry,
         conn_limits,
         shutdown: Shutdown::new(),
-        next_session: AtomicU64::new(1),
+        next_session: Arc::new(AtomicU64::new(1)),
         tcp: conns::TcpLimits::new(
             limits.max_http_connections,
             limits.http_connections_per_address,
@@ -229,7 +232,11 @@ pub async fn start_with(
         origin: OriginCheck::new(&config.allowed_origins, metrics.clone()),
         rate: UpgradeRate::new(config.limits.upgrades_per_minute, metrics.clone()),
         capacity: CapacityCheck::new(node.registry.clone(), metrics.clone()),
-        token: TokenCheck::new(auth, metrics.clone()),
+        token: match node.backend.clone().filter(|b| b.config().connect_proxy) {
+            Some(b) => TokenCheck::new(auth, metrics.clone())
+                .with_connect_proxy(ConnectProxy::new(b, node.next_session.clone())),
+            None => TokenCheck::new(auth, metrics.clone()),
+        },
     };
 
     tracing::info!(%addr, node_id = %node_id, broker = node.hub.broker().name(), "rpchub listening");

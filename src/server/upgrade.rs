@@ -5,8 +5,8 @@ use super::conns::Admitted;
 use super::io::TimedStream;
 use super::{Node, client_addr, principal_of};
 use crate::frontends::Door;
-use crate::gate::SlotTicket;
 use crate::gate::{Body, json_error};
+use crate::gate::{SessionId, SlotTicket};
 use crate::session::Session;
 use crate::transport::{self, Link, handshake};
 use hyper::body::Incoming;
@@ -31,7 +31,11 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
     let remote = client_addr(&req);
     let principal = principal_of(&req);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let id = node.next_session.fetch_add(1, Ordering::Relaxed);
+    // The id the connect check gave the backend, if it asked; the session keeps it.
+    let id = match req.extensions().get::<SessionId>() {
+        Some(SessionId(id)) => *id,
+        None => node.next_session.fetch_add(1, Ordering::Relaxed),
+    };
     let limits = &node.config.limits;
     let link = Arc::new(Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes));
     let forwarded = node.backend.as_ref().map(|b| b.forwarded(req.headers())).unwrap_or_default();

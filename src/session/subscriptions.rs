@@ -2,11 +2,14 @@
 //! for every front door. It checks rights (and the token's expiry) and the per-connection cap,
 //! makes the subscription in two phases on the hub, ends subscriptions by id, by channel, when
 //! the token expires and when the connection ends, and tells lifecycle hooks about each start
-//! and end, with the reason.
+//! and end, with the reason. On a namespace with `subscribe_proxy`, it also asks the
+//! application's backend ([`Subscriptions::ask_backend`]) before every subscribe and history
+//! read, after its own rights check, so the backend is never asked about what rpchub refuses.
 
 use super::share::{AddressShare, ShareHold};
 use super::{Live, Session};
 use crate::auth::{Action, authorize};
+use crate::backend::{Backend, BackendError};
 use crate::broker::StreamPosition;
 use crate::broker::memory::now_ms;
 use crate::config::{Access, Config};
@@ -37,6 +40,9 @@ pub enum SubscribeError {
     /// The hub refused or failed.
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// The backend refused (`subscribe_proxy`), or gave no usable answer.
+    #[error(transparent)]
+    Backend(BackendError),
 }
 
 /// Why a subscription ended, as hooks are told.
@@ -96,6 +102,9 @@ pub trait LifecycleHook: Send + Sync + 'static {
 pub struct Subscriptions {
     hub: Arc<Hub>,
     config: Arc<Config>,
+    /// The application's backend, asked on namespaces with `subscribe_proxy` (the config's
+    /// validation makes sure there is one when a namespace asks for it).
+    backend: Option<Arc<Backend>>,
     hooks: Vec<Arc<dyn LifecycleHook>>,
     /// What anonymous sessions of each address hold of the node's channels.
     share: Arc<AddressShare>,
@@ -108,11 +117,17 @@ impl std::fmt::Debug for Subscriptions {
 }
 
 impl Subscriptions {
-    /// The service over `hub`, telling `hooks` of each start and end.
-    pub fn new(hub: Arc<Hub>, config: Arc<Config>, hooks: Vec<Arc<dyn LifecycleHook>>) -> Subscriptions {
+    /// The service over `hub`, telling `hooks` of each start and end, asking `backend` on
+    /// namespaces with `subscribe_proxy`.
+    pub fn new(
+        hub: Arc<Hub>,
+        config: Arc<Config>,
+        backend: Option<Arc<Backend>>,
+        hooks: Vec<Arc<dyn LifecycleHook>>,
+    ) -> Subscriptions {
         let share =
             Arc::new(AddressShare::new(config.limits.max_channels, config.limits.anonymous_channel_share));
-        Subscriptions { hub, config, hooks, share }
+        Subscriptions { hub, config, backend, hooks, share }
     }
 
     /// The hub underneath.
@@ -141,10 +156,26 @@ impl Subscriptions {
         authorize(&p, ns, action, channel)
     }
 
+    /// Asks the backend whether `session` may subscribe to (or read the history of) `channel`,
+    /// when the channel's namespace has `subscribe_proxy`; `Ok` at once otherwise. Called after
+    /// [`Subscriptions::allow`]: what rpchub refuses, the backend is not asked about.
+    pub async fn ask_backend(&self, session: &Session, channel: &str) -> Result<(), BackendError> {
+        if !self.config.namespace_of(channel).subscribe_proxy {
+            return Ok(());
+        }
+        let Some(backend) = &self.backend else {
+            // Validation refuses `subscribe_proxy` without a backend; refuse rather than allow.
+            return Err(BackendError::Unavailable("subscribe_proxy is on but no backend.url is set".into()));
+        };
+        // A subscribe allows or refuses: data in an answer has nothing to replace.
+        backend.check("subscribe", session, channel, None).await.map(drop)
+    }
+
     /// Phase one of a subscribe for `session`: rights, the cap (a place is reserved until the
     /// subscription goes live or is dropped), for an anonymous session a place in its address's
-    /// share of the channels (kept with the subscription), the history read. Holds nothing of
-    /// the session's other subscriptions while it waits.
+    /// share of the channels (kept with the subscription), the backend's verdict where the
+    /// namespace asks for it, the history read. Holds nothing of the session's other
+    /// subscriptions while it waits.
     pub async fn prepare(
         self: &Arc<Self>,
         session: &Arc<Session>,
@@ -178,6 +209,9 @@ impl Subscriptions {
                 }
             },
         };
+        // Last of the checks, so the backend is not asked about a subscribe that would fail
+        // anyway; the place stays reserved while it answers.
+        self.ask_backend(session, channel).await.map_err(SubscribeError::Backend)?;
         let inner = self.hub.prepare(channel, since, limit).await?;
         Ok(PendingSubscription { service: self.clone(), inner, reservation, share })
     }
@@ -362,7 +396,7 @@ mod tests {
         let config = Arc::new(config);
         let hub = Hub::new(config.clone(), MemoryBroker::start(1000), Arc::new(Metrics::new()));
         let rec = Arc::new(Recorder::default());
-        (Arc::new(Subscriptions::new(hub, config, vec![rec.clone()])), rec)
+        (Arc::new(Subscriptions::new(hub, config, None, vec![rec.clone()])), rec)
     }
 
     fn session(id: u64, principal: Principal) -> Arc<Session> {

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod backend_checks;
 mod backpressure;
 mod bench;
 mod broker_contract;

@@ -415,17 +415,22 @@ impl CompatConn {
         if subscribed {
             return Err(("subscription_failed", format!("already subscribed to {}", d.channel)));
         }
-        let pending =
-            self.door.subscriptions.prepare(&self.session, &d.channel, d.since, d.limit).await.map_err(
-                |e| {
-                    let code = match &e {
-                        SubscribeError::Unauthorized(_) => "unauthorized",
-                        SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
-                        _ => "subscription_failed",
-                    };
-                    (code, e.to_string())
-                },
-            )?;
+        let pending = self
+            .door
+            .subscriptions
+            .prepare(&self.session, &d.channel, d.since, d.limit)
+            .await
+            .map_err(|e| {
+                let code = match &e {
+                    SubscribeError::Unauthorized(_)
+                    | SubscribeError::Backend(crate::backend::BackendError::Refused { .. }) => "unauthorized",
+                    // The dialect has no code of its own for the backend being away.
+                    SubscribeError::Backend(crate::backend::BackendError::Unavailable(_)) => "internal_error",
+                    SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
+                    _ => "subscription_failed",
+                };
+                (code, e.to_string())
+            })?;
         let splice = Splice::new(&[]).expect("an empty splice fits; qed");
         let sink = Sink::new(self.outbox().clone(), encoding, splice);
         let (h, n) = frame::header_bytes(frame::OP_TEXT, answer.len());
