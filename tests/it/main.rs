@@ -15,6 +15,7 @@ mod compat;
 mod dialects;
 mod follow;
 mod hardening;
+mod hooks;
 mod instances;
 mod jsonrpc;
 mod limits;
