@@ -421,6 +421,13 @@ async fn a_graceful_shutdown_posts_every_disconnect_before_it_returns() {
         held.push(tokio::spawn(async move { closed(&mut w).await }));
     }
     backend.wait_for("three subscribes", |ev| count(ev, "subscribe") == 3).await;
+    // The backend refuses for a while: the flush retries until it takes them.
+    backend.rec.failing.store(true, Ordering::SeqCst);
+    let rec = backend.rec.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        rec.failing.store(false, Ordering::SeqCst);
+    });
     running.shutdown();
     running.wait().await;
     // No waiting here: the node has returned, so what it had to say is said.
