@@ -148,7 +148,9 @@ pub struct Hooks {
     wanted: [bool; 4],
     /// `backend.hooks_queue`.
     bound: usize,
-    /// Held for a push or a take, never across an await. The only lock of this module.
+    /// Held for a push or a take, never across an await. The only lock of this module, taken
+    /// after the caller let go of the session's subscription set; inside it, only the
+    /// session's principal is read.
     state: Mutex<State>,
     /// An event was queued (or [`Hooks::flush`] asks for haste): wakes the flusher.
     wake: Notify,

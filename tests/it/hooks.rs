@@ -218,13 +218,18 @@ async fn every_door_tells_connects_subscriptions_and_disconnects_with_their_reas
     let mut e = raw::connect(addr).await;
     assert_eq!(raw::close_code(&mut e).await, Some(1008), "closed for its silence");
     drop(e);
+    // F: sends a binary frame, which the server does not take.
+    let mut f = raw::connect(addr).await;
+    tokio::io::AsyncWriteExt::write_all(&mut f, &raw::frame(0x82, b"bytes")).await.unwrap();
+    assert_eq!(raw::close_code(&mut f).await, Some(1003));
+    drop(f);
 
-    let events = backend.wait_for("five disconnects", |ev| count(ev, "disconnect") == 5).await;
+    let events = backend.wait_for("six disconnects", |ev| count(ev, "disconnect") == 6).await;
     let all = assert_gapless(&events, "hooks-doors");
     assert_eq!(all[&1]["event"], "presence", "a node starts by saying whom it holds");
     assert_eq!(all[&1]["clients"], json!([]));
     let ids = clients(&events);
-    assert_eq!(ids.len(), 5);
+    assert_eq!(ids.len(), 6);
     assert_eq!(accepted(addr).await, ids.len() as f64, "a connect for every connection opened");
     for id in &ids {
         assert!(id.starts_with("hooks-doors-"), "{id}");
@@ -270,6 +275,7 @@ async fn every_door_tells_connects_subscriptions_and_disconnects_with_their_reas
         ]
     );
     assert_eq!(story(&all, &ids[4]), ["connect", "disconnect ping_timeout"]);
+    assert_eq!(story(&all, &ids[5]), ["connect", "disconnect kicked"]);
     let sent = support::metric(addr, "rpchub_hook_events_total{outcome=\"sent\"}").await;
     assert!(sent >= all.len() as f64, "every event counted as sent: {sent}");
 }
