@@ -324,6 +324,7 @@ async fn events_wait_out_a_backend_outage_and_all_arrive() {
     let all = assert_gapless(&events, "hooks-outage");
     assert_eq!(all.len(), 1 + 5 * 4, "a presence, then connect, subscribe, unsubscribe, disconnect each");
     assert_eq!(clients(&events).len(), 5);
+    assert_eq!(accepted(addr).await, 5.0, "a connect for every connection opened");
     assert!(support::metric(addr, retried).await >= 20.0, "each event of the outage was retried");
     assert_eq!(support::metric(addr, "rpchub_hook_events_total{outcome=\"dropped\"}").await, 0.0);
     assert!(backend.rec.posts.lock().unwrap().iter().all(|n| *n <= 100), "at most 100 events a POST");
