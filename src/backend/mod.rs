@@ -6,7 +6,8 @@
 //!   from every front door;
 //! - the permission checks: `subscribe_proxy` and `publish_proxy` ([`Backend::check`]) and
 //!   `connect_proxy`;
-//! - the lifecycle hooks.
+//! - [`hooks`]: the lifecycle hooks (`connect`, `disconnect`, `subscribe`, `unsubscribe`,
+//!   `presence`), batched, retried and bounded.
 //!
 //! The backend is told who calls ([`Backend::client_json`]: `{"id","user"?,"remote"}`) and is
 //! sent only the client's headers that `backend.forward_headers` names, never a token it did
@@ -19,6 +20,7 @@
 //! [`connect`]: who connects, asked before the upgrade.
 
 pub mod connect;
+pub mod hooks;
 pub mod proxy;
 
 use crate::auth::Globs;

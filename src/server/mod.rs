@@ -30,6 +30,7 @@ mod io;
 mod upgrade;
 
 use crate::auth::{Authenticator, Principal};
+use crate::backend::hooks::Hooks;
 use crate::config::Config;
 use crate::constants::{ANSWER_SHARE_OF_OUTBOUND_QUEUE, PING_SWEEP_PERIOD};
 use crate::frontends::jsonrpc::{Dispatcher, JsonRpc};
@@ -39,7 +40,7 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::rpc::{self, Handlers, NodeState};
-use crate::session::{Budgets, Subscriptions};
+use crate::session::{Budgets, LifecycleHook, Subscriptions};
 use crate::shutdown::Shutdown;
 use crate::transport::{ConnLimits, Registry, frame};
 use hyper::Request;
@@ -100,6 +101,8 @@ pub struct Node {
     publisher: Handlers,
     /// The application's backend, if one is configured.
     pub backend: Option<Arc<crate::backend::Backend>>,
+    /// The lifecycle hooks, if the backend asks for any: flushed on shutdown.
+    hooks: Option<Arc<Hooks>>,
 }
 
 impl Node {
@@ -153,8 +156,10 @@ pub async fn start_with(
     let backend =
         crate::backend::Backend::new(&config, &node_id, metrics.clone()).map_err(StartError::Config)?;
     let hub = Hub::new(config.clone(), broker, metrics.clone());
+    let hooks = backend.as_ref().and_then(Hooks::start);
+    let lifecycle = hooks.iter().map(|h| h.clone() as Arc<dyn LifecycleHook>).collect();
     let subscriptions =
-        Arc::new(Subscriptions::new(hub.clone(), config.clone(), backend.clone(), Vec::new()));
+        Arc::new(Subscriptions::new(hub.clone(), config.clone(), backend.clone(), lifecycle));
     let auth = Arc::new(Authenticator::new(&config).map_err(StartError::Config)?);
     let state = Arc::new(NodeState {
         config: config.clone(),
@@ -225,6 +230,7 @@ pub async fn start_with(
         openapi: crate::spec::pretty(&crate::spec::openapi::document()),
         publisher,
         backend,
+        hooks,
     });
     let metrics = &node.metrics;
     let checks = Checks {
@@ -290,17 +296,29 @@ fn spawn_sweeper(node: &Arc<Node>) {
     });
 }
 
-/// Closes every connection with 1001, waits for them (up to `shutdown_grace`), flushes the
-/// broker.
+/// Closes every connection with 1001, waits for them (up to `shutdown_grace`), posts the
+/// lifecycle hook events waiting (their `disconnect`s among them) within what is left of the
+/// grace, flushes the broker.
 async fn shut_down(node: &Arc<Node>) {
     tracing::info!(connections = node.registry.len(), "shutting down: closing every connection with 1001");
     node.registry.close_all(frame::code::GOING_AWAY, "server shutting down");
     let grace = node.config.shutdown_grace;
+    let started = Instant::now();
     if tokio::time::timeout(grace, node.shutdown.wait_idle()).await.is_err() {
         tracing::warn!(
             remaining = node.registry.len(),
             "shutdown grace of {grace:?} ran out; exiting anyway"
         );
+    }
+    if let Some(hooks) = &node.hooks {
+        if !hooks.flush(grace.saturating_sub(started.elapsed())).await {
+            tracing::warn!(
+                lost = hooks.queued(),
+                "the backend did not take every lifecycle hook event within the shutdown grace \
+                 of {grace:?}"
+            );
+        }
+        hooks.stop();
     }
     node.hub.broker().flush().await;
     tracing::info!("shut down");

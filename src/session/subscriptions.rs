@@ -2,7 +2,9 @@
 //! for every front door. It checks rights (and the token's expiry) and the per-connection cap,
 //! makes the subscription in two phases on the hub, ends subscriptions by id, by channel, when
 //! the token expires and when the connection ends, and tells lifecycle hooks about each start
-//! and end, with the reason. On a namespace with `subscribe_proxy`, it also asks the
+//! and end, with the reason, and about each WebSocket connection's start and end: every door
+//! calls [`Subscriptions::connected`] from `Door::connect` and [`Subscriptions::disconnected`]
+//! from `Conn::on_end`. On a namespace with `subscribe_proxy`, it also asks the
 //! application's backend ([`Subscriptions::ask_backend`]) before every subscribe and history
 //! read, after its own rights check, so the backend is never asked about what rpchub refuses.
 
@@ -15,6 +17,7 @@ use crate::broker::memory::now_ms;
 use crate::config::{Access, Config};
 use crate::hub::{Hub, HubError, Pending, Sink, SubId, reason};
 use crate::metrics::SlotRefusal;
+use crate::transport::Ending;
 use std::sync::Arc;
 
 /// Why a subscription could not be made.
@@ -70,9 +73,21 @@ impl EndReason {
     }
 }
 
-/// A subscription starting or ending.
+/// A connection or a subscription starting or ending.
 #[derive(Debug)]
 pub enum Lifecycle<'a> {
+    /// A WebSocket connection opened (of any door).
+    Connected {
+        /// Its session.
+        session: &'a Session,
+    },
+    /// A WebSocket connection ended; its subscriptions' ends were told first.
+    Disconnected {
+        /// Its session.
+        session: &'a Session,
+        /// How it ended, as its outbox says (`None`: the client left before any ending).
+        ending: Option<Ending>,
+    },
     /// A subscription went live.
     Subscribed {
         /// Whose.
@@ -91,8 +106,8 @@ pub enum Lifecycle<'a> {
     },
 }
 
-/// Told of every subscription's start and end. Called inline: an implementation queues and
-/// returns, it never waits.
+/// Told of every connection's and subscription's start and end. Called inline, on the
+/// connection's own path: an implementation queues and returns, it never waits.
 pub trait LifecycleHook: Send + Sync + 'static {
     /// One event.
     fn event(&self, e: &Lifecycle<'_>);
@@ -279,6 +294,19 @@ impl Subscriptions {
         }
     }
 
+    /// A WebSocket connection of `session` opened: hooks are told. Every door calls it from
+    /// `Door::connect`, once per session.
+    pub fn connected(&self, session: &Session) {
+        self.emit(Lifecycle::Connected { session });
+    }
+
+    /// The WebSocket connection of `session` ended, as `ending` says: its subscriptions end
+    /// ([`Subscriptions::end`]), then hooks are told. Every door calls it from `Conn::on_end`.
+    pub fn disconnected(&self, session: &Session, ending: Option<Ending>) {
+        self.end(session);
+        self.emit(Lifecycle::Disconnected { session, ending });
+    }
+
     /// The connection ended: every subscription ends (reported as `disconnect`).
     pub fn end(&self, session: &Session) {
         let subs = std::mem::take(&mut session.subscriptions.lock().live);
@@ -384,6 +412,8 @@ mod tests {
     impl LifecycleHook for Recorder {
         fn event(&self, e: &Lifecycle<'_>) {
             self.0.lock().push(match e {
+                Lifecycle::Connected { session } => format!("open {}", session.id),
+                Lifecycle::Disconnected { session, ending } => format!("close {} {ending:?}", session.id),
                 Lifecycle::Subscribed { session, channel } => format!("+{} {channel}", session.id),
                 Lifecycle::Unsubscribed { session, channel, reason } => {
                     format!("-{} {channel} {}", session.id, reason.as_str())
@@ -433,7 +463,7 @@ mod tests {
         assert!(!svc.unsubscribe(&s, a), "only once");
         assert_eq!(svc.unsubscribe_channel(&s, "n:b"), 2, "both subscriptions to n:b");
         assert_eq!(s.subscription_count(), 1);
-        svc.end(&s);
+        svc.disconnected(&s, Some(Ending::Gone));
         assert_eq!(s.subscription_count(), 0);
         assert!(svc.hub().channels("").is_empty(), "every channel let go");
         assert_eq!(
@@ -446,7 +476,8 @@ mod tests {
                 "-1 n:a client",
                 "-1 n:b client",
                 "-1 n:b client",
-                "-1 n:c disconnect"
+                "-1 n:c disconnect",
+                "close 1 Some(Gone)"
             ]
         );
     }

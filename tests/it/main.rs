@@ -16,6 +16,7 @@ mod compat;
 mod dialects;
 mod follow;
 mod hardening;
+mod hooks;
 mod instances;
 mod jsonrpc;
 mod limits;
