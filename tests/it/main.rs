@@ -25,3 +25,4 @@ mod security;
 mod server;
 mod slots;
 mod spec;
+mod upstream;
