@@ -35,6 +35,11 @@ async fn node() -> (SocketAddr, Arc<Seen>) {
         .route("/5xx", axum::routing::post(|| async { (StatusCode::BAD_GATEWAY, "Bad Gateway") }))
         .route("/malformed", axum::routing::post(|| async { "<html>a proxy's page</html>" }))
         .route("/partial", axum::routing::post(partial))
+        // The application's backend, on the same server: its proxied method `chat`.
+        .route(
+            "/rpc/chat",
+            axum::routing::post(|| async { axum::Json(json!({"result": "from the backend"})) }),
+        )
         .with_state(seen.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -88,6 +93,7 @@ async fn one(call: &Value) -> Option<String> {
             result(&format!(r#""0x{}""#, &addr[addr.len() - 4..]))
         }
         "eth_getBlockByNumber" => result(BLOCK),
+        "eth_getLogs" => result(&format!(r#"["{}"]"#, "0".repeat(8000))),
         "eth_call" => error(r#"{"code":3,"message":"execution reverted","data":"0x08c379a0"}"#),
         "slow_method" => {
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -467,5 +473,58 @@ async fn web3_py_reads_the_node_and_an_rpchub_channel_over_one_socket() {
     let bodies = seen.bodies();
     assert!(bodies.iter().any(|b| b.as_array().is_some_and(|a| a.len() == 2)), "{bodies:?}");
     assert!(!bodies.iter().any(|b| b.to_string().contains("subscribe")), "{bodies:?}");
+    server.shutdown();
+}
+
+#[tokio::test]
+async fn forwarded_calls_are_charged_and_their_answers_bounded() {
+    let (node_addr, _) = node().await;
+    let mut c = config();
+    c.upstream.url = format!("http://{node_addr}");
+    c.limits.max_response_bytes = 4096;
+    c.limits.calls_per_second = 5;
+    let server = start(c).await;
+    let mut w = ws(server.addr, None).await;
+    // An answer of the node over limits.max_response_bytes: -32007, the connection kept.
+    let v: Value =
+        serde_json::from_str(&exchange(&mut w, req(json!(1), "eth_getLogs", json!([{}]))).await).unwrap();
+    assert_eq!(v["error"]["code"], -32007, "{v}");
+    assert_eq!(v["error"]["data"]["code"], "message_too_big", "{v}");
+    assert!(v["error"]["data"]["detail"].as_str().unwrap().contains("limits.max_response_bytes"), "{v}");
+    // Every forwarded call of a batch is charged: past the rate, -32003 for each one left.
+    let batch: Vec<Value> = (0..12).map(|i| req(json!(i), "eth_blockNumber", json!([]))).collect();
+    let v: Value = serde_json::from_str(&exchange(&mut w, Value::Array(batch)).await).unwrap();
+    let a = v.as_array().unwrap();
+    assert_eq!(a.len(), 12);
+    assert!(a.iter().any(|x| x["result"] == "0x10"), "{v}");
+    assert!(a.iter().any(|x| x["error"]["code"] == -32003), "{v}");
+    for (i, x) in a.iter().enumerate() {
+        assert_eq!(x["id"], i, "in request order: {v}");
+    }
+    server.shutdown();
+}
+
+#[tokio::test]
+async fn the_backends_methods_stay_the_backends() {
+    let (node_addr, seen) = node().await;
+    let mut c = config();
+    c.upstream.url = format!("http://{node_addr}/");
+    c.backend.url = format!("http://{node_addr}");
+    c.backend.methods = vec!["chat".into()];
+    let server = start(c).await;
+    let mut w = ws(server.addr, None).await;
+    assert_eq!(call(&mut w, "chat", json!({"text": "hi"})).await["result"], "from the backend");
+    let batch = json!([req(json!(1), "chat", json!({})), req(json!(2), "eth_chainId", json!([]))]);
+    let v: Value = serde_json::from_str(&exchange(&mut w, batch).await).unwrap();
+    assert_eq!(
+        (v[0]["result"].clone(), v[1]["result"].clone()),
+        (json!("from the backend"), json!("0x539")),
+        "{v}"
+    );
+    let bodies = seen.bodies();
+    assert_eq!(
+        bodies,
+        [json!([{"jsonrpc": "2.0", "id": bodies[0][0]["id"], "method": "eth_chainId", "params": []}])]
+    );
     server.shutdown();
 }
