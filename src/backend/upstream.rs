@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use jsonrpsee::types::Id;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,7 +41,7 @@ const KIND: &str = "upstream";
 #[derive(Debug, Clone)]
 pub struct UpCall<'a> {
     /// The method, as the client named it.
-    pub method: &'a str,
+    pub method: Cow<'a, str>,
     /// The params, as the client wrote them.
     pub params: Option<&'a RawValue>,
     /// The client's id; `None` for a notification.
@@ -194,16 +195,16 @@ impl Upstream {
             }
             return calls.iter().map(|_| None).collect();
         }
-        let answers = match self.post(body).await {
+        let posted = self.post(body).await;
+        let notified = if posted.is_ok() { "ok" } else { "unavailable" };
+        let answers: Vec<_> = match posted {
             Ok(text) => match_batch(&text, calls, &ups),
             Err(f) => calls.iter().map(|c| c.id.as_ref().map(|_| Err(f.clone()))).collect(),
         };
-        for a in answers.iter().flatten() {
-            self.count(a);
-        }
-        for (call, a) in calls.iter().zip(&answers) {
-            if call.id.is_none() && a.is_none() {
-                self.metrics.backend.request(KIND, "ok");
+        for a in &answers {
+            match a {
+                Some(a) => self.count(a),
+                None => self.metrics.backend.request(KIND, notified),
             }
         }
         answers
@@ -280,7 +281,7 @@ fn write_call(out: &mut String, call: &UpCall<'_>, up: Option<u64>) {
         let _ = write!(out, r#""id":{up},"#);
     }
     out.push_str(r#""method":"#);
-    out.push_str(&serde_json::to_string(call.method).expect("a string serializes; qed"));
+    out.push_str(&serde_json::to_string(&call.method).expect("a string serializes; qed"));
     if let Some(p) = call.params {
         out.push_str(r#","params":"#);
         out.push_str(p.get());
@@ -392,7 +393,7 @@ mod tests {
     use super::*;
 
     fn up<'a>(method: &'a str, params: Option<&'a RawValue>, id: Option<Id<'a>>) -> UpCall<'a> {
-        UpCall { method, params, id }
+        UpCall { method: method.into(), params, id }
     }
 
     #[test]

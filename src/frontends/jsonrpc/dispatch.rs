@@ -23,7 +23,8 @@
 //! requests left in it are not executed and are answered -32007 (notifications left are
 //! dropped). So a small message can never make the node write a big one.
 //!
-//! A method the table does not hold may be the upstream node's ([`Upstream::forwards`]): a
+//! A method neither the table nor the backend serves may be the upstream node's
+//! ([`Upstream::forwards`]): a
 //! single call is forwarded on its own; a batch's forwarded calls go up together as one batch,
 //! sent before its other calls run here and awaited alongside them, and every answer takes its
 //! place in the batch's answer in request order. Each forwarded call is charged against the rate
@@ -272,7 +273,7 @@ impl Dispatcher {
                             let json = self.relayed(
                                 relayed,
                                 call.id.clone().unwrap_or(Id::Null),
-                                self.metrics.method(call.method),
+                                self.metrics.method(&call.method),
                             );
                             self.fitted(json, out.len() + 1)
                         })
@@ -330,17 +331,16 @@ impl Dispatcher {
             .map(|e| {
                 let text = e.get();
                 let Ok(call) = serde_json::from_str::<Call>(text) else { return Entry::Local(text) };
-                let Cow::Borrowed(method) = call.method else { return Entry::Local(text) };
                 if !params_ok(call.params)
-                    || self.methods.method_with_name(method).is_some()
-                    || !up.forwards(method)
+                    || self.methods.method_with_name(&call.method).is_some()
+                    || !up.forwards(&call.method)
                 {
                     return Entry::Local(text);
                 }
                 if let Some(refused) = self.charge(session, text, answer) {
                     return Entry::Done(refused);
                 }
-                up_calls.push(UpCall { method, params: call.params, id: call.id });
+                up_calls.push(UpCall { method: call.method, params: call.params, id: call.id });
                 Entry::Up(up_calls.len() - 1)
             })
             .collect();
@@ -430,8 +430,9 @@ impl Dispatcher {
             if let Some(up) = &self.upstream
                 && up.forwards(&call.method)
             {
-                let relayed =
-                    up.call(UpCall { method: &call.method, params: call.params, id: id.clone() }).await?;
+                let relayed = up
+                    .call(UpCall { method: Cow::Borrowed(&call.method), params: call.params, id: id.clone() })
+                    .await?;
                 return Some(self.relayed(relayed, id.unwrap_or(Id::Null), counters));
             }
             counters.error.inc();
