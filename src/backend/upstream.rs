@@ -5,9 +5,9 @@
 //! - Which methods: `upstream.methods` (globs); empty, every method that neither rpchub's method
 //!   table nor the backend (`backend.methods`) serves. The dispatcher looks in that order, so a
 //!   method rpchub defines is never forwarded, whatever the globs say.
-//! - Ids: each call goes up with a node-wide unique numeric id ([`Upstream::next_id`]) and its
-//!   answer comes down with the client's id (a string, a number or null) put back, so two
-//!   clients using the same ids never see each other's answers. A notification goes up as a
+//! - Ids: each call goes up with a numeric id unique on the node, and its answer comes down
+//!   with the client's id (a string, a number or null) put back, so two clients using the same
+//!   ids never see each other's answers. A notification goes up as a
 //!   notification; only the HTTP status of its request is awaited.
 //! - Batches: a client's batch sends its forwarded calls up as one JSON-RPC batch; the answers
 //!   are matched by id, and a call the node's batch answer leaves out gets -32021.
