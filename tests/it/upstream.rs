@@ -27,7 +27,8 @@ impl Seen {
 }
 
 /// A JSON-RPC node on port 0. `POST /` answers each call; `/5xx` answers 502 with a text page;
-/// `/malformed` answers 200 with HTML; `/partial` leaves the last call out of a batch's answer.
+/// `/500json` answers 500 with a JSON-RPC error; `/malformed` answers 200 with HTML; `/partial`
+/// leaves the last call out of a batch's answer.
 async fn node() -> (SocketAddr, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let app = axum::Router::new()
@@ -35,6 +36,15 @@ async fn node() -> (SocketAddr, Arc<Seen>) {
         .route("/5xx", axum::routing::post(|| async { (StatusCode::BAD_GATEWAY, "Bad Gateway") }))
         .route("/malformed", axum::routing::post(|| async { "<html>a proxy's page</html>" }))
         .route("/partial", axum::routing::post(partial))
+        .route(
+            "/500json",
+            axum::routing::post(|| async {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"header not found"}}"#,
+                )
+            }),
+        )
         // The application's backend, on the same server: its proxied method `chat`.
         .route(
             "/rpc/chat",
@@ -329,6 +339,16 @@ async fn a_node_down_slow_failing_or_malformed_is_32021_per_call_and_the_connect
         unavailable(&v);
         server.shutdown();
     }
+}
+
+#[tokio::test]
+async fn an_error_status_with_a_json_rpc_body_is_the_nodes_answer() {
+    let (node_addr, _) = node().await;
+    let server = hub(format!("http://{node_addr}/500json"), &[]).await;
+    let mut w = ws(server.addr, None).await;
+    let a = exchange(&mut w, req(json!("q"), "eth_getBalance", json!(["0x01", "0x99999"]))).await;
+    assert_eq!(a, r#"{"jsonrpc":"2.0","id":"q","error":{"code":-32000,"message":"header not found"}}"#);
+    server.shutdown();
 }
 
 #[tokio::test]
