@@ -9,6 +9,10 @@
 //! - [`hooks`]: the lifecycle hooks (`connect`, `disconnect`, `subscribe`, `unsubscribe`,
 //!   `presence`), batched, retried and bounded.
 //!
+//! [`upstream`] is the other HTTP service rpchub may stand in front of: an HTTP-only JSON-RPC
+//! node (`[upstream] url`) whose methods are forwarded as JSON-RPC 2.0, with a client of its own
+//! made by [`http_client`].
+//!
 //! The backend is told who calls ([`Backend::client_json`]: `{"id","user"?,"remote"}`) and is
 //! sent only the client's headers that `backend.forward_headers` names, never a token it did
 //! not name. Every failure of the backend (down, slow, 5xx, a body that is not the JSON asked
@@ -22,6 +26,7 @@
 pub mod connect;
 pub mod hooks;
 pub mod proxy;
+pub mod upstream;
 
 use crate::auth::Globs;
 use crate::config::{BackendConfig, Config};

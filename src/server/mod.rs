@@ -177,11 +177,14 @@ pub async fn start_with(
     let openrpc_raw = serde_json::value::RawValue::from_string(openrpc.clone())
         .map_err(|e| StartError::Config(format!("the OpenRPC document: {e}")))?;
     let publisher = Handlers(state.clone());
+    let upstream =
+        crate::backend::upstream::Upstream::new(&config, metrics.clone()).map_err(StartError::Config)?;
     let dispatcher = Dispatcher::new(
         rpc::methods(Handlers(state), openrpc_raw),
         metrics.clone(),
         config.limits.max_response_bytes,
         backend.clone(),
+        upstream,
     );
     // Metrics are labelled by the method table's names, whatever it holds.
     metrics.label_methods(dispatcher.method_names());

@@ -27,3 +27,4 @@ mod security;
 mod server;
 mod slots;
 mod spec;
+mod upstream;
