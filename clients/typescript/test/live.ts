@@ -88,6 +88,10 @@ async function main(): Promise<void> {
   const again = await client.unsubscribe(id);
   check("unsubscribe again", again === false, again);
 
+  // No streamed reply runs on this connection: cancelling one is false.
+  called.stream_cancel = await client.stream_cancel("1");
+  check("stream_cancel", called.stream_cancel === false, called.stream_cancel);
+
   // A server error arrives as the client's JSONRPCError, with the document's code.
   const refused = await client.publish("bad channel name", 1).then(
     (r) => ({ resolved: r }),
