@@ -411,7 +411,7 @@ impl Hooks {
             .body(body);
         let config = self.backend.config();
         let answer = tokio::time::timeout(config.timeout, async {
-            let resp = req.send().await.map_err(|e| super::unreachable(&e))?;
+            let resp = req.send().await.map_err(|e| super::unreachable("the backend", &e))?;
             let status = resp.status();
             // Read (within the bound) so that the connection goes back to the pool.
             let _ = super::read_bounded(resp, config.max_body_bytes).await;

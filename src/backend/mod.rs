@@ -367,7 +367,7 @@ pub fn too_slow(timeout: Duration) -> BackendError {
 /// Sends `req`; a 5xx (or any status but 2xx and the 4xx that carry an error object) is
 /// unavailable.
 async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, BackendError> {
-    let resp = req.send().await.map_err(|e| BackendError::Unavailable(unreachable(&e)))?;
+    let resp = req.send().await.map_err(|e| BackendError::Unavailable(unreachable("the backend", &e)))?;
     let status = resp.status();
     if status.is_server_error() || !(status.is_success() || status.is_client_error()) {
         return Err(BackendError::Unavailable(format!("the backend answered HTTP {}", status.as_u16())));
@@ -375,43 +375,53 @@ async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, Backend
     Ok(resp)
 }
 
-/// Why a request did not reach the backend, without the URL's credentials.
-fn unreachable(e: &reqwest::Error) -> String {
+/// Why a request did not reach `who` ("the backend", "the upstream node"), without the URL or
+/// its credentials.
+pub(crate) fn unreachable(who: &str, e: &reqwest::Error) -> String {
     let what = if e.is_connect() {
-        "cannot connect to the backend"
+        format!("cannot connect to {who}")
     } else if e.is_timeout() {
-        "the backend did not answer in time"
+        format!("{who} did not answer in time")
     } else {
-        "the request to the backend failed"
+        format!("the request to {who} failed")
     };
     match std::error::Error::source(e) {
         Some(cause) => format!("{what}: {cause}"),
-        None => what.to_string(),
+        None => what,
     }
 }
 
-/// The body of `resp`, at most `max` bytes (more is unavailable, read no further).
-async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, BackendError> {
-    let too_big = || {
-        BackendError::Unavailable(format!(
-            "the backend's answer is over {max} bytes (backend.max_body_bytes)"
-        ))
-    };
+/// Why a body could not be read whole.
+pub(crate) enum ReadError {
+    /// It is over the bound.
+    TooBig,
+    /// The connection broke off (the message says how).
+    Broken(String),
+}
+
+/// The body of `resp`, at most `max` bytes (more is [`ReadError::TooBig`], read no further).
+pub(crate) async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ReadError> {
     if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(too_big());
+        return Err(ReadError::TooBig);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| BackendError::Unavailable(format!("reading the backend's answer: {e}")))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| ReadError::Broken(e.without_url().to_string()))? {
         if body.len() + chunk.len() > max {
-            return Err(too_big());
+            return Err(ReadError::TooBig);
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// The backend's body of `resp`, at most `max` bytes.
+async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, BackendError> {
+    read_capped(resp, max).await.map_err(|e| match e {
+        ReadError::TooBig => BackendError::Unavailable(format!(
+            "the backend's answer is over {max} bytes (backend.max_body_bytes)"
+        )),
+        ReadError::Broken(m) => BackendError::Unavailable(format!("reading the backend's answer: {m}")),
+    })
 }
 
 /// `{"result":R}` -> R; `{"error":{"code","message"}}` -> refused; anything else unavailable.

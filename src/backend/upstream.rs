@@ -358,34 +358,17 @@ fn too_slow(timeout: Duration) -> Failure {
 
 /// Why a request did not reach the node, without the URL or its credentials.
 fn unreachable(e: &reqwest::Error) -> String {
-    let what = if e.is_connect() {
-        "cannot connect to the upstream node"
-    } else if e.is_timeout() {
-        "the upstream node did not answer in time"
-    } else {
-        "the request to the upstream node failed"
-    };
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{what}: {cause}"),
-        None => what.to_string(),
-    }
+    super::unreachable("the upstream node", e)
 }
 
 /// The body of `resp`, at most `max` bytes (more: [`Failure::TooBig`], read no further).
-async fn read_bounded(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Failure> {
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(Failure::TooBig(max));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| {
-        Failure::Unavailable(format!("reading the upstream node's answer: {}", e.without_url()))
-    })? {
-        if body.len() + chunk.len() > max {
-            return Err(Failure::TooBig(max));
+async fn read_bounded(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, Failure> {
+    super::read_capped(resp, max).await.map_err(|e| match e {
+        super::ReadError::TooBig => Failure::TooBig(max),
+        super::ReadError::Broken(m) => {
+            Failure::Unavailable(format!("reading the upstream node's answer: {m}"))
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    })
 }
 
 #[cfg(test)]
