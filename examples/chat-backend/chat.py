@@ -66,6 +66,12 @@ class Printer:
         self.write(f"{head}[tool {data.get('name')} {args} -> {out}]\n")
         self.line_start = True
 
+    def break_line(self):
+        """Ends the line being written, so that a note goes on a line of its own."""
+        if not self.line_start:
+            self.write("\n")
+            self.line_start = True
+
     def write(self, s):
         if not self.quiet and s:
             sys.stdout.write(s)
@@ -179,6 +185,7 @@ def conversation(args, printer, ask):
         if args.drop_after and chunks == args.drop_after and "dropped_at" not in summary:
             summary["dropped_at"] = last["offset"]
             door.close()
+            printer.break_line()
             note(f"disconnected after {chunks} chunks (offset {last['offset']}); reconnecting")
             time.sleep(args.away)
             door = Door(args)

@@ -151,7 +151,7 @@ fn stream(lines: Vec<Value>, pause: Duration) -> Response {
             if i > 0 {
                 tokio::time::sleep(pause).await;
             }
-            if tx.send(Bytes::from(format!("{line}\n"))).await.is_err() {
+            if tx.send(Bytes::from(wire(&line))).await.is_err() {
                 return;
             }
         }
@@ -160,6 +160,12 @@ fn stream(lines: Vec<Value>, pause: Duration) -> Response {
         rx.recv().await.map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
     });
     ([("content-type", "application/x-ndjson")], Body::from_stream(body)).into_response()
+}
+
+/// A line as it goes on the wire: `{"type":..,"data":..}` (in that order, for the people who
+/// read it) and its newline.
+fn wire(line: &Value) -> String {
+    format!("{{\"type\":{},\"data\":{}}}\n", line["type"], line["data"])
 }
 
 #[cfg(test)]
@@ -176,5 +182,11 @@ mod tests {
         assert!(params(&json!({"message": "hi"})).unwrap_err().contains("sessionId"));
         assert!(params(&json!({"message": "hi", "sessionId": "a b"})).unwrap_err().contains("sessionId"));
         assert!(params(&Value::Null).is_err());
+    }
+
+    #[test]
+    fn a_line_says_its_type_first() {
+        let line = json!({"data": {"content": "Hi", "done": false}, "type": "content"});
+        assert_eq!(wire(&line), "{\"type\":\"content\",\"data\":{\"content\":\"Hi\",\"done\":false}}\n");
     }
 }
