@@ -173,6 +173,17 @@ async fn a_chat_client_receives_the_answer_word_by_word_with_the_tool_call_in_th
         lines.push(line);
     }
     assert_eq!(lines, want);
+
+    // The served OpenRPC document describes both methods from the example's schema files.
+    let (status, body) = http(ex.hub.addr, "GET", "/openrpc.json", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    for name in ["chat", "chat_publish"] {
+        let m = doc["methods"].as_array().unwrap().iter().find(|m| m["name"] == name).expect(name);
+        let params: Vec<&Value> = m["params"].as_array().unwrap().iter().map(|p| &p["name"]).collect();
+        assert_eq!(params, [&json!("message"), &json!("sessionId")], "{m}");
+        assert_eq!(m["x-notifications"].is_array(), name == "chat", "only chat streams: {m}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
