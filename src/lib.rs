@@ -16,14 +16,14 @@
 //!   path becomes a route.
 //! - [`shutdown`]: the one shutdown signal.
 //! - [`gate`]: the checks run before the dispatch (route, Origin, upgrade rate, capacity,
-//!   token), one tower layer each, sync or async; their order is written once, in its doc.
+//!   token or the backend's say on who connects), one tower layer each, sync or async; their order is written once, in its doc.
 //! - [`auth`]: tokens (static keys, JWTs), principals, channel permission globs.
 //! - [`frontends`]: the front doors; [`frontends::jsonrpc`] is JSON-RPC 2.0 (parsing, batches,
 //!   call slots, notifications).
 //! - [`rpc`]: the `#[rpc]` method definitions, their handlers, and their errors.
 //! - [`backend`]: the application's HTTP backend (proxied methods, streamed replies,
-//!   permission checks, lifecycle hooks) and an upstream JSON-RPC node; used by the front doors
-//!   and the session, it uses nothing above them.
+//!   permission checks, lifecycle hooks) and an upstream JSON-RPC node; used by the gate, the
+//!   front doors and the session, it uses nothing above them.
 //! - [`session`]: a client's session and the subscription service every front door uses.
 //! - [`hub`]: channels, subscribers, snapshot-then-live in two phases, fan-out by encoding.
 //! - [`broker`]: the `Broker` trait (its doc is the contract), the memory broker, a

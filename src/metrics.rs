@@ -64,17 +64,21 @@ pub enum Rejection {
     Handshake,
     /// An upgrade to a path that is no WebSocket route (404).
     NotFound,
+    /// The backend that decides who connects (`backend.connect_proxy`) gave no usable answer
+    /// (503). Its refusals count as [`Rejection::Auth`].
+    Backend,
 }
 
 impl Rejection {
     /// Every reason, in declaration order.
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 7] = [
         Rejection::Origin,
         Rejection::Rate,
         Rejection::Capacity,
         Rejection::Auth,
         Rejection::Handshake,
         Rejection::NotFound,
+        Rejection::Backend,
     ];
 
     /// The label value.
@@ -86,6 +90,7 @@ impl Rejection {
             Rejection::Auth => "auth",
             Rejection::Handshake => "handshake",
             Rejection::NotFound => "not_found",
+            Rejection::Backend => "backend",
         }
     }
 

@@ -27,6 +27,9 @@ pub enum Kind {
     StaticKey,
     /// A JWT.
     Jwt,
+    /// The application's backend said who connects (`backend.connect_proxy`), with rights as a
+    /// JWT's claims would give them.
+    Backend,
 }
 
 /// An authenticated (or anonymous) client.

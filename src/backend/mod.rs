@@ -6,7 +6,12 @@
 //!   from every front door;
 //! - the permission checks: `subscribe_proxy` and `publish_proxy` ([`Backend::check`]) and
 //!   `connect_proxy`;
-//! - the lifecycle hooks.
+//! - [`hooks`]: the lifecycle hooks (`connect`, `disconnect`, `subscribe`, `unsubscribe`,
+//!   `presence`), batched, retried and bounded.
+//!
+//! [`upstream`] is the other HTTP service rpchub may stand in front of: an HTTP-only JSON-RPC
+//! node (`[upstream] url`) whose methods are forwarded as JSON-RPC 2.0, with a client of its own
+//! made by [`http_client`].
 //!
 //! The backend is told who calls ([`Backend::client_json`]: `{"id","user"?,"remote"}`) and is
 //! sent only the client's headers that `backend.forward_headers` names, never a token it did
@@ -15,9 +20,13 @@
 //! the front doors answer as -32021 `backend_unavailable` (or their dialect's shape), keeping the
 //! connection open; an error object from the backend is [`BackendError::Refused`].
 //!
-//! This file: [`Backend`], its requests and the per-connection state ([`Calls`]).
+//! This file: [`Backend`], its requests and the per-connection state ([`Calls`]);
+//! [`connect`]: who connects, asked before the upgrade.
 
+pub mod connect;
+pub mod hooks;
 pub mod proxy;
+pub mod upstream;
 
 use crate::auth::Globs;
 use crate::config::{BackendConfig, Config};
@@ -69,6 +78,7 @@ struct Envelope<'a> {
     error: Option<ErrorBody>,
 }
 
+/// A field that is there, whatever its value (serde's `Option` takes `null` for absent).
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
@@ -212,7 +222,13 @@ impl Backend {
 
     /// A client's id as the backend sees it, unique across nodes: `{node}-{session}`.
     pub fn client_id(&self, session: &Session) -> String {
-        format!("{}-{}", self.node_id, session.id)
+        self.client_id_of(session.id)
+    }
+
+    /// The id of the client whose session will be `session_id` (the connect check asks before
+    /// the session exists; the id it gives is the one every later request carries).
+    pub fn client_id_of(&self, session_id: u64) -> String {
+        format!("{}-{session_id}", self.node_id)
     }
 
     /// `{"id","user"?,"remote"}`: who a session is, as the backend is told.
@@ -232,15 +248,24 @@ impl Backend {
 
     /// A POST of `body` (JSON) to `{url}{path}` with the session's forwarded headers.
     fn post(&self, path: &str, body: Vec<u8>, session: Option<&Session>) -> reqwest::RequestBuilder {
+        self.post_with(path, body, session.map_or(&[], Session::forwarded))
+    }
+
+    /// A POST of `body` (JSON) to `{url}{path}` with `headers` (the forwarded ones: nothing else
+    /// of a client's request is ever passed on).
+    fn post_with(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> reqwest::RequestBuilder {
         let mut req = self
             .http
             .post(format!("{}{path}", self.base))
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(body);
-        if let Some(s) = session {
-            for (name, value) in s.forwarded() {
-                req = req.header(name.clone(), value.clone());
-            }
+        for (name, value) in headers {
+            req = req.header(name.clone(), value.clone());
         }
         req
     }
@@ -253,7 +278,21 @@ impl Backend {
         body: &serde_json::Value,
         session: Option<&Session>,
     ) -> Result<Box<RawValue>, BackendError> {
-        let req = self.post(path, body.to_string().into_bytes(), session);
+        self.answer(self.post(path, body.to_string().into_bytes(), session)).await
+    }
+
+    /// [`Backend::post_json`] with `headers` rather than a session's.
+    async fn post_json_with(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Box<RawValue>, BackendError> {
+        self.answer(self.post_with(path, body.to_string().into_bytes(), headers)).await
+    }
+
+    /// Sends `req` and reads its JSON answer, within `backend.timeout`.
+    async fn answer(&self, req: reqwest::RequestBuilder) -> Result<Box<RawValue>, BackendError> {
         let timeout = self.config.timeout;
         let answer = tokio::time::timeout(timeout, async {
             let resp = send(req).await?;

@@ -87,3 +87,42 @@ fn namespace_lookup_falls_back_to_the_default() {
     assert_eq!(c.namespace_of("other:x"), &c.default_namespace);
     assert_eq!(c.namespace_of("bare"), &c.default_namespace);
 }
+
+#[test]
+#[allow(clippy::result_large_err)] // figment's Jail returns its own error type
+fn backend_and_upstream_come_from_every_source_and_are_checked() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("RPCHUB_BACKEND__URL", "http://127.0.0.1:7420");
+        jail.set_env("RPCHUB_BACKEND__METHODS", "[\"chat\", \"eth_*\"]");
+        jail.set_env("RPCHUB_UPSTREAM__URL", "http://127.0.0.1:8545/rpc");
+        let c = Config::load(None, &[("backend.timeout".into(), "3s".into())]).unwrap();
+        assert_eq!(c.backend.url, "http://127.0.0.1:7420");
+        assert_eq!(c.backend.methods, ["chat", "eth_*"]);
+        assert_eq!(c.backend.timeout, Duration::from_secs(3));
+        assert_eq!(c.upstream.url, "http://127.0.0.1:8545/rpc");
+        Ok(())
+    });
+    let load = |sets: &[(&str, &str)]| {
+        let sets: Vec<_> = sets.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(None, &sets)
+    };
+    let on = ("backend.url", "http://127.0.0.1:7420");
+    for (sets, says) in [
+        (vec![("backend.url", "https://api.example.com")], "http:// URL"),
+        (vec![("backend.url", "http://")], "http://HOST:PORT"),
+        (vec![("upstream.url", "ftp://node")], "upstream.url"),
+        (vec![on, ("backend.hooks", "[\"connect\", \"reconnect\"]")], "reconnect"),
+        (vec![on, ("backend.max_in_flight", "0")], "max_in_flight"),
+        (vec![on, ("backend.stream_timeout", "1s")], "stream_timeout"),
+        (vec![on, ("backend.forward_headers", "[\"bad header\"]")], "forward_headers"),
+        (vec![on, ("backend.schemas.chat", "\"chat.json\"")], "not among backend.methods"),
+        (vec![("backend.methods", "[\"chat\"]")], "need backend.url"),
+        (vec![("default_namespace.subscribe_proxy", "true")], "need a backend"),
+    ] {
+        let e = load(&sets).expect_err(says).0;
+        assert!(e.contains(says), "{sets:?}: {e}");
+    }
+    let c =
+        load(&[on, ("backend.methods", "[\"chat\"]"), ("backend.schemas.chat", "\"chat.json\"")]).unwrap();
+    assert!(c.backend.is_on() && !c.upstream.is_on());
+}

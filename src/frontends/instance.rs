@@ -187,6 +187,7 @@ impl Door for Opening {
 
     fn connect(&self, session: Arc<Session>) -> Arc<dyn Conn> {
         self.instances.metrics.connection_opened(DOOR);
+        self.instances.subscriptions.connected(&session);
         let encoding = Arc::new(InstanceEncoding {
             head: instance_head(&self.base_url, &self.name),
             epoch: OnceLock::new(),
@@ -361,7 +362,7 @@ impl Conn for InstanceConn {
 
     fn on_end(&self, ending: Option<Ending>) {
         self.instances.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
-        self.instances.subscriptions.end(&self.session);
+        self.instances.subscriptions.disconnected(&self.session, ending);
     }
 }
 

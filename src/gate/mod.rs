@@ -7,7 +7,9 @@
 //! 2. [`origin`]: is the page's Origin allowed? (403, empty body, one log line)
 //! 3. [`rate`]: has this client IP upgraded too often? (429 with Retry-After)
 //! 4. [`capacity`]: is there room for another connection? (429; reserves a slot)
-//! 5. [`token`]: is the token (header, bearer or query) valid? (401; also for `POST /rpc`)
+//! 5. [`token`]: is the token (header, bearer or query) valid? (401; also for `POST /rpc`) With
+//!    `backend.connect_proxy`, an upgrade whose token rpchub does not accept waits for the
+//!    backend to say who connects ([`connect`]: 401 refused, 503 no answer)
 //!
 //! A rejected request gets its HTTP error and never becomes a WebSocket; every refusal of an
 //! upgrade is counted in `rpchub_upgrades_rejected_total` by its [`Rejection`] (each check holds
@@ -21,11 +23,12 @@
 //!   service (route, origin, rate, capacity);
 //! - an [`AsyncCheck`] may wait (on a backend that decides who connects, say) and is given the
 //!   request's [`Parts`]: it reads the headers and the URI and may add extensions. It runs in the
-//!   generic [`AsyncGate`] service (the token check, where a proxied `connect` would go too).
+//!   generic [`AsyncGate`] service (the token check, with the backend's `connect` in it).
 //!
 //! Both answer `Err(response)` to stop the request with that response.
 
 mod capacity;
+pub mod connect;
 pub(crate) mod log;
 mod origin;
 mod rate;
@@ -33,6 +36,7 @@ mod route;
 pub mod token;
 
 pub use capacity::{CapacityCheck, SlotTicket};
+pub use connect::{ConnectProxy, SessionId};
 pub use origin::{OriginCheck, same_origin};
 pub use rate::{UpgradeRate, address_key};
 pub use route::RouteCheck;

@@ -6,9 +6,13 @@
 //! becomes the request's [`Principal`] (in its extensions); no token at all is an anonymous
 //! principal, whose rights the namespaces decide. The token itself is never logged or echoed.
 //!
-//! This is the gate's [`AsyncCheck`]: deciding takes no wait today, but a check that asks the
-//! application's backend who connects goes here, after the cheap checks and with the slot held.
+//! This is the gate's [`AsyncCheck`]. With `backend.connect_proxy` on, an upgrade whose token
+//! rpchub does not accept (none, or one it does not know) is not refused here: the
+//! application's backend is asked who connects ([`super::connect`]), after the cheap checks and
+//! with the slot held. `POST /rpc` and the server API are never asked about: an unknown token
+//! there is 401 as always.
 
+use super::connect::ConnectProxy;
 use super::{AsyncCheck, Body, json_error, refused};
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::metrics::{Metrics, Rejection};
@@ -25,12 +29,44 @@ pub struct TokenCheck {
     auth: Arc<Authenticator>,
     anonymous: Arc<Principal>,
     metrics: Arc<Metrics>,
+    /// The backend that decides the upgrades rpchub's tokens do not (`backend.connect_proxy`).
+    connect: Option<ConnectProxy>,
 }
 
 impl TokenCheck {
     /// Checks tokens with `auth`; refusals of upgrades are counted in `metrics`.
     pub fn new(auth: Arc<Authenticator>, metrics: Arc<Metrics>) -> TokenCheck {
-        TokenCheck { auth, anonymous: Arc::new(Principal::anonymous()), metrics }
+        TokenCheck { auth, anonymous: Arc::new(Principal::anonymous()), metrics, connect: None }
+    }
+
+    /// The check with `connect` deciding the upgrades whose token rpchub does not accept.
+    pub fn with_connect_proxy(self, connect: ConnectProxy) -> TokenCheck {
+        TokenCheck { connect: Some(connect), ..self }
+    }
+
+    /// An upgrade's principal when the backend decides who connects: the token's, if rpchub
+    /// accepts it; else the backend's. A JWT rpchub knows but refuses (expired, not yet valid)
+    /// is 401 without asking.
+    async fn decide_or_ask(&self, connect: &ConnectProxy, parts: &mut Parts) -> Result<(), Response<Body>> {
+        // A malformed token source (`Authorization: Basic`, say) is no token of rpchub's: the
+        // backend sees the headers it is forwarded and judges.
+        let token = from_parts(&parts.headers, &parts.uri).ok().flatten();
+        if let Some(t) = &token {
+            match self.auth.authenticate(t) {
+                Ok(principal) => {
+                    parts.extensions.insert(principal);
+                    return Ok(());
+                }
+                Err(AuthError::Invalid(_)) => {}
+                Err(e) => {
+                    let resp = json_error(StatusCode::UNAUTHORIZED, &e.to_string());
+                    return Err(refused(&self.metrics, Rejection::Auth, resp));
+                }
+            }
+        }
+        let principal = connect.ask(parts, token.as_deref(), &self.metrics).await?;
+        parts.extensions.insert(principal);
+        Ok(())
     }
 
     /// The principal of a request for `parts`' route, or its 401.
@@ -88,6 +124,9 @@ impl AsyncCheck for TokenCheck {
         else {
             return Box::pin(std::future::ready(Ok(())));
         };
+        if let Some(connect) = self.connect.as_ref().filter(|_| route.is_upgrade()) {
+            return Box::pin(self.decide_or_ask(connect, parts));
+        }
         let decided = match self.decide(parts) {
             Ok(principal) => {
                 parts.extensions.insert(principal);

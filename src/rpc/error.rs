@@ -32,7 +32,8 @@ pub const UNACCEPTABLE: i32 = -32005;
 pub const MESSAGE_TOO_BIG: i32 = -32007;
 /// A proxied method's backend answered with an error object.
 pub const BACKEND_ERROR: i32 = -32020;
-/// A proxied method's backend (or the upstream node) gave no usable answer.
+/// The backend (of a proxied method or a permission check) or the upstream node gave no usable
+/// answer.
 pub const BACKEND_UNAVAILABLE: i32 = -32021;
 
 /// rpchub's errors, each a code and a message that says what to change.
@@ -53,6 +54,10 @@ pub enum RpcError {
     /// -32005 `invalid_request`.
     #[error("{0}")]
     Unacceptable(String),
+    /// -32021 `backend_unavailable`: a permission check the backend must answer got no usable
+    /// answer (down, slow, 5xx, malformed).
+    #[error("{0}")]
+    BackendUnavailable(String),
     /// -32603, for failures that are the server's fault.
     #[error("{0}")]
     Internal(String),
@@ -67,7 +72,18 @@ impl RpcError {
             RpcError::RateLimited(_) => (RATE_LIMITED, "rate_limited"),
             RpcError::NotFound(_) => (NOT_FOUND, "not_found"),
             RpcError::Unacceptable(_) => (UNACCEPTABLE, "invalid_request"),
+            RpcError::BackendUnavailable(_) => (BACKEND_UNAVAILABLE, "backend_unavailable"),
             RpcError::Internal(_) => (INTERNAL_ERROR, "internal_error"),
+        }
+    }
+
+    /// The error of a permission check the backend refused (-32001 with the backend's message)
+    /// or could not answer (-32021). A proxied method's refusal is -32020 instead ([`backend`]).
+    pub fn from_check(e: crate::backend::BackendError) -> RpcError {
+        use crate::backend::BackendError;
+        match e {
+            BackendError::Refused { message, .. } => RpcError::Unauthorized(message),
+            BackendError::Unavailable(m) => RpcError::BackendUnavailable(m),
         }
     }
 }
@@ -106,6 +122,7 @@ impl From<SubscribeError> for RpcError {
             }
             SubscribeError::NoSocket => RpcError::Unacceptable(e.to_string()),
             SubscribeError::Hub(h) => h.into(),
+            SubscribeError::Backend(b) => RpcError::from_check(b),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The method implementations: thin translations from JSON-RPC calls to the hub and the
-//! authenticator, with the permission checks in front.
+//! authenticator, with the permission checks in front (rpchub's own, then the backend's where a
+//! namespace asks for them: `subscribe_proxy` for history reads, `publish_proxy` for a client's
+//! publish).
 
 use super::CallCtx;
 use super::api::{
@@ -70,6 +72,9 @@ impl Handlers {
     /// Publishes for session `s` under the rules of the `publish` method: a valid channel name,
     /// the namespace's publish rule, `event` and `idempotency_key` of 1 to 255 bytes. The one
     /// place those rules are applied, for the method and for `POST /api/publish` alike.
+    ///
+    /// The backend is not asked (`publish_proxy`): this is the server API's way in, which is the
+    /// backend's own door. A client's `publish` goes through [`Handlers::publish_by_client`].
     pub async fn publish_as(
         &self,
         s: &Session,
@@ -78,6 +83,44 @@ impl Handlers {
         event: Option<String>,
         idempotency_key: Option<String>,
     ) -> Result<StreamPosition, RpcError> {
+        let p = self.publication(s, channel, data, event, idempotency_key)?;
+        self.publish_checked(channel, p).await
+    }
+
+    /// Publishes for a client (the `publish` method, from any front door): [`Handlers::publish_as`]'s
+    /// rules, then, on a namespace with `publish_proxy`, the backend's verdict, which may
+    /// replace the data published.
+    pub async fn publish_by_client(
+        &self,
+        s: &Session,
+        channel: &str,
+        data: JsonData,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<StreamPosition, RpcError> {
+        let mut p = self.publication(s, channel, data, event, idempotency_key)?;
+        if self.0.config.namespace_of(channel).publish_proxy {
+            let backend = self.0.backend.as_ref().ok_or_else(|| {
+                // Validation refuses `publish_proxy` without a backend; refuse rather than allow.
+                RpcError::BackendUnavailable("publish_proxy is on but no backend.url is set".into())
+            })?;
+            let verdict = backend.check("publish", s, channel, Some(&p.data)).await;
+            if let Some(replaced) = verdict.map_err(RpcError::from_check)? {
+                p.data = replaced;
+            }
+        }
+        self.publish_checked(channel, p).await
+    }
+
+    /// The publication `s` asks for, once rpchub's own rules allow it.
+    fn publication(
+        &self,
+        s: &Session,
+        channel: &str,
+        data: JsonData,
+        event: Option<String>,
+        idempotency_key: Option<String>,
+    ) -> Result<NewPublication, RpcError> {
         self.allow(s, Action::Publish, channel)?;
         if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > 255) {
             return Err(RpcError::Unacceptable("event must be 1 to 255 bytes".into()));
@@ -85,7 +128,11 @@ impl Handlers {
         if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
             return Err(RpcError::Unacceptable("idempotency_key must be 1 to 255 bytes".into()));
         }
-        let p = NewPublication { data: data.0, event, idempotency_key };
+        Ok(NewPublication { data: data.0, event, idempotency_key })
+    }
+
+    /// Publishes `p`, every check passed.
+    async fn publish_checked(&self, channel: &str, p: NewPublication) -> Result<StreamPosition, RpcError> {
         let published = self.0.hub.publish(channel, p).await?;
         Ok(published.position)
     }
@@ -128,7 +175,7 @@ impl ChannelApiServer for Handlers {
         idempotency_key: Option<String>,
     ) -> RpcResult<StreamPosition> {
         let s = session(ext)?;
-        Ok(self.publish_as(&s, &channel, data, event, idempotency_key).await?)
+        Ok(self.publish_by_client(&s, &channel, data, event, idempotency_key).await?)
     }
 
     async fn history(
@@ -140,6 +187,7 @@ impl ChannelApiServer for Handlers {
     ) -> RpcResult<HistoryResult> {
         let s = session(ext)?;
         self.allow(&s, Action::Subscribe, &channel)?;
+        self.0.subscriptions.ask_backend(&s, &channel).await.map_err(RpcError::from_check)?;
         let h = self.0.hub.history(&channel, since, limit).await.map_err(RpcError::from)?;
         let publications = h
             .publications

@@ -123,7 +123,7 @@ pub fn status_of(e: &RpcError) -> u16 {
         RpcError::Unacceptable(_) | RpcError::NotFound(_) => 400,
         RpcError::Unauthorized(_) => 403,
         RpcError::RateLimited(_) => 429,
-        RpcError::SubscriptionFailed(_) => 503,
+        RpcError::SubscriptionFailed(_) | RpcError::BackendUnavailable(_) => 503,
         RpcError::Internal(_) => 500,
     }
 }

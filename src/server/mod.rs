@@ -30,16 +30,17 @@ mod io;
 mod upgrade;
 
 use crate::auth::{Authenticator, Principal};
+use crate::backend::hooks::Hooks;
 use crate::config::Config;
 use crate::constants::{ANSWER_SHARE_OF_OUTBOUND_QUEUE, PING_SWEEP_PERIOD};
 use crate::frontends::jsonrpc::{Dispatcher, JsonRpc};
 use crate::gate::token::TokenCheck;
-use crate::gate::{CapacityCheck, Checks, ClientAddr, OriginCheck, RouteCheck, UpgradeRate};
+use crate::gate::{CapacityCheck, Checks, ClientAddr, ConnectProxy, OriginCheck, RouteCheck, UpgradeRate};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::rpc::{self, Handlers, NodeState};
-use crate::session::{Budgets, Subscriptions};
+use crate::session::{Budgets, LifecycleHook, Subscriptions};
 use crate::shutdown::Shutdown;
 use crate::transport::{ConnLimits, Registry, frame};
 use hyper::Request;
@@ -83,7 +84,9 @@ pub struct Node {
     conn_limits: ConnLimits,
     /// The shutdown signal.
     pub shutdown: Shutdown,
-    next_session: AtomicU64,
+    /// Session ids, unique in the process; shared with the gate's connect check, which
+    /// allocates an upgrade's id before the upgrade.
+    next_session: Arc<AtomicU64>,
     /// Every TCP connection's places.
     tcp: Arc<conns::TcpLimits>,
     /// The call budgets of `POST /rpc`.
@@ -98,6 +101,8 @@ pub struct Node {
     publisher: Handlers,
     /// The application's backend, if one is configured.
     pub backend: Option<Arc<crate::backend::Backend>>,
+    /// The lifecycle hooks, if the backend asks for any: flushed on shutdown.
+    hooks: Option<Arc<Hooks>>,
 }
 
 impl Node {
@@ -151,7 +156,10 @@ pub async fn start_with(
     let backend =
         crate::backend::Backend::new(&config, &node_id, metrics.clone()).map_err(StartError::Config)?;
     let hub = Hub::new(config.clone(), broker, metrics.clone());
-    let subscriptions = Arc::new(Subscriptions::new(hub.clone(), config.clone(), Vec::new()));
+    let hooks = backend.as_ref().and_then(Hooks::start);
+    let lifecycle = hooks.iter().map(|h| h.clone() as Arc<dyn LifecycleHook>).collect();
+    let subscriptions =
+        Arc::new(Subscriptions::new(hub.clone(), config.clone(), backend.clone(), lifecycle));
     let auth = Arc::new(Authenticator::new(&config).map_err(StartError::Config)?);
     let state = Arc::new(NodeState {
         config: config.clone(),
@@ -169,11 +177,14 @@ pub async fn start_with(
     let openrpc_raw = serde_json::value::RawValue::from_string(openrpc.clone())
         .map_err(|e| StartError::Config(format!("the OpenRPC document: {e}")))?;
     let publisher = Handlers(state.clone());
+    let upstream =
+        crate::backend::upstream::Upstream::new(&config, metrics.clone()).map_err(StartError::Config)?;
     let dispatcher = Dispatcher::new(
         rpc::methods(Handlers(state), openrpc_raw),
         metrics.clone(),
         config.limits.max_response_bytes,
         backend.clone(),
+        upstream,
     );
     // Metrics are labelled by the method table's names, whatever it holds.
     metrics.label_methods(dispatcher.method_names());
@@ -210,7 +221,7 @@ pub async fn start_with(
         registry,
         conn_limits,
         shutdown: Shutdown::new(),
-        next_session: AtomicU64::new(1),
+        next_session: Arc::new(AtomicU64::new(1)),
         tcp: conns::TcpLimits::new(
             limits.max_http_connections,
             limits.http_connections_per_address,
@@ -222,6 +233,7 @@ pub async fn start_with(
         openapi: crate::spec::pretty(&crate::spec::openapi::document()),
         publisher,
         backend,
+        hooks,
     });
     let metrics = &node.metrics;
     let checks = Checks {
@@ -229,7 +241,11 @@ pub async fn start_with(
         origin: OriginCheck::new(&config.allowed_origins, metrics.clone()),
         rate: UpgradeRate::new(config.limits.upgrades_per_minute, metrics.clone()),
         capacity: CapacityCheck::new(node.registry.clone(), metrics.clone()),
-        token: TokenCheck::new(auth, metrics.clone()),
+        token: match node.backend.clone().filter(|b| b.config().connect_proxy) {
+            Some(b) => TokenCheck::new(auth, metrics.clone())
+                .with_connect_proxy(ConnectProxy::new(b, node.next_session.clone())),
+            None => TokenCheck::new(auth, metrics.clone()),
+        },
     };
 
     tracing::info!(%addr, node_id = %node_id, broker = node.hub.broker().name(), "rpchub listening");
@@ -283,17 +299,29 @@ fn spawn_sweeper(node: &Arc<Node>) {
     });
 }
 
-/// Closes every connection with 1001, waits for them (up to `shutdown_grace`), flushes the
-/// broker.
+/// Closes every connection with 1001, waits for them (up to `shutdown_grace`), posts the
+/// lifecycle hook events waiting (their `disconnect`s among them) within what is left of the
+/// grace, flushes the broker.
 async fn shut_down(node: &Arc<Node>) {
     tracing::info!(connections = node.registry.len(), "shutting down: closing every connection with 1001");
     node.registry.close_all(frame::code::GOING_AWAY, "server shutting down");
     let grace = node.config.shutdown_grace;
+    let started = Instant::now();
     if tokio::time::timeout(grace, node.shutdown.wait_idle()).await.is_err() {
         tracing::warn!(
             remaining = node.registry.len(),
             "shutdown grace of {grace:?} ran out; exiting anyway"
         );
+    }
+    if let Some(hooks) = &node.hooks {
+        if !hooks.flush(grace.saturating_sub(started.elapsed())).await {
+            tracing::warn!(
+                lost = hooks.queued(),
+                "the backend did not take every lifecycle hook event within the shutdown grace \
+                 of {grace:?}"
+            );
+        }
+        hooks.stop();
     }
     node.hub.broker().flush().await;
     tracing::info!("shut down");

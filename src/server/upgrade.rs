@@ -5,10 +5,10 @@ use super::conns::Admitted;
 use super::io::TimedStream;
 use super::{Node, client_addr, principal_of};
 use crate::frontends::Door;
-use crate::gate::SlotTicket;
 use crate::gate::{Body, json_error};
+use crate::gate::{SessionId, SlotTicket};
 use crate::session::Session;
-use crate::transport::{self, Link, handshake};
+use crate::transport::{self, Ending, Link, handshake};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -31,7 +31,11 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
     let remote = client_addr(&req);
     let principal = principal_of(&req);
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let id = node.next_session.fetch_add(1, Ordering::Relaxed);
+    // The id the connect check gave the backend, if it asked; the session keeps it.
+    let id = match req.extensions().get::<SessionId>() {
+        Some(SessionId(id)) => *id,
+        None => node.next_session.fetch_add(1, Ordering::Relaxed),
+    };
     let limits = &node.config.limits;
     let link = Arc::new(Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes));
     let forwarded = node.backend.as_ref().map(|b| b.forwarded(req.headers())).unwrap_or_default();
@@ -42,7 +46,11 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
     node.shutdown.spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
-            Err(e) => return tracing::debug!(%remote, "upgrade did not complete: {e}"),
+            Err(e) => {
+                // Told as every connection's end is: the door counted it and told the hooks.
+                conn.on_end(Some(Ending::Gone));
+                return tracing::debug!(%remote, "upgrade did not complete: {e}");
+            }
         };
         // A WebSocket now, counted by the registry: its places are free for other requests.
         admitted.upgraded();
@@ -56,7 +64,10 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
                 // the upgrade's too.
                 shutdown.spawn(transport::run(conn, registry, conn_limits, stream, leftover, slot));
             }
-            Err(_) => tracing::error!("upgraded connection is not a TCP stream"),
+            Err(_) => {
+                conn.on_end(Some(Ending::Gone));
+                tracing::error!("upgraded connection is not a TCP stream");
+            }
         }
     });
     Response::builder()

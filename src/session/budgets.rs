@@ -66,7 +66,8 @@ impl Budgets {
             _ if rate.is_none() => return Arc::new(Mutex::new(CallBudget::new(None))),
             Kind::Anonymous | Kind::Admin => Whose::Address(address_key(remote)),
             Kind::StaticKey => Whose::Static(principal.subject.clone()),
-            Kind::Jwt => Whose::Jwt(principal.subject.clone()),
+            // A user the backend names is charged like a JWT's subject: one budget per user.
+            Kind::Jwt | Kind::Backend => Whose::Jwt(principal.subject.clone()),
         };
         let now = Instant::now();
         let mut t = self.table.lock();

@@ -2,16 +2,22 @@
 //! for every front door. It checks rights (and the token's expiry) and the per-connection cap,
 //! makes the subscription in two phases on the hub, ends subscriptions by id, by channel, when
 //! the token expires and when the connection ends, and tells lifecycle hooks about each start
-//! and end, with the reason.
+//! and end, with the reason, and about each WebSocket connection's start and end: every door
+//! calls [`Subscriptions::connected`] from `Door::connect` and [`Subscriptions::disconnected`]
+//! from `Conn::on_end`. On a namespace with `subscribe_proxy`, it also asks the
+//! application's backend ([`Subscriptions::ask_backend`]) before every subscribe and history
+//! read, after its own rights check, so the backend is never asked about what rpchub refuses.
 
 use super::share::{AddressShare, ShareHold};
 use super::{Live, Session};
 use crate::auth::{Action, authorize};
+use crate::backend::{Backend, BackendError};
 use crate::broker::StreamPosition;
 use crate::broker::memory::now_ms;
 use crate::config::{Access, Config};
 use crate::hub::{Hub, HubError, Pending, Sink, SubId, reason};
 use crate::metrics::SlotRefusal;
+use crate::transport::Ending;
 use std::sync::Arc;
 
 /// Why a subscription could not be made.
@@ -37,6 +43,9 @@ pub enum SubscribeError {
     /// The hub refused or failed.
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// The backend refused (`subscribe_proxy`), or gave no usable answer.
+    #[error(transparent)]
+    Backend(BackendError),
 }
 
 /// Why a subscription ended, as hooks are told.
@@ -64,9 +73,21 @@ impl EndReason {
     }
 }
 
-/// A subscription starting or ending.
+/// A connection or a subscription starting or ending.
 #[derive(Debug)]
 pub enum Lifecycle<'a> {
+    /// A WebSocket connection opened (of any door).
+    Connected {
+        /// Its session.
+        session: &'a Session,
+    },
+    /// A WebSocket connection ended; its subscriptions' ends were told first.
+    Disconnected {
+        /// Its session.
+        session: &'a Session,
+        /// How it ended, as its outbox says (`None`: the client left before any ending).
+        ending: Option<Ending>,
+    },
     /// A subscription went live.
     Subscribed {
         /// Whose.
@@ -85,8 +106,8 @@ pub enum Lifecycle<'a> {
     },
 }
 
-/// Told of every subscription's start and end. Called inline: an implementation queues and
-/// returns, it never waits.
+/// Told of every connection's and subscription's start and end. Called inline, on the
+/// connection's own path: an implementation queues and returns, it never waits.
 pub trait LifecycleHook: Send + Sync + 'static {
     /// One event.
     fn event(&self, e: &Lifecycle<'_>);
@@ -96,6 +117,9 @@ pub trait LifecycleHook: Send + Sync + 'static {
 pub struct Subscriptions {
     hub: Arc<Hub>,
     config: Arc<Config>,
+    /// The application's backend, asked on namespaces with `subscribe_proxy` (the config's
+    /// validation makes sure there is one when a namespace asks for it).
+    backend: Option<Arc<Backend>>,
     hooks: Vec<Arc<dyn LifecycleHook>>,
     /// What anonymous sessions of each address hold of the node's channels.
     share: Arc<AddressShare>,
@@ -108,11 +132,17 @@ impl std::fmt::Debug for Subscriptions {
 }
 
 impl Subscriptions {
-    /// The service over `hub`, telling `hooks` of each start and end.
-    pub fn new(hub: Arc<Hub>, config: Arc<Config>, hooks: Vec<Arc<dyn LifecycleHook>>) -> Subscriptions {
+    /// The service over `hub`, telling `hooks` of each start and end, asking `backend` on
+    /// namespaces with `subscribe_proxy`.
+    pub fn new(
+        hub: Arc<Hub>,
+        config: Arc<Config>,
+        backend: Option<Arc<Backend>>,
+        hooks: Vec<Arc<dyn LifecycleHook>>,
+    ) -> Subscriptions {
         let share =
             Arc::new(AddressShare::new(config.limits.max_channels, config.limits.anonymous_channel_share));
-        Subscriptions { hub, config, hooks, share }
+        Subscriptions { hub, config, backend, hooks, share }
     }
 
     /// The hub underneath.
@@ -141,10 +171,26 @@ impl Subscriptions {
         authorize(&p, ns, action, channel)
     }
 
+    /// Asks the backend whether `session` may subscribe to (or read the history of) `channel`,
+    /// when the channel's namespace has `subscribe_proxy`; `Ok` at once otherwise. Called after
+    /// [`Subscriptions::allow`]: what rpchub refuses, the backend is not asked about.
+    pub async fn ask_backend(&self, session: &Session, channel: &str) -> Result<(), BackendError> {
+        if !self.config.namespace_of(channel).subscribe_proxy {
+            return Ok(());
+        }
+        let Some(backend) = &self.backend else {
+            // Validation refuses `subscribe_proxy` without a backend; refuse rather than allow.
+            return Err(BackendError::Unavailable("subscribe_proxy is on but no backend.url is set".into()));
+        };
+        // A subscribe allows or refuses: data in an answer has nothing to replace.
+        backend.check("subscribe", session, channel, None).await.map(drop)
+    }
+
     /// Phase one of a subscribe for `session`: rights, the cap (a place is reserved until the
     /// subscription goes live or is dropped), for an anonymous session a place in its address's
-    /// share of the channels (kept with the subscription), the history read. Holds nothing of
-    /// the session's other subscriptions while it waits.
+    /// share of the channels (kept with the subscription), the backend's verdict where the
+    /// namespace asks for it, the history read. Holds nothing of the session's other
+    /// subscriptions while it waits.
     pub async fn prepare(
         self: &Arc<Self>,
         session: &Arc<Session>,
@@ -178,6 +224,9 @@ impl Subscriptions {
                 }
             },
         };
+        // Last of the checks, so the backend is not asked about a subscribe that would fail
+        // anyway; the place stays reserved while it answers.
+        self.ask_backend(session, channel).await.map_err(SubscribeError::Backend)?;
         let inner = self.hub.prepare(channel, since, limit).await?;
         Ok(PendingSubscription { service: self.clone(), inner, reservation, share })
     }
@@ -243,6 +292,19 @@ impl Subscriptions {
             }
             self.emit(Lifecycle::Unsubscribed { session, channel: &channel, reason: why });
         }
+    }
+
+    /// A WebSocket connection of `session` opened: hooks are told. Every door calls it from
+    /// `Door::connect`, once per session.
+    pub fn connected(&self, session: &Session) {
+        self.emit(Lifecycle::Connected { session });
+    }
+
+    /// The WebSocket connection of `session` ended, as `ending` says: its subscriptions end
+    /// ([`Subscriptions::end`]), then hooks are told. Every door calls it from `Conn::on_end`.
+    pub fn disconnected(&self, session: &Session, ending: Option<Ending>) {
+        self.end(session);
+        self.emit(Lifecycle::Disconnected { session, ending });
     }
 
     /// The connection ended: every subscription ends (reported as `disconnect`).
@@ -350,6 +412,8 @@ mod tests {
     impl LifecycleHook for Recorder {
         fn event(&self, e: &Lifecycle<'_>) {
             self.0.lock().push(match e {
+                Lifecycle::Connected { session } => format!("open {}", session.id),
+                Lifecycle::Disconnected { session, ending } => format!("close {} {ending:?}", session.id),
                 Lifecycle::Subscribed { session, channel } => format!("+{} {channel}", session.id),
                 Lifecycle::Unsubscribed { session, channel, reason } => {
                     format!("-{} {channel} {}", session.id, reason.as_str())
@@ -362,7 +426,7 @@ mod tests {
         let config = Arc::new(config);
         let hub = Hub::new(config.clone(), MemoryBroker::start(1000), Arc::new(Metrics::new()));
         let rec = Arc::new(Recorder::default());
-        (Arc::new(Subscriptions::new(hub, config, vec![rec.clone()])), rec)
+        (Arc::new(Subscriptions::new(hub, config, None, vec![rec.clone()])), rec)
     }
 
     fn session(id: u64, principal: Principal) -> Arc<Session> {
@@ -399,7 +463,7 @@ mod tests {
         assert!(!svc.unsubscribe(&s, a), "only once");
         assert_eq!(svc.unsubscribe_channel(&s, "n:b"), 2, "both subscriptions to n:b");
         assert_eq!(s.subscription_count(), 1);
-        svc.end(&s);
+        svc.disconnected(&s, Some(Ending::Gone));
         assert_eq!(s.subscription_count(), 0);
         assert!(svc.hub().channels("").is_empty(), "every channel let go");
         assert_eq!(
@@ -412,7 +476,8 @@ mod tests {
                 "-1 n:a client",
                 "-1 n:b client",
                 "-1 n:b client",
-                "-1 n:c disconnect"
+                "-1 n:c disconnect",
+                "close 1 Some(Gone)"
             ]
         );
     }

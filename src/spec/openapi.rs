@@ -210,25 +210,49 @@ fn document_op(id: &str, summary: &str, description: &str, version_key: &str) ->
 
 /// `GET /ws/rpc`.
 fn ws_rpc() -> Value {
-    ws_upgrade(
+    connect_proxied(ws_upgrade(
         "websocket",
         "json-rpc",
         "JSON-RPC 2.0 over WebSocket",
         "An RFC 6455 upgrade. Once upgraded, every method and subscriptions: the messages are \
             described by the OpenRPC document (`GET /openrpc.json`).",
-    )
+    ))
 }
 
 /// `GET /ws`.
 fn ws_compat() -> Value {
-    ws_upgrade(
+    connect_proxied(ws_upgrade(
         "websocketCompat",
         "compat",
         "The dialects of clients written for other servers, over WebSocket",
         "An RFC 6455 upgrade. Once upgraded, the first message fixes the dialect: `{type,data}` \
             messages (a first message with `type`) or the Hyperliquid style (a first message with \
             `method` and no `jsonrpc`), on the same channels as `/ws/rpc` (docs/protocol.md 8.9).",
-    )
+    ))
+}
+
+/// An upgrade route whose token check may ask the application's backend who connects
+/// (`backend.connect_proxy`): its 401 and 503.
+fn connect_proxied(mut op: Value) -> Value {
+    let description = op["description"].as_str().expect("an operation's description; qed").to_string();
+    op["description"] = json!(format!(
+        "{description} With `backend.connect_proxy`, when rpchub does not accept the token (none, or \
+            one it does not know), the application's backend says who connects: its refusal is 401 with \
+            its message, no usable answer from it 503."
+    ));
+    op["responses"]["401"] = json!({
+        "description": "a token is present but invalid, expired or not yet valid, or a malformed \
+            `Authorization` header; with `backend.connect_proxy`, the backend refused the connection \
+            (its message)",
+        "content": json_content(r("ErrorBody")),
+    });
+    op["responses"]["503"] = json!({
+        "description": "with `backend.connect_proxy`: the application's backend gave no usable answer \
+            within `backend.timeout`",
+        "headers": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
+        "content": json_content(r("ErrorBody")),
+    });
+    op
 }
 
 /// The `instance` path parameter.

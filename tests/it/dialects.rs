@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The venv's python, or why there is none (a failure under CI, else a skip).
+/// The venv's python, or why there is none (a failure under CI, else a skip). The web3.py test
+/// of `upstream.rs` runs in it too.
 pub(crate) fn python() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join("target/dialects-venv/bin/python");

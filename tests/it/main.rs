@@ -4,6 +4,7 @@
 
 mod support;
 
+mod backend_checks;
 mod backpressure;
 mod bench;
 mod broker_contract;
@@ -16,6 +17,7 @@ mod compat;
 mod dialects;
 mod follow;
 mod hardening;
+mod hooks;
 mod instances;
 mod jsonrpc;
 mod limits;
@@ -26,3 +28,4 @@ mod security;
 mod server;
 mod slots;
 mod spec;
+mod upstream;

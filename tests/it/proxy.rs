@@ -506,3 +506,55 @@ async fn lines_flow_while_other_clients_are_served() {
     assert!(counts.iter().all(|&n| n == 6), "{counts:?}");
     node.shutdown();
 }
+
+#[tokio::test]
+async fn a_batch_answers_first_and_its_streams_follow_and_post_cannot_stream() {
+    let (url, _seen) = backend().await;
+    let node = start(with_backend(&url)).await;
+    let mut w = ws(node.addr, None).await;
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"a": 1}},
+        {"jsonrpc": "2.0", "id": 2, "method": "words", "params": {}},
+        {"jsonrpc": "2.0", "id": 3, "method": "ping"},
+    ]);
+    send(&mut w, batch).await;
+    let answers = recv(&mut w).await;
+    let answers = answers.as_array().unwrap_or_else(|| panic!("the batch's answer comes first: {answers}"));
+    assert_eq!(answers.len(), 3);
+    assert_eq!(answers[0]["result"]["params"], json!({"a": 1}));
+    let stream = answers[1]["result"]["stream"].as_str().unwrap().to_string();
+    assert_eq!(answers[2]["result"], "pong");
+    assert_eq!(stream_lines(&mut w, &stream).await.len(), 6);
+
+    // A Hyperliquid post cannot deliver a stream: it answers an error naming /ws/rpc.
+    let mut h = try_ws(node.addr, "/ws", None, &[]).await.unwrap();
+    send(&mut h, json!({"method": "post", "id": 9, "request": {"type": "words", "payload": {}}})).await;
+    let p = recv(&mut h).await;
+    assert_eq!(p["data"]["response"]["type"], "error", "{p}");
+    assert!(p["data"]["response"]["payload"].as_str().unwrap().contains("/ws/rpc"), "{p}");
+    node.shutdown();
+}
+
+#[tokio::test]
+async fn the_typed_client_follows_a_streamed_reply_and_cancels_one() {
+    use rpchub::client::{self, StreamApiClient};
+    let (url, seen) = backend().await;
+    let node = start(with_backend(&url)).await;
+    let c = client::connect(&format!("ws://{}/ws/rpc", node.addr), None).await.unwrap();
+    let mut params = jsonrpsee::core::params::ObjectParams::new();
+    params.insert("message", "?").unwrap();
+    let mut lines = client::call_streamed(&c, "words", params).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(line) = lines.next().await {
+        got.push(line.unwrap());
+    }
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(got[0]["data"]["content"], "The");
+    assert_eq!(got[5], json!({"type": "end"}));
+    drop(lines);
+    let mut forever = client::call_streamed(&c, "forever", jsonrpsee::rpc_params![]).await.unwrap();
+    assert_eq!(forever.next().await.unwrap().unwrap(), json!({"tick": 0}));
+    assert!(c.stream_cancel(forever.id().to_string()).await.unwrap());
+    cancelled(&seen, 1).await;
+    node.shutdown();
+}

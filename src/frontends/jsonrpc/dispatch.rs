@@ -22,10 +22,20 @@
 //! is bigger is answered -32007 instead, saying both sizes; once a batch's answer is full, the
 //! requests left in it are not executed and are answered -32007 (notifications left are
 //! dropped). So a small message can never make the node write a big one.
+//!
+//! A method neither the table nor the backend serves may be the upstream node's
+//! ([`Upstream::forwards`]): a
+//! single call is forwarded on its own; a batch's forwarded calls go up together as one batch,
+//! sent before its other calls run here and awaited alongside them, and every answer takes its
+//! place in the batch's answer in request order. Each forwarded call is charged against the rate
+//! limit like any other, and its answer is fitted into `limits.max_response_bytes` like any
+//! other (forwarded calls are sent before the batch's answer is known to be full, so they are
+//! always executed).
 
-use crate::backend::Backend;
 use crate::backend::proxy::{Reply, Stream, Takes};
-use crate::metrics::Metrics;
+use crate::backend::upstream::{Failure, Relayed, UpCall, Upstream};
+use crate::backend::{Backend, BackendError};
+use crate::metrics::{MethodCounters, Metrics};
 use crate::rpc::error::{self, standard};
 use crate::rpc::{CallCtx, ORDERED_METHODS, RpcError};
 use crate::session::{PendingSubscription, Session, Verdict};
@@ -162,6 +172,18 @@ pub struct Dispatcher {
     max_response: usize,
     /// The application's backend, whose `backend.methods` are proxied.
     backend: Option<Arc<Backend>>,
+    /// The upstream node, where the methods neither the table nor the backend serve may go.
+    upstream: Option<Arc<Upstream>>,
+}
+
+/// Where the answer to one entry of a batch comes from.
+enum Entry<'a> {
+    /// A call run here (or an invalid one, answered here), or proxied to the backend.
+    Local(&'a str),
+    /// A call forwarded to the upstream node: its place among the batch's forwarded calls.
+    Up(usize),
+    /// Answered already (refused by the rate limit), or not to be answered.
+    Done(Option<String>),
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -172,14 +194,15 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher over `methods` whose answers are at most `max_response` bytes, proxying
-    /// the methods `backend` serves.
+    /// the methods `backend` serves and forwarding to `upstream` the methods it serves.
     pub fn new(
         methods: Methods,
         metrics: Arc<Metrics>,
         max_response: usize,
         backend: Option<Arc<Backend>>,
+        upstream: Option<Arc<Upstream>>,
     ) -> Dispatcher {
-        Dispatcher { methods, metrics, max_response, backend }
+        Dispatcher { methods, metrics, max_response, backend, upstream }
     }
 
     /// The method names served, sorted.
@@ -203,18 +226,59 @@ impl Dispatcher {
                 answer.json = Some(error_json(Id::Null, invalid_request("empty batch")));
                 return answer;
             }
+            let (slots, up_calls) = self.route_batch(session, &entries, &mut answer);
+            let local = async {
+                // The length the batch's answer would have with the local answers alone.
+                let mut used = 1;
+                let mut done = Vec::new();
+                for slot in &slots {
+                    let Entry::Local(text) = slot else { continue };
+                    let json = if used >= self.max_response {
+                        // Full: what is left is not executed.
+                        self.metrics.responses_too_big.inc();
+                        serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id).map(|id| {
+                            error_json(id, self.too_big("the batch's answer reached it before this call ran"))
+                        })
+                    } else {
+                        self.call(session, lane, text, true, &mut answer)
+                            .await
+                            .map(|json| self.fitted(json, used + 1))
+                    };
+                    if let Some(json) = &json {
+                        used += json.len() + usize::from(used > 1);
+                    }
+                    done.push(json);
+                }
+                done
+            };
+            let (done, forwarded) = match &self.upstream {
+                Some(up) if !up_calls.is_empty() => tokio::join!(local, up.batch(&up_calls)),
+                _ => (local.await, Vec::new()),
+            };
+            let mut done = done.into_iter();
+            let mut forwarded = forwarded.into_iter();
             let mut out = String::from("[");
-            for e in entries {
-                let json = if out.len() >= self.max_response {
-                    // Full: what is left is not executed.
-                    self.metrics.responses_too_big.inc();
-                    serde_json::from_str::<IdOnly>(e.get()).ok().and_then(|i| i.id).map(|id| {
-                        error_json(id, self.too_big("the batch's answer reached it before this call ran"))
-                    })
-                } else {
-                    self.call(session, lane, e.get(), true, &mut answer)
-                        .await
-                        .map(|json| self.fitted(json, out.len() + 1))
+            // Once an upstream answer is in, the local ones after it are fitted again.
+            let mut refit = false;
+            for slot in slots {
+                let json = match slot {
+                    Entry::Local(_) => done
+                        .next()
+                        .flatten()
+                        .map(|json| if refit { self.fitted(json, out.len() + 1) } else { json }),
+                    Entry::Up(i) => {
+                        refit = true;
+                        let call = &up_calls[i];
+                        forwarded.next().flatten().map(|relayed| {
+                            let json = self.relayed(
+                                relayed,
+                                call.id.clone().unwrap_or(Id::Null),
+                                self.metrics.method(&call.method),
+                            );
+                            self.fitted(json, out.len() + 1)
+                        })
+                    }
+                    Entry::Done(json) => json,
                 };
                 if let Some(json) = json {
                     if out.len() > 1 {
@@ -249,6 +313,81 @@ impl Dispatcher {
         error_json(id, self.too_big(&why))
     }
 
+    /// Which entries of a batch go to the upstream node, each charged against the rate limit
+    /// here (the others are charged when they run): the batch's slots in order, and the calls
+    /// to forward.
+    fn route_batch<'a>(
+        &self,
+        session: &Session,
+        entries: &[&'a RawValue],
+        answer: &mut Answer,
+    ) -> (Vec<Entry<'a>>, Vec<UpCall<'a>>) {
+        let mut up_calls = Vec::new();
+        let Some(up) = &self.upstream else {
+            return (entries.iter().map(|e| Entry::Local(e.get())).collect(), up_calls);
+        };
+        let slots = entries
+            .iter()
+            .map(|e| {
+                let text = e.get();
+                let Ok(call) = serde_json::from_str::<Call>(text) else { return Entry::Local(text) };
+                if !params_ok(call.params)
+                    || self.methods.method_with_name(&call.method).is_some()
+                    || !up.forwards(&call.method)
+                {
+                    return Entry::Local(text);
+                }
+                if let Some(refused) = self.charge(session, text, answer) {
+                    return Entry::Done(refused);
+                }
+                up_calls.push(UpCall { method: call.method, params: call.params, id: call.id });
+                Entry::Up(up_calls.len() - 1)
+            })
+            .collect();
+        (slots, up_calls)
+    }
+
+    /// Charges one message against the session's call rate: `None` when allowed, else the
+    /// refusal to answer (`Some(None)` when the message has no id to answer).
+    fn charge(&self, session: &Session, text: &str, answer: &mut Answer) -> Option<Option<String>> {
+        match session.charge_call() {
+            Verdict::Allow => None,
+            verdict => {
+                answer.flood |= verdict == Verdict::Flood;
+                self.metrics.rate_limited.inc();
+                // Only the id of a refused call is read: refusing must cost less than serving.
+                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id);
+                Some(id.map(|id| {
+                    let err: ErrorObjectOwned = RpcError::RateLimited(
+                        "too many calls on this connection; slow down (see limits.calls_per_second)".into(),
+                    )
+                    .into();
+                    error_json(id, err)
+                }))
+            }
+        }
+    }
+
+    /// The answer to a forwarded call, counted in its method's counters: the node's, or the
+    /// error in its place.
+    fn relayed(&self, relayed: Relayed, id: Id<'_>, counters: &MethodCounters) -> String {
+        match relayed {
+            Ok(r) => {
+                if r.refused { &counters.error } else { &counters.ok }.inc();
+                r.json
+            }
+            Err(Failure::Unavailable(why)) => {
+                counters.error.inc();
+                error_json(id, error::backend(&BackendError::Unavailable(why)))
+            }
+            Err(Failure::TooBig(max)) => {
+                counters.error.inc();
+                self.metrics.responses_too_big.inc();
+                error_json(id, self.too_big(&format!("the upstream node's answer is over {max} bytes")))
+            }
+        }
+    }
+
     /// -32007 for an answer over the limit.
     fn too_big(&self, why: &str) -> ErrorObjectOwned {
         error::too_big(
@@ -271,28 +410,15 @@ impl Dispatcher {
         answer: &mut Answer,
     ) -> Option<String> {
         // Every message is charged, valid or not: a flood of garbage costs its sender the same.
-        match session.charge_call() {
-            Verdict::Allow => {}
-            verdict => {
-                answer.flood |= verdict == Verdict::Flood;
-                self.metrics.rate_limited.inc();
-                // Only the id of a refused call is read: refusing must cost less than serving.
-                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id)?;
-                let err: ErrorObjectOwned = RpcError::RateLimited(
-                    "too many calls on this connection; slow down (see limits.calls_per_second)".into(),
-                )
-                .into();
-                return Some(error_json(id, err));
-            }
+        if let Some(refused) = self.charge(session, text, answer) {
+            return refused;
         }
         let call = match serde_json::from_str::<Call>(text) {
             Ok(c) => c,
             Err(e) => return Some(self.invalid(text, in_batch, &e)),
         };
         let id = call.id.clone();
-        if let Some(p) = call.params
-            && !matches!(p.get().as_bytes().first(), Some(b'[' | b'{'))
-        {
+        if !params_ok(call.params) {
             let err = invalid_request("params must be an array or an object");
             return Some(error_json(id.unwrap_or(Id::Null), err));
         }
@@ -300,6 +426,14 @@ impl Dispatcher {
         let Some((name, callback)) = self.methods.method_with_name(&call.method) else {
             if let Some(backend) = self.backend.as_ref().filter(|b| b.proxies(&call.method)) {
                 return self.proxy(backend, session, lane, &call, answer).await;
+            }
+            if let Some(up) = &self.upstream
+                && up.forwards(&call.method)
+            {
+                let relayed = up
+                    .call(UpCall { method: Cow::Borrowed(&call.method), params: call.params, id: id.clone() })
+                    .await?;
+                return Some(self.relayed(relayed, id.unwrap_or(Id::Null), counters));
             }
             counters.error.inc();
             return id.map(|id| error_json(id, standard(error::METHOD_NOT_FOUND)));
@@ -388,6 +522,11 @@ impl Dispatcher {
         let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id).unwrap_or(Id::Null);
         error_json(id, invalid_request(&why.to_string()))
     }
+}
+
+/// Params, when given, are an array or an object.
+fn params_ok(params: Option<&RawValue>) -> bool {
+    params.is_none_or(|p| matches!(p.get().as_bytes().first(), Some(b'[' | b'{')))
 }
 
 fn invalid_request(why: &str) -> ErrorObjectOwned {

@@ -66,6 +66,7 @@ impl Door for JsonRpc {
     fn connect(&self, session: Arc<Session>) -> Arc<dyn Conn> {
         let door = self.me.upgrade().expect("a door in use is alive; qed");
         self.metrics.connection_opened(DOOR);
+        self.subscriptions.connected(&session);
         Arc::new_cyclic(|me| WsConn { door, session, lane: Lane::default(), me: me.clone() })
     }
 }
@@ -131,6 +132,6 @@ impl Conn for WsConn {
     fn on_end(&self, ending: Option<Ending>) {
         self.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
         self.session.calls.cancel_all();
-        self.door.subscriptions.end(&self.session);
+        self.door.subscriptions.disconnected(&self.session, ending);
     }
 }

@@ -84,6 +84,7 @@ impl Door for Compat {
     fn connect(&self, session: Arc<Session>) -> Arc<dyn Conn> {
         let door = self.me.upgrade().expect("a door in use is alive; qed");
         self.metrics.connection_opened(DOOR);
+        self.subscriptions.connected(&session);
         Arc::new_cyclic(|me| CompatConn {
             door,
             session,
@@ -415,17 +416,22 @@ impl CompatConn {
         if subscribed {
             return Err(("subscription_failed", format!("already subscribed to {}", d.channel)));
         }
-        let pending =
-            self.door.subscriptions.prepare(&self.session, &d.channel, d.since, d.limit).await.map_err(
-                |e| {
-                    let code = match &e {
-                        SubscribeError::Unauthorized(_) => "unauthorized",
-                        SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
-                        _ => "subscription_failed",
-                    };
-                    (code, e.to_string())
-                },
-            )?;
+        let pending = self
+            .door
+            .subscriptions
+            .prepare(&self.session, &d.channel, d.since, d.limit)
+            .await
+            .map_err(|e| {
+                let code = match &e {
+                    SubscribeError::Unauthorized(_)
+                    | SubscribeError::Backend(crate::backend::BackendError::Refused { .. }) => "unauthorized",
+                    // The dialect has no code of its own for the backend being away.
+                    SubscribeError::Backend(crate::backend::BackendError::Unavailable(_)) => "internal_error",
+                    SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
+                    _ => "subscription_failed",
+                };
+                (code, e.to_string())
+            })?;
         let splice = Splice::new(&[]).expect("an empty splice fits; qed");
         let sink = Sink::new(self.outbox().clone(), encoding, splice);
         let (h, n) = frame::header_bytes(frame::OP_TEXT, answer.len());
@@ -485,7 +491,7 @@ impl Conn for CompatConn {
     fn on_end(&self, ending: Option<Ending>) {
         self.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
         self.session.calls.cancel_all();
-        self.door.subscriptions.end(&self.session);
+        self.door.subscriptions.disconnected(&self.session, ending);
     }
 }
 
