@@ -158,8 +158,7 @@ pub async fn start_with(
     let hub = Hub::new(config.clone(), broker, metrics.clone());
     let hooks = backend.as_ref().and_then(Hooks::start);
     let lifecycle = hooks.iter().map(|h| h.clone() as Arc<dyn LifecycleHook>).collect();
-    let subscriptions =
-        Arc::new(Subscriptions::new(hub.clone(), config.clone(), backend.clone(), lifecycle));
+    let subscriptions = Arc::new(Subscriptions::new(hub.clone(), config.clone(), backend.clone(), lifecycle));
     let auth = Arc::new(Authenticator::new(&config).map_err(StartError::Config)?);
     let state = Arc::new(NodeState {
         config: config.clone(),

@@ -6,8 +6,8 @@ web3.py 7 sends any request with `w3.socket.make_request`, but it takes only `et
 notifications for subscriptions (it rejects any other message without an id), so the provider
 below is web3.py's WebSocketProvider with one override: `socket_recv` hands rpchub's
 notifications (method `subscription`) to a queue of their own, and everything else to web3.py.
-It sends text frames (`use_text_frames=True`): web3.py sends binary ones by default, which this
-version of rpchub's transport still refuses (close 1003).
+It runs with web3.py's defaults otherwise: its requests go out as binary frames, which rpchub takes
+as text when they are UTF-8 JSON.
 
 Usage: web3_upstream.py WS_URL ADDRESS CHANNEL. Prints {"ready": true, ...} once subscribed, then
 waits for one publication and prints what it read as one JSON line.
@@ -37,7 +37,7 @@ class RpchubProvider(WebSocketProvider):
 
 
 async def main(url: str, address: str, channel: str) -> None:
-    provider = RpchubProvider(url, use_text_frames=True)
+    provider = RpchubProvider(url)
     async with AsyncWeb3(provider) as w3:
         address = AsyncWeb3.to_checksum_address(address)
         block = await w3.eth.block_number

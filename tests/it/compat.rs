@@ -106,8 +106,11 @@ async fn bad_input_gets_errors_in_the_dialect_and_subscribes_nothing() {
     assert_eq!(recv(&mut w).await["type"], "snapshot");
     send(&mut w, json!({"type": "subscribe", "data": {"channel": ch}})).await;
     assert_eq!(error_code(&recv(&mut w).await), "subscription_failed", "one subscription per channel");
-    // A binary frame fails the connection as on /ws/rpc, and so does an oversized message.
-    w.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    // A binary message is taken as text when it is UTF-8 (answered in text); one that is not
+    // fails the connection as on /ws/rpc, and so does an oversized message.
+    w.send(Message::Binary(br#"{"type":"ping"}"#.to_vec().into())).await.unwrap();
+    assert_eq!(recv(&mut w).await, json!({"type": "pong"}));
+    w.send(Message::Binary(vec![0xff, 0xfe].into())).await.unwrap();
     assert_eq!(closed(&mut w).await, Some(1003));
     let mut big = compat(addr, None).await;
     let padding = "x".repeat(5000);

@@ -220,7 +220,7 @@ async fn every_door_tells_connects_subscriptions_and_disconnects_with_their_reas
     drop(e);
     // F: sends a binary frame, which the server does not take.
     let mut f = raw::connect(addr).await;
-    tokio::io::AsyncWriteExt::write_all(&mut f, &raw::frame(0x82, b"bytes")).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut f, &raw::frame(0x82, &[0xff, 0xfe])).await.unwrap();
     assert_eq!(raw::close_code(&mut f).await, Some(1003));
     drop(f);
 

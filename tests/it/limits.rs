@@ -104,7 +104,7 @@ async fn rfc6455_violations_fail_the_connection_with_the_rfc_codes() {
         ("unknown opcode", raw::frame(0x83, b"{}"), 1002),
         ("fragmented ping", raw::frame(0x09, b""), 1002),
         ("continuation first", raw::frame(0x80, b"{}"), 1002),
-        ("binary message", raw::frame(0x82, b"{}"), 1003),
+        ("binary message not UTF-8", raw::frame(0x82, &[0xc3, 0x28]), 1003),
         ("text not UTF-8", raw::frame(0x81, &[0xc3, 0x28]), 1007),
         ("close code 1005", raw::frame(0x88, &1005u16.to_be_bytes()), 1002),
     ];

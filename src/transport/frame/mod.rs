@@ -239,6 +239,8 @@ pub enum Event<'a> {
 pub struct Reassembly {
     partial: Vec<u8>,
     active: bool,
+    /// The message in progress came as binary.
+    binary: bool,
 }
 
 impl Reassembly {
@@ -260,13 +262,14 @@ impl Reassembly {
                 if self.active {
                     return Err(fail(code::PROTOCOL_ERROR, "new message before the previous one ended"));
                 }
-                if h.opcode == OP_BINARY {
-                    return Err(fail(code::UNSUPPORTED_DATA, "binary messages are not accepted; send text"));
-                }
+                // A binary message that is UTF-8 is taken as text (web3.py and `websocat -b` send
+                // JSON as binary); the answers are text.
+                let binary = h.opcode == OP_BINARY;
                 if h.fin {
-                    return text(payload);
+                    return message(payload, binary);
                 }
                 self.active = true;
+                self.binary = binary;
                 self.partial.extend_from_slice(payload);
                 Ok(Event::Partial)
             }
@@ -283,7 +286,7 @@ impl Reassembly {
                 }
                 self.active = false;
                 // Hand the message out; the buffer is released by `finish` after use.
-                text(&self.partial)
+                message(&self.partial, self.binary)
             }
             OP_CLOSE => check_close_payload(payload).map(Event::Close),
             OP_PING => Ok(Event::Ping(payload)),
@@ -300,9 +303,14 @@ impl Reassembly {
     }
 }
 
-fn text(payload: &[u8]) -> Result<Event<'_>, Failure> {
+/// A whole message: text, or binary whose payload is UTF-8 (taken as text). A text message that
+/// is not UTF-8 breaks RFC 6455 (1007); a binary one is data the server does not take (1003).
+fn message(payload: &[u8], binary: bool) -> Result<Event<'_>, Failure> {
     match std::str::from_utf8(payload) {
         Ok(s) => Ok(Event::Text(s)),
+        Err(_) if binary => {
+            Err(fail(code::UNSUPPORTED_DATA, "binary messages are accepted only as UTF-8 JSON; send text"))
+        }
         Err(_) => Err(fail(code::INVALID_PAYLOAD, "text message is not UTF-8")),
     }
 }

@@ -87,11 +87,18 @@ fn fragments_count_toward_the_message_limit() {
 }
 
 #[test]
-fn text_must_be_utf8_and_binary_is_refused() {
+fn text_must_be_utf8_and_binary_is_taken_as_text_only_when_it_is() {
     let mut r = Reassembly::default();
-    let h = |opcode| Header { fin: true, opcode, mask: [0; 4], len: 2, header_len: 6 };
-    assert_eq!(r.frame(&h(OP_TEXT), &[0xc3, 0x28], 100).unwrap_err().code, 1007);
-    assert_eq!(r.frame(&h(OP_BINARY), b"{}", 100).unwrap_err().code, 1003);
+    let h = |opcode, fin| Header { fin, opcode, mask: [0; 4], len: 2, header_len: 6 };
+    assert_eq!(r.frame(&h(OP_TEXT, true), &[0xc3, 0x28], 100).unwrap_err().code, 1007);
+    assert_eq!(r.frame(&h(OP_BINARY, true), &[0xc3, 0x28], 100).unwrap_err().code, 1003);
+    assert!(matches!(r.frame(&h(OP_BINARY, true), b"{}", 100), Ok(Event::Text("{}"))));
+    // Fragmented: the first frame's opcode decides.
+    assert!(matches!(r.frame(&h(OP_BINARY, false), b"[1", 100), Ok(Event::Partial)));
+    assert!(matches!(r.frame(&h(OP_CONT, true), b"]", 100), Ok(Event::Text("[1]"))));
+    r.finish();
+    assert!(matches!(r.frame(&h(OP_BINARY, false), &[0xc3], 100), Ok(Event::Partial)));
+    assert_eq!(r.frame(&h(OP_CONT, true), &[0x28], 100).unwrap_err().code, 1003);
 }
 
 #[test]
