@@ -11,6 +11,7 @@ mod broker_contract;
 mod browser;
 mod channel_slots;
 mod channels;
+mod chat_example;
 mod clients;
 mod compat;
 mod dialects;

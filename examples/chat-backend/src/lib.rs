@@ -1,0 +1,192 @@
+//! An example backend for rpchub: an AI chat whose "model" streams its answer word by word.
+//!
+//! rpchub keeps the clients' sockets; this backend keeps the application. rpchub POSTs each
+//! call of a proxied method to `{backend.url}/rpc/{method}` with
+//! `{"method","params","client":{"id","user"?,"remote"}}` (see rpchub's docs/backend.md). Two
+//! methods are served, both with params `{"message","sessionId"}` (or `[message, sessionId]`):
+//! - `chat` answers `application/x-ndjson`: one line per word, `{"type":"content","data":
+//!   {"content":WORD,"done":false}}`, a pause ([`Config::pause`]) between lines, a
+//!   `{"type":"tool","data":{"name","input","output"}}` line in the middle, and a last
+//!   `{"type":"content","data":{"content":"","done":true}}`. rpchub relays each line to the
+//!   client that called as it comes (on `/ws`, as it is written here).
+//! - `chat_publish` answers `{"result":{"channel":"conversation:SESSION","accepted":true}}` at
+//!   once, then publishes the same lines to that channel through rpchub's `POST /api/publish`,
+//!   each as `{"channel","event":LINE_TYPE,"data":LINE_DATA}`: every tab subscribed to the
+//!   conversation sees the answer, and a tab that reconnects mid-answer recovers what it missed
+//!   by subscribing with `since`.
+//!
+//! Missing or wrong params are `{"error":{"code":"invalid_params","message"}}`, an unknown
+//! method `{"error":{"code":"method_not_found","message"}}`.
+//!
+//! The answer is not a model's: [`answer`] derives it from the message, so that what a client
+//! prints can be checked.
+
+mod answer;
+mod publish;
+
+pub use answer::{answer, text};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The address the binary listens on by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+/// rpchub's base URL by default (its default listen address).
+pub const DEFAULT_RPCHUB: &str = "http://127.0.0.1:7410";
+/// The publisher key of the example's `rpchub.toml`, the binary's default: for the demo only.
+pub const DEMO_PUBLISH_TOKEN: &str = "chat-backend-demo-publish-key";
+/// The pause between two lines of an answer by default: slow enough to watch the words come.
+pub const DEFAULT_PAUSE: Duration = Duration::from_millis(60);
+/// The namespace of the conversation channels `chat_publish` publishes to.
+pub const NAMESPACE: &str = "conversation";
+/// The longest `sessionId` taken (a channel name is at most 255 bytes).
+pub const MAX_SESSION_ID: usize = 200;
+
+/// What the backend needs to know.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// rpchub's base URL, for `POST {rpchub}/api/publish`.
+    pub rpchub: String,
+    /// A token with publish rights on `conversation:*` (a static key of rpchub's config, or its
+    /// admin token), sent as `Authorization: Bearer`.
+    pub publish_token: String,
+    /// The pause between two lines of an answer.
+    pub pause: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rpchub: DEFAULT_RPCHUB.into(),
+            publish_token: DEMO_PUBLISH_TOKEN.into(),
+            pause: DEFAULT_PAUSE,
+        }
+    }
+}
+
+/// The state every request shares.
+#[derive(Debug)]
+struct App {
+    config: Config,
+    publisher: publish::Publisher,
+}
+
+/// The backend's routes: `POST /rpc/{method}` for `chat` and `chat_publish`.
+pub fn app(config: Config) -> Router {
+    let publisher = publish::Publisher::new(&config);
+    let state = Arc::new(App { config, publisher });
+    Router::new().route("/rpc/{method}", axum::routing::post(rpc)).with_state(state)
+}
+
+/// Serves [`app`] on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, config: Config) -> std::io::Result<()> {
+    axum::serve(listener, app(config)).await
+}
+
+/// One proxied call.
+async fn rpc(State(app): State<Arc<App>>, Path(method): Path<String>, body: Bytes) -> Response {
+    let call: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (message, session) = match method.as_str() {
+        "chat" | "chat_publish" => match params(&call["params"]) {
+            Ok(p) => p,
+            Err(m) => return error(StatusCode::OK, "invalid_params", &m),
+        },
+        _ => {
+            let m = format!("no method {method:?}: this backend serves chat and chat_publish");
+            return error(StatusCode::NOT_FOUND, "method_not_found", &m);
+        }
+    };
+    let lines = answer(&message);
+    if method == "chat" {
+        return stream(lines, app.config.pause);
+    }
+    let channel = format!("{NAMESPACE}:{session}");
+    app.publisher.publish_all(channel.clone(), lines);
+    axum::Json(json!({"result": {"channel": channel, "accepted": true}})).into_response()
+}
+
+/// The `message` and `sessionId` of `params`, by name or by position.
+fn params(params: &Value) -> Result<(String, String), String> {
+    let (message, session) = match params {
+        Value::Object(p) => (p.get("message"), p.get("sessionId")),
+        Value::Array(p) => (p.first(), p.get(1)),
+        _ => return Err("params must be {\"message\",\"sessionId\"}".into()),
+    };
+    let message = match message.and_then(Value::as_str) {
+        Some(m) if !m.trim().is_empty() => m.to_string(),
+        _ => return Err("params need \"message\": a string with a word in it".into()),
+    };
+    let Some(session) = session.and_then(Value::as_str) else {
+        return Err("params need \"sessionId\": a string".into());
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.@/=,+-".contains(c);
+    if session.is_empty() || session.len() > MAX_SESSION_ID || !session.chars().all(allowed) {
+        return Err(format!(
+            "\"sessionId\" must be 1 to {MAX_SESSION_ID} of A-Z a-z 0-9 _ . @ / = , + - (it names the \
+             channel {NAMESPACE}:SESSION)"
+        ));
+    }
+    Ok((message, session.to_string()))
+}
+
+/// `{"error":{"code","message"}}`.
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+/// An NDJSON answer writing `lines` one after another, `pause` apart. When rpchub lets go of
+/// the response (its client left, or cancelled the stream), the next write fails and the
+/// answer stops.
+fn stream(lines: Vec<Value>, pause: Duration) -> Response {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    tokio::spawn(async move {
+        for (i, line) in lines.into_iter().enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            if tx.send(Bytes::from(wire(&line))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    ([("content-type", "application/x-ndjson")], Body::from_stream(body)).into_response()
+}
+
+/// A line as it goes on the wire: `{"type":..,"data":..}` (in that order, for the people who
+/// read it) and its newline.
+fn wire(line: &Value) -> String {
+    format!("{{\"type\":{},\"data\":{}}}\n", line["type"], line["data"])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_come_by_name_or_by_position_and_are_checked() {
+        let ok = Ok(("hi there".to_string(), "s-1".to_string()));
+        assert_eq!(params(&json!({"message": "hi there", "sessionId": "s-1"})), ok);
+        assert_eq!(params(&json!(["hi there", "s-1"])), ok);
+        assert!(params(&json!({"sessionId": "s-1"})).unwrap_err().contains("message"));
+        assert!(params(&json!({"message": "  ", "sessionId": "s-1"})).unwrap_err().contains("message"));
+        assert!(params(&json!({"message": "hi"})).unwrap_err().contains("sessionId"));
+        assert!(params(&json!({"message": "hi", "sessionId": "a b"})).unwrap_err().contains("sessionId"));
+        assert!(params(&Value::Null).is_err());
+    }
+
+    #[test]
+    fn a_line_says_its_type_first() {
+        let line = json!({"data": {"content": "Hi", "done": false}, "type": "content"});
+        assert_eq!(wire(&line), "{\"type\":\"content\",\"data\":{\"content\":\"Hi\",\"done\":false}}\n");
+    }
+}
