@@ -220,6 +220,16 @@ pub async fn connect(config: &crate::config::Config) -> Result<Arc<dyn Broker>, 
     }
 }
 
+/// Whether a broker can be used now, for `/health`, `info` and `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerState {
+    /// Working.
+    Up,
+    /// A shared broker that cannot be reached: publishes and subscribes fail fast with
+    /// [`BrokerError::Unavailable`] until it is back.
+    Down,
+}
+
 /// Where publications go and come from; see the module documentation for the contract.
 pub trait Broker: Send + Sync + 'static {
     /// `memory` or `redis`, for `info`.
@@ -268,6 +278,17 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Finishes pending work before the process exits.
     fn flush(&self) -> BoxFuture<'_, ()>;
+
+    /// Whether it can be used now. An embedded broker always can.
+    fn state(&self) -> BrokerState {
+        BrokerState::Up
+    }
+
+    /// The latency of its last round trip, for a shared broker (`None` for an embedded one, or
+    /// before the first).
+    fn latency(&self) -> Option<Duration> {
+        None
+    }
 }
 
 #[cfg(test)]
