@@ -152,3 +152,15 @@ pub const HISTORY_SWEEP_PERIOD: Duration = Duration::from_secs(5);
 /// Calls rejected by the rate limit, within one second, after which a connection is closed as a
 /// flood (policy violation, close code 1008).
 pub const FLOOD_REJECTIONS_PER_SECOND: u32 = 200;
+
+/// The Redis broker's bound on every command (and on connecting): past it the command fails with
+/// `broker_unavailable` and the broker counts Redis as down until a ping answers again.
+pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the Redis broker pings Redis (its latency, and whether it is up), and retries the
+/// connection while Redis is down.
+pub const REDIS_PING_PERIOD: Duration = Duration::from_secs(1);
+
+/// How often the Redis broker checks the position of every channel with local interest against
+/// what its pub/sub delivered, which catches a lost message on a quiet channel.
+pub const REDIS_POSITION_CHECK_PERIOD: Duration = Duration::from_secs(2);

@@ -40,11 +40,13 @@
 //!   broker dropped), it starts a new epoch rather than reuse offsets, so recovering clients see
 //!   `recovered: false` instead of silently missing publications.
 //!
-//! Implementations: [`memory::MemoryBroker`] (one process); [`testing::FaultyBroker`] wraps
+//! Implementations: [`memory::MemoryBroker`] (one process); [`redis::RedisBroker`] (shared by
+//! every node on one Redis); [`testing::FaultyBroker`] wraps
 //! one and breaks the delivery promises on purpose, for tests. [`connect`] builds the broker a
 //! configuration names.
 
 pub mod memory;
+pub mod redis;
 pub mod testing;
 
 use futures_util::future::BoxFuture;
@@ -107,6 +109,18 @@ impl Publication {
         json.push_str(data.get());
         json.push('}');
         Publication { offset, ts, json: json.into_boxed_str(), data_at, key }
+    }
+
+    /// A publication from its encoding as [`Publication::new`] made it (kept by a shared broker):
+    /// `None` when `json` is not of that shape with `data` at `data_at`.
+    pub(crate) fn from_encoded(offset: u64, ts: u64, json: Box<str>, data_at: u32) -> Option<Publication> {
+        let at = data_at as usize;
+        let fits = json.len() > at
+            && json.is_char_boundary(at)
+            && json.starts_with(r#"{"offset":"#)
+            && json[..at].ends_with(r#","data":"#)
+            && json.ends_with('}');
+        fits.then_some(Publication { offset, ts, json, data_at, key: None })
     }
 
     /// The publication as a JSON object.
@@ -210,13 +224,11 @@ pub enum BrokerError {
     Unsupported(String),
 }
 
-/// Builds the broker `config.broker` names: `memory`, or (not in this version) a shared one.
+/// Builds the broker `config.broker` names: `memory`, or `redis://...` (see [`redis`]).
 pub async fn connect(config: &crate::config::Config) -> Result<Arc<dyn Broker>, BrokerError> {
     match config.broker.as_str() {
         "memory" => Ok(memory::MemoryBroker::start(config.limits.max_channels)),
-        other => Err(BrokerError::Unsupported(format!(
-            "broker {other:?} is not available in this version; use \"memory\""
-        ))),
+        url => Ok(redis::RedisBroker::connect(url).await?),
     }
 }
 

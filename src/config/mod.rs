@@ -220,11 +220,8 @@ impl Config {
         if l.upgrades_per_minute == 0 || l.calls_per_second == 0 {
             return err("limits.upgrades_per_minute and limits.calls_per_second must be above zero".into());
         }
-        if self.broker != "memory" && !self.broker.starts_with("redis://") {
-            return err(format!("broker is {:?}; use \"memory\" or \"redis://HOST:PORT\"", self.broker));
-        }
         if self.broker != "memory" {
-            return err("the redis broker is not available in this version; use \"memory\"".into());
+            crate::broker::redis::check_url(&self.broker).map_err(ConfigError)?;
         }
         for name in self.namespaces.keys() {
             if name.is_empty() || !name.bytes().all(crate::channel::is_channel_byte) || name.contains(':') {
