@@ -2,6 +2,7 @@
 //! exact wire JSON, jsonrpsee's client as applications use it), and tools in node: headless
 //! Chromium, the generated TypeScript client and the OpenRPC tools.
 
+mod redis_support;
 mod support;
 
 mod backend_checks;
@@ -24,6 +25,7 @@ mod limits;
 mod openapi;
 mod proxy;
 mod publish_api;
+mod redis_broker;
 mod security;
 mod server;
 mod slots;

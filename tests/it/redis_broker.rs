@@ -1,0 +1,214 @@
+//! What the Redis broker promises beyond the contract suite (`broker_contract::redis`, which
+//! runs every contract test against it): several nodes on one Redis share channels, history and
+//! epochs outlive a node, a lost stream starts a new epoch, and a Redis that is killed and comes
+//! back is reported Down then Up, with publishes failing fast meanwhile and every subscribed
+//! channel told to recheck afterwards. And two rpchub nodes on one Redis, end to end.
+
+use crate::redis_support::{RedisServer, shared};
+use crate::support::{self, call, event, recv, subscribe, ws};
+use rpchub::broker::redis::RedisBroker;
+use rpchub::broker::{
+    Broker, BrokerError, BrokerState, HistoryRange, Listener, NewPublication, Publication, Retention,
+};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const RETENTION: Retention = Retention { size: 100, ttl: Duration::from_secs(300) };
+const WAIT: Duration = Duration::from_secs(15);
+
+/// What a broker called its listener with.
+#[derive(Default)]
+struct Recorder {
+    deliveries: Mutex<Vec<(String, String, u64)>>,
+    lagged: Mutex<Vec<String>>,
+}
+
+impl Listener for Recorder {
+    fn deliver(&self, channel: &str, epoch: &Arc<str>, p: &Arc<Publication>) {
+        self.deliveries.lock().unwrap().push((channel.into(), epoch.to_string(), p.offset));
+    }
+
+    fn lagged(&self, channel: &str) {
+        self.lagged.lock().unwrap().push(channel.into());
+    }
+}
+
+impl Recorder {
+    fn offsets_of(&self, channel: &str) -> Vec<u64> {
+        self.deliveries.lock().unwrap().iter().filter(|d| d.0 == channel).map(|d| d.2).collect()
+    }
+}
+
+fn new_publication(n: u64) -> NewPublication {
+    NewPublication { data: RawValue::from_string(n.to_string()).unwrap(), event: None, idempotency_key: None }
+}
+
+fn channel(what: &str) -> String {
+    support::channel(&format!("redis-{what}"))
+}
+
+async fn until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_on_one_node_reaches_the_other_in_order() {
+    let Some(server) = shared() else { return };
+    let a = RedisBroker::connect(&server.url()).await.unwrap();
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let listener: Arc<dyn Listener> = recorder.clone();
+    b.set_listener(Arc::downgrade(&listener));
+    let ch = channel("two-nodes");
+    b.subscribe(&ch, RETENTION).await.unwrap();
+    let mut epoch = String::new();
+    for n in 1..=50 {
+        epoch = a.publish(&ch, new_publication(n), RETENTION).await.unwrap().position.epoch;
+    }
+    assert!(until(WAIT, || recorder.offsets_of(&ch).len() >= 50).await, "all 50 arrive on the other node");
+    assert_eq!(recorder.offsets_of(&ch), (1..=50).collect::<Vec<_>>(), "in order, each once");
+    assert!(recorder.deliveries.lock().unwrap().iter().all(|d| d.1 == epoch), "in the publishers' epoch");
+    assert!(a.held().is_none() && b.latency().is_some_and(|l| l < WAIT), "streams live in Redis");
+}
+
+#[tokio::test]
+async fn history_and_epoch_outlive_a_node() {
+    let Some(server) = shared() else { return };
+    let ch = channel("outlive");
+    let first = RedisBroker::connect(&server.url()).await.unwrap();
+    let mut last = None;
+    for n in 1..=5 {
+        last = Some(first.publish(&ch, new_publication(n), RETENTION).await.unwrap().position);
+    }
+    drop(first);
+    let again = RedisBroker::connect(&server.url()).await.unwrap();
+    let page = again.history(&ch, HistoryRange::Newest(None), RETENTION).await.unwrap();
+    let last = last.unwrap();
+    assert_eq!((&*page.epoch, page.offset), (&*last.epoch, 5), "the stream is where the node left it");
+    assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(page.publications[2].data(), "3");
+    let next = again.publish(&ch, new_publication(6), RETENTION).await.unwrap().position;
+    assert_eq!((next.epoch, next.offset), (last.epoch, 6), "and goes on in its epoch");
+}
+
+#[tokio::test]
+async fn a_flushed_redis_starts_new_epochs() {
+    let Some(server) = RedisServer::start() else { return };
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let ch = channel("flushed");
+    let before = b.publish(&ch, new_publication(1), RETENTION).await.unwrap().position;
+    b.publish(&ch, new_publication(2), RETENTION).await.unwrap();
+    server.cli(&["FLUSHALL"]);
+    let page = b.history(&ch, HistoryRange::Newest(None), RETENTION).await.unwrap();
+    assert_eq!((&*page.epoch, page.offset), ("", 0), "the stream is gone: no epoch");
+    let after = b.publish(&ch, new_publication(3), RETENTION).await.unwrap().position;
+    assert_ne!(after.epoch, before.epoch, "the next publication starts a new epoch");
+    assert_eq!(after.offset, 1, "from offset 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_is_down_then_up_and_its_channels_are_rechecked() {
+    let Some(mut server) = RedisServer::start() else { return };
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let listener: Arc<dyn Listener> = recorder.clone();
+    b.set_listener(Arc::downgrade(&listener));
+    let ch = channel("killed");
+    b.subscribe(&ch, RETENTION).await.unwrap();
+    let before = b.publish(&ch, new_publication(1), RETENTION).await.unwrap().position;
+    assert!(until(WAIT, || recorder.offsets_of(&ch) == [1]).await);
+    assert_eq!(b.state(), BrokerState::Up);
+
+    server.kill();
+    assert!(until(WAIT, || b.state() == BrokerState::Down).await, "a killed Redis is reported down");
+    let at = Instant::now();
+    let failed = b.publish(&ch, new_publication(2), RETENTION).await;
+    assert!(matches!(failed, Err(BrokerError::Unavailable(_))), "publishing fails: {failed:?}");
+    let subscribing = b.subscribe(&channel("while-down"), RETENTION).await;
+    assert!(matches!(subscribing, Err(BrokerError::Unavailable(_))), "subscribing fails: {subscribing:?}");
+    assert!(at.elapsed() < Duration::from_secs(1), "both fail fast: {:?}", at.elapsed());
+
+    let _server = RedisServer::on(server.port);
+    assert!(until(WAIT, || b.state() == BrokerState::Up).await, "Redis back: reported up");
+    assert!(
+        until(WAIT, || recorder.lagged.lock().unwrap().contains(&ch)).await,
+        "the subscribed channel is told it may have lagged"
+    );
+    // Published once the pub/sub connection is subscribed again.
+    let deadline = Instant::now() + WAIT;
+    let next = loop {
+        match b.publish(&ch, new_publication(3), RETENTION).await {
+            Ok(p) => break p.position,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "publishing works again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_ne!(next.epoch, before.epoch, "a Redis without persistence lost the stream: a new epoch");
+    assert!(
+        until(WAIT, || recorder.deliveries.lock().unwrap().iter().any(|d| d.1 == next.epoch)).await,
+        "deliveries resume on the resubscribed channel"
+    );
+}
+
+/// A node on `url`.
+async fn node(url: &str) -> rpchub::Running {
+    let mut config = support::config();
+    config.broker = url.to_string();
+    support::start(config).await
+}
+
+fn offsets(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["offset"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rpchub_nodes_on_one_redis() {
+    let Some(server) = shared() else { return };
+    let (a, b) = (node(&server.url()).await, node(&server.url()).await);
+    let ch = channel("nodes");
+    let mut on_b = ws(b.addr, None).await;
+    let (_, snap) = subscribe(&mut on_b, json!([ch])).await;
+    assert_eq!(snap["offset"], 0);
+    let mut publisher = ws(a.addr, Some(support::ADMIN)).await;
+    for n in 1..=20 {
+        let r = call(&mut publisher, "publish", json!([ch, n])).await;
+        assert_eq!(r["result"]["offset"], n, "{r}");
+    }
+    let mut got = Vec::new();
+    for _ in 1..=20 {
+        got.push(event(&mut on_b).await);
+    }
+    assert_eq!(offsets(&got), (1..=20).collect::<Vec<_>>(), "node B gets node A's publications in order");
+    let epoch = snap["epoch"].as_str().unwrap().to_string();
+
+    // A client of A moves to B with since: exactly what it missed, recovered.
+    let mut on_a = ws(a.addr, None).await;
+    let (_, first) = subscribe(&mut on_a, json!([ch, null, 0])).await;
+    assert_eq!((first["epoch"].as_str(), first["offset"].as_u64()), (Some(&*epoch), Some(20)));
+    drop(on_a);
+    for n in 21..=25 {
+        call(&mut publisher, "publish", json!([ch, n])).await;
+    }
+    let mut moved = ws(b.addr, None).await;
+    let (_, snap) =
+        subscribe(&mut moved, json!({"channel": ch, "since": {"epoch": epoch, "offset": 20}})).await;
+    assert_eq!(snap["recovered"], true, "{snap}");
+    assert_eq!(offsets(snap["publications"].as_array().unwrap()), vec![21, 22, 23, 24, 25]);
+    call(&mut publisher, "publish", json!([ch, 26])).await;
+    let live = event(&mut moved).await;
+    assert_eq!(live["offset"], 26, "then live, no gap and no duplicate: {live}");
+    for _ in 21..=26 {
+        let _ = recv(&mut on_b).await;
+    }
+}
