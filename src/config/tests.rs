@@ -47,6 +47,16 @@ fn bad_values_are_explained() {
     assert!(e.0.contains("max_conections"), "{e}");
     let e = Config::load(None, &[("broker".into(), "kafka://x".into())]).unwrap_err();
     assert!(e.0.contains("broker"), "{e}");
+    for ok in ["redis://127.0.0.1:6379", "redis://user:pw@redis.internal:6380/2"] {
+        let c = Config::load(None, &[("broker".into(), ok.into())]).unwrap();
+        assert_eq!(c.broker, ok);
+    }
+    for (refused, why) in
+        [("rediss://u:s3cret@h:6379", "TLS"), ("redis+cluster://u:s3cret@h:1,h:2", "Cluster")]
+    {
+        let e = Config::load(None, &[("broker".into(), refused.into())]).unwrap_err();
+        assert!(e.0.contains(why) && !e.0.contains("s3cret"), "{refused}: {e}");
+    }
     for share in ["0", "0.0", "-0.5", "1.5", "nan"] {
         let e = Config::load(None, &[("limits.anonymous_channel_share".into(), share.into())]).unwrap_err();
         assert!(e.0.contains("anonymous_channel_share"), "{share}: {e}");

@@ -45,8 +45,9 @@
 //! `insufficient_state`). When the pub/sub connection drops and comes back, every channel of
 //! local interest is subscribed again and [`Listener::lagged`] is called for each; and every
 //! [`REDIS_POSITION_CHECK_PERIOD`] the position of every such channel is read (which also keeps
-//! its meta alive): when it is ahead of what pub/sub delivered, or in another epoch,
-//! [`Listener::lagged`] is called, which catches a message lost on a quiet channel.
+//! its meta alive): when pub/sub has not delivered up to the position the previous check read
+//! (or delivered another epoch), [`Listener::lagged`] is called, which catches a message lost
+//! on a quiet channel within two periods.
 //!
 //! Every command is bounded by [`REDIS_COMMAND_TIMEOUT`]. A command that fails on the connection
 //! marks Redis down: [`Broker::state`] says [`BrokerState::Down`] and publishes, history reads
@@ -134,6 +135,8 @@ struct Interest {
     retention: Retention,
     /// The newest position pub/sub delivered (or the stream's, when interest was taken).
     seen: Option<(Arc<str>, u64)>,
+    /// The position the last check read.
+    checked: Option<(String, u64)>,
 }
 
 #[derive(Default)]
@@ -350,22 +353,24 @@ impl Inner {
         }
         let reads = channels.iter().map(|(c, r)| async move { (c, self.take_interest(c, *r).await) });
         let positions = futures_util::future::join_all(reads).await;
-        let Some(listener) = self.listener() else { return };
         let mut behind = Vec::new();
         {
-            let interest = self.interest.lock();
+            let mut interest = self.interest.lock();
             for (channel, position) in positions {
                 let Ok((epoch, offset)) = position else { continue };
-                let Some(i) = interest.get(&**channel) else { continue };
-                let ahead = match &i.seen {
-                    Some((e, o)) => **e != *epoch || offset > *o,
-                    None => true,
-                };
-                if ahead {
+                let Some(i) = interest.get_mut(&**channel) else { continue };
+                // Behind what the previous check read: a full period to arrive, so a message in
+                // flight is not taken for a lost one.
+                let previous = i.checked.replace((epoch, offset));
+                let lost = previous.is_some_and(|(epoch, offset)| {
+                    i.seen.as_ref().is_none_or(|(e, o)| **e != *epoch || *o < offset)
+                });
+                if lost {
                     behind.push(channel.clone());
                 }
             }
         }
+        let Some(listener) = self.listener() else { return };
         for channel in behind {
             listener.lagged(&channel);
         }
@@ -627,8 +632,12 @@ impl Broker for RedisBroker {
             inner.conn()?;
             {
                 let mut interest = inner.interest.lock();
-                let i =
-                    interest.entry(channel.into()).or_insert(Interest { count: 0, retention, seen: None });
+                let i = interest.entry(channel.into()).or_insert(Interest {
+                    count: 0,
+                    retention,
+                    seen: None,
+                    checked: None,
+                });
                 i.count += 1;
                 i.retention = retention;
             }
