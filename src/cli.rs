@@ -110,7 +110,7 @@ pub(crate) struct ServeArgs {
     /// TOML config file (see rpchub.example.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// `memory` or `redis://HOST:PORT`.
+    /// `memory`, `redis://HOST:PORT` or `redis+cluster://HOST:PORT[,HOST:PORT...]`.
     #[arg(long)]
     pub broker: Option<String>,
     /// Runs the built-in market simulator (trades:*, l2Book:*).

@@ -47,12 +47,13 @@ fn bad_values_are_explained() {
     assert!(e.0.contains("max_conections"), "{e}");
     let e = Config::load(None, &[("broker".into(), "kafka://x".into())]).unwrap_err();
     assert!(e.0.contains("broker"), "{e}");
-    for ok in ["redis://127.0.0.1:6379", "redis://user:pw@redis.internal:6380/2"] {
+    for ok in
+        ["redis://127.0.0.1:6379", "redis://user:pw@redis.internal:6380/2", "redis+cluster://a:7000,b:7001"]
+    {
         let c = Config::load(None, &[("broker".into(), ok.into())]).unwrap();
         assert_eq!(c.broker, ok);
     }
-    for (refused, why) in
-        [("rediss://u:s3cret@h:6379", "TLS"), ("redis+cluster://u:s3cret@h:1,h:2", "Cluster")]
+    for (refused, why) in [("rediss://u:s3cret@h:6379", "TLS"), ("rediss+cluster://u:s3cret@h:1,h:2", "TLS")]
     {
         let e = Config::load(None, &[("broker".into(), refused.into())]).unwrap_err();
         assert!(e.0.contains(why) && !e.0.contains("s3cret"), "{refused}: {e}");

@@ -121,6 +121,7 @@ broker_contract! {
     memory => Some(memory());
     faulty_clean => Some(faulty(Faults::default()).1);
     redis => redis().await;
+    redis_cluster => redis_cluster().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,6 +160,18 @@ async fn redis() -> Option<Subject> {
     let lose = move |channel: &str| {
         let (meta, stream) = (format!("rpchub:{{{channel}}}:meta"), format!("rpchub:{{{channel}}}:stream"));
         server.cli(&["DEL", &meta, &stream]);
+    };
+    Some(Subject { broker, lose: Some(Box::new(lose)), settle: None })
+}
+
+/// The Redis broker on this process's 3-master Redis Cluster.
+async fn redis_cluster() -> Option<Subject> {
+    let cluster = crate::redis_support::shared_cluster()?;
+    let broker =
+        RedisBroker::connect(&cluster.url()).await.expect("the redis broker connects to the cluster");
+    let lose = move |channel: &str| {
+        let (meta, stream) = (format!("rpchub:{{{channel}}}:meta"), format!("rpchub:{{{channel}}}:stream"));
+        cluster.nodes[0].cli(&["DEL", &meta, &stream]);
     };
     Some(Subject { broker, lose: Some(Box::new(lose)), settle: None })
 }

@@ -34,13 +34,20 @@ impl RedisServer {
 
     /// Starts one on `port` (a restart of a killed one).
     pub(crate) fn on(port: u16) -> RedisServer {
-        let script = r#"redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --logfile "" >/dev/null 2>&1 &
+        RedisServer::with(port, &[])
+    }
+
+    /// Starts one on `port` with `extra` arguments.
+    pub(crate) fn with(port: u16, extra: &[&str]) -> RedisServer {
+        let script = r#"port=$1; shift
+redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --logfile "" "$@" >/dev/null 2>&1 &
 pid=$!
 echo $pid
 read _
 kill -9 $pid 2>/dev/null"#;
         let mut guard = Command::new("sh")
             .args(["-c", script, "sh", &port.to_string()])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -65,7 +72,7 @@ kill -9 $pid 2>/dev/null"#;
     /// Runs `redis-cli` against it; its output.
     pub(crate) fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
+            .args(["-c", "-p", &self.port.to_string()])
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -100,4 +107,75 @@ pub(crate) fn shared() -> Option<&'static RedisServer> {
 
 fn installed() -> bool {
     Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+/// A Redis Cluster of three masters (no replicas), each a [`RedisServer`] started with
+/// `--cluster-enabled yes`, created with `redis-cli --cluster create`.
+#[derive(Debug)]
+pub(crate) struct RedisCluster {
+    /// Its nodes.
+    pub(crate) nodes: Vec<RedisServer>,
+    /// Where the nodes keep their cluster state (removed when it is dropped).
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    pub(crate) fn url(&self) -> String {
+        let nodes: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port whose cluster bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One cluster shared by the tests of this process (`None` when `redis-server` is not installed).
+pub(crate) fn shared_cluster() -> Option<&'static RedisCluster> {
+    static SHARED: OnceLock<Option<RedisCluster>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            shared()?;
+            let dir = std::env::temp_dir().join(format!("rpchub-it-cluster-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let nodes: Vec<RedisServer> = (0..3)
+                .map(|_| {
+                    let port = cluster_port();
+                    let conf = dir.join(format!("nodes-{port}.conf"));
+                    RedisServer::with(
+                        port,
+                        &["--cluster-enabled", "yes", "--cluster-config-file", conf.to_str().unwrap()],
+                    )
+                })
+                .collect();
+            let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+            let out = Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .expect("redis-cli runs");
+            assert!(out.status.success(), "the cluster is created: {}", String::from_utf8_lossy(&out.stdout));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+                assert!(Instant::now() < deadline, "the cluster is ok within 20 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Some(RedisCluster { nodes, dir })
+        })
+        .as_ref()
 }

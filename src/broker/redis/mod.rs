@@ -2,8 +2,10 @@
 //! (>= 7), shared by every node that names the same Redis, and publications reach the other
 //! nodes through Redis pub/sub.
 //!
-//! `broker = "redis://[user:password@]HOST:PORT[/DB]"`. The password is never logged or echoed
-//! (errors show the URL with its user part replaced by `***`).
+//! `broker = "redis://[user:password@]HOST:PORT[/DB]"` for one Redis, or
+//! `"redis+cluster://[user:password@]HOST:PORT[,HOST:PORT...]"` (seed nodes) for a Redis Cluster.
+//! The password is never logged or echoed (errors show the URL with its user part replaced by
+//! `***`).
 //!
 //! # Key layout
 //!
@@ -27,7 +29,9 @@
 //! publication is in history: same epoch, not trimmed by size), increments the offset, takes the
 //! time from Redis (`TIME`, so every node's publications share one clock), appends to the stream
 //! with `MAXLEN ~ history_size`, sets the key, gives every key it wrote `PEXPIRE history_ttl`,
-//! and `PUBLISH`es the fan-out message. All of it is one atomic step: a publication is in history
+//! and publishes the fan-out message from the script (`PUBLISH` on one Redis, `SPUBLISH` on a
+//! cluster: the pub/sub channel shares the keys' hash slot, so a script may). All of it is one
+//! atomic step: a publication is in history
 //! before any node can receive it, and messages are published in offset order.
 //!
 //! History reads are a script too (`history.lua`), so a page and the position it reports are of
@@ -38,12 +42,15 @@
 //!
 //! # Fan-out and what it guarantees
 //!
-//! A node `SUBSCRIBE`s on one pub/sub connection to the channels it has local interest in, and
-//! only to those; [`Broker::subscribe`] resolves once Redis confirmed the subscription. Redis
+//! A node subscribes to the channels it has local interest in, and only to those: on one Redis
+//! with `SUBSCRIBE` on one pub/sub connection; on a cluster with `SSUBSCRIBE` on a RESP3 cluster
+//! connection, which holds one connection per shard, so fan-out spreads over the shards.
+//! [`Broker::subscribe`] resolves once Redis confirmed the subscription. Redis
 //! pub/sub is at most once, so the hub checks every delivery's offset (a jump is filled from
 //! history, an epoch change ends the channel's subscriptions with `closed`
 //! `insufficient_state`). When the pub/sub connection drops and comes back, every channel of
-//! local interest is subscribed again and [`Listener::lagged`] is called for each; and every
+//! local interest is subscribed again (on a cluster by the client, which resubscribes each
+//! shard) and [`Listener::lagged`] is called for each; and every
 //! [`REDIS_POSITION_CHECK_PERIOD`] the position of every such channel is read (which also keeps
 //! its meta alive): when pub/sub has not delivered up to the position the previous check read
 //! (or delivered another epoch), [`Listener::lagged`] is called, which catches a message lost
@@ -66,13 +73,15 @@
 //! without persistence, when a restart then simply starts every channel in a new epoch, which
 //! every client is told of as `recovered: false`).
 //!
-//! Not in this version: Redis Cluster (`redis+cluster://`, with `SSUBSCRIBE`/`SPUBLISH`) and
-//! TLS (`rediss://`); both are refused at start with a message saying so.
+//! Not in this version: TLS (`rediss://`, `rediss+cluster://`), refused at start with a message
+//! saying so.
 
 use super::*;
 use crate::constants::{REDIS_COMMAND_TIMEOUT, REDIS_PING_PERIOD, REDIS_POSITION_CHECK_PERIOD};
-use ::redis::aio::{MultiplexedConnection, PubSubSink};
-use ::redis::{AsyncConnectionConfig, RedisError, Script, Value};
+use ::redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink};
+use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{AsyncConnectionConfig, Cmd, Pipeline, PushKind, RedisError, RedisFuture, Script, Value};
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -106,11 +115,10 @@ impl std::fmt::Debug for RedisBroker {
 struct Inner {
     /// As configured (never shown: [`redacted`]).
     url: String,
-    client: ::redis::Client,
-    config: AsyncConnectionConfig,
+    target: Target,
     /// The command connection (multiplexed: concurrent commands are pipelined on it); `None`
     /// while Redis is down.
-    conn: RwLock<Option<MultiplexedConnection>>,
+    conn: RwLock<Option<Conn>>,
     up: AtomicBool,
     /// Microseconds of the last ping; `u64::MAX` before the first.
     latency_us: AtomicU64,
@@ -141,29 +149,140 @@ struct Interest {
 
 #[derive(Default)]
 struct Subs {
-    sink: Option<PubSubSink>,
+    sink: Option<Sink>,
     subscribed: HashSet<Box<str>>,
 }
 
+/// What the broker talks to.
+enum Target {
+    /// One Redis.
+    One(Box<(::redis::Client, AsyncConnectionConfig)>),
+    /// A Redis Cluster, from its seed nodes' URLs.
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    fn cluster(
+        &self,
+        resp3: Option<tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>>,
+    ) -> RedisResultOf<ClusterClient> {
+        let Target::Cluster(nodes) = self else { unreachable!("only called for a cluster; qed") };
+        let mut b = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+            .connection_timeout(REDIS_COMMAND_TIMEOUT)
+            .response_timeout(REDIS_COMMAND_TIMEOUT);
+        if let Some(tx) = resp3 {
+            b = b.use_protocol(::redis::ProtocolVersion::RESP3).push_sender(tx);
+        }
+        b.build()
+    }
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        match self {
+            Target::One(one) => {
+                let (client, config) = &**one;
+                client.get_multiplexed_async_connection_with_config(config).await.map(Conn::One)
+            }
+            Target::Cluster(_) => self.cluster(None)?.get_async_connection().await.map(Conn::Cluster),
+        }
+    }
+}
+
+type RedisResultOf<T> = Result<T, RedisError>;
+
+/// A command connection to one Redis or to a cluster.
+#[derive(Clone)]
+enum Conn {
+    One(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::One(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::One(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where subscriptions are made: a pub/sub connection to one Redis (`SUBSCRIBE`), or a RESP3
+/// cluster connection (`SSUBSCRIBE`, on the shard of each channel).
+enum Sink {
+    One(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+impl Sink {
+    async fn subscribe(&mut self, names: Vec<String>) -> Result<(), RedisError> {
+        match self {
+            Sink::One(s) => s.subscribe(names).await,
+            // One command per channel: a cluster routes each to its own shard.
+            Sink::Cluster(c) => {
+                for name in names {
+                    c.ssubscribe(name).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, name: String) -> Result<(), RedisError> {
+        match self {
+            Sink::One(s) => s.unsubscribe(name).await,
+            Sink::Cluster(c) => c.sunsubscribe(name).await,
+        }
+    }
+}
+
 impl RedisBroker {
-    /// Connects to the Redis `url` names (`redis://[user:password@]HOST:PORT[/DB]`) and starts
-    /// the broker's tasks on the current tokio runtime (they stop when it is dropped). Fails when
-    /// the URL is not one this version serves or Redis cannot be reached now.
+    /// Connects to the Redis `url` names (`redis://[user:password@]HOST:PORT[/DB]`, or
+    /// `redis+cluster://[user:password@]HOST:PORT[,HOST:PORT...]`) and starts the broker's tasks
+    /// on the current tokio runtime (they stop when it is dropped). Fails when the URL is not one
+    /// this version serves or Redis cannot be reached now.
     pub async fn connect(url: &str) -> Result<Arc<RedisBroker>, BrokerError> {
         check_url(url).map_err(BrokerError::Unsupported)?;
-        let client = ::redis::Client::open(url)
-            .map_err(|e| BrokerError::Unsupported(format!("broker {}: {e}", redacted(url))))?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(REDIS_COMMAND_TIMEOUT))
-            .set_response_timeout(Some(REDIS_COMMAND_TIMEOUT));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| BrokerError::Unavailable(format!("redis at {}: {e}", redacted(url))))?;
+        let unsupported = |e: RedisError| BrokerError::Unsupported(format!("broker {}: {e}", redacted(url)));
+        let target = match cluster_nodes(url) {
+            Some(nodes) => {
+                let target = Target::Cluster(nodes);
+                target.cluster(None).map_err(unsupported)?;
+                target
+            }
+            None => {
+                let client = ::redis::Client::open(url).map_err(unsupported)?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(REDIS_COMMAND_TIMEOUT))
+                    .set_response_timeout(Some(REDIS_COMMAND_TIMEOUT));
+                Target::One(Box::new((client, config)))
+            }
+        };
+        let conn = match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, target.connect()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(BrokerError::Unavailable(format!("redis at {}: {e}", redacted(url)))),
+            Err(_) => return Err(BrokerError::Unavailable(format!("redis at {}: no answer", redacted(url)))),
+        };
         let inner = Arc::new(Inner {
             url: url.to_string(),
-            client,
-            config,
+            target,
             conn: RwLock::new(Some(conn)),
             up: AtomicBool::new(true),
             latency_us: AtomicU64::new(u64::MAX),
@@ -179,7 +298,10 @@ impl RedisBroker {
         });
         let (ready, connected) = tokio::sync::oneshot::channel();
         tokio::spawn(inner.clone().supervise());
-        tokio::spawn(inner.clone().fan_in(ready));
+        match inner.target {
+            Target::One(..) => tokio::spawn(inner.clone().fan_in(ready)),
+            Target::Cluster(_) => tokio::spawn(inner.clone().fan_in_cluster(ready)),
+        };
         // The first pub/sub connection, so that the first subscribe finds it.
         let _ = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, connected).await;
         Ok(Arc::new(RedisBroker { inner }))
@@ -194,14 +316,13 @@ impl Drop for RedisBroker {
 
 /// Refuses what this version does not serve, with a message that says so.
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
-    if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
-        return Err(format!(
-            "broker {}: Redis Cluster is not available in this version; use one Redis \
-             (redis://HOST:PORT)",
-            redacted(url)
-        ));
+    if let Some(nodes) = cluster_nodes(url) {
+        for node in &nodes {
+            ::redis::Client::open(node.as_str()).map_err(|e| format!("broker {}: {e}", redacted(url)))?;
+        }
+        return Ok(());
     }
-    if url.starts_with("rediss://") {
+    if url.starts_with("rediss://") || url.starts_with("rediss+cluster://") {
         return Err(format!(
             "broker {}: TLS to Redis is not built into this version; use redis:// (on a private \
              network, or through a TLS tunnel)",
@@ -212,6 +333,18 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
         return Err(format!("broker {}: use \"memory\" or \"redis://HOST:PORT\"", redacted(url)));
     }
     ::redis::Client::open(url).map(drop).map_err(|e| format!("broker {}: {e}", redacted(url)))
+}
+
+/// The seed nodes of a `redis+cluster://[user:password@]HOST:PORT[,HOST:PORT...]` URL, each as
+/// `redis://[user:password@]HOST:PORT`; `None` for any other URL.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    let rest = rest.trim_end_matches('/');
+    let (user, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
+    };
+    Some(hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("redis://{user}{h}")).collect())
 }
 
 /// `url` with its user part (user and password) replaced by `***`.
@@ -251,7 +384,7 @@ impl Inner {
     }
 
     /// The command connection, or `Unavailable` at once while Redis is down.
-    fn conn(&self) -> Result<MultiplexedConnection, BrokerError> {
+    fn conn(&self) -> Result<Conn, BrokerError> {
         match (self.up.load(Ordering::Acquire), &*self.conn.read()) {
             (true, Some(c)) => Ok(c.clone()),
             _ => Err(BrokerError::Unavailable("redis is unreachable".into())),
@@ -328,11 +461,7 @@ impl Inner {
             }
             None => {
                 let at = Instant::now();
-                let conn = tokio::time::timeout(
-                    REDIS_COMMAND_TIMEOUT,
-                    self.client.get_multiplexed_async_connection_with_config(&self.config),
-                )
-                .await;
+                let conn = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, self.target.connect()).await;
                 if let Ok(Ok(c)) = conn {
                     self.latency_us.store(at.elapsed().as_micros() as u64, Ordering::Relaxed);
                     *self.conn.write() = Some(c);
@@ -394,7 +523,9 @@ impl Inner {
             if self.stop.is_cancelled() {
                 return;
             }
-            let pubsub = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, self.client.get_async_pubsub()).await;
+            let Target::One(one) = &self.target else { return };
+            let client = &one.0;
+            let pubsub = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, client.get_async_pubsub()).await;
             let Ok(Ok(pubsub)) = pubsub else {
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
@@ -419,7 +550,7 @@ impl Inner {
                     }
                 }
                 subs.subscribed = channels.iter().cloned().collect();
-                subs.sink = Some(sink.clone());
+                subs.sink = Some(Sink::One(sink.clone()));
                 channels
             };
             if let Some(r) = ready.take() {
@@ -455,6 +586,70 @@ impl Inner {
             let mut subs = self.subs.lock().await;
             subs.sink = None;
             subs.subscribed.clear();
+        }
+    }
+
+    /// The cluster's pub/sub: one RESP3 cluster connection, whose `SSUBSCRIBE`s go to each
+    /// channel's shard and are made again by the client after a reconnection (after which every
+    /// channel of local interest is rechecked).
+    async fn fan_in_cluster(self: Arc<Self>, ready: tokio::sync::oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let conn = loop {
+            let conn = match self.target.cluster(Some(tx.clone())) {
+                Ok(client) => {
+                    tokio::time::timeout(REDIS_COMMAND_TIMEOUT, client.get_async_connection()).await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "redis cluster pub/sub cannot be set up");
+                    return;
+                }
+            };
+            if let Ok(Ok(conn)) = conn {
+                break conn;
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(REDIS_PING_PERIOD) => {}
+            }
+        };
+        self.subs.lock().await.sink = Some(Sink::Cluster(conn));
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        let mut disconnected = false;
+        loop {
+            let push = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                push = pushes.recv() => match push {
+                    Some(push) => push,
+                    None => return,
+                },
+            };
+            match push.kind {
+                PushKind::SMessage | PushKind::Message => {
+                    if let [name, payload] = push.data.as_slice()
+                        && let (Some(name), Value::BulkString(payload)) = (text(name), payload)
+                    {
+                        self.arrived(name, payload);
+                    }
+                }
+                PushKind::Disconnection => disconnected = true,
+                PushKind::SSubscribe if disconnected => {
+                    disconnected = false;
+                    let channels: Vec<Box<str>> = self.interest.lock().keys().cloned().collect();
+                    tracing::info!(
+                        channels = channels.len(),
+                        "redis cluster pub/sub is back; rechecking its channels"
+                    );
+                    if let Some(l) = self.listener() {
+                        for c in &channels {
+                            l.lagged(c);
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
     }
 
@@ -588,7 +783,7 @@ impl Broker for RedisBroker {
                 .arg(p.data.get())
                 .arg(if p.idempotency_key.is_some() { "1" } else { "0" })
                 .arg(key(channel, "pub"))
-                .arg("PUBLISH");
+                .arg(if matches!(inner.target, Target::Cluster(_)) { "SPUBLISH" } else { "PUBLISH" });
             let (epoch, offset, duplicate) =
                 inner.run(inv.invoke_async::<(String, u64, u8)>(&mut conn)).await?;
             Ok(Published { position: StreamPosition { epoch, offset }, duplicate: duplicate == 1 })
@@ -654,7 +849,9 @@ impl Broker for RedisBroker {
             let mut subs = inner.subs.lock().await;
             if !subs.subscribed.contains(channel) {
                 let sink = subs.sink.as_mut().ok_or_else(|| unavailable("redis pub/sub is unreachable"))?;
-                match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.subscribe(key(channel, "pub"))).await {
+                match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.subscribe(vec![key(channel, "pub")]))
+                    .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(unavailable(format!("redis: {e}"))),
                     Err(_) => return Err(unavailable("redis did not confirm a subscription in time")),
@@ -732,11 +929,16 @@ mod tests {
         assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
         assert!(check_url("redis://127.0.0.1:6379").is_ok());
         assert!(check_url("redis://u:p@127.0.0.1:6379/3").is_ok());
-        for refused in ["rediss://u:s3cret@h:1", "redis+cluster://u:s3cret@h:1,h:2", "http://u:s3cret@h"] {
+        for refused in ["rediss://u:s3cret@h:1", "rediss+cluster://u:s3cret@h:1,h:2", "http://u:s3cret@h"] {
             let e = check_url(refused).unwrap_err();
             assert!(!e.contains("s3cret"), "{e}");
         }
-        assert!(check_url("redis+cluster://h:1").unwrap_err().contains("Cluster"));
+        assert!(check_url("redis+cluster://h:1,h:2").is_ok());
+        assert_eq!(
+            cluster_nodes("redis+cluster://u:p@a:1,b:2"),
+            Some(vec!["redis://u:p@a:1".to_string(), "redis://u:p@b:2".to_string()])
+        );
+        assert_eq!(redacted("redis+cluster://u:p@a:1,b:2"), "redis+cluster://***@a:1,b:2");
         assert!(check_url("rediss://h:1").unwrap_err().contains("TLS"));
     }
 
