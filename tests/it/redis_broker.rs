@@ -225,7 +225,19 @@ fn offsets(events: &[Value]) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rpchub_nodes_on_one_redis() {
     let Some(server) = shared() else { return };
-    let (a, b) = (node(&server.url()).await, node(&server.url()).await);
+    two_nodes(&server.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rpchub_nodes_on_a_redis_cluster() {
+    let Some(cluster) = crate::redis_support::shared_cluster() else { return };
+    two_nodes(&cluster.url()).await;
+}
+
+/// Two nodes on the Redis `url` names: a client of B gets what is published on A, in order; a
+/// client moving from A to B with `since` recovers exactly, then goes on live.
+async fn two_nodes(url: &str) {
+    let (a, b) = (node(url).await, node(url).await);
     let ch = channel("nodes");
     let mut on_b = ws(b.addr, None).await;
     let (_, snap) = subscribe(&mut on_b, json!([ch])).await;
