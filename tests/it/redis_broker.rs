@@ -211,6 +211,44 @@ async fn a_killed_redis_is_down_then_up_and_its_channels_are_rechecked() {
     assert_eq!(delivered.1, epochs[0], "deliveries come in it");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_cluster_shard_comes_back_and_its_channels_are_rechecked() {
+    let Some(mut cluster) = crate::redis_support::RedisCluster::start() else { return };
+    let b = RedisBroker::connect(&cluster.url()).await.unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let listener: Arc<dyn Listener> = recorder.clone();
+    b.set_listener(Arc::downgrade(&listener));
+    let ch = channel("shard");
+    b.subscribe(&ch, RETENTION).await.unwrap();
+    let before = b.publish(&ch, new_publication(1), RETENTION).await.unwrap().position;
+    assert!(until(WAIT, || recorder.offsets_of(&ch) == [1]).await, "delivered through the shard");
+    let owner = cluster.owner(&format!("rpchub:{{{ch}}}:meta"));
+    cluster.nodes[owner].kill();
+    let failed =
+        tokio::time::timeout(Duration::from_secs(5), b.publish(&ch, new_publication(2), RETENTION)).await;
+    assert!(
+        matches!(failed, Ok(Err(BrokerError::Unavailable(_)))),
+        "a publication to the killed shard fails, within the command timeout: {failed:?}"
+    );
+    cluster.restart(owner);
+    cluster.wait_ok();
+    assert!(
+        until(WAIT, || recorder.lagged.lock().unwrap().contains(&ch)).await,
+        "the channel of the shard that came back is told it may have lagged"
+    );
+    let deadline = Instant::now() + WAIT;
+    let next = loop {
+        match b.publish(&ch, new_publication(3), RETENTION).await {
+            Ok(p) => break p.position,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "publishing works again: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_ne!(next.epoch, before.epoch, "the shard restarted without persistence: a new epoch");
+}
+
 /// A node on `url`.
 async fn node(url: &str) -> rpchub::Running {
     let mut config = support::config();

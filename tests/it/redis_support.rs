@@ -34,11 +34,11 @@ impl RedisServer {
 
     /// Starts one on `port` (a restart of a killed one).
     pub(crate) fn on(port: u16) -> RedisServer {
-        RedisServer::with(port, &[])
+        RedisServer::with(port, &[] as &[&str])
     }
 
     /// Starts one on `port` with `extra` arguments.
-    pub(crate) fn with(port: u16, extra: &[&str]) -> RedisServer {
+    pub(crate) fn with(port: u16, extra: &[impl AsRef<std::ffi::OsStr>]) -> RedisServer {
         let script = r#"port=$1; shift
 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --logfile "" "$@" >/dev/null 2>&1 &
 pid=$!
@@ -147,35 +147,89 @@ fn cluster_port() -> u16 {
 /// One cluster shared by the tests of this process (`None` when `redis-server` is not installed).
 pub(crate) fn shared_cluster() -> Option<&'static RedisCluster> {
     static SHARED: OnceLock<Option<RedisCluster>> = OnceLock::new();
-    SHARED
-        .get_or_init(|| {
-            shared()?;
-            let dir = std::env::temp_dir().join(format!("rpchub-it-cluster-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let nodes: Vec<RedisServer> = (0..3)
-                .map(|_| {
-                    let port = cluster_port();
-                    let conf = dir.join(format!("nodes-{port}.conf"));
-                    RedisServer::with(
-                        port,
-                        &["--cluster-enabled", "yes", "--cluster-config-file", conf.to_str().unwrap()],
-                    )
-                })
-                .collect();
-            let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-            let out = Command::new("redis-cli")
-                .args(["--cluster", "create"])
-                .args(&addrs)
-                .args(["--cluster-replicas", "0", "--cluster-yes"])
-                .output()
-                .expect("redis-cli runs");
-            assert!(out.status.success(), "the cluster is created: {}", String::from_utf8_lossy(&out.stdout));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
-                assert!(Instant::now() < deadline, "the cluster is ok within 20 s");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Some(RedisCluster { nodes, dir })
-        })
-        .as_ref()
+    SHARED.get_or_init(RedisCluster::start).as_ref()
+}
+
+impl RedisCluster {
+    /// Starts one (`None` when `redis-server` is not installed): three masters, a node counted
+    /// as failed after 1 s.
+    pub(crate) fn start() -> Option<RedisCluster> {
+        shared()?;
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        remove_stale_cluster_dirs();
+        let dir = std::env::temp_dir().join(format!("rpchub-it-cluster-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let port = cluster_port();
+                RedisServer::with(port, &RedisCluster::args(&dir, port))
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "the cluster is created: {}", String::from_utf8_lossy(&out.stdout));
+        let cluster = RedisCluster { nodes, dir };
+        cluster.wait_ok();
+        Some(cluster)
+    }
+
+    /// The arguments of the node on `port`.
+    fn args(dir: &std::path::Path, port: u16) -> Vec<String> {
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain([conf.to_str().unwrap().to_string()])
+            .collect()
+    }
+
+    /// Waits until every node says the cluster is ok.
+    pub(crate) fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+            assert!(Instant::now() < deadline, "the cluster is ok within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The index of the node that holds `key`.
+    pub(crate) fn owner(&self, key: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "EXISTS", key])
+                    .output()
+                    .expect("redis-cli runs");
+                !String::from_utf8_lossy(&out.stdout).contains("MOVED")
+            })
+            .expect("a node holds every slot")
+    }
+
+    /// Starts node `i` again on its port, with its cluster state (its data is gone).
+    pub(crate) fn restart(&mut self, i: usize) {
+        let port = self.nodes[i].port;
+        self.nodes[i] = RedisServer::with(port, &RedisCluster::args(&self.dir, port));
+    }
+}
+
+/// Removes the cluster state directories of test processes that are gone (the shared cluster
+/// lives as long as its process and cannot clean up after itself).
+fn remove_stale_cluster_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("rpchub-it-cluster-").and_then(|r| r.split('-').next()) else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
