@@ -249,6 +249,44 @@ async fn a_killed_cluster_shard_comes_back_and_its_channels_are_rechecked() {
     assert_ne!(next.epoch, before.epoch, "the shard restarted without persistence: a new epoch");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_through_a_redis_restart_is_told_and_never_sees_a_silent_gap() {
+    let Some(mut server) = RedisServer::start() else { return };
+    let a = node(&server.url()).await;
+    let ch = channel("restart");
+    let mut sub = ws(a.addr, None).await;
+    let (_, snap) = subscribe(&mut sub, json!([ch])).await;
+    let epoch = snap["epoch"].as_str().unwrap().to_string();
+    let mut publisher = ws(a.addr, Some(support::ADMIN)).await;
+    for n in 1..=3 {
+        call(&mut publisher, "publish", json!([ch, n])).await;
+        assert_eq!(event(&mut sub).await["offset"], n);
+    }
+    server.kill();
+    let failed = call(&mut publisher, "publish", json!([ch, 4])).await;
+    assert!(failed.get("error").is_some(), "publishing fails while Redis is down: {failed}");
+    let _server = RedisServer::on(server.port);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = call(&mut publisher, "publish", json!([ch, 5])).await;
+        if r.get("result").is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "publishing works again once Redis is back: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Redis came back empty: the stream is in a new epoch, which the subscriber is told of.
+    let closed = event(&mut sub).await;
+    assert_eq!(
+        (closed["type"].as_str(), closed["reason"].as_str()),
+        (Some("closed"), Some("insufficient_state"))
+    );
+    let (_, again) =
+        subscribe(&mut sub, json!({"channel": ch, "since": {"epoch": epoch, "offset": 3}})).await;
+    assert_eq!(again["recovered"], false, "a since of the lost epoch is not recovered: {again}");
+    assert_ne!(again["epoch"], json!(epoch), "{again}");
+}
+
 /// A node on `url`.
 async fn node(url: &str) -> rpchub::Running {
     let mut config = support::config();
