@@ -95,6 +95,9 @@ const PUBLISH: &str = include_str!("publish.lua");
 const HISTORY: &str = include_str!("history.lua");
 const INTEREST: &str = include_str!("interest.lua");
 
+/// Position reads of one check in flight at a time.
+const POSITION_CHECKS_IN_FLIGHT: usize = 256;
+
 /// The prefix of every key and pub/sub channel.
 const PREFIX: &str = "rpchub:{";
 
@@ -480,14 +483,19 @@ impl Inner {
         if channels.is_empty() || !self.up.load(Ordering::Acquire) {
             return;
         }
-        let reads = channels.iter().map(|(c, r)| async move { (c, self.take_interest(c, *r).await) });
-        let positions = futures_util::future::join_all(reads).await;
+        // Pipelined on the multiplexed connection, a bounded number in flight at a time.
+        let reads = channels.into_iter().map(|(c, r)| async move {
+            let position = self.take_interest(&c, r).await;
+            (c, position)
+        });
+        let positions: Vec<_> =
+            futures_util::stream::iter(reads).buffer_unordered(POSITION_CHECKS_IN_FLIGHT).collect().await;
         let mut behind = Vec::new();
         {
             let mut interest = self.interest.lock();
             for (channel, position) in positions {
                 let Ok((epoch, offset)) = position else { continue };
-                let Some(i) = interest.get_mut(&**channel) else { continue };
+                let Some(i) = interest.get_mut(&*channel) else { continue };
                 // Behind what the previous check read: a full period to arrive, so a message in
                 // flight is not taken for a lost one.
                 let previous = i.checked.replace((epoch, offset));
@@ -495,7 +503,7 @@ impl Inner {
                     i.seen.as_ref().is_none_or(|(e, o)| **e != *epoch || *o < offset)
                 });
                 if lost {
-                    behind.push(channel.clone());
+                    behind.push(channel);
                 }
             }
         }
