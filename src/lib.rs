@@ -26,8 +26,9 @@
 //!   front doors and the session, it uses nothing above them.
 //! - [`session`]: a client's session and the subscription service every front door uses.
 //! - [`hub`]: channels, subscribers, snapshot-then-live in two phases, fan-out by encoding.
-//! - [`broker`]: the `Broker` trait (its doc is the contract), the memory broker, a
-//!   fault-injecting broker for tests.
+//! - [`broker`]: the `Broker` trait (its doc is the contract), the memory broker, the Redis
+//!   broker (one Redis or a Redis Cluster, shared by several nodes), a fault-injecting broker for
+//!   tests.
 //! - [`transport`]: frames, the per-connection outbox, shared frames, the connection loop and
 //!   its [`transport::Conn`] seam, the registry.
 //! - [`channel`]: channel names; [`bucket`]: the token bucket; [`metrics`]: the Prometheus

@@ -1,0 +1,56 @@
+//! Reading what Redis answers: fan-out messages, stream entries, history pages.
+
+use super::*;
+
+/// `EPOCH OFFSET TS DATA_AT JSON`.
+pub(super) fn parse_message(payload: &[u8]) -> Option<(&str, u64, u64, u32, &str)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.splitn(5, ' ');
+    let epoch = parts.next()?;
+    let offset = parts.next()?.parse().ok()?;
+    let ts = parts.next()?.parse().ok()?;
+    let data_at = parts.next()?.parse().ok()?;
+    Some((epoch, offset, ts, data_at, parts.next()?))
+}
+
+/// A stream entry `{id, {field, value, ...}}` as a publication.
+pub(super) fn entry(v: &Value) -> Option<Publication> {
+    let Value::Array(parts) = v else { return None };
+    let [Value::BulkString(id), Value::Array(fields)] = parts.as_slice() else { return None };
+    let offset = std::str::from_utf8(id).ok()?.split('-').next()?.parse().ok()?;
+    let (mut ts, mut data_at, mut json) = (None, None, None);
+    for pair in fields.chunks(2) {
+        let [Value::BulkString(f), Value::BulkString(v)] = pair else { continue };
+        let v = std::str::from_utf8(v).ok()?;
+        match f.as_slice() {
+            b"t" => ts = v.parse().ok(),
+            b"a" => data_at = v.parse().ok(),
+            b"j" => json = Some(v),
+            _ => {}
+        }
+    }
+    Publication::from_encoded(offset, ts?, json?.into(), data_at?)
+}
+
+pub(super) fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Reads `history.lua`'s answer.
+pub(super) fn page(v: &Value) -> Option<HistoryPage> {
+    let Value::Array(parts) = v else { return None };
+    if parts.is_empty() {
+        return Some(HistoryPage { epoch: NO_EPOCH.into(), offset: 0, publications: Vec::new() });
+    }
+    let [epoch, offset, Value::Array(entries)] = parts.as_slice() else { return None };
+    let offset = match offset {
+        Value::Int(n) => u64::try_from(*n).ok()?,
+        other => text(other)?.parse().ok()?,
+    };
+    let publications = entries.iter().map(|e| entry(e).map(Arc::new)).collect::<Option<Vec<_>>>()?;
+    Some(HistoryPage { epoch: text(epoch)?.into(), offset, publications })
+}

@@ -1,0 +1,321 @@
+//! The Redis broker's running parts: commands bounded by a timeout (a failed connection marks
+//! Redis down), the supervisor (ping, reconnect, the position check) and the pub/sub readers that
+//! deliver fan-out messages to the listener.
+
+use super::*;
+
+impl Inner {
+    pub(super) fn listener(&self) -> Option<Arc<dyn Listener>> {
+        self.listener.get().and_then(Weak::upgrade)
+    }
+
+    /// The command connection, or `Unavailable` at once while Redis is down.
+    pub(super) fn conn(&self) -> Result<Conn, BrokerError> {
+        match (self.up.load(Ordering::Acquire), &*self.conn.read()) {
+            (true, Some(c)) => Ok(c.clone()),
+            _ => Err(BrokerError::Unavailable("redis is unreachable".into())),
+        }
+    }
+
+    pub(super) fn down(&self, why: &dyn std::fmt::Display) {
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(error = %why, "redis is unreachable");
+        }
+        *self.conn.write() = None;
+        self.wake.notify_one();
+    }
+
+    /// Runs a command with the timeout; a failure of the connection (not a reply that is an
+    /// error) marks Redis down.
+    pub(super) async fn run<T>(
+        &self,
+        f: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, BrokerError> {
+        match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+                {
+                    self.down(&e);
+                }
+                Err(unavailable(format!("redis: {e}")))
+            }
+            Err(_) => {
+                self.down(&"a command timed out");
+                Err(unavailable("redis did not answer in time"))
+            }
+        }
+    }
+
+    /// Pings Redis every [`REDIS_PING_PERIOD`] (reconnecting while it is down) and checks the
+    /// channels' positions every [`REDIS_POSITION_CHECK_PERIOD`].
+    pub(super) async fn supervise(self: Arc<Self>) {
+        let mut ping = tokio::time::interval(REDIS_PING_PERIOD);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(REDIS_POSITION_CHECK_PERIOD);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = ping.tick() => self.ping().await,
+                _ = self.wake.notified() => self.ping().await,
+                _ = check.tick() => self.check_positions().await,
+            }
+        }
+    }
+
+    pub(super) async fn ping(&self) {
+        let current = self.conn.read().clone();
+        match current {
+            Some(mut c) => {
+                let at = Instant::now();
+                let pong = tokio::time::timeout(
+                    REDIS_COMMAND_TIMEOUT,
+                    ::redis::cmd("PING").query_async::<()>(&mut c),
+                )
+                .await;
+                match pong {
+                    Ok(Ok(())) => {
+                        self.latency_us.store(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+                        if !self.up.swap(true, Ordering::AcqRel) {
+                            tracing::info!("redis is reachable again");
+                        }
+                    }
+                    Ok(Err(e)) => self.down(&e),
+                    Err(_) => self.down(&"a ping timed out"),
+                }
+            }
+            None => {
+                let at = Instant::now();
+                let conn = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, self.target.connect()).await;
+                if let Ok(Ok(c)) = conn {
+                    self.latency_us.store(at.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    *self.conn.write() = Some(c);
+                    self.up.store(true, Ordering::Release);
+                    tracing::info!("redis is reachable again");
+                }
+            }
+        }
+    }
+
+    /// Reads the position of every channel with local interest (keeping its meta alive) and
+    /// calls `lagged` for those ahead of what pub/sub delivered.
+    pub(super) async fn check_positions(&self) {
+        let channels: Vec<(Box<str>, Retention)> =
+            self.interest.lock().iter().map(|(c, i)| (c.clone(), i.retention)).collect();
+        if channels.is_empty() || !self.up.load(Ordering::Acquire) {
+            return;
+        }
+        // Pipelined on the multiplexed connection, a bounded number in flight at a time.
+        let reads = channels.into_iter().map(|(c, r)| async move {
+            let position = self.take_interest(&c, r).await;
+            (c, position)
+        });
+        let positions: Vec<_> =
+            futures_util::stream::iter(reads).buffer_unordered(POSITION_CHECKS_IN_FLIGHT).collect().await;
+        let mut behind = Vec::new();
+        {
+            let mut interest = self.interest.lock();
+            for (channel, position) in positions {
+                let Ok((epoch, offset)) = position else { continue };
+                let Some(i) = interest.get_mut(&*channel) else { continue };
+                // Behind what the previous check read: a full period to arrive, so a message in
+                // flight is not taken for a lost one.
+                let previous = i.checked.replace((epoch, offset));
+                let lost = previous.is_some_and(|(epoch, offset)| {
+                    i.seen.as_ref().is_none_or(|(e, o)| **e != *epoch || *o < offset)
+                });
+                if lost {
+                    behind.push(channel);
+                }
+            }
+        }
+        let Some(listener) = self.listener() else { return };
+        for channel in behind {
+            listener.lagged(&channel);
+        }
+    }
+
+    /// Runs `interest.lua`: the channel's position, its meta made when missing and kept.
+    pub(super) async fn take_interest(
+        &self,
+        channel: &str,
+        r: Retention,
+    ) -> Result<(String, u64), BrokerError> {
+        let mut conn = self.conn()?;
+        let mut inv = self.interest_script.prepare_invoke();
+        inv.key(key(channel, "meta")).key(key(channel, "stream")).arg(new_epoch()).arg(ttl_ms(r));
+        self.run(inv.invoke_async::<(String, u64)>(&mut conn)).await
+    }
+
+    /// Keeps a pub/sub connection: subscribes it to every channel of local interest, delivers
+    /// its messages, and after a reconnection tells the listener every such channel may have
+    /// lagged.
+    pub(super) async fn fan_in(self: Arc<Self>, ready: tokio::sync::oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let mut first = true;
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let Target::One(one) = &self.target else { return };
+            let client = &one.0;
+            let pubsub = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, client.get_async_pubsub()).await;
+            let Ok(Ok(pubsub)) = pubsub else {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(REDIS_PING_PERIOD) => continue,
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            let channels: Vec<Box<str>> = {
+                let mut subs = self.subs.lock().await;
+                let channels: Vec<Box<str>> = self
+                    .interest
+                    .lock()
+                    .iter()
+                    .filter(|(_, i)| i.count > 0)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                if !channels.is_empty() {
+                    let names: Vec<String> = channels.iter().map(|c| key(c, "pub")).collect();
+                    match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.subscribe(names)).await {
+                        Ok(Ok(())) => {}
+                        _ => continue,
+                    }
+                }
+                subs.subscribed = channels.iter().cloned().collect();
+                subs.sink = Some(Sink::One(sink.clone()));
+                channels
+            };
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
+            if !first {
+                tracing::info!(channels = channels.len(), "redis pub/sub is back; rechecking its channels");
+                if let Some(l) = self.listener() {
+                    for c in &channels {
+                        l.lagged(c);
+                    }
+                }
+            }
+            first = false;
+            let mut ping = tokio::time::interval(REDIS_PING_PERIOD);
+            ping.tick().await;
+            loop {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    msg = stream.next() => match msg {
+                        Some(msg) => self.arrived(msg.get_channel_name(), msg.get_payload_bytes()),
+                        None => break,
+                    },
+                    _ = ping.tick() => {
+                        let pong = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.ping::<Value>()).await;
+                        if !matches!(pong, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
+                }
+            }
+            tracing::warn!("redis pub/sub connection lost; reconnecting");
+            let mut subs = self.subs.lock().await;
+            subs.sink = None;
+            subs.subscribed.clear();
+        }
+    }
+
+    /// The cluster's pub/sub: one RESP3 cluster connection, whose `SSUBSCRIBE`s go to each
+    /// channel's shard and are made again by the client after a reconnection (after which every
+    /// channel of local interest is rechecked).
+    pub(super) async fn fan_in_cluster(self: Arc<Self>, ready: tokio::sync::oneshot::Sender<()>) {
+        let mut ready = Some(ready);
+        let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let conn = loop {
+            let conn = match self.target.cluster(Some(tx.clone())) {
+                Ok(client) => {
+                    tokio::time::timeout(REDIS_COMMAND_TIMEOUT, client.get_async_connection()).await
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "redis cluster pub/sub cannot be set up");
+                    return;
+                }
+            };
+            if let Ok(Ok(conn)) = conn {
+                break conn;
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(REDIS_PING_PERIOD) => {}
+            }
+        };
+        self.subs.lock().await.sink = Some(Sink::Cluster(conn));
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        let mut disconnected = false;
+        loop {
+            let push = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                push = pushes.recv() => match push {
+                    Some(push) => push,
+                    None => return,
+                },
+            };
+            match push.kind {
+                PushKind::SMessage | PushKind::Message => {
+                    if let [name, payload] = push.data.as_slice()
+                        && let (Some(name), Value::BulkString(payload)) = (text(name), payload)
+                    {
+                        self.arrived(name, payload);
+                    }
+                }
+                PushKind::Disconnection => disconnected = true,
+                PushKind::SSubscribe if disconnected => {
+                    disconnected = false;
+                    let channels: Vec<Box<str>> = self.interest.lock().keys().cloned().collect();
+                    tracing::info!(
+                        channels = channels.len(),
+                        "redis cluster pub/sub is back; rechecking its channels"
+                    );
+                    if let Some(l) = self.listener() {
+                        for c in &channels {
+                            l.lagged(c);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// One fan-out message: `EPOCH OFFSET TS DATA_AT JSON`.
+    pub(super) fn arrived(&self, name: &str, payload: &[u8]) {
+        let Some(channel) = channel_of(name) else { return };
+        let Some((epoch, offset, ts, data_at, json)) = parse_message(payload) else {
+            tracing::warn!(channel, "a fan-out message that does not parse; ignored");
+            return;
+        };
+        let epoch = {
+            let mut interest = self.interest.lock();
+            let Some(i) = interest.get_mut(channel) else { return };
+            let epoch = match &i.seen {
+                Some((e, _)) if **e == *epoch => e.clone(),
+                _ => Arc::<str>::from(epoch),
+            };
+            if i.seen.as_ref().is_none_or(|(e, o)| *e != epoch || offset > *o) {
+                i.seen = Some((epoch.clone(), offset));
+            }
+            epoch
+        };
+        let Some(p) = Publication::from_encoded(offset, ts, json.into(), data_at) else {
+            tracing::warn!(channel, "a fan-out message whose publication does not parse; ignored");
+            return;
+        };
+        if let Some(l) = self.listener() {
+            l.deliver(channel, &epoch, &Arc::new(p));
+        }
+    }
+}
