@@ -319,6 +319,8 @@ async fn two_nodes(url: &str) {
     let (_, snap) = subscribe(&mut on_b, json!([ch])).await;
     assert_eq!(snap["offset"], 0);
     let mut publisher = ws(a.addr, Some(support::ADMIN)).await;
+    let info = call(&mut publisher, "info", json!([])).await;
+    assert_eq!(info["result"]["broker"], "redis", "{info}");
     for n in 1..=20 {
         let r = call(&mut publisher, "publish", json!([ch, n])).await;
         assert_eq!(r["result"]["offset"], n, "{r}");
