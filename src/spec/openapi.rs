@@ -136,8 +136,13 @@ fn path_item(route: Route, g: &mut SchemaGenerator) -> Map<String, Value> {
                 "operationId": "health",
                 "tags": ["node"],
                 "summary": "Liveness",
-                "description": "`{\"status\":\"ok\"}` once the node serves.",
-                "responses": {"200": {"description": "serving", "content": json_content(r("Health"))}},
+                "description": "`{\"status\":\"ok\"}` once the node serves; 503 \
+                    `{\"status\":\"degraded\",\"broker_state\":\"down\"}` while its shared broker \
+                    cannot be reached (publish, subscribe and history fail with -32008 meanwhile).",
+                "responses": {
+                    "200": {"description": "serving", "content": json_content(r("Health"))},
+                    "503": {"description": "degraded: the shared broker cannot be reached", "content": json_content(r("Health"))},
+                },
             }),
         ),
         Route::Metrics => op(
@@ -632,8 +637,12 @@ fn own_schemas(g: &mut SchemaGenerator) -> Vec<(&'static str, Value)> {
             "Health",
             json!({
                 "type": "object",
+                "description": "`ok`, or `degraded` with what is down.",
                 "required": ["status"],
-                "properties": {"status": {"const": "ok"}},
+                "properties": {
+                    "status": {"enum": ["ok", "degraded"]},
+                    "broker_state": {"const": "down", "description": "present while the shared broker cannot be reached"},
+                },
             }),
         ),
         (

@@ -428,6 +428,7 @@ impl CompatConn {
                     // The dialect has no code of its own for the backend being away.
                     SubscribeError::Backend(crate::backend::BackendError::Unavailable(_)) => "internal_error",
                     SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
+                    e if e.is_broker_unavailable() => "broker_unavailable",
                     _ => "subscription_failed",
                 };
                 (code, e.to_string())
