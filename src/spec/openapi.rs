@@ -558,8 +558,9 @@ fn api_publish(g: &mut SchemaGenerator) -> Value {
             "415": resp("UnsupportedMediaType"),
             "429": resp("TooManyRequests"),
             "503": {
-                "description": "the node holds `limits.max_channels` channels and this one is new (single \
-                    publication)",
+                "description": "the node holds `limits.max_channels` channels and this one is new, or the \
+                    shared broker cannot be reached (single publication; a batch item says \
+                    `broker_unavailable`)",
                 "content": json_content(r("ErrorBody")),
             },
         },
