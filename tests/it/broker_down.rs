@@ -15,7 +15,11 @@ use std::time::Duration;
 
 /// A server over a fault-free [`FaultyBroker`], with the broker's handle.
 async fn server() -> (rpchub::Running, Arc<FaultyBroker>) {
-    let config = support::config();
+    server_with(support::config()).await
+}
+
+/// A server of `config` over a fault-free [`FaultyBroker`], with the broker's handle.
+async fn server_with(config: rpchub::Config) -> (rpchub::Running, Arc<FaultyBroker>) {
     let broker = FaultyBroker::start(config.limits.max_channels, Faults::default());
     let running = rpchub::start_with(config, broker.clone()).await.expect("server starts");
     (running, broker)
@@ -247,5 +251,28 @@ async fn a_gap_being_filled_when_the_broker_goes_down_is_filled_once_it_is_back(
     let e = event(&mut w).await;
     assert_eq!((&e["type"], &e["offset"]), (&json!("publication"), &json!(4)), "{e}");
     assert_eq!(metric(server.addr, "rpchub_streams_lost_total").await, 0.0);
+    server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_connection_is_closed_try_again_later_while_the_broker_is_down() {
+    let token = "broker-down-instance-token";
+    let mut c = support::config();
+    c.instances.insert(
+        "shop".into(),
+        rpchub::config::InstanceConfig {
+            token: rpchub::config::Secret(token.into()),
+            enabled: true,
+            events: vec![],
+            media_base64: false,
+        },
+    );
+    let (server, broker) = server_with(c).await;
+    broker.set_down(true);
+    let mut w = support::try_ws(server.addr, "/ws/shop", Some(token), &[]).await.expect("upgraded");
+    assert_eq!(support::closed(&mut w).await, Some(1013));
+    broker.set_down(false);
+    let mut w = support::try_ws(server.addr, "/ws/shop", Some(token), &[]).await.expect("upgraded");
+    assert!(support::silent(&mut w, Duration::from_millis(200)).await, "it follows the instance");
     server.shutdown();
 }
