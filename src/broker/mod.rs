@@ -228,8 +228,8 @@ pub enum BrokerState {
     /// Working.
     #[default]
     Up,
-    /// A shared broker that cannot be reached: publishes and subscribes fail fast with
-    /// [`BrokerError::Unavailable`] until it is back.
+    /// A shared broker that cannot be reached: publish, subscribe and history fail fast with
+    /// -32008 `broker_unavailable` (`BrokerError::Unavailable`) until it is back.
     Down,
 }
 
