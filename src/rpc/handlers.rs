@@ -245,6 +245,6 @@ impl NodeApiServer for Handlers {
 impl StreamApiServer for Handlers {
     fn stream_cancel(&self, ext: &Extensions, stream: String) -> RpcResult<bool> {
         let s = session(ext)?;
-        Ok(stream.parse::<u64>().is_ok_and(|id| s.calls.cancel(id)))
+        Ok(stream.parse::<u64>().is_ok_and(|id| s.calls().is_some_and(|c| c.cancel(id))))
     }
 }
