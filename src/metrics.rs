@@ -29,6 +29,13 @@ pub struct DoorLabels {
     pub door: &'static str,
 }
 
+/// The label of the broker gauges: the broker's kind (`memory`, `redis`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerLabels {
+    /// What [`crate::broker::Broker::name`] says.
+    pub broker: &'static str,
+}
+
 /// Labels of counters split by reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -217,6 +224,18 @@ impl BackendMetrics {
 /// Counts the channels the node holds state for, when the metrics are read.
 type ChannelCount = Box<dyn Fn() -> usize + Send + Sync>;
 
+/// What the broker says of itself when the metrics are read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BrokerReading {
+    /// It can be used now.
+    pub up: bool,
+    /// Its last round trip, for a shared broker that made one.
+    pub latency: Option<std::time::Duration>,
+}
+
+/// Reads the broker, when the metrics are read: its kind, and a function that asks it.
+type BrokerRead = (&'static str, Box<dyn Fn() -> BrokerReading + Send + Sync>);
+
 /// Counters of one method.
 #[derive(Clone, Default, Debug)]
 pub struct MethodCounters {
@@ -242,6 +261,12 @@ pub struct Metrics {
     /// whoever made or dropped the channels (the hub, the embedded broker, its sweeper).
     channels: Gauge,
     count_channels: OnceLock<ChannelCount>,
+    /// 1 while the broker can be used, 0 while a shared one cannot be reached; set from
+    /// `read_broker` each time the metrics are read, as `channels` is.
+    broker_up: Family<BrokerLabels, Gauge>,
+    /// The shared broker's last round trip; no sample for a broker that reports none.
+    broker_latency: Family<BrokerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    read_broker: OnceLock<BrokerRead>,
     /// Calls refused a channel slot, by reason; one counter per [`SlotRefusal`], made at start
     /// (a flood of refusals takes no lock, and every reason is exported from zero).
     slot_refusals: [Counter; SlotRefusal::ALL.len()],
@@ -305,6 +330,9 @@ impl Metrics {
             subscriptions: Gauge::default(),
             channels: Gauge::default(),
             count_channels: OnceLock::new(),
+            broker_up: Family::default(),
+            broker_latency: Family::default(),
+            read_broker: OnceLock::new(),
             slot_refusals,
             publications: Counter::default(),
             deliveries: Counter::default(),
@@ -335,6 +363,17 @@ impl Metrics {
             "channels",
             "Channels the node holds state for (history, offsets, subscribers)",
             m.channels.clone(),
+        );
+        r.register(
+            "broker_up",
+            "1 while the broker can be used, 0 while a shared broker cannot be reached, by broker kind",
+            m.broker_up.clone(),
+        );
+        r.register_with_unit(
+            "broker_latency",
+            "The shared broker's last round trip (none for the embedded broker), by broker kind",
+            prometheus_client::registry::Unit::Seconds,
+            m.broker_latency.clone(),
         );
         r.register(
             "channels_refused",
@@ -458,10 +497,33 @@ impl Metrics {
         let _ = self.count_channels.set(Box::new(count));
     }
 
+    /// Sets what `rpchub_broker_up` and `rpchub_broker_latency_seconds` read from: the broker's
+    /// kind and a function that asks it (once; the hub does it).
+    pub fn read_broker_with(
+        &self,
+        kind: &'static str,
+        read: impl Fn() -> BrokerReading + Send + Sync + 'static,
+    ) {
+        let _ = self.read_broker.set((kind, Box::new(read)));
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         if let Some(count) = self.count_channels.get() {
             self.channels.set(count() as i64);
+        }
+        if let Some((kind, read)) = self.read_broker.get() {
+            let labels = BrokerLabels { broker: kind };
+            let reading = read();
+            self.broker_up.get_or_create(&labels).set(i64::from(reading.up));
+            match reading.latency {
+                Some(l) => {
+                    self.broker_latency.get_or_create(&labels).set(l.as_secs_f64());
+                }
+                None => {
+                    self.broker_latency.remove(&labels);
+                }
+            }
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry.lock())
@@ -498,7 +560,13 @@ mod tests {
         m.upgrade_rejected(Rejection::Origin);
         m.slot_refused(SlotRefusal::AnonymousShare);
         m.count_channels_with(|| 7);
+        m.read_broker_with("redis", || BrokerReading {
+            up: false,
+            latency: Some(std::time::Duration::from_millis(2)),
+        });
         let text = m.render();
+        assert!(text.contains(r#"rpchub_broker_up{broker="redis"} 0"#), "{text}");
+        assert!(text.contains(r#"rpchub_broker_latency_seconds{broker="redis"} 0.002"#), "{text}");
         assert!(text.contains("rpchub_channels 7"), "{text}");
         assert!(text.contains(r#"rpchub_channels_refused_total{reason="anonymous_share"} 1"#), "{text}");
         assert!(text.contains(r#"rpchub_channels_refused_total{reason="max_channels"} 0"#), "{text}");

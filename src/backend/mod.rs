@@ -107,7 +107,9 @@ pub struct InFlight(Arc<Session>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.calls.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if let Some(calls) = self.0.calls() {
+            calls.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -340,7 +342,8 @@ impl Backend {
 
     /// Takes one of `session`'s `backend.max_in_flight` places for a proxied call.
     pub fn take_place(&self, session: &Arc<Session>) -> Option<InFlight> {
-        let calls = &session.calls;
+        // Every session of a node with a backend has its part (`Session::with_backend`).
+        let calls = session.calls()?;
         let taken = calls.in_flight.fetch_add(1, Ordering::AcqRel);
         let place = InFlight(session.clone());
         (taken < self.config.max_in_flight).then_some(place)

@@ -142,7 +142,8 @@ impl Backend {
         if streamed {
             self.metrics.backend.streams.inc();
             let id = self.stream_id();
-            let cancel = session.calls.add_stream(id);
+            let calls = session.calls().expect("a session holding a place has its calls; qed");
+            let cancel = calls.add_stream(id);
             return Ok(Reply::Stream(Stream {
                 id,
                 resp: Some(resp),
@@ -191,7 +192,9 @@ enum End {
 impl Drop for Stream {
     fn drop(&mut self) {
         self.backend.metrics.backend.streams.dec();
-        self.session.calls.remove_stream(self.id);
+        if let Some(calls) = self.session.calls() {
+            calls.remove_stream(self.id);
+        }
     }
 }
 

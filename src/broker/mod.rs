@@ -232,13 +232,16 @@ pub async fn connect(config: &crate::config::Config) -> Result<Arc<dyn Broker>, 
     }
 }
 
-/// Whether a broker can be used now, for `/health`, `info` and `/metrics`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether a broker can be used now, for `/health`, `info` (`broker_state`: `up` or `down`)
+/// and `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum BrokerState {
     /// Working.
+    #[default]
     Up,
-    /// A shared broker that cannot be reached: publishes and subscribes fail fast with
-    /// [`BrokerError::Unavailable`] until it is back.
+    /// A shared broker that cannot be reached: publish, subscribe and history fail fast with
+    /// -32008 `broker_unavailable` (`BrokerError::Unavailable`) until it is back.
     Down,
 }
 
@@ -291,7 +294,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Finishes pending work before the process exits.
     fn flush(&self) -> BoxFuture<'_, ()>;
 
-    /// Whether it can be used now. An embedded broker always can.
+    /// Whether it can be used now. An embedded broker always can. While it says
+    /// [`BrokerState::Down`] the hub fails publishes, subscribes and history reads at once with
+    /// [`BrokerError::Unavailable`] and keeps its subscribers; when it is back, the broker calls
+    /// [`Listener::lagged`] for every channel with local interest, so that each catches up from
+    /// history (or tells its subscribers it cannot).
     fn state(&self) -> BrokerState {
         BrokerState::Up
     }

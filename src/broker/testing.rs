@@ -7,12 +7,19 @@
 //! test of the hub's gap and duplicate handling needs. [`FaultyBroker::settle`] plays the part of
 //! a shared broker's periodic position check: it hands over what it still holds and tells the
 //! listener to check every channel it delivered to.
+//!
+//! It can also be switched down ([`FaultyBroker::set_down`]), as a shared broker is when it
+//! cannot be reached: [`Broker::state`] says [`BrokerState::Down`], publish, subscribe and
+//! history fail with [`BrokerError::Unavailable`], and deliveries are lost. Publications can
+//! still be made behind the node's back meanwhile ([`FaultyBroker::inner`], as other nodes would),
+//! and switched up again it says every channel it knows of may have lagged, as a shared broker
+//! does when its connection is back.
 
 use super::memory::MemoryBroker;
 use super::*;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{OnceLock, Weak};
 
 /// What to break, each in parts per thousand of deliveries.
@@ -41,6 +48,8 @@ pub struct FaultCounts {
     pub reordered: AtomicU64,
     /// Streams lost ([`FaultyBroker::lose`]).
     pub lost: AtomicU64,
+    /// Calls refused and deliveries lost while down ([`FaultyBroker::set_down`]).
+    pub unavailable: AtomicU64,
 }
 
 struct State {
@@ -59,6 +68,8 @@ pub struct FaultyBroker {
     listener: OnceLock<Weak<dyn Listener>>,
     /// The inner broker's listener, which it holds weakly: kept alive here.
     relay: Arc<dyn Listener>,
+    /// Switched down: calls fail, deliveries are lost.
+    down: AtomicBool,
     /// What was broken.
     pub counts: FaultCounts,
 }
@@ -97,6 +108,7 @@ impl FaultyBroker {
             state: Mutex::new(State { faults, rng: faults.seed | 1, held: HashMap::new(), seen: Vec::new() }),
             listener: OnceLock::new(),
             relay: Arc::new(Relay(me.clone())),
+            down: AtomicBool::new(false),
             counts: FaultCounts::default(),
         });
         b.inner.set_listener(Arc::downgrade(&b.relay));
@@ -106,6 +118,37 @@ impl FaultyBroker {
     /// Changes the faults from now on.
     pub fn set_faults(&self, faults: Faults) {
         self.state.lock().faults = faults;
+    }
+
+    /// Switches the broker down (calls fail with [`BrokerError::Unavailable`], deliveries are
+    /// lost) or up again; up, it asks the listener to check every channel it delivered to or
+    /// lost a delivery of, as a shared broker does when its connection is back.
+    pub fn set_down(&self, down: bool) {
+        let was = self.down.swap(down, Ordering::SeqCst);
+        if was && !down {
+            let seen = self.state.lock().seen.clone();
+            if let Some(l) = self.listener() {
+                for channel in seen {
+                    l.lagged(&channel);
+                }
+            }
+        }
+    }
+
+    /// The memory broker underneath, which works whether this one is down or not: a test
+    /// publishes through it what other nodes would publish while this node cannot reach the
+    /// broker (its deliveries are lost while down).
+    pub fn inner(&self) -> &Arc<MemoryBroker> {
+        &self.inner
+    }
+
+    /// `Err` when switched down, counted.
+    fn check_up(&self) -> Result<(), BrokerError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+            return Err(BrokerError::Unavailable("the faulty broker is switched down".into()));
+        }
+        Ok(())
     }
 
     /// Loses `channel`'s stream: its history and offset are gone, a new epoch starts.
@@ -141,6 +184,10 @@ impl FaultyBroker {
             let mut st = self.state.lock();
             if !st.seen.iter().any(|c| &**c == channel) {
                 st.seen.push(channel.into());
+            }
+            if self.down.load(Ordering::SeqCst) {
+                self.counts.unavailable.fetch_add(1, Ordering::Relaxed);
+                return;
             }
             let f = st.faults;
             let roll = next(&mut st.rng) % 1000;
@@ -188,6 +235,9 @@ impl Broker for FaultyBroker {
         publication: NewPublication,
         retention: Retention,
     ) -> BoxFuture<'a, Result<Published, BrokerError>> {
+        if let Err(e) = self.check_up() {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         self.inner.publish(channel, publication, retention)
     }
 
@@ -199,9 +249,11 @@ impl Broker for FaultyBroker {
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
         let delay = self.state.lock().faults.history_delay;
         Box::pin(async move {
+            self.check_up()?;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            self.check_up()?;
             self.inner.history(channel, range, retention).await
         })
     }
@@ -211,6 +263,9 @@ impl Broker for FaultyBroker {
         channel: &'a str,
         retention: Retention,
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        if let Err(e) = self.check_up() {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         self.inner.subscribe(channel, retention)
     }
 
@@ -228,5 +283,14 @@ impl Broker for FaultyBroker {
 
     fn flush(&self) -> BoxFuture<'_, ()> {
         self.inner.flush()
+    }
+
+    fn state(&self) -> BrokerState {
+        if self.down.load(Ordering::SeqCst) { BrokerState::Down } else { BrokerState::Up }
+    }
+
+    fn latency(&self) -> Option<Duration> {
+        // What a shared broker reports once it has made a round trip: a fixed figure here.
+        (!self.down.load(Ordering::SeqCst)).then_some(Duration::from_micros(250))
     }
 }

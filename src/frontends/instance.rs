@@ -304,6 +304,9 @@ impl InstanceConn {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(instance = %self.name, "cannot follow {channel}: {e}");
+                    if e.is_broker_unavailable() {
+                        return outbox.end(Ending::Close(frame::code::TRY_AGAIN_LATER, "broker unavailable"));
+                    }
                     return outbox.end(Ending::Close(frame::code::INTERNAL, "cannot follow the instance"));
                 }
             };

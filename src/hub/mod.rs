@@ -37,12 +37,12 @@ pub use id::{SUB_ID_LEN, SubId, SubIdGen};
 pub use subscription::{Pending, Subscription};
 
 use crate::broker::{
-    Broker, BrokerError, HistoryPage, HistoryRange, Listener, NO_EPOCH, NewPublication, Publication,
-    Published, Retention, StreamPosition,
+    Broker, BrokerError, BrokerState, HistoryPage, HistoryRange, Listener, NO_EPOCH, NewPublication,
+    Publication, Published, Retention, StreamPosition,
 };
 use crate::channel::validate_channel;
 use crate::config::Config;
-use crate::metrics::{Metrics, SlotRefusal};
+use crate::metrics::{BrokerReading, Metrics, SlotRefusal};
 use channel::{Arrival, ChannelState, PendingSub};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -131,7 +131,12 @@ impl Hub {
         });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
         hub.broker.set_listener(weak.clone());
-        hub.metrics.count_channels_with(move || weak.upgrade().map_or(0, |h| h.held_channels()));
+        let counted = weak.clone();
+        hub.metrics.count_channels_with(move || counted.upgrade().map_or(0, |h| h.held_channels()));
+        hub.metrics.read_broker_with(hub.broker.name(), move || match weak.upgrade() {
+            Some(h) => BrokerReading { up: h.broker.state() == BrokerState::Up, latency: h.broker.latency() },
+            None => BrokerReading { up: false, latency: None },
+        });
         hub
     }
 
@@ -150,6 +155,20 @@ impl Hub {
             self.metrics.slot_refused(SlotRefusal::MaxChannels);
         }
         HubError::Broker(e)
+    }
+
+    /// `Err` at once when the broker says it is down ([`Broker::state`]): publishes, subscribes
+    /// and history reads fail fast then, without waiting on a broker that cannot answer. The
+    /// subscribers the node holds stay: the broker tells the hub when it is back
+    /// ([`Listener::lagged`]), and their channels catch up from history.
+    pub fn check_broker(&self) -> Result<(), HubError> {
+        match self.broker.state() {
+            BrokerState::Up => Ok(()),
+            BrokerState::Down => Err(HubError::Broker(BrokerError::Unavailable(format!(
+                "the {} broker cannot be reached; retry once it is back (GET /health answers 200 again)",
+                self.broker.name()
+            )))),
+        }
     }
 
     /// The broker underneath.
@@ -216,6 +235,7 @@ impl Hub {
         limit: Option<usize>,
     ) -> Result<Pending, HubError> {
         validate_channel(channel).map_err(HubError::InvalidChannel)?;
+        self.check_broker()?;
         let hub = self.me.upgrade().expect("a hub in use is alive; qed");
         let id = self.ids.next();
         let ch = loop {
@@ -309,6 +329,7 @@ impl Hub {
     /// Publishes to `channel`.
     pub async fn publish(&self, channel: &str, p: NewPublication) -> Result<Published, HubError> {
         validate_channel(channel).map_err(HubError::InvalidChannel)?;
+        self.check_broker()?;
         let published = self
             .broker
             .publish(channel, p, self.retention(channel))
@@ -331,6 +352,7 @@ impl Hub {
         limit: Option<usize>,
     ) -> Result<History, HubError> {
         validate_channel(channel).map_err(HubError::InvalidChannel)?;
+        self.check_broker()?;
         let retention = self.retention(channel);
         let range = match &since {
             Some(s) => HistoryRange::After(s.offset, limit),
@@ -374,6 +396,16 @@ impl Hub {
             let Some(held) = st.filling.take() else { return };
             let page = match page {
                 Ok(page) if st.epoch.as_deref() == Some(&*page.epoch) && st.offset == from => page,
+                Err(BrokerError::Unavailable(e)) => {
+                    // The broker went away: the subscribers stay where they are, and what was
+                    // held is dropped. Nothing is skipped: the channel's position did not move,
+                    // so the next delivery past it opens the gap again, and the broker, back,
+                    // says the channel may have lagged, which reads from that position.
+                    st.recheck = false;
+                    drop(st);
+                    tracing::info!(channel = %ch.name, "a gap waits for the broker to be back: {e}");
+                    return;
+                }
                 _ => break,
             };
             let mut all: Vec<Arc<Publication>> = page.publications.into_iter().chain(held).collect();

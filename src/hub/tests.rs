@@ -424,3 +424,21 @@ async fn a_subscriber_that_comes_while_the_last_one_leaves_keeps_the_stream_it_r
     assert_eq!(*p.position.epoch, *epoch, "publishers append to the stream the subscriber read");
     assert_eq!(events(&out)[0]["offset"], 1, "and it gets the publication");
 }
+
+#[tokio::test]
+async fn a_broker_that_is_down_fails_every_call_at_once_and_nothing_is_registered() {
+    use crate::broker::testing::{Faults, FaultyBroker};
+    let config = Config::default();
+    let broker = FaultyBroker::start(config.limits.max_channels, Faults::default());
+    let hub = Hub::new(Arc::new(config), broker.clone(), Arc::new(Metrics::new()));
+    broker.set_down(true);
+    let unavailable = |e: HubError| matches!(e, HubError::Broker(BrokerError::Unavailable(_)));
+    let out = big_outbox();
+    assert!(unavailable(subscribe(&hub, &out, "down:a", None, None).await.unwrap_err()));
+    assert!(unavailable(hub.publish("down:a", data(json!(1))).await.unwrap_err()));
+    assert!(unavailable(hub.history("down:a", None, None).await.unwrap_err()));
+    assert_eq!(hub.channels.read().len(), 0, "a failed subscribe leaves no channel behind");
+    assert_eq!(broker.counts.unavailable.load(Ordering::Relaxed), 0, "the broker was not waited on");
+    broker.set_down(false);
+    assert_eq!(hub.publish("down:a", data(json!(1))).await.unwrap().position.offset, 1);
+}

@@ -184,6 +184,14 @@ pub struct NodeInfo {
     pub connections: u64,
     /// `memory` or `redis`.
     pub broker: String,
+    /// `up`, or `down` while a shared broker cannot be reached (publish, subscribe and history
+    /// fail with -32008 `broker_unavailable` then).
+    #[serde(default)]
+    pub broker_state: crate::broker::BrokerState,
+    /// The latency of the shared broker's last round trip, in milliseconds; absent for the
+    /// embedded broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_latency_ms: Option<f64>,
 }
 
 /// The result of `auth`.

@@ -30,6 +30,9 @@ pub const NOT_FOUND: i32 = -32004;
 pub const UNACCEPTABLE: i32 = -32005;
 /// A client message over the size limit.
 pub const MESSAGE_TOO_BIG: i32 = -32007;
+/// A shared broker cannot be reached: publish, subscribe and history fail fast with it until it
+/// is back (`GET /health` answers 503 meanwhile).
+pub const BROKER_UNAVAILABLE: i32 = -32008;
 /// A proxied method's backend answered with an error object.
 pub const BACKEND_ERROR: i32 = -32020;
 /// The backend (of a proxied method or a permission check) or the upstream node gave no usable
@@ -58,6 +61,9 @@ pub enum RpcError {
     /// answer (down, slow, 5xx, malformed).
     #[error("{0}")]
     BackendUnavailable(String),
+    /// -32008 `broker_unavailable`: the shared broker cannot be reached; retry once it is back.
+    #[error("{0}")]
+    BrokerUnavailable(String),
     /// -32603, for failures that are the server's fault.
     #[error("{0}")]
     Internal(String),
@@ -73,6 +79,7 @@ impl RpcError {
             RpcError::NotFound(_) => (NOT_FOUND, "not_found"),
             RpcError::Unacceptable(_) => (UNACCEPTABLE, "invalid_request"),
             RpcError::BackendUnavailable(_) => (BACKEND_UNAVAILABLE, "backend_unavailable"),
+            RpcError::BrokerUnavailable(_) => (BROKER_UNAVAILABLE, "broker_unavailable"),
             RpcError::Internal(_) => (INTERNAL_ERROR, "internal_error"),
         }
     }
@@ -105,6 +112,9 @@ impl From<HubError> for RpcError {
             HubError::Broker(crate::broker::BrokerError::Full(n)) => RpcError::SubscriptionFailed(format!(
                 "this node already holds its maximum of {n} channels (limits.max_channels)"
             )),
+            HubError::Broker(e @ crate::broker::BrokerError::Unavailable(_)) => {
+                RpcError::BrokerUnavailable(e.to_string())
+            }
             HubError::Broker(e) => RpcError::Internal(e.to_string()),
             HubError::TooManyChannels(_) | HubError::ConnectionClosed | HubError::Busy => {
                 RpcError::SubscriptionFailed(e.to_string())

@@ -223,6 +223,8 @@ impl NodeApiServer for Handlers {
             uptime_s: self.0.started.elapsed().as_secs(),
             connections: self.0.metrics.open_connections(),
             broker: self.0.hub.broker().name().into(),
+            broker_state: self.0.hub.broker().state(),
+            broker_latency_ms: self.0.hub.broker().latency().map(|d| d.as_secs_f64() * 1e3),
         })
     }
 
@@ -243,6 +245,6 @@ impl NodeApiServer for Handlers {
 impl StreamApiServer for Handlers {
     fn stream_cancel(&self, ext: &Extensions, stream: String) -> RpcResult<bool> {
         let s = session(ext)?;
-        Ok(stream.parse::<u64>().is_ok_and(|id| s.calls.cancel(id)))
+        Ok(stream.parse::<u64>().is_ok_and(|id| s.calls().is_some_and(|c| c.cancel(id))))
     }
 }

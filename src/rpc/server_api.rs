@@ -8,7 +8,7 @@
 //! A batch is answered `200` with one result per publication, in order: the position, or
 //! `{"error":{"code","message"}}` with `code` one of the names the JSON-RPC errors carry in
 //! `data.code` (`invalid_request`, `unauthorized`, `rate_limited`, `subscription_failed`,
-//! `internal_error`). One bad item fails only itself.
+//! `broker_unavailable`, `internal_error`). One bad item fails only itself.
 
 use super::RpcError;
 use super::api::JsonData;
@@ -41,8 +41,8 @@ pub struct PublishRequest {
 /// Why one publication of a batch failed.
 #[derive(Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct PublishFailure {
-    /// `invalid_request`, `unauthorized`, `rate_limited`, `subscription_failed` or
-    /// `internal_error`: the names of the JSON-RPC errors' `data.code`.
+    /// `invalid_request`, `unauthorized`, `rate_limited`, `subscription_failed`,
+    /// `broker_unavailable` or `internal_error`: the names of the JSON-RPC errors' `data.code`.
     pub code: String,
     /// What to change.
     pub message: String,
@@ -116,14 +116,16 @@ pub fn parse(bytes: &[u8]) -> Result<PublishBody, String> {
 }
 
 /// The HTTP status of a single publication that failed with `e`: 400 for unacceptable input,
-/// 403 for missing rights, 429 over the rate, 503 when the node's channel table is full, 500
-/// for the server's own failures.
+/// 403 for missing rights, 429 over the rate, 503 when the node's channel table is full or the
+/// shared broker cannot be reached, 500 for the server's own failures.
 pub fn status_of(e: &RpcError) -> u16 {
     match e {
         RpcError::Unacceptable(_) | RpcError::NotFound(_) => 400,
         RpcError::Unauthorized(_) => 403,
         RpcError::RateLimited(_) => 429,
-        RpcError::SubscriptionFailed(_) | RpcError::BackendUnavailable(_) => 503,
+        RpcError::SubscriptionFailed(_)
+        | RpcError::BackendUnavailable(_)
+        | RpcError::BrokerUnavailable(_) => 503,
         RpcError::Internal(_) => 500,
     }
 }

@@ -4,6 +4,7 @@
 //! here too: `/health`, `/metrics`, the generated documents and the browser console.
 
 use super::{Node, api, http::http_rpc, instance, upgrade::upgrade};
+use crate::broker::BrokerState;
 use crate::gate::{Body, json_error, json_response, redacted_uri};
 use crate::routes::{Route, RouteMatch};
 use futures_util::future::BoxFuture;
@@ -56,7 +57,7 @@ async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
         Route::WsCompat => upgrade(&node, &*node.compat, req),
         Route::HttpRpc if req.method() == hyper::Method::OPTIONS => node.cors.preflight(req.headers()),
         Route::HttpRpc => http_rpc(&node, req).await,
-        Route::Health => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        Route::Health => health(&node),
         Route::Metrics => Response::builder()
             .header(hyper::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(Body::from(node.metrics.render()))
@@ -71,6 +72,20 @@ async fn dispatch(node: Arc<Node>, req: Request<Incoming>) -> Response<Body> {
             .header(hyper::header::CACHE_CONTROL, "no-cache")
             .body(Body::from(CONSOLE_HTML))
             .expect("static headers are valid; qed"),
+    }
+}
+
+/// `GET /health`: 200 `{"status":"ok"}` while the node can serve; 503
+/// `{"status":"degraded","broker_state":"down"}` while its shared broker cannot be reached
+/// (publishes, subscribes and history reads fail then, and a load balancer may send clients
+/// elsewhere).
+fn health(node: &Node) -> Response<Body> {
+    match node.hub.broker().state() {
+        BrokerState::Up => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        BrokerState::Down => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"degraded","broker_state":"down"}"#.into(),
+        ),
     }
 }
 

@@ -56,7 +56,7 @@ async fn answer(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let (metrics, limits) = (&node.metrics, &node.config.limits);
     let remote = client_addr(&req);
     let principal = principal_of(&req);
-    let forwarded = node.backend.as_ref().map(|b| b.forwarded(req.headers())).unwrap_or_default();
+    let forwarded = node.backend.as_ref().map(|b| b.forwarded(req.headers()));
     let max = limits.max_message_bytes;
     let body = match read_json(node, req, &RPC_BODY).await {
         Ok(b) => b,
@@ -78,8 +78,11 @@ async fn answer(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     };
     let id = node.next_session.fetch_add(1, Ordering::Relaxed);
     let budget = node.budgets.of(&principal, remote.ip());
-    let session =
-        Arc::new(Session::over_http(id, remote, jsonrpc::DOOR, principal, budget).forwarding(forwarded));
+    let session = Session::over_http(id, remote, jsonrpc::DOOR, principal, budget);
+    let session = Arc::new(match forwarded {
+        Some(headers) => session.with_backend(headers),
+        None => session,
+    });
     let answer = node.jsonrpc.handle_http(&session, text).await;
     if answer.flood {
         metrics.http_refused("flood");

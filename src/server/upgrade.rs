@@ -38,9 +38,11 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
     };
     let limits = &node.config.limits;
     let link = Arc::new(Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes));
-    let forwarded = node.backend.as_ref().map(|b| b.forwarded(req.headers())).unwrap_or_default();
-    let session = Session::new(id, remote, door.name(), principal, Some(link), limits.calls_per_second)
-        .forwarding(forwarded);
+    let session = Session::new(id, remote, door.name(), principal, Some(link), limits.calls_per_second);
+    let session = match &node.backend {
+        Some(b) => session.with_backend(b.forwarded(req.headers())),
+        None => session,
+    };
     let conn = door.connect(Arc::new(session));
     let (registry, conn_limits, shutdown) = (node.registry.clone(), node.conn_limits, node.shutdown.clone());
     node.shutdown.spawn(async move {

@@ -44,9 +44,16 @@ pub struct Session {
     /// Live subscriptions and reserved places for those being made. Dropping the session (its
     /// connection ended) drops them, which unsubscribes.
     pub(crate) subscriptions: Mutex<SubscriptionSet>,
-    /// Proxied calls to the backend in flight, and streamed replies running.
-    pub calls: crate::backend::Calls,
-    /// The client's request headers that `backend.forward_headers` names.
+    /// What it holds for the application's backend, on a node that has one (a word
+    /// otherwise: most nodes have none, and every connection has a session).
+    backend: Option<Box<BackendSession>>,
+}
+
+/// A session's part of the application's backend: the client's request headers that
+/// `backend.forward_headers` names, and its proxied calls in flight and streamed replies.
+#[derive(Debug, Default)]
+pub struct BackendSession {
+    calls: crate::backend::Calls,
     forwarded: Box<[(hyper::header::HeaderName, hyper::header::HeaderValue)]>,
 }
 
@@ -137,23 +144,28 @@ impl Session {
             expires_at,
             budget,
             subscriptions: Mutex::new(SubscriptionSet::default()),
-            calls: crate::backend::Calls::default(),
-            forwarded: Box::default(),
+            backend: None,
         }
     }
 
-    /// The session, passing `headers` (of the client's request) on to the backend.
-    pub fn forwarding(
+    /// The session of a node with a backend, passing `headers` (of the client's request) on
+    /// to it.
+    pub fn with_backend(
         mut self,
         headers: Box<[(hyper::header::HeaderName, hyper::header::HeaderValue)]>,
     ) -> Session {
-        self.forwarded = headers;
+        self.backend = Some(Box::new(BackendSession { calls: Default::default(), forwarded: headers }));
         self
     }
 
     /// The client's request headers passed on to the backend.
     pub fn forwarded(&self) -> &[(hyper::header::HeaderName, hyper::header::HeaderValue)] {
-        &self.forwarded
+        self.backend.as_ref().map_or(&[], |b| &b.forwarded)
+    }
+
+    /// Its proxied calls and streamed replies, on a node with a backend.
+    pub fn calls(&self) -> Option<&crate::backend::Calls> {
+        self.backend.as_ref().map(|b| &b.calls)
     }
 
     /// Who the client is now.

@@ -48,6 +48,14 @@ pub enum SubscribeError {
     Backend(BackendError),
 }
 
+impl SubscribeError {
+    /// True when it failed because the shared broker cannot be reached (-32008
+    /// `broker_unavailable` and its dialect forms).
+    pub fn is_broker_unavailable(&self) -> bool {
+        matches!(self, SubscribeError::Hub(HubError::Broker(crate::broker::BrokerError::Unavailable(_))))
+    }
+}
+
 /// Why a subscription ended, as hooks are told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndReason {
@@ -204,6 +212,9 @@ impl Subscriptions {
         crate::channel::validate_channel(channel)
             .map_err(|m| SubscribeError::Hub(HubError::InvalidChannel(m)))?;
         self.allow(session, Action::Subscribe, channel).map_err(SubscribeError::Unauthorized)?;
+        // A broker that is down fails the subscribe now: no place is reserved and the backend
+        // is not asked about a subscribe that cannot be made.
+        self.hub.check_broker()?;
         let max = self.config.limits.max_subscriptions;
         {
             let mut set = session.subscriptions.lock();

@@ -136,8 +136,13 @@ fn path_item(route: Route, g: &mut SchemaGenerator) -> Map<String, Value> {
                 "operationId": "health",
                 "tags": ["node"],
                 "summary": "Liveness",
-                "description": "`{\"status\":\"ok\"}` once the node serves.",
-                "responses": {"200": {"description": "serving", "content": json_content(r("Health"))}},
+                "description": "`{\"status\":\"ok\"}` once the node serves; 503 \
+                    `{\"status\":\"degraded\",\"broker_state\":\"down\"}` while its shared broker \
+                    cannot be reached (publish, subscribe and history fail with -32008 meanwhile).",
+                "responses": {
+                    "200": {"description": "serving", "content": json_content(r("Health"))},
+                    "503": {"description": "degraded: the shared broker cannot be reached", "content": json_content(r("Health"))},
+                },
             }),
         ),
         Route::Metrics => op(
@@ -553,8 +558,9 @@ fn api_publish(g: &mut SchemaGenerator) -> Value {
             "415": resp("UnsupportedMediaType"),
             "429": resp("TooManyRequests"),
             "503": {
-                "description": "the node holds `limits.max_channels` channels and this one is new (single \
-                    publication)",
+                "description": "the node holds `limits.max_channels` channels and this one is new, or the \
+                    shared broker cannot be reached (single publication; a batch item says \
+                    `broker_unavailable`)",
                 "content": json_content(r("ErrorBody")),
             },
         },
@@ -632,8 +638,12 @@ fn own_schemas(g: &mut SchemaGenerator) -> Vec<(&'static str, Value)> {
             "Health",
             json!({
                 "type": "object",
+                "description": "`ok`, or `degraded` with what is down.",
                 "required": ["status"],
-                "properties": {"status": {"const": "ok"}},
+                "properties": {
+                    "status": {"enum": ["ok", "degraded"]},
+                    "broker_state": {"const": "down", "description": "present while the shared broker cannot be reached"},
+                },
             }),
         ),
         (

@@ -16,7 +16,8 @@ use super::schema;
 use crate::rpc::api;
 use crate::rpc::describe::MethodDescriptor;
 use crate::rpc::error::{
-    INVALID_PARAMS, MESSAGE_TOO_BIG, RATE_LIMITED, SUBSCRIPTION_FAILED, UNACCEPTABLE, UNAUTHORIZED,
+    BROKER_UNAVAILABLE, INVALID_PARAMS, MESSAGE_TOO_BIG, RATE_LIMITED, SUBSCRIPTION_FAILED, UNACCEPTABLE,
+    UNAUTHORIZED,
 };
 use schemars::SchemaGenerator;
 use serde_json::{Value, json};
@@ -52,6 +53,12 @@ const E_TOO_BIG: ErrorDoc = ErrorDoc {
     name: "message_too_big",
 };
 
+const E_BROKER_UNAVAILABLE: ErrorDoc = ErrorDoc {
+    code: BROKER_UNAVAILABLE,
+    message: "the shared broker cannot be reached; retry once GET /health answers 200",
+    name: "broker_unavailable",
+};
+
 /// An example: its name, the params by name, and the result.
 type Example = (&'static str, Vec<(&'static str, Value)>, Value);
 
@@ -70,7 +77,7 @@ pub struct Extra {
 pub fn extra(method: &str) -> Option<Extra> {
     let e = match method {
         "subscribe" => Extra {
-            errors: &[E_UNAUTHORIZED, E_SUBSCRIPTION_FAILED, E_RATE_LIMITED, E_INVALID],
+            errors: &[E_UNAUTHORIZED, E_SUBSCRIPTION_FAILED, E_RATE_LIMITED, E_INVALID, E_BROKER_UNAVAILABLE],
             examples: || {
                 vec![
                     (
@@ -94,7 +101,7 @@ pub fn extra(method: &str) -> Option<Extra> {
             examples: || vec![("unknown", vec![("subscription", json!("c66cb31949c70cfc"))], json!(false))],
         },
         "publish" => Extra {
-            errors: &[E_UNAUTHORIZED, E_SUBSCRIPTION_FAILED, E_RATE_LIMITED, E_INVALID],
+            errors: &[E_UNAUTHORIZED, E_SUBSCRIPTION_FAILED, E_RATE_LIMITED, E_INVALID, E_BROKER_UNAVAILABLE],
             examples: || {
                 vec![(
                     "trade",
@@ -108,7 +115,7 @@ pub fn extra(method: &str) -> Option<Extra> {
             },
         },
         "history" => Extra {
-            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_INVALID, E_TOO_BIG],
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_INVALID, E_TOO_BIG, E_BROKER_UNAVAILABLE],
             examples: || {
                 vec![(
                     "newest",

@@ -9,6 +9,7 @@ mod backend_checks;
 mod backpressure;
 mod bench;
 mod broker_contract;
+mod broker_down;
 mod browser;
 mod channel_slots;
 mod channels;

@@ -131,7 +131,9 @@ impl Conn for WsConn {
 
     fn on_end(&self, ending: Option<Ending>) {
         self.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
-        self.session.calls.cancel_all();
+        if let Some(calls) = self.session.calls() {
+            calls.cancel_all();
+        }
         self.door.subscriptions.disconnected(&self.session, ending);
     }
 }

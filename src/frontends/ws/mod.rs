@@ -275,7 +275,7 @@ impl CompatConn {
                 self.send(&json!({"type": "unsubscribed", "data": {"channel": d.channel}}).to_string());
             }
             "stream_cancel" => {
-                let cancelled = self.session.calls.cancel_all();
+                let cancelled = self.session.calls().map_or(0, |c| c.cancel_all());
                 self.send(&json!({"type": "stream_cancel", "data": {"cancelled": cancelled}}).to_string());
             }
             other => match self.door.backend.as_ref().filter(|b| b.proxies(other)) {
@@ -428,6 +428,7 @@ impl CompatConn {
                     // The dialect has no code of its own for the backend being away.
                     SubscribeError::Backend(crate::backend::BackendError::Unavailable(_)) => "internal_error",
                     SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
+                    e if e.is_broker_unavailable() => "broker_unavailable",
                     _ => "subscription_failed",
                 };
                 (code, e.to_string())
@@ -490,7 +491,9 @@ impl Conn for CompatConn {
 
     fn on_end(&self, ending: Option<Ending>) {
         self.door.metrics.connection_closed(DOOR, ending.and_then(|e| e.label()));
-        self.session.calls.cancel_all();
+        if let Some(calls) = self.session.calls() {
+            calls.cancel_all();
+        }
         self.door.subscriptions.disconnected(&self.session, ending);
     }
 }

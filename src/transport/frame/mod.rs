@@ -42,6 +42,8 @@ pub mod code {
     pub const TOO_BIG: u16 = 1009;
     /// The server hit an unexpected condition.
     pub const INTERNAL: u16 = 1011;
+    /// A condition that should pass: retry later (a shared broker that cannot be reached).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Why a connection must be failed: the close code the RFC names and a short reason for the peer.
