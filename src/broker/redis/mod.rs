@@ -59,7 +59,9 @@
 //! Every command is bounded by [`REDIS_COMMAND_TIMEOUT`]. A command that fails on the connection
 //! marks Redis down: [`Broker::state`] says [`BrokerState::Down`] and publishes, history reads
 //! and subscribes fail at once with [`BrokerError::Unavailable`] until a ping (every
-//! [`REDIS_PING_PERIOD`]) gets through again; [`Broker::latency`] is the last ping's round trip.
+//! [`REDIS_PING_PERIOD`]) gets through again, when every channel of local interest is told it
+//! may have lagged (so that a gap whose history read failed meanwhile is read now);
+//! [`Broker::latency`] is the last ping's round trip.
 //!
 //! # Epochs and Redis persistence
 //!

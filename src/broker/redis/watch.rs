@@ -96,6 +96,13 @@ impl Inner {
                     *self.conn.write() = Some(c);
                     self.up.store(true, Ordering::Release);
                     tracing::info!("redis is reachable again");
+                    // Whatever waited for Redis (a gap whose history read failed) reads now.
+                    let channels: Vec<Box<str>> = self.interest.lock().keys().cloned().collect();
+                    if let Some(l) = self.listener() {
+                        for c in &channels {
+                            l.lagged(c);
+                        }
+                    }
                 }
             }
         }
