@@ -264,7 +264,9 @@ async fn a_subscriber_through_a_redis_restart_is_told_and_never_sees_a_silent_ga
     }
     server.kill();
     let failed = call(&mut publisher, "publish", json!([ch, 4])).await;
-    assert!(failed.get("error").is_some(), "publishing fails while Redis is down: {failed}");
+    assert_eq!(failed["error"]["code"], -32008, "publishing fails while Redis is down: {failed}");
+    let (status, body) = support::http(a.addr, "GET", "/health", &[], "").await;
+    assert_eq!(status, 503, "the node is degraded while Redis is down: {body}");
     let _server = RedisServer::on(server.port);
     let deadline = Instant::now() + WAIT;
     loop {
