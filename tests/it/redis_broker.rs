@@ -289,6 +289,45 @@ async fn a_subscriber_through_a_redis_restart_is_told_and_never_sees_a_silent_ga
     assert_ne!(again["epoch"], json!(epoch), "{again}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_with_aof_keeps_epochs_and_offsets() {
+    if shared().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("rpchub-it-aof-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let args = ["--appendonly", "yes", "--appendfsync", "always", "--dir", dir.to_str().unwrap()];
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = RedisServer::with(port, &args);
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let ch = channel("aof");
+    let mut last = None;
+    for n in 1..=3 {
+        last = Some(b.publish(&ch, new_publication(n), RETENTION).await.unwrap().position);
+    }
+    server.kill();
+    let _server = RedisServer::with(port, &args);
+    let deadline = Instant::now() + WAIT;
+    let next = loop {
+        match b.publish(&ch, new_publication(4), RETENTION).await {
+            Ok(p) => break p.position,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "publishing works again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let last = last.unwrap();
+    assert_eq!(
+        (next.epoch, next.offset),
+        (last.epoch, 4),
+        "the stream survived the restart: same epoch, next offset"
+    );
+    let page = b.history(&ch, HistoryRange::Newest(None), RETENTION).await.unwrap();
+    assert_eq!(page.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A node on `url`.
 async fn node(url: &str) -> rpchub::Running {
     let mut config = support::config();
