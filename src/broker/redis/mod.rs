@@ -138,6 +138,8 @@ struct Inner {
     latency_us: AtomicU64,
     /// Wakes the supervisor (a command failed on the connection).
     wake: tokio::sync::Notify,
+    /// Wakes the pub/sub reader waiting to reconnect (the command connection is back).
+    pubsub_wake: tokio::sync::Notify,
     listener: OnceLock<Weak<dyn Listener>>,
     /// Channels with local interest.
     interest: Mutex<HashMap<Box<str>, Interest>>,
@@ -201,6 +203,7 @@ impl RedisBroker {
             up: AtomicBool::new(true),
             latency_us: AtomicU64::new(u64::MAX),
             wake: tokio::sync::Notify::new(),
+            pubsub_wake: tokio::sync::Notify::new(),
             listener: OnceLock::new(),
             interest: Mutex::new(HashMap::new()),
             subs: tokio::sync::Mutex::new(Subs::default()),

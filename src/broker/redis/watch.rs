@@ -96,6 +96,7 @@ impl Inner {
                     *self.conn.write() = Some(c);
                     self.up.store(true, Ordering::Release);
                     tracing::info!("redis is reachable again");
+                    self.pubsub_wake.notify_one();
                     // Whatever waited for Redis (a gap whose history read failed) reads now.
                     let channels: Vec<Box<str>> = self.interest.lock().keys().cloned().collect();
                     if let Some(l) = self.listener() {
@@ -175,6 +176,7 @@ impl Inner {
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
                     _ = tokio::time::sleep(REDIS_PING_PERIOD) => continue,
+                    _ = self.pubsub_wake.notified() => continue,
                 }
             };
             let (mut sink, mut stream) = pubsub.split();
