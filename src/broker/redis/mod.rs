@@ -31,8 +31,8 @@
 //! with `MAXLEN ~ history_size`, sets the key, gives every key it wrote `PEXPIRE history_ttl`,
 //! and publishes the fan-out message from the script (`PUBLISH` on one Redis, `SPUBLISH` on a
 //! cluster: the pub/sub channel shares the keys' hash slot, so a script may). All of it is one
-//! atomic step: a publication is in history
-//! before any node can receive it, and messages are published in offset order.
+//! atomic step: a publication is in history before any node can receive it, and messages are
+//! published in offset order.
 //!
 //! History reads are a script too (`history.lua`), so a page and the position it reports are of
 //! one moment: it reads nothing beyond the newest `history_size`, skips publications older than
@@ -60,8 +60,9 @@
 //! marks Redis down: [`Broker::state`] says [`BrokerState::Down`] and publishes, history reads
 //! and subscribes fail at once with [`BrokerError::Unavailable`] until a ping (every
 //! [`REDIS_PING_PERIOD`]) gets through again, when every channel of local interest is told it
-//! may have lagged (so that a gap whose history read failed meanwhile is read now);
-//! [`Broker::latency`] is the last ping's round trip.
+//! may have lagged (so that a gap whose history read failed meanwhile is read now) and the
+//! pub/sub connection is retried at once (until it is back, subscribes fail with
+//! [`BrokerError::Unavailable`]); [`Broker::latency`] is the last ping's round trip.
 //!
 //! # Epochs and Redis persistence
 //!
