@@ -142,8 +142,6 @@ struct PresenceClient<'a> {
 #[derive(Debug)]
 pub struct Hooks {
     backend: Arc<Backend>,
-    /// `{url}/hooks`.
-    url: String,
     /// Which of `connect`, `disconnect`, `subscribe`, `unsubscribe` are sent.
     wanted: [bool; 4],
     /// `backend.hooks_queue`.
@@ -172,7 +170,6 @@ impl Hooks {
         }
         let hooks = Arc::new(Hooks {
             backend: backend.clone(),
-            url: format!("{}/hooks", backend.base),
             wanted: ["connect", "disconnect", "subscribe", "unsubscribe"].map(|e| config.hooks(e)),
             bound: config.hooks_queue.max(1),
             state: Mutex::new(State::default()),
@@ -403,12 +400,8 @@ impl Hooks {
             body.extend_from_slice(json.as_bytes());
         }
         body.push(b']');
-        let req = self
-            .backend
-            .http
-            .post(&self.url)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(body);
+        // No client's headers: a batch speaks of many clients.
+        let req = self.backend.post_with("/hooks", body, &[]);
         let config = self.backend.config();
         let answer = tokio::time::timeout(config.timeout, async {
             let resp = req.send().await.map_err(|e| super::unreachable("the backend", &e))?;
