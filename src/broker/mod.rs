@@ -228,7 +228,7 @@ pub enum BrokerError {
 pub async fn connect(config: &crate::config::Config) -> Result<Arc<dyn Broker>, BrokerError> {
     match config.broker.as_str() {
         "memory" => Ok(memory::MemoryBroker::start(config.limits.max_channels)),
-        url => Ok(redis::RedisBroker::connect(url).await?),
+        url => Ok(redis::RedisBroker::connect_with(url, &config.broker_tls).await?),
     }
 }
 

@@ -42,8 +42,12 @@ use std::time::Duration;
 pub struct Config {
     /// Address and port to listen on (HTTP and WebSocket share it).
     pub listen: SocketAddr,
-    /// `memory` or `redis://HOST:PORT`.
+    /// `memory`, `redis://HOST:PORT`, `rediss://HOST:PORT` (TLS) or
+    /// `redis+cluster://HOST:PORT[,HOST:PORT...]` (`rediss+cluster://` with TLS).
     pub broker: String,
+    /// Certificates of a TLS broker (`rediss://`): the CA to trust instead of the system's, and
+    /// the client certificate and key when Redis asks for one (its `tls-auth-clients`).
+    pub broker_tls: BrokerTls,
     /// Name of this node in `info` and logs; default: a random one per start.
     pub node_id: Option<String>,
     /// Run the built-in market simulator (`trades:*`, `l2Book:*`).
@@ -95,6 +99,7 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("DEFAULT_LISTEN is a socket address; qed"),
             broker: DEFAULT_BROKER.to_string(),
+            broker_tls: BrokerTls::default(),
             node_id: None,
             demo: false,
             log: DEFAULT_LOG.to_string(),
@@ -116,6 +121,18 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
         }
     }
+}
+
+/// `[broker_tls]`: PEM files for a `rediss://` broker.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerTls {
+    /// The CA certificate(s) that signed Redis's certificate; default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate, for a Redis that authenticates clients (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 /// A configuration problem, said so that the reader knows what to change.
@@ -222,6 +239,19 @@ impl Config {
         }
         if self.broker != "memory" {
             crate::broker::redis::check_url(&self.broker).map_err(ConfigError)?;
+        }
+        let tls = &self.broker_tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return err(
+                "broker_tls.cert_file and broker_tls.key_file go together: give both or neither".into()
+            );
+        }
+        let tls_set = tls.ca_file.is_some() || tls.cert_file.is_some();
+        if tls_set && !self.broker.starts_with("rediss://") && !self.broker.starts_with("rediss+cluster://") {
+            return err(format!(
+                "broker_tls is set but broker {} is not a TLS URL (rediss:// or rediss+cluster://)",
+                crate::broker::redis::redacted(&self.broker)
+            ));
         }
         for name in self.namespaces.keys() {
             if name.is_empty() || !name.bytes().all(crate::channel::is_channel_byte) || name.contains(':') {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer};
 pub(super) const ENV_KEYS: &[&str] = &[
     "listen",
     "broker",
+    "broker_tls",
     "node_id",
     "demo",
     "log",

@@ -4,7 +4,7 @@
 //! back is reported Down then Up, with publishes failing fast meanwhile and every subscribed
 //! channel told to recheck afterwards. And two rpchub nodes on one Redis, end to end.
 
-use crate::redis_support::{RedisServer, shared};
+use crate::redis_support::{RedisServer, TlsFiles, shared};
 use crate::support::{self, call, event, recv, subscribe, ws};
 use rpchub::broker::redis::RedisBroker;
 use rpchub::broker::{
@@ -403,4 +403,58 @@ async fn two_nodes(url: &str) {
     for _ in 21..=26 {
         let _ = recv(&mut on_b).await;
     }
+}
+
+/// The `[broker_tls]` of the files of `tls`: their CA, and the client certificate if `client`.
+fn broker_tls(tls: &TlsFiles, ca: &str, client: bool) -> rpchub::config::BrokerTls {
+    rpchub::config::BrokerTls {
+        ca_file: Some(tls.path(ca)),
+        cert_file: client.then(|| tls.path("client.pem")),
+        key_file: client.then(|| tls.path("client-key.pem")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_is_reached_with_its_ca_and_a_client_certificate() {
+    let tls = TlsFiles::new();
+    let Some((server, tls_port)) = RedisServer::start_tls(&tls) else { return };
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let good = broker_tls(&tls, "ca.pem", true);
+
+    // A node on the TLS Redis: its subscriber gets what a broker of another node publishes.
+    let mut config = support::config();
+    config.broker = url.clone();
+    config.broker_tls = good.clone();
+    let node = support::start(config).await;
+    let ch = channel("tls");
+    let mut sub = ws(node.addr, None).await;
+    let (_, snap) = subscribe(&mut sub, json!([ch])).await;
+    let other = RedisBroker::connect_with(&url, &good).await.unwrap();
+    for n in 1..=5 {
+        let p = other.publish(&ch, new_publication(n), RETENTION).await.unwrap();
+        assert_eq!(json!(p.position.epoch), snap["epoch"], "one stream, seen through both");
+    }
+    let mut got = Vec::new();
+    for _ in 1..=5 {
+        got.push(event(&mut sub).await);
+    }
+    assert_eq!(offsets(&got), vec![1, 2, 3, 4, 5], "over TLS, in order");
+    let meta = server.cli(&["HGET", &format!("rpchub:{{{ch}}}:meta"), "offset"]);
+    assert_eq!(meta.trim(), "5", "the stream lives in that Redis");
+
+    // What Redis refuses: no client certificate; and what the node refuses: a Redis whose
+    // certificate its CA did not sign, and plain text to a TLS port.
+    let refusals = [
+        (url.clone(), broker_tls(&tls, "ca.pem", false)),
+        (url.clone(), broker_tls(&tls, "other-ca.pem", true)),
+        (format!("redis://127.0.0.1:{tls_port}"), rpchub::config::BrokerTls::default()),
+    ];
+    for (url, tls) in refusals {
+        let e =
+            RedisBroker::connect_with(&url, &tls).await.expect_err(&format!("{url} with {tls:?} is refused"));
+        assert!(matches!(e, BrokerError::Unavailable(_)), "{url}: {e}");
+    }
+    let missing = rpchub::config::BrokerTls { ca_file: Some(tls.path("nowhere.pem")), ..Default::default() };
+    let e = RedisBroker::connect_with(&url, &missing).await.unwrap_err();
+    assert!(e.to_string().contains("broker_tls.ca_file") && e.to_string().contains("nowhere.pem"), "{e}");
 }

@@ -64,6 +64,11 @@ kill -9 $pid 2>/dev/null"#;
         RedisServer { port, pid, guard }
     }
 
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
@@ -231,5 +236,83 @@ fn remove_stale_cluster_dirs() {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+/// Certificates for a TLS Redis, made fresh by rcgen in a directory of their own (removed when
+/// dropped): a CA, Redis's certificate from it (for 127.0.0.1), a client certificate from it,
+/// and a CA that signed neither.
+#[derive(Debug)]
+pub(crate) struct TlsFiles {
+    pub(crate) dir: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes them.
+    pub(crate) fn new() -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("rpchub-it-tls-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, pem: String| std::fs::write(dir.join(name), pem).unwrap();
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (Issuer::new(params, key), cert)
+        };
+        let (issuer, ca_cert) = ca("rpchub test CA");
+        write("ca.pem", ca_cert.pem());
+        let (_, other) = ca("another CA");
+        write("other-ca.pem", other.pem());
+        for (name, sans) in
+            [("redis", vec!["127.0.0.1".to_string()]), ("client", vec!["rpchub-node".to_string()])]
+        {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(sans).unwrap().signed_by(&key, &issuer).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}-key.pem"), key.serialize_pem());
+        }
+        TlsFiles { dir }
+    }
+
+    /// The path of one of them: `ca.pem`, `other-ca.pem`, `redis.pem`, `redis-key.pem`,
+    /// `client.pem`, `client-key.pem`.
+    pub(crate) fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisServer {
+    /// Starts one (`None` when `redis-server` is not installed) that also takes TLS
+    /// connections, with Redis's certificate of `tls`, authenticating clients by the CA of
+    /// `tls`; returns it and its TLS port (its plain port stays open, for `cli`).
+    pub(crate) fn start_tls(tls: &TlsFiles) -> Option<(RedisServer, u16)> {
+        shared()?;
+        let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let (port, tls_port) = (free(), free());
+        let path = |name: &str| tls.path(name).to_str().unwrap().to_string();
+        let args = [
+            "--tls-port".to_string(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path("redis.pem"),
+            "--tls-key-file".into(),
+            path("redis-key.pem"),
+            "--tls-ca-cert-file".into(),
+            path("ca.pem"),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ];
+        Some((RedisServer::with(port, &args), tls_port))
     }
 }

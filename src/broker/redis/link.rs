@@ -7,8 +7,8 @@ use super::*;
 pub(super) enum Target {
     /// One Redis.
     One(Box<(::redis::Client, AsyncConnectionConfig)>),
-    /// A Redis Cluster, from its seed nodes' URLs.
-    Cluster(Vec<String>),
+    /// A Redis Cluster, from its seed nodes' URLs, and the certificates of a TLS one.
+    Cluster(Vec<String>, Option<TlsCertificates>),
 }
 
 impl Target {
@@ -16,10 +16,13 @@ impl Target {
         &self,
         resp3: Option<tokio::sync::mpsc::UnboundedSender<::redis::PushInfo>>,
     ) -> RedisResultOf<ClusterClient> {
-        let Target::Cluster(nodes) = self else { unreachable!("only called for a cluster; qed") };
+        let Target::Cluster(nodes, certs) = self else { unreachable!("only called for a cluster; qed") };
         let mut b = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
             .connection_timeout(REDIS_COMMAND_TIMEOUT)
             .response_timeout(REDIS_COMMAND_TIMEOUT);
+        if let Some(certs) = certs {
+            b = b.certs(certs.clone());
+        }
         if let Some(tx) = resp3 {
             b = b.use_protocol(::redis::ProtocolVersion::RESP3).push_sender(tx);
         }
@@ -32,7 +35,7 @@ impl Target {
                 let (client, config) = &**one;
                 client.get_multiplexed_async_connection_with_config(config).await.map(Conn::One)
             }
-            Target::Cluster(_) => self.cluster(None)?.get_async_connection().await.map(Conn::Cluster),
+            Target::Cluster(..) => self.cluster(None)?.get_async_connection().await.map(Conn::Cluster),
         }
     }
 }
@@ -111,29 +114,47 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
         }
         return Ok(());
     }
-    if url.starts_with("rediss://") || url.starts_with("rediss+cluster://") {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         return Err(format!(
-            "broker {}: TLS to Redis is not built into this version; use redis:// (on a private \
-             network, or through a TLS tunnel)",
+            "broker {}: use \"memory\", \"redis://HOST:PORT\" (\"rediss://\" for TLS) or \
+             \"redis+cluster://HOST:PORT[,HOST:PORT...]\"",
             redacted(url)
         ));
-    }
-    if !url.starts_with("redis://") {
-        return Err(format!("broker {}: use \"memory\" or \"redis://HOST:PORT\"", redacted(url)));
     }
     ::redis::Client::open(url).map(drop).map_err(|e| format!("broker {}: {e}", redacted(url)))
 }
 
 /// The seed nodes of a `redis+cluster://[user:password@]HOST:PORT[,HOST:PORT...]` URL, each as
-/// `redis://[user:password@]HOST:PORT`; `None` for any other URL.
+/// `redis://[user:password@]HOST:PORT` (of `rediss+cluster://`, as `rediss://`); `None` for any
+/// other URL.
 pub(super) fn cluster_nodes(url: &str) -> Option<Vec<String>> {
-    let rest = url.strip_prefix("redis+cluster://")?;
+    let (scheme, rest) = match url.strip_prefix("redis+cluster://") {
+        Some(rest) => ("redis", rest),
+        None => ("rediss", url.strip_prefix("rediss+cluster://")?),
+    };
     let rest = rest.trim_end_matches('/');
     let (user, hosts) = match rest.rfind('@') {
         Some(at) => (&rest[..=at], &rest[at + 1..]),
         None => ("", rest),
     };
-    Some(hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("redis://{user}{h}")).collect())
+    Some(hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("{scheme}://{user}{h}")).collect())
+}
+
+/// The certificates `[broker_tls]` names, read from their files (`None`: none named, the
+/// system's roots and no client certificate).
+pub(super) fn certificates(tls: &BrokerTls) -> Result<Option<TlsCertificates>, String> {
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("broker_tls.{what} {}: {e}", path.display()))
+    };
+    let root_cert = tls.ca_file.as_deref().map(|p| read("ca_file", p)).transpose()?;
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read("cert_file", cert)?,
+            client_key: read("key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok((root_cert.is_some() || client_tls.is_some()).then_some(TlsCertificates { client_tls, root_cert }))
 }
 
 /// `url` with its user part (user and password) replaced by `***`.

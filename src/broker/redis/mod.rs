@@ -3,9 +3,11 @@
 //! nodes through Redis pub/sub.
 //!
 //! `broker = "redis://[user:password@]HOST:PORT[/DB]"` for one Redis, or
-//! `"redis+cluster://[user:password@]HOST:PORT[,HOST:PORT...]"` (seed nodes) for a Redis Cluster.
-//! The password is never logged or echoed (errors show the URL with its user part replaced by
-//! `***`).
+//! `"redis+cluster://[user:password@]HOST:PORT[,HOST:PORT...]"` (seed nodes) for a Redis Cluster;
+//! `rediss://` and `rediss+cluster://` for TLS (rustls), verified against the system's roots or
+//! `[broker_tls] ca_file`, with a client certificate (`cert_file`, `key_file`) for a Redis that
+//! authenticates its clients. The password is never logged or echoed (errors show the URL with
+//! its user part replaced by `***`).
 //!
 //! # Key layout
 //!
@@ -75,16 +77,17 @@
 //! over minutes. Run Redis with AOF `appendfsync always`, or accept that window (or run it
 //! without persistence, when a restart then simply starts every channel in a new epoch, which
 //! every client is told of as `recovered: false`).
-//!
-//! Not in this version: TLS (`rediss://`, `rediss+cluster://`), refused at start with a message
-//! saying so.
 
 use super::*;
+use crate::config::BrokerTls;
 use crate::constants::{REDIS_COMMAND_TIMEOUT, REDIS_PING_PERIOD, REDIS_POSITION_CHECK_PERIOD};
 use ::redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::{AsyncConnectionConfig, Cmd, Pipeline, PushKind, RedisError, RedisFuture, Script, Value};
+use ::redis::{
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, Pipeline, PushKind, RedisError, RedisFuture, Script,
+    TlsCertificates, Value,
+};
 use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -172,20 +175,30 @@ struct Subs {
 
 impl RedisBroker {
     /// Connects to the Redis `url` names (`redis://[user:password@]HOST:PORT[/DB]`, or
-    /// `redis+cluster://[user:password@]HOST:PORT[,HOST:PORT...]`) and starts the broker's tasks
-    /// on the current tokio runtime (they stop when it is dropped). Fails when the URL is not one
-    /// this version serves or Redis cannot be reached now.
+    /// `redis+cluster://[user:password@]HOST:PORT[,HOST:PORT...]`, or their TLS forms) and starts
+    /// the broker's tasks on the current tokio runtime (they stop when it is dropped). Fails when
+    /// the URL is not one this version serves or Redis cannot be reached now.
     pub async fn connect(url: &str) -> Result<Arc<RedisBroker>, BrokerError> {
+        RedisBroker::connect_with(url, &BrokerTls::default()).await
+    }
+
+    /// [`RedisBroker::connect`], with the certificates of `tls` for a `rediss://` URL.
+    pub async fn connect_with(url: &str, tls: &BrokerTls) -> Result<Arc<RedisBroker>, BrokerError> {
         check_url(url).map_err(BrokerError::Unsupported)?;
         let unsupported = |e: RedisError| BrokerError::Unsupported(format!("broker {}: {e}", redacted(url)));
+        let certs = certificates(tls).map_err(BrokerError::Unsupported)?;
         let target = match cluster_nodes(url) {
             Some(nodes) => {
-                let target = Target::Cluster(nodes);
+                let target = Target::Cluster(nodes, certs);
                 target.cluster(None).map_err(unsupported)?;
                 target
             }
             None => {
-                let client = ::redis::Client::open(url).map_err(unsupported)?;
+                let client = match certs {
+                    Some(certs) => ::redis::Client::build_with_tls(url, certs),
+                    None => ::redis::Client::open(url),
+                }
+                .map_err(unsupported)?;
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(REDIS_COMMAND_TIMEOUT))
                     .set_response_timeout(Some(REDIS_COMMAND_TIMEOUT));
@@ -218,7 +231,7 @@ impl RedisBroker {
         tokio::spawn(inner.clone().supervise());
         match inner.target {
             Target::One(..) => tokio::spawn(inner.clone().fan_in(ready)),
-            Target::Cluster(_) => tokio::spawn(inner.clone().fan_in_cluster(ready)),
+            Target::Cluster(..) => tokio::spawn(inner.clone().fan_in_cluster(ready)),
         };
         // The first pub/sub connection, so that the first subscribe finds it.
         let _ = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, connected).await;
@@ -280,7 +293,7 @@ impl Broker for RedisBroker {
                 .arg(p.data.get())
                 .arg(if p.idempotency_key.is_some() { "1" } else { "0" })
                 .arg(key(channel, "pub"))
-                .arg(if matches!(inner.target, Target::Cluster(_)) { "SPUBLISH" } else { "PUBLISH" });
+                .arg(if matches!(inner.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" });
             let (epoch, offset, duplicate) =
                 inner.run(inv.invoke_async::<(String, u64, u8)>(&mut conn)).await?;
             Ok(Published { position: StreamPosition { epoch, offset }, duplicate: duplicate == 1 })
@@ -426,17 +439,21 @@ mod tests {
         assert_eq!(redacted("redis://host:6379"), "redis://host:6379");
         assert!(check_url("redis://127.0.0.1:6379").is_ok());
         assert!(check_url("redis://u:p@127.0.0.1:6379/3").is_ok());
-        for refused in ["rediss://u:s3cret@h:1", "rediss+cluster://u:s3cret@h:1,h:2", "http://u:s3cret@h"] {
+        for refused in ["http://u:s3cret@h", "redis+cluster://u:s3cret@h:1,h:x"] {
             let e = check_url(refused).unwrap_err();
             assert!(!e.contains("s3cret"), "{e}");
         }
+        assert!(check_url("rediss://u:p@h:1").is_ok() && check_url("rediss+cluster://h:1,h:2").is_ok());
+        assert_eq!(
+            cluster_nodes("rediss+cluster://a:1,b:2"),
+            Some(vec!["rediss://a:1".into(), "rediss://b:2".into()])
+        );
         assert!(check_url("redis+cluster://h:1,h:2").is_ok());
         assert_eq!(
             cluster_nodes("redis+cluster://u:p@a:1,b:2"),
             Some(vec!["redis://u:p@a:1".to_string(), "redis://u:p@b:2".to_string()])
         );
         assert_eq!(redacted("redis+cluster://u:p@a:1,b:2"), "redis+cluster://***@a:1,b:2");
-        assert!(check_url("rediss://h:1").unwrap_err().contains("TLS"));
     }
 
     #[test]
