@@ -74,3 +74,77 @@ async fn refuses_a_remote_server() {
     assert!(v["error"].as_str().unwrap().contains("--allow-remote"), "{v}");
     assert!(stderr.contains("not a loopback address"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_publishes_on_one_node_and_counts_deliveries_on_another() {
+    let Some(redis) = crate::redis_support::shared() else { return };
+    let node = || {
+        let mut c = support::config();
+        c.broker = redis.url();
+        support::start(c)
+    };
+    let (subscribers_node, publishers_node) = (node().await, node().await);
+    let publish_url = format!("ws://{}/ws/rpc", publishers_node.addr);
+    let channel = support::channel("bench-nodes");
+    let also = format!("redis={}", redis.pid());
+    let args = [
+        "fanout",
+        "--subscribers",
+        "10",
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--drain-seconds",
+        "3",
+        "--channel",
+        &channel,
+        "--publish-url",
+        &publish_url,
+        "--also-pid",
+        &also,
+    ];
+    let (ok, v, stderr) = bench(subscribers_node.addr, &args).await;
+    assert!(ok, "{v} {stderr}");
+    assert_eq!(v["publish_url"], publish_url.as_str(), "{v}");
+    assert!(v["published"].as_u64().unwrap() > 50, "{v}");
+    assert_eq!(v["received"], v["expected"], "every publication crossed to the other node: {v}");
+    for zero in ["lost", "gaps", "dups", "invalid"] {
+        assert_eq!(v[zero], 0, "{zero}: {v}");
+    }
+    let redis_cpu = &v["also_cpu"]["redis"];
+    assert!(redis_cpu["cpu_s"].as_f64().unwrap() > 0.0, "Redis worked: {v}");
+    assert!(redis_cpu["cpu_us_per_publication"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_spreads_its_calls_over_channels() {
+    let server = support::start(support::config()).await;
+    let prefix = support::channel("spread");
+    let params = format!(r#"["{prefix}-{{conn}}", {{"n": 1}}]"#);
+    let args = [
+        "rpc",
+        "--connections",
+        "4",
+        "--seconds",
+        "0.3",
+        "--warmup-seconds",
+        "0",
+        "--method",
+        "publish",
+        "--params",
+        &params,
+        "--spread",
+        "2",
+    ];
+    let (ok, v, stderr) = bench(server.addr, &args).await;
+    assert!(ok, "{v} {stderr}");
+    assert_eq!((v["errors"].as_u64(), v["spread"].as_u64()), (Some(0), Some(2)), "{v}");
+    // The next publication's offset says how many each channel took.
+    let next = |n: u32| {
+        let channel = format!("{prefix}-{n}");
+        async move { support::publish(server.addr, &channel, serde_json::json!(0)).await["offset"].as_u64() }
+    };
+    assert!(next(0).await.unwrap() > 1 && next(1).await.unwrap() > 1, "connections 0, 2 and 1, 3 published");
+    assert_eq!(next(2).await, Some(1), "nothing went to a third channel");
+}

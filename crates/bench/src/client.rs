@@ -48,10 +48,15 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Checks the URL: `ws://`, resolvable, and loopback unless `--allow-remote`.
+    /// Checks `--url`: `ws://`, resolvable, and loopback unless `--allow-remote`.
     pub(crate) fn new(c: &CommonArgs) -> Result<Target, Error> {
-        let rest = c.url.strip_prefix("ws://").ok_or_else(|| {
-            Error::Usage(format!("--url {}: use ws://HOST:PORT/PATH (wss:// is not supported)", c.url))
+        Target::of("--url", &c.url, c)
+    }
+
+    /// Checks `url`, given as option `flag`, as [`Target::new`] checks `--url` (same token).
+    pub(crate) fn of(flag: &str, url: &str, c: &CommonArgs) -> Result<Target, Error> {
+        let rest = url.strip_prefix("ws://").ok_or_else(|| {
+            Error::Usage(format!("{flag} {url}: use ws://HOST:PORT/PATH (wss:// is not supported)"))
         })?;
         let (host, path) = match rest.find(['/', '?']) {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -59,20 +64,19 @@ impl Target {
         };
         let mut addrs: Vec<SocketAddr> = host
             .to_socket_addrs()
-            .map_err(|e| Error::Usage(format!("--url: cannot resolve {host}: {e}")))?
+            .map_err(|e| Error::Usage(format!("{flag}: cannot resolve {host}: {e}")))?
             .collect();
         // IPv4 first: the source addresses are 127.x.y.z.
         addrs.sort_by_key(|a| !a.is_ipv4());
-        let addr = *addrs.first().ok_or_else(|| Error::Usage(format!("--url: no address for {host}")))?;
+        let addr = *addrs.first().ok_or_else(|| Error::Usage(format!("{flag}: no address for {host}")))?;
         if !addr.ip().is_loopback() && !c.allow_remote {
             return Err(Error::Usage(format!(
-                "--url {}: {} is not a loopback address; pass --allow-remote to load a remote server",
-                c.url,
+                "{flag} {url}: {} is not a loopback address; pass --allow-remote to load a remote server",
                 addr.ip()
             )));
         }
         let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
-        Ok(Target { url: c.url.clone(), addr, token: c.token.clone(), host: host.to_string(), path })
+        Ok(Target { url: url.to_string(), addr, token: c.token.clone(), host: host.to_string(), path })
     }
 
     /// True when connections may come from generated 127.x.y.z source addresses.

@@ -67,12 +67,18 @@ pub struct FanoutArgs {
     /// Read buffer per subscriber connection, bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     pub read_buffer: usize,
+    /// WebSocket URL the publisher connects to (default: --url), e.g. another node on the same
+    /// broker: then latency is from a publish on one node to delivery on the other.
+    #[arg(long)]
+    pub publish_url: Option<String>,
 }
 
 /// What the threads of one fanout run share.
 pub(crate) struct Run {
     pub(crate) args: FanoutArgs,
     pub(crate) target: Arc<Target>,
+    /// Where the publisher connects (`--publish-url`, or `target`).
+    pub(crate) publish_target: Arc<Target>,
     pub(crate) shared: Shared,
     /// Source addresses of the subscribers, and the publisher's.
     pub(crate) ips: SourceIps,
@@ -100,9 +106,14 @@ pub(crate) fn run(
     watchdog("fanout", Duration::from_secs_f64(limit), c.json);
     let (n, threads) = (a.subscribers, c.threads());
     let ips = SourceIps::new(c, &target, block::SUBSCRIBERS);
+    let publish_target = match &a.publish_url {
+        Some(url) => Arc::new(Target::of("--publish-url", url, c)?),
+        None => target.clone(),
+    };
     let run = Arc::new(Run {
         args: a.clone(),
-        publisher_ip: SourceIps::new(c, &target, block::PUBLISHER).for_conn(0),
+        publisher_ip: SourceIps::new(c, &publish_target, block::PUBLISHER).for_conn(0),
+        publish_target,
         target,
         shared: Shared::new(n, threads),
         ips: ips.clone(),
@@ -135,7 +146,7 @@ pub(crate) fn run(
     let setup_s = setup_started.elapsed().as_secs_f64();
     let ready = run.shared.ready.load(Relaxed);
     run.shared.live_at_go.store(ready.max(1), Relaxed);
-    let cpu = CpuWindow::start(c.server_pid);
+    let cpu = CpuWindow::start(c);
     // With no subscriber there is nothing to measure: skip publishing.
     let _ = phase_tx.send(if ready > 0 { Phase::Go } else { Phase::Stop });
     progress.phase("publishing", a.seconds.ceil() as u64);
@@ -167,6 +178,7 @@ pub(crate) fn run(
         json!({
             "scenario": "fanout",
             "url": run.target.url(),
+            "publish_url": run.publish_target.url(),
             "subscribers": n,
             "ready": ready,
             "setup_failed": n - ready,
@@ -187,6 +199,9 @@ pub(crate) fn run(
     let thread_cpu = out["bench_thread_cpu_pct"].as_array().into_iter().flatten().filter_map(Value::as_f64);
     let cpu_max = thread_cpu.fold(0.0, f64::max);
     extend(&mut out, used.json(cpu_max, ("delivery", received)));
+    if !c.also_pids.is_empty() {
+        out["also_cpu"] = used.also_json(&[("delivery", received), ("publication", p.acked)]);
+    }
     // Say why, with the first error seen: a refused upgrade, a token without publish rights.
     let first = |key: &str| out[key][0].as_str().map(|e| format!(": {e}")).unwrap_or_default();
     if ready == 0 {
@@ -268,13 +283,17 @@ pub(crate) fn table(v: &Value) {
         Some(r) if r > 0.0 => format!("{r}/s"),
         _ => "as fast as allowed".into(),
     };
+    let (url, publish_url) = (report::text(v, "url"), report::text(v, "publish_url"));
+    let at = match publish_url == url {
+        true => url,
+        false => format!("{url}, published on {publish_url}"),
+    };
     let title = format!(
-        "fanout: {} subscribers on {}, {rate} for {} s, {}-byte payloads ({})",
+        "fanout: {} subscribers on {}, {rate} for {} s, {}-byte payloads ({at})",
         v["subscribers"],
         report::text(v, "channel"),
         v["seconds"],
         v["payload_bytes"],
-        report::text(v, "url")
     );
     let mut rows = vec![
         ("setup", format!("{} of {} subscribed in {} s", v["ready"], v["subscribers"], v["setup_s"])),

@@ -92,6 +92,10 @@ pub struct CommonArgs {
     /// PID of the node, to report its CPU time (and, for idle, its memory).
     #[arg(long, global = true)]
     pub server_pid: Option<u32>,
+    /// Another process to report the CPU time of, over the same window, as NAME=PID (a second
+    /// node, the Redis behind the nodes: `--also-pid redis=4242`); may be repeated.
+    #[arg(long = "also-pid", global = true, value_name = "NAME=PID", value_parser = named_pid)]
+    pub also_pids: Vec<(String, u32)>,
     /// Client threads, each with its own single-threaded runtime (default: one per core).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
@@ -119,6 +123,16 @@ impl CommonArgs {
     fn connect_permits(&self, threads: usize) -> usize {
         (self.connect_concurrency / threads).max(1)
     }
+}
+
+/// `NAME=PID`, for `--also-pid`.
+fn named_pid(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or_else(|| format!("{s}: give NAME=PID"))?;
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(format!("{s}: NAME is letters, digits, '-' and '_'"));
+    }
+    Ok((name.to_string(), pid.parse().map_err(|_| format!("{s}: PID is a number"))?))
 }
 
 /// Why a bench did not run or did not measure.
@@ -195,5 +209,27 @@ fn check_files(connections: usize) -> Result<(), Error> {
             "{connections} connections need more than the open-file limit ({limit}); raise it (ulimit -n)"
         ))),
         false => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn also_pids_are_named() {
+        assert_eq!(named_pid("redis=4242"), Ok(("redis".to_string(), 4242)));
+        assert_eq!(named_pid("node-b=7"), Ok(("node-b".to_string(), 7)));
+        for bad in ["redis", "=1", "redis=x", "a b=1", "redis=-1"] {
+            assert!(named_pid(bad).is_err(), "{bad}");
+        }
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let argv = ["bench", "rpc", "--also-pid", "redis=1", "--also-pid", "b=2"];
+        let cli = <Cli as clap::Parser>::try_parse_from(argv).unwrap();
+        assert_eq!(cli.bench.common.also_pids, vec![("redis".to_string(), 1), ("b".to_string(), 2)]);
     }
 }

@@ -5,6 +5,7 @@
 //! The definitions follow the peers harness's load generator (shared/peers/loadgen), so that a
 //! figure here means what the same figure means there.
 
+use super::CommonArgs;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::sync::OnceLock;
@@ -81,17 +82,21 @@ pub(crate) struct CpuWindow {
     server: Option<f64>,
     machine: (u64, u64),
     pid: Option<u32>,
+    /// `--also-pid` processes: name, PID, CPU seconds at the start (`None`: not readable).
+    also: Vec<(String, u32, Option<f64>)>,
 }
 
 impl CpuWindow {
-    /// Opens the window now.
-    pub(crate) fn start(pid: Option<u32>) -> CpuWindow {
+    /// Opens the window now, for the server (`--server-pid`) and the `--also-pid` processes.
+    pub(crate) fn start(c: &CommonArgs) -> CpuWindow {
+        let pid = c.server_pid;
         CpuWindow {
             started: Instant::now(),
             own: process_cpu(),
             server: pid_cpu(pid),
             machine: machine_jiffies(),
             pid,
+            also: c.also_pids.iter().map(|(name, p)| (name.clone(), *p, pid_cpu(Some(*p)))).collect(),
         }
     }
 
@@ -102,6 +107,13 @@ impl CpuWindow {
             own: process_cpu() - self.own,
             server: self.server.zip(pid_cpu(self.pid)).map(|(before, after)| after - before),
             machine: (self.machine, machine_jiffies()),
+            also: self
+                .also
+                .iter()
+                .map(|(name, pid, before)| {
+                    (name.clone(), before.zip(pid_cpu(Some(*pid))).map(|(before, after)| after - before))
+                })
+                .collect(),
         }
     }
 }
@@ -113,6 +125,8 @@ pub(crate) struct CpuUse {
     own: f64,
     server: Option<f64>,
     machine: ((u64, u64), (u64, u64)),
+    /// CPU seconds of each `--also-pid` process (`None`: it could not be read).
+    also: Vec<(String, Option<f64>)>,
 }
 
 impl CpuUse {
@@ -141,7 +155,27 @@ impl CpuUse {
                 v[format!("server_cpu_us_per_{}", per.0)] = json!(round(server * 1e6 / per.1 as f64, 3));
             }
         }
+        if !self.also.is_empty() {
+            v["also_cpu"] = self.also_json(&[per]);
+        }
         v
+    }
+
+    /// The `--also-pid` processes' CPU: `{NAME: {cpu_s, cpu_pct, cpu_us_per_UNIT...}}` (a
+    /// process whose CPU could not be read: `null`), per unit of each of `per`.
+    pub(crate) fn also_json(&self, per: &[(&str, u64)]) -> Value {
+        let mut out = serde_json::Map::new();
+        for (name, cpu) in &self.also {
+            let v = cpu.map(|s| {
+                let mut v = json!({"cpu_s": round(s, 3), "cpu_pct": round(100.0 * s / self.wall, 1)});
+                for (unit, n) in per.iter().filter(|p| p.1 > 0) {
+                    v[format!("cpu_us_per_{unit}")] = json!(round(s * 1e6 / *n as f64, 3));
+                }
+                v
+            });
+            out.insert(name.clone(), v.unwrap_or(Value::Null));
+        }
+        Value::Object(out)
     }
 }
 

@@ -74,7 +74,7 @@ pub(crate) async fn publish(
     ready: std::sync::mpsc::Sender<bool>,
 ) -> Published {
     let mut out = Published { start_us: now_us(), ..Published::default() };
-    let ws = match run.target.connect(run.publisher_ip, 64 * 1024).await {
+    let ws = match run.publish_target.connect(run.publisher_ip, 64 * 1024).await {
         Ok(ws) => ws,
         Err(e) => {
             out.errors.add(format!("publisher: {e}"));

@@ -131,8 +131,9 @@ pub(crate) fn samples(v: &Value, key: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.join("; "))
 }
 
-/// The CPU rows every scenario shows: the server's (with `--server-pid`), then the bench's.
-pub(crate) fn cpu_rows(v: &Value, unit: &str) -> Vec<(&'static str, String)> {
+/// The CPU rows every scenario shows: the server's (with `--server-pid`), each `--also-pid`
+/// process's (named by its NAME), then the bench's.
+pub(crate) fn cpu_rows<'a>(v: &'a Value, unit: &str) -> Vec<(&'a str, String)> {
     let mut rows = Vec::new();
     if v["server_cpu_pct"].is_number() {
         let per = format!("server_cpu_us_per_{unit}");
@@ -140,6 +141,18 @@ pub(crate) fn cpu_rows(v: &Value, unit: &str) -> Vec<(&'static str, String)> {
             "server CPU",
             format!("{}% of a core, {} µs per {unit}", dec(v, "server_cpu_pct", 1), dec(v, &per, 2)),
         ));
+    }
+    if let Some(also) = v["also_cpu"].as_object() {
+        for (name, a) in also {
+            let per = format!("cpu_us_per_{unit}");
+            let line = match a.is_null() {
+                true => "not readable".to_string(),
+                false => {
+                    format!("CPU {}% of a core, {} µs per {unit}", dec(a, "cpu_pct", 1), dec(a, &per, 2))
+                }
+            };
+            rows.push((name.as_str(), line));
+        }
     }
     rows.push((
         "bench CPU",

@@ -37,9 +37,15 @@ pub struct RpcArgs {
     /// Method to call.
     #[arg(long, default_value = "ping")]
     pub method: String,
-    /// Params of each call, as JSON (an array or an object; none if not given).
+    /// Params of each call, as JSON (an array or an object; none if not given). `{conn}` in
+    /// it stands for the connection's number (see --spread).
     #[arg(long)]
     pub params: Option<String>,
+    /// With `{conn}` in --params: it is the connection's number modulo this (0: the number
+    /// itself), e.g. `--method publish --params '["bench:c{conn}",1]' --spread 100` calls into
+    /// 100 channels.
+    #[arg(long, default_value_t = 0)]
+    pub spread: usize,
     /// Seconds of calls before measuring.
     #[arg(long, default_value_t = 0.5)]
     pub warmup_seconds: f64,
@@ -85,7 +91,8 @@ pub(crate) fn run(
 ) -> Result<Value, Error> {
     check_files(a.connections)?;
     if let Some(p) = &a.params {
-        let ok = matches!(serde_json::from_str::<Value>(p), Ok(Value::Array(_) | Value::Object(_)));
+        let p = p.replace("{conn}", "0");
+        let ok = matches!(serde_json::from_str::<Value>(&p), Ok(Value::Array(_) | Value::Object(_)));
         if !ok {
             return Err(Error::Usage(format!("--params {p}: give a JSON array or object")));
         }
@@ -102,24 +109,32 @@ pub(crate) fn run(
         phase: AtomicU8::new(SETUP),
     });
     let ips = SourceIps::new(c, &target, block::RPC);
-    let params = a.params.as_ref().map(|p| format!(r#","params":{p}"#)).unwrap_or_default();
     let method = serde_json::to_string(&a.method).expect("a string serializes; qed");
-    let prefix = Arc::new(format!(r#"{{"jsonrpc":"2.0","method":{method}{params},"id":"#));
+    let spread = a.spread;
+    // The start of every call of connection `i`, up to its id.
+    let prefix_of = Arc::new(move |i: usize, params: &Option<String>| -> Rc<str> {
+        let conn = if spread == 0 { i } else { i % spread };
+        let params =
+            params.as_ref().map(|p| format!(r#","params":{}"#, p.replace("{conn}", &conn.to_string())));
+        Rc::from(format!(r#"{{"jsonrpc":"2.0","method":{method}{},"id":"#, params.unwrap_or_default()))
+    });
     let (n, permits, setup) =
         (a.connections, c.connect_permits(threads), Duration::from_secs_f64(c.setup_seconds));
     let started = Instant::now();
     let handles = spawn_runtimes(threads, "bench-rpc", {
-        let (shared, target, ips, prefix, is_ping) =
-            (shared.clone(), target.clone(), ips.clone(), prefix, a.method == "ping");
+        let (shared, target, ips, prefix_of, params, is_ping) =
+            (shared.clone(), target.clone(), ips.clone(), prefix_of, a.params.clone(), a.method == "ping");
         move |t| {
-            let sources: Vec<_> = (t..n).step_by(threads).map(|i| ips.for_conn(i)).collect();
-            let (shared, target, prefix) = (shared.clone(), target.clone(), prefix.clone());
+            let conns: Vec<_> = (t..n).step_by(threads).map(|i| (i, ips.for_conn(i))).collect();
+            let (shared, target, prefix_of, params) =
+                (shared.clone(), target.clone(), prefix_of.clone(), params.clone());
             async move {
                 let tally = Rc::new(RefCell::new(new_tally()));
                 let permits = Rc::new(Semaphore::new(permits));
-                for src in sources {
-                    let (tally, permits, shared, target, prefix) =
-                        (tally.clone(), permits.clone(), shared.clone(), target.clone(), prefix.clone());
+                for (i, src) in conns {
+                    let prefix = prefix_of(i, &params);
+                    let (tally, permits, shared, target) =
+                        (tally.clone(), permits.clone(), shared.clone(), target.clone());
                     tokio::task::spawn_local(async move {
                         let permit = permits.acquire().await;
                         let ws = tokio::time::timeout(setup, target.connect(src, 16 * 1024)).await;
@@ -153,7 +168,7 @@ pub(crate) fn run(
     let setup_s = started.elapsed().as_secs_f64();
     shared.phase.store(WARMUP, Relaxed);
     std::thread::sleep(Duration::from_secs_f64(a.warmup_seconds));
-    let cpu = CpuWindow::start(c.server_pid);
+    let cpu = CpuWindow::start(c);
     shared.phase.store(MEASURE, Relaxed);
     progress.phase("calling", a.seconds.ceil() as u64);
     let measuring = Instant::now();
@@ -186,6 +201,8 @@ pub(crate) fn run(
         "source_ips": ips.count(n),
         "threads": threads,
         "method": a.method,
+        "params": a.params,
+        "spread": a.spread,
         "seconds": a.seconds,
         "calls": calls,
         "calls_per_s": round(calls as f64 / used.wall, 0),

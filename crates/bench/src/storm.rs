@@ -67,7 +67,7 @@ pub(crate) fn run(
     let (done, completed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(0)));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(c.setup_seconds);
-    let cpu = CpuWindow::start(c.server_pid);
+    let cpu = CpuWindow::start(c);
     let handles = spawn_runtimes(threads, "bench-storm", {
         let (target, ips, a, done, completed) =
             (target.clone(), ips.clone(), a.clone(), done.clone(), completed.clone());
