@@ -458,3 +458,28 @@ async fn a_tls_redis_is_reached_with_its_ca_and_a_client_certificate() {
     let e = RedisBroker::connect_with(&url, &missing).await.unwrap_err();
     assert!(e.to_string().contains("broker_tls.ca_file") && e.to_string().contains("nowhere.pem"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_cluster_carries_publications_between_nodes() {
+    let tls = TlsFiles::new();
+    let Some(cluster) = crate::redis_support::RedisCluster::start_tls(&tls) else { return };
+    let url = cluster.url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let good = broker_tls(&tls, "ca.pem", true);
+    let a = RedisBroker::connect_with(&url, &good).await.unwrap();
+    let b = RedisBroker::connect_with(&url, &good).await.unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let listener: Arc<dyn Listener> = recorder.clone();
+    b.set_listener(Arc::downgrade(&listener));
+    let ch = channel("tls-cluster");
+    b.subscribe(&ch, RETENTION).await.unwrap();
+    for n in 1..=20 {
+        a.publish(&ch, new_publication(n), RETENTION).await.unwrap();
+    }
+    assert!(until(WAIT, || recorder.offsets_of(&ch).len() >= 20).await, "all 20 reach the other node");
+    assert_eq!(recorder.offsets_of(&ch), (1..=20).collect::<Vec<_>>(), "in order, each once, over TLS");
+    let page = b.history(&ch, HistoryRange::Newest(None), RETENTION).await.unwrap();
+    assert_eq!(page.publications.len(), 20);
+    let e = RedisBroker::connect_with(&url, &broker_tls(&tls, "ca.pem", false)).await.unwrap_err();
+    assert!(matches!(e, BrokerError::Unavailable(_)), "no client certificate: {e}");
+}

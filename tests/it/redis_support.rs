@@ -76,7 +76,13 @@ kill -9 $pid 2>/dev/null"#;
 
     /// Runs `redis-cli` against it; its output.
     pub(crate) fn cli(&self, args: &[&str]) -> String {
+        self.cli_over(&[], args)
+    }
+
+    /// Runs `redis-cli` with `connection` arguments first (`--tls ...` for a TLS one).
+    pub(crate) fn cli_over(&self, connection: &[String], args: &[&str]) -> String {
         let out = Command::new("redis-cli")
+            .args(connection)
             .args(["-c", "-p", &self.port.to_string()])
             .args(args)
             .output()
@@ -122,13 +128,16 @@ pub(crate) struct RedisCluster {
     pub(crate) nodes: Vec<RedisServer>,
     /// Where the nodes keep their cluster state (removed when it is dropped).
     dir: std::path::PathBuf,
+    /// `redis-cli`'s arguments for a TLS cluster (empty for a plain one).
+    cli_tls: Vec<String>,
 }
 
 impl RedisCluster {
-    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3` (`rediss+cluster://` for TLS).
     pub(crate) fn url(&self) -> String {
         let nodes: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        format!("redis+cluster://{}", nodes.join(","))
+        let scheme = if self.cli_tls.is_empty() { "redis+cluster" } else { "rediss+cluster" };
+        format!("{scheme}://{}", nodes.join(","))
     }
 }
 
@@ -159,27 +168,67 @@ impl RedisCluster {
     /// Starts one (`None` when `redis-server` is not installed): three masters, a node counted
     /// as failed after 1 s.
     pub(crate) fn start() -> Option<RedisCluster> {
+        RedisCluster::start_over(None)
+    }
+
+    /// Starts one whose nodes take TLS connections only, between them too (`tls-cluster`),
+    /// with Redis's certificate of `tls`, authenticating clients by its CA.
+    pub(crate) fn start_tls(tls: &TlsFiles) -> Option<RedisCluster> {
+        RedisCluster::start_over(Some(tls))
+    }
+
+    fn start_over(tls: Option<&TlsFiles>) -> Option<RedisCluster> {
         shared()?;
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         remove_stale_cluster_dirs();
         let dir = std::env::temp_dir().join(format!("rpchub-it-cluster-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let path = |name: &str| tls.map(|t| t.path(name).to_str().unwrap().to_string()).unwrap_or_default();
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
                 let port = cluster_port();
-                RedisServer::with(port, &RedisCluster::args(&dir, port))
+                let mut args = RedisCluster::args(&dir, port);
+                if tls.is_some() {
+                    // TLS only: the plain port is closed and the TLS one takes its number.
+                    let more = ["--port", "0", "--tls-port", &port.to_string(), "--tls-cluster", "yes"];
+                    args.extend(more.iter().map(|a| a.to_string()));
+                    for (flag, file) in [
+                        ("--tls-cert-file", "redis.pem"),
+                        ("--tls-key-file", "redis-key.pem"),
+                        ("--tls-ca-cert-file", "ca.pem"),
+                    ] {
+                        args.extend([flag.to_string(), path(file)]);
+                    }
+                }
+                RedisServer::with(port, &args)
             })
             .collect();
+        let cli_tls: Vec<String> = match tls {
+            Some(_) => [
+                "--tls",
+                "--cacert",
+                &path("ca.pem"),
+                "--cert",
+                &path("client.pem"),
+                "--key",
+                &path("client-key.pem"),
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+            None => Vec::new(),
+        };
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
+            .args(&cli_tls)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(out.status.success(), "the cluster is created: {}", String::from_utf8_lossy(&out.stdout));
-        let cluster = RedisCluster { nodes, dir };
+        let cluster = RedisCluster { nodes, dir, cli_tls };
         cluster.wait_ok();
         Some(cluster)
     }
@@ -197,7 +246,11 @@ impl RedisCluster {
     /// Waits until every node says the cluster is ok.
     pub(crate) fn wait_ok(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.nodes.iter().all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
+        while !self
+            .nodes
+            .iter()
+            .all(|n| n.cli_over(&self.cli_tls, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
             assert!(Instant::now() < deadline, "the cluster is ok within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
