@@ -119,9 +119,12 @@ pub(crate) struct ServeArgs {
     /// Node id shown by `info`.
     #[arg(long)]
     pub node_id: Option<String>,
-    /// Log filter, e.g. `info` or `rpchub=debug`.
+    /// Log filter, e.g. `info` or `rpchub=debug` (RUST_LOG wins when set).
     #[arg(long)]
     pub log: Option<String>,
+    /// `text` (readable lines, the default) or `json` (one object per line).
+    #[arg(long, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     /// Any config key: `--set limits.max_connections=5000` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -140,6 +143,7 @@ impl ServeArgs {
         flag("broker", &self.broker);
         flag("node_id", &self.node_id);
         flag("log", &self.log);
+        flag("log_format", &self.log_format);
         if self.demo {
             overrides.push(("demo".into(), "true".into()));
         }

@@ -36,12 +36,14 @@ async fn serve(args: cli::ServeArgs) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
         .context("log filter")?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let fmt =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr);
+    match config.log_format {
+        rpchub::config::LogFormat::Text => {
+            fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+        }
+        rpchub::config::LogFormat::Json => fmt.json().with_current_span(false).init(),
+    }
     raise_open_file_limit();
     // Caught from before the listener opens, so a signal during start is a graceful shutdown.
     let mut signals = rpchub::shutdown::signals();

@@ -54,6 +54,8 @@ pub struct Config {
     pub demo: bool,
     /// Log filter, `tracing` EnvFilter syntax (`info`, `rpchub=debug`).
     pub log: String,
+    /// `text` (one readable line per event) or `json` (one JSON object per line, for machines).
+    pub log_format: LogFormat,
     /// A static token that may do everything (env `RPCHUB_ADMIN_TOKEN`).
     pub admin_token: Option<Secret>,
     /// HS256 secret for JWTs (env `RPCHUB_JWT_SECRET`).
@@ -103,6 +105,7 @@ impl Default for Config {
             node_id: None,
             demo: false,
             log: DEFAULT_LOG.to_string(),
+            log_format: LogFormat::Text,
             admin_token: None,
             jwt_secret: None,
             jwt_public_key_file: None,
@@ -121,6 +124,17 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
         }
     }
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, message, `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`), `span`s.
+    Json,
 }
 
 /// `[broker_tls]`: PEM files for a `rediss://` broker.

@@ -13,6 +13,7 @@ pub(super) const ENV_KEYS: &[&str] = &[
     "node_id",
     "demo",
     "log",
+    "log_format",
     "admin_token",
     "jwt_secret",
     "jwt_public_key_file",

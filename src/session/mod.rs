@@ -35,6 +35,8 @@ pub struct Session {
     pub remote: SocketAddr,
     /// The front door it came through (`jsonrpc`, ...), for metrics and hooks.
     pub door: &'static str,
+    /// When it began, for the connection's log line.
+    pub opened: Instant,
     link: Option<Arc<Link>>,
     principal: RwLock<Arc<Principal>>,
     /// The principal's expiry in Unix seconds (0: never), readable without the lock.
@@ -139,6 +141,7 @@ impl Session {
             id,
             remote,
             door,
+            opened: Instant::now(),
             link,
             principal: RwLock::new(principal),
             expires_at,

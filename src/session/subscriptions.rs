@@ -308,6 +308,14 @@ impl Subscriptions {
     /// A WebSocket connection of `session` opened: hooks are told. Every door calls it from
     /// `Door::connect`, once per session.
     pub fn connected(&self, session: &Session) {
+        let principal = session.principal();
+        tracing::info!(
+            session = session.id,
+            door = session.door,
+            remote = %session.remote,
+            principal = principal_name(&principal),
+            "connection opened"
+        );
         self.emit(Lifecycle::Connected { session });
     }
 
@@ -315,6 +323,21 @@ impl Subscriptions {
     /// ([`Subscriptions::end`]), then hooks are told. Every door calls it from `Conn::on_end`.
     pub fn disconnected(&self, session: &Session, ending: Option<Ending>) {
         self.end(session);
+        let (bytes_in, bytes_out) = session.link().map_or((0, 0), |l| l.bytes());
+        let principal = session.principal();
+        let (code, reason) = closed_by(ending);
+        tracing::info!(
+            session = session.id,
+            door = session.door,
+            remote = %session.remote,
+            principal = principal_name(&principal),
+            duration_ms = session.opened.elapsed().as_millis() as u64,
+            bytes_in,
+            bytes_out,
+            close_code = code,
+            reason,
+            "connection closed"
+        );
         self.emit(Lifecycle::Disconnected { session, ending });
     }
 
@@ -326,6 +349,24 @@ impl Subscriptions {
             let live = sub.unsubscribe();
             let reason = if live { EndReason::Disconnect } else { EndReason::Server };
             self.emit(Lifecycle::Unsubscribed { session, channel: &channel, reason });
+        }
+    }
+}
+
+/// Who a connection's log lines name: the principal's subject (a JWT's `sub`, a static key's
+/// name, `admin`), or `anonymous`; never a token.
+fn principal_name(p: &crate::auth::Principal) -> &str {
+    if p.subject.is_empty() { "anonymous" } else { &p.subject }
+}
+
+/// How a connection ended, for its log line: the close code sent (none when the client left
+/// or closed first) and why (`client`, or the server's reason: `slow_consumer`, `ping_timeout`,
+/// `shutdown`, `flood`, `protocol_error`, ... or `server` for any other).
+fn closed_by(ending: Option<Ending>) -> (Option<u16>, &'static str) {
+    match ending {
+        None | Some(Ending::Gone) | Some(Ending::Close(_, "")) => (None, "client"),
+        Some(e @ (Ending::Close(code, _) | Ending::Abort(code, _))) => {
+            (Some(code), e.label().unwrap_or("server"))
         }
     }
 }

@@ -318,6 +318,7 @@ async fn read_loop(
             Ok(0) => return ReadEnd::Gone,
             Ok(got) => {
                 socket_had_more = got == want;
+                conn.link().count_read(got);
                 conn.link().touch(registry.now_ms());
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -362,7 +363,9 @@ fn flush_inline(out: &Outbox, stream: &TcpStream) {
     if !out.take_inline(&mut batch) {
         return;
     }
-    let _ = batch.write_to(stream);
+    if let Ok(n) = batch.write_to(stream) {
+        out.count_written(n);
+    }
     out.finish_inline(&mut batch);
 }
 
@@ -403,7 +406,9 @@ async fn write_loop(out: Arc<Outbox>, wr: Arc<TcpStream>) {
                 if let Ending::Abort(code, reason) = ending {
                     let mut f = Vec::new();
                     frame::put_close(&mut f, code, reason);
-                    let _ = wr.try_write(&f);
+                    if let Ok(n) = wr.try_write(&f) {
+                        out.count_written(n);
+                    }
                 }
                 let _ = wr.set_zero_linger();
                 let _ = socket2::SockRef::from(&*wr).shutdown(Shutdown::Read);
@@ -419,7 +424,8 @@ async fn write_all(out: &Outbox, wr: &TcpStream, batch: &mut Batch) -> Result<()
     let mut full = false;
     while !batch.is_done() {
         match batch.write_to(wr) {
-            Ok(_) => {
+            Ok(n) => {
+                out.count_written(n);
                 if full {
                     full = false;
                     out.set_socket_full(false);
@@ -441,7 +447,8 @@ async fn write_all(out: &Outbox, wr: &TcpStream, batch: &mut Batch) -> Result<()
                         // New data, or the sweeper checking on a full socket: does it take
                         // anything yet, short of what makes the reactor call it writable?
                         match batch.write_unready(wr) {
-                            Ok(_) => {
+                            Ok(n) => {
+                                out.count_written(n);
                                 full = false;
                                 out.set_socket_full(false);
                             }

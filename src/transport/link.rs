@@ -15,12 +15,29 @@ pub struct Link {
     pub outbox: Arc<Outbox>,
     /// When the client last sent anything, on the registry's clock (ms).
     last_seen: AtomicU64,
+    /// Bytes read from the client.
+    read: AtomicU64,
 }
 
 impl Link {
     /// A link with an empty outbox of the given bounds.
     pub fn new(id: u64, max_messages: usize, max_bytes: usize) -> Link {
-        Link { id, outbox: Arc::new(Outbox::new(max_messages, max_bytes)), last_seen: AtomicU64::new(0) }
+        Link {
+            id,
+            outbox: Arc::new(Outbox::new(max_messages, max_bytes)),
+            last_seen: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `n` bytes read from the client.
+    pub fn count_read(&self, n: usize) {
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes read from the client and written to it so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.read.load(Ordering::Relaxed), self.outbox.bytes_written())
     }
 
     /// Records that the client sent something at `now_ms`.

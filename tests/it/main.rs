@@ -23,6 +23,7 @@ mod hooks;
 mod instances;
 mod jsonrpc;
 mod limits;
+mod logs;
 mod openapi;
 mod proxy;
 mod publish_api;

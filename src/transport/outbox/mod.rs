@@ -167,6 +167,8 @@ pub struct Outbox {
     /// rule ([`Outbox::stall`]). Written under the state lock, when the writer's view of the
     /// socket changes, never per message.
     stall: AtomicU64,
+    /// Bytes the socket took.
+    written: AtomicU64,
     max_messages: usize,
     max_bytes: usize,
 }
@@ -187,9 +189,20 @@ impl Outbox {
             reader: Notify::new(),
             ending: OnceLock::new(),
             stall: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             max_messages,
             max_bytes,
         }
+    }
+
+    /// Counts `n` bytes the socket took.
+    pub fn count_written(&self, n: usize) {
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Bytes the socket took so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Asks the CPU to bring this outbox's lock and queue state into cache, for writing, ahead of
