@@ -956,12 +956,12 @@ enum Redis {
     Cluster(RedisCluster),
 }
 
-/// Three nodes on a Redis restarted as `restart` says while publishers on A and B publish and
-/// subscribers on A, B and C run the checker. Without persistence every subscriber is told of
-/// the lost stream and ends with every publication of the new epoch; with AOF every
-/// acknowledged publication reaches every subscriber, and a signal (tolerated if one comes: a
-/// node may drop a subscription it cannot vouch for, which resubscribes with `since`) excuses
-/// nothing.
+/// Three nodes on a Redis killed and restarted twice as `restart` says while publishers on A
+/// and B publish and subscribers on A, B and C run the checker. Without persistence every
+/// subscriber is told of each lost stream and ends with every publication of the last epoch;
+/// with AOF every acknowledged publication reaches every subscriber, and a signal (tolerated if
+/// one comes: a node may drop a subscription it cannot vouch for, which resubscribes with
+/// `since`) excuses nothing.
 async fn redis_killed_and_restarted_mid_stream(restart: Restart) {
     let ch = channel(&format!("{restart:?}").to_lowercase());
     let mut redis = match restart {
@@ -1008,30 +1008,38 @@ async fn redis_killed_and_restarted_mid_stream(restart: Restart) {
             tokio::task::block_in_place(|| cluster.owner(&format!("rpchub:{{{ch}}}:meta")))
         }
     };
-    tokio::task::block_in_place(|| match &mut redis {
-        Redis::One(server, ..) => server.kill(),
-        Redis::Cluster(cluster) => cluster.nodes[owner].kill(),
-    });
-    let at_kill = acks.lock().unwrap().len();
-    // Down for longer than the nodes' ping period, so that they see it down; meanwhile a client
-    // subscribes (answered -32008 until Redis is back).
-    subscribers.push(Subscriber::start("joining B while Redis is down", &ch, &[b.addr]));
-    tokio::time::sleep(OUTAGE).await;
-    tokio::task::block_in_place(|| match &mut redis {
-        Redis::One(server, args, _) => *server = RedisServer::with(server.port, args.as_slice()),
-        Redis::Cluster(cluster) => {
-            cluster.restart(owner);
-            cluster.wait_ok();
+    // Killed twice: down for longer than the nodes' ping period, so that they see it down
+    // (meanwhile a client subscribes, answered -32008 until Redis is back), then again soon
+    // after it came back, while subscribers may still be recovering.
+    let mut at_kill = 0;
+    for (i, outage) in [OUTAGE, Duration::from_millis(200)].into_iter().enumerate() {
+        let n = acks.lock().unwrap().len();
+        acknowledged(&acks, n + if i == 0 { 0 } else { 15 }).await;
+        tokio::task::block_in_place(|| match &mut redis {
+            Redis::One(server, ..) => server.kill(),
+            Redis::Cluster(cluster) => cluster.nodes[owner].kill(),
+        });
+        at_kill = acks.lock().unwrap().len();
+        if i == 0 {
+            subscribers.push(Subscriber::start("joining B while Redis is down", &ch, &[b.addr]));
         }
-    });
-    acknowledged(&acks, at_kill + 120).await;
+        tokio::time::sleep(outage).await;
+        tokio::task::block_in_place(|| match &mut redis {
+            Redis::One(server, args, _) => *server = RedisServer::with(server.port, args.as_slice()),
+            Redis::Cluster(cluster) => {
+                cluster.restart(owner);
+                cluster.wait_ok();
+            }
+        });
+    }
+    acknowledged(&acks, at_kill + 100).await;
     let signals = if restart == Restart::Aof { Signals::ExcuseNothing } else { Signals::Excuse };
     let (acked, records) = finish(publishers, subscribers, &acks, signals).await;
     let epochs = epochs(&acked);
     if restart == Restart::Aof {
         assert_eq!(epochs.len(), 1, "the stream outlived the restart: one epoch");
     } else {
-        assert_eq!(epochs.len(), 2, "the stream was lost with Redis: a new epoch after it");
+        assert_eq!(epochs.len(), 3, "the stream was lost with Redis, twice: a new epoch after each");
         for (name, r) in &records[..4] {
             assert!(r.signals() > 0, "{name} was told of the lost stream");
         }
