@@ -957,11 +957,12 @@ enum Redis {
 }
 
 /// Three nodes on a Redis killed and restarted twice as `restart` says while publishers on A
-/// and B publish and subscribers on A, B and C run the checker. Without persistence every
-/// subscriber is told of each lost stream and ends with every publication of the last epoch;
-/// with AOF every acknowledged publication reaches every subscriber, and a signal (tolerated if
-/// one comes: a node may drop a subscription it cannot vouch for, which resubscribes with
-/// `since`) excuses nothing.
+/// and B publish and subscribers on A, B and C run the checker; node A dies while Redis is
+/// down, its subscriber moving to C, and a new subscriber joins meanwhile. Without persistence
+/// every subscriber is told of each lost stream and ends with every publication of the last
+/// epoch; with AOF every acknowledged publication reaches every subscriber, and a signal
+/// (tolerated if one comes: a node may drop a subscription it cannot vouch for, which
+/// resubscribes with `since`) excuses nothing.
 async fn redis_killed_and_restarted_mid_stream(restart: Restart) {
     let ch = channel(&format!("{restart:?}").to_lowercase());
     let mut redis = match restart {
@@ -992,7 +993,7 @@ async fn redis_killed_and_restarted_mid_stream(restart: Restart) {
     };
     let [a, b, c] = Node::three(&url).await;
     let mut subscribers = vec![
-        Subscriber::start("on A", &ch, &[a.addr]),
+        Subscriber::start("on A, then C", &ch, &[a.addr, c.addr]),
         Subscriber::start("on B", &ch, &[b.addr]),
         Subscriber::start("on C", &ch, &[c.addr]),
         Subscriber::start("also on C", &ch, &[c.addr]),
@@ -1009,8 +1010,10 @@ async fn redis_killed_and_restarted_mid_stream(restart: Restart) {
         }
     };
     // Killed twice: down for longer than the nodes' ping period, so that they see it down
-    // (meanwhile a client subscribes, answered -32008 until Redis is back), then again soon
-    // after it came back, while subscribers may still be recovering.
+    // (meanwhile a client subscribes, answered -32008 until Redis is back, and node A dies, its
+    // subscriber moving to C), then again soon after it came back, while subscribers may still
+    // be recovering.
+    let mut a = Some(a);
     let mut at_kill = 0;
     for (i, outage) in [OUTAGE, Duration::from_millis(200)].into_iter().enumerate() {
         let n = acks.lock().unwrap().len();
@@ -1022,6 +1025,7 @@ async fn redis_killed_and_restarted_mid_stream(restart: Restart) {
         at_kill = acks.lock().unwrap().len();
         if i == 0 {
             subscribers.push(Subscriber::start("joining B while Redis is down", &ch, &[b.addr]));
+            a.take().unwrap().kill();
         }
         tokio::time::sleep(outage).await;
         tokio::task::block_in_place(|| match &mut redis {
@@ -1044,6 +1048,7 @@ async fn redis_killed_and_restarted_mid_stream(restart: Restart) {
             assert!(r.signals() > 0, "{name} was told of the lost stream");
         }
     }
+    assert!(records[0].1.seen.iter().any(|s| matches!(s, Seen::Reconnected(_))), "A's subscriber moved");
     if let Redis::One(_, _, Some(dir)) = &redis {
         let _ = std::fs::remove_dir_all(dir);
     }
