@@ -28,6 +28,7 @@ mod openapi;
 mod proxy;
 mod publish_api;
 mod redis_broker;
+mod redis_nodes;
 mod security;
 mod server;
 mod slots;
