@@ -9,7 +9,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -20,6 +21,18 @@ pub struct CallLabels {
     pub method: String,
     /// `ok` or `error`.
     pub result: &'static str,
+}
+
+/// Labels of `rpchub_call_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// Method name (`unknown` for methods that do not exist).
+    pub method: String,
+}
+
+/// The buckets of the call latency histogram: 50 µs to 3.3 s, each four times the last.
+fn call_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 4.0, 9))
 }
 
 /// Labels of metrics split by front door.
@@ -237,13 +250,18 @@ pub struct BrokerReading {
 type BrokerRead = (&'static str, Box<dyn Fn() -> BrokerReading + Send + Sync>);
 
 /// Counters of one method.
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Debug)]
 pub struct MethodCounters {
     /// Calls answered with a result.
     pub ok: Counter,
     /// Calls answered with an error.
     pub error: Counter,
+    /// How long its calls took, from the parsed call to its answer.
+    pub duration: Histogram,
 }
+
+/// Reads bytes read from and written to WebSocket clients since start, when the metrics are read.
+type BytesRead = Box<dyn Fn() -> (u64, u64) + Send + Sync>;
 
 /// Every metric of the node.
 pub struct Metrics {
@@ -301,6 +319,14 @@ pub struct Metrics {
     /// The backend's, the upstream node's and the hooks'.
     pub backend: BackendMetrics,
     calls: Family<CallLabels, Counter>,
+    call_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// Bytes read from WebSocket clients; brought up to `read_bytes` when the metrics are read.
+    received_bytes: Counter,
+    /// Bytes written to WebSocket clients; as `received_bytes`.
+    sent_bytes: Counter,
+    read_bytes: OnceLock<BytesRead>,
+    /// This process's, under Prometheus's standard `process_` names, read from `/proc`.
+    process: ProcessMetrics,
     /// Per-method counters, made once from the method table ([`Metrics::label_methods`]).
     methods: OnceLock<HashMap<&'static str, MethodCounters>>,
     unknown_method: MethodCounters,
@@ -310,12 +336,16 @@ impl Metrics {
     /// A registry with every metric registered; per-method counters come with
     /// [`Metrics::label_methods`].
     pub fn new() -> Metrics {
-        let mut r = Registry::with_prefix("rpchub");
+        let mut root = Registry::default();
+        let r = root.sub_registry_with_prefix("rpchub");
         let calls: Family<CallLabels, Counter> = Family::default();
+        let call_duration: Family<MethodLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(call_buckets);
         // One statement each: a family's guard must be gone before the next get_or_create.
         let ok = calls.get_or_create(&CallLabels { method: "unknown".into(), result: "ok" }).clone();
         let error = calls.get_or_create(&CallLabels { method: "unknown".into(), result: "error" }).clone();
-        let unknown_method = MethodCounters { ok, error };
+        let duration = call_duration.get_or_create(&MethodLabels { method: "unknown".into() }).clone();
+        let unknown_method = MethodCounters { ok, error, duration };
         let upgrades_rejected: Family<ReasonLabels, Counter> = Family::default();
         let rejections = Rejection::ALL
             .map(|r| upgrades_rejected.get_or_create(&ReasonLabels { reason: r.label() }).clone());
@@ -349,6 +379,11 @@ impl Metrics {
             streams_lost: Counter::default(),
             backend: BackendMetrics::default(),
             calls,
+            call_duration,
+            received_bytes: Counter::default(),
+            sent_bytes: Counter::default(),
+            read_bytes: OnceLock::new(),
+            process: ProcessMetrics::default(),
             methods: OnceLock::new(),
             unknown_method,
         };
@@ -419,8 +454,22 @@ impl Metrics {
             m.streams_lost.clone(),
         );
         r.register("calls", "JSON-RPC calls answered, by method and result", m.calls.clone());
-        m.backend.register(&mut r);
-        *m.registry.lock() = r;
+        r.register_with_unit(
+            "call_duration",
+            "How long JSON-RPC calls took, from the parsed call to its answer, by method",
+            Unit::Seconds,
+            m.call_duration.clone(),
+        );
+        r.register_with_unit(
+            "received",
+            "Bytes read from WebSocket clients",
+            Unit::Bytes,
+            m.received_bytes.clone(),
+        );
+        r.register_with_unit("sent", "Bytes written to WebSocket clients", Unit::Bytes, m.sent_bytes.clone());
+        m.backend.register(r);
+        m.process.register(&mut root);
+        *m.registry.lock() = root;
         m
     }
 
@@ -432,7 +481,8 @@ impl Metrics {
             let ok = self.calls.get_or_create(&CallLabels { method: name.into(), result: "ok" }).clone();
             let error =
                 self.calls.get_or_create(&CallLabels { method: name.into(), result: "error" }).clone();
-            methods.insert(name, MethodCounters { ok, error });
+            let duration = self.call_duration.get_or_create(&MethodLabels { method: name.into() }).clone();
+            methods.insert(name, MethodCounters { ok, error, duration });
         }
         let _ = self.methods.set(methods);
     }
@@ -507,8 +557,20 @@ impl Metrics {
         let _ = self.read_broker.set((kind, Box::new(read)));
     }
 
+    /// Sets what `rpchub_received_bytes_total` and `rpchub_sent_bytes_total` read from (once;
+    /// the server does it, from its connection registry).
+    pub fn read_bytes_with(&self, read: impl Fn() -> (u64, u64) + Send + Sync + 'static) {
+        let _ = self.read_bytes.set(Box::new(read));
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(read) = self.read_bytes.get() {
+            let (received, sent) = read();
+            self.received_bytes.inc_by(received.saturating_sub(self.received_bytes.get()));
+            self.sent_bytes.inc_by(sent.saturating_sub(self.sent_bytes.get()));
+        }
+        self.process.read();
         if let Some(count) = self.count_channels.get() {
             self.channels.set(count() as i64);
         }
@@ -530,6 +592,82 @@ impl Metrics {
             .expect("writing to a String; qed");
         out
     }
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
+/// `process_open_fds`, `process_max_fds`, `process_start_time_seconds`: the names every
+/// Prometheus client library exports, read from `/proc/self` when the metrics are read (absent
+/// where `/proc` is not).
+#[derive(Debug, Default)]
+struct ProcessMetrics {
+    cpu: Counter<f64, std::sync::atomic::AtomicU64>,
+    resident: Gauge,
+    virtual_memory: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ProcessMetrics {
+    fn register(&self, root: &mut Registry) {
+        let p = root.sub_registry_with_prefix("process");
+        p.register_with_unit("cpu", "User and system CPU time spent", Unit::Seconds, self.cpu.clone());
+        p.register_with_unit("resident_memory", "Resident memory size", Unit::Bytes, self.resident.clone());
+        p.register_with_unit(
+            "virtual_memory",
+            "Virtual memory size",
+            Unit::Bytes,
+            self.virtual_memory.clone(),
+        );
+        p.register("open_fds", "Open file descriptors", self.open_fds.clone());
+        p.register("max_fds", "The open-file limit (soft)", self.max_fds.clone());
+        p.register_with_unit(
+            "start_time",
+            "Start time of the process since the Unix epoch",
+            Unit::Seconds,
+            self.start_time.clone(),
+        );
+    }
+
+    /// Reads `/proc/self`.
+    fn read(&self) {
+        let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok() else { return };
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        // SAFETY: sysconf only reads configuration values.
+        #[allow(unsafe_code)]
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let (ticks, page) = (ticks.max(1) as f64, page.max(1) as u64);
+        // Fields 14 and 15 of stat(5) (utime, stime), 22 (starttime), 23 (vsize), 24 (rss):
+        // here 2 fewer, as the list starts at field 3.
+        if let (Some(utime), Some(stime)) = (num(11), num(12)) {
+            let cpu = (utime + stime) as f64 / ticks;
+            self.cpu.inc_by((cpu - self.cpu.get()).max(0.0));
+        }
+        if let Some(v) = num(20) {
+            self.virtual_memory.set(v as i64);
+        }
+        if let Some(rss) = num(21) {
+            self.resident.set((rss * page) as i64);
+        }
+        if let (Some(start), Some(boot)) = (num(19), boot_time()) {
+            self.start_time.set(boot as f64 + start as f64 / ticks);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+        if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+            self.max_fds.set(soft.min(i64::MAX as u64) as i64);
+        }
+    }
+}
+
+/// The machine's boot time in Unix seconds (`btime` of `/proc/stat`).
+fn boot_time() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse().ok())
 }
 
 impl std::fmt::Debug for Metrics {

@@ -188,6 +188,9 @@ pub async fn start_with(
     // Metrics are labelled by the method table's names, whatever it holds.
     metrics.label_methods(dispatcher.method_names());
     let registry = Registry::new(config.limits.max_connections);
+    // A weak reference: the metrics outlive no node, and keep none alive.
+    let counted = Arc::downgrade(&registry);
+    metrics.read_bytes_with(move || counted.upgrade().map_or((0, 0), |r| r.bytes()));
     let limits = &config.limits;
     let conn_limits = ConnLimits {
         max_message: limits.max_message_bytes,

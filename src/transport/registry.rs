@@ -9,7 +9,7 @@ use super::outbox::Ending;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
@@ -28,6 +28,10 @@ struct Entry {
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<Mutex<HashMap<u64, Entry>>>,
+    /// Bytes read from and written to the connections of each shard that ended, added under
+    /// that shard's lock when one is removed (so a shard's live and ended bytes are read
+    /// together, and their sum never goes back).
+    ended_bytes: Vec<[AtomicU64; 2]>,
     /// Connections open or being upgraded (slots taken by [`Registry::reserve`]).
     slots: AtomicUsize,
     max: usize,
@@ -56,6 +60,7 @@ impl Registry {
     pub fn new(max: usize) -> Arc<Registry> {
         Arc::new(Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            ended_bytes: (0..SHARDS).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
             slots: AtomicUsize::new(0),
             max,
             epoch: Instant::now(),
@@ -101,7 +106,30 @@ impl Registry {
 
     /// Removes a connection that ended.
     pub fn remove(&self, id: u64) {
-        self.shard(id).lock().remove(&id);
+        let mut shard = self.shard(id).lock();
+        if let Some(e) = shard.remove(&id) {
+            let (read, written) = e.conn.link().bytes();
+            let ended = &self.ended_bytes[(id as usize) % SHARDS];
+            ended[0].fetch_add(read, Ordering::Relaxed);
+            ended[1].fetch_add(written, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes read from and written to WebSocket clients since start, the open connections'
+    /// and the ended ones'; never less than an earlier reading.
+    pub fn bytes(&self) -> (u64, u64) {
+        let (mut read, mut written) = (0, 0);
+        for (shard, ended) in self.shards.iter().zip(&self.ended_bytes) {
+            let shard = shard.lock();
+            read += ended[0].load(Ordering::Relaxed);
+            written += ended[1].load(Ordering::Relaxed);
+            for e in shard.values() {
+                let (r, w) = e.conn.link().bytes();
+                read += r;
+                written += w;
+            }
+        }
+        (read, written)
     }
 
     /// Sends a keepalive to connections due for one ([`Conn::keepalive`]), ends those silent for

@@ -24,6 +24,7 @@ mod instances;
 mod jsonrpc;
 mod limits;
 mod logs;
+mod metrics;
 mod openapi;
 mod proxy;
 mod publish_api;

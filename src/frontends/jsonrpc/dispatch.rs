@@ -423,6 +423,7 @@ impl Dispatcher {
             return Some(error_json(id.unwrap_or(Id::Null), err));
         }
         let counters = self.metrics.method(&call.method);
+        let started = std::time::Instant::now();
         let Some((name, callback)) = self.methods.method_with_name(&call.method) else {
             if let Some(backend) = self.backend.as_ref().filter(|b| b.proxies(&call.method)) {
                 return self.proxy(backend, session, lane, &call, answer).await;
@@ -433,6 +434,7 @@ impl Dispatcher {
                 let relayed = up
                     .call(UpCall { method: Cow::Borrowed(&call.method), params: call.params, id: id.clone() })
                     .await?;
+                counters.duration.observe(started.elapsed().as_secs_f64());
                 return Some(self.relayed(relayed, id.unwrap_or(Id::Null), counters));
             }
             counters.error.inc();
@@ -458,6 +460,7 @@ impl Dispatcher {
                 MethodResponse::error(id, standard(error::INTERNAL_ERROR))
             }
         };
+        counters.duration.observe(started.elapsed().as_secs_f64());
         if response.is_success() {
             counters.ok.inc();
             answer.pending.append(&mut ctx.take_pending());
