@@ -447,6 +447,9 @@ impl Metrics {
         for reason in HTTP_REFUSALS {
             let _ = m.http_refused.get_or_create(&ReasonLabels { reason });
         }
+        for reason in crate::transport::Ending::LABELS {
+            let _ = m.closed.get_or_create(&ReasonLabels { reason });
+        }
         r.register("gaps_filled", "Gaps in broker deliveries filled from history", m.gaps_filled.clone());
         r.register(
             "streams_lost",

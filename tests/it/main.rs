@@ -16,6 +16,7 @@ mod channels;
 mod chat_example;
 mod clients;
 mod compat;
+mod deploy;
 mod dialects;
 mod follow;
 mod hardening;

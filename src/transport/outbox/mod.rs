@@ -86,6 +86,18 @@ impl Ending {
         matches!(self, Ending::Abort(..) | Ending::Gone)
     }
 
+    /// Every label [`Ending::label`] gives.
+    pub const LABELS: [&'static str; 8] = [
+        "slow_consumer",
+        "write_stalled",
+        "ping_timeout",
+        "flood",
+        "shutdown",
+        "message_too_big",
+        "protocol_error",
+        "binary_message",
+    ];
+
     /// The metrics label of an ending the server or the protocol made (`slow_consumer`,
     /// `write_stalled`, `ping_timeout`, `flood`, `shutdown`, ...); `None` for a client that
     /// closed or left.

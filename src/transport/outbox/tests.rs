@@ -275,3 +275,24 @@ fn each_stretch_of_a_full_socket_has_its_own_stall_number() {
     o.set_socket_full(true);
     assert!(o.stall().is_some_and(|s| s != first), "progress in between: a new stretch");
 }
+
+#[test]
+fn every_ending_label_is_listed() {
+    use crate::transport::frame::code;
+    let endings = [
+        Ending::Abort(1008, "slow consumer"),
+        Ending::Abort(1008, "write stalled"),
+        Ending::Close(1008, "ping timeout"),
+        Ending::Close(1008, "rate limit exceeded"),
+        Ending::Close(code::GOING_AWAY, "server shutting down"),
+        Ending::Close(code::TOO_BIG, "message too big"),
+        Ending::Close(code::PROTOCOL_ERROR, "bad frame"),
+        Ending::Close(code::INVALID_PAYLOAD, "not UTF-8"),
+        Ending::Close(code::UNSUPPORTED_DATA, "binary"),
+    ];
+    let labels: std::collections::BTreeSet<&str> = endings.iter().filter_map(|e| e.label()).collect();
+    let listed: std::collections::BTreeSet<&str> = Ending::LABELS.into_iter().collect();
+    assert_eq!(labels, listed, "Ending::LABELS is every label, so /metrics exports each from zero");
+    assert_eq!(Ending::Close(1000, "").label(), None);
+    assert_eq!(Ending::Gone.label(), None);
+}
