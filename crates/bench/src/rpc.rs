@@ -214,7 +214,24 @@ pub(crate) fn run(
     if ready == 0 || calls == 0 {
         out["error"] = json!(if ready == 0 { "no connection could be opened" } else { "no call completed" });
     }
+    if let Some(hint) = rate_hint(c, &out) {
+        out["hint"] = json!(hint);
+    }
     Ok(out)
+}
+
+/// Why a run measured the server's call-rate limit rather than the server, when it did: calls
+/// refused -32003 (or connections closed for flooding) without the admin token.
+fn rate_hint(c: &CommonArgs, out: &Value) -> Option<&'static str> {
+    let samples = out["error_samples"].as_array()?;
+    let limited = samples
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|s| s.contains("rate_limited") || s.contains("rate limit"));
+    (limited && c.token.is_none()).then_some(
+        "calls were refused by the per-connection call rate (limits.calls_per_second, 200 a second by default): \
+         this measured the limit; pass the admin token (--token or RPCHUB_TOKEN) to measure the server",
+    )
 }
 
 fn new_tally() -> Tally {
@@ -305,6 +322,7 @@ pub(crate) fn table(v: &Value) {
     let notes = [
         ("setup errors", report::samples(v, "setup_errors")),
         ("error samples", report::samples(v, "error_samples")),
+        ("hint", v["hint"].as_str().map(str::to_string)),
     ];
     rows.extend(notes.into_iter().filter_map(|(k, s)| Some((k, s?))));
     report::print_table(&title, &rows);
