@@ -35,6 +35,63 @@ fn call_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 4.0, 9))
 }
 
+/// Labels of the per-namespace counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    /// A namespace of the configuration, or [`OTHER_NAMESPACES`] for channels of any other
+    /// (so the label set is the configuration's, whatever names clients use).
+    pub namespace: String,
+}
+
+/// The `namespace` label of channels whose namespace the configuration does not list.
+pub const OTHER_NAMESPACES: &str = "_default";
+
+/// The counters of one namespace.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceCounters {
+    /// Publications accepted.
+    pub publications: Counter,
+    /// Notifications queued for subscribers.
+    pub deliveries: Counter,
+}
+
+/// What the broker was asked: the `op` label of `rpchub_broker_duration_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerOp {
+    /// A publication.
+    Publish,
+    /// A history read (snapshots, recovery, gap fills, `history`).
+    History,
+    /// Interest in a channel (a node's first subscriber of it).
+    Subscribe,
+}
+
+impl BrokerOp {
+    /// Every operation, in declaration order.
+    pub const ALL: [BrokerOp; 3] = [BrokerOp::Publish, BrokerOp::History, BrokerOp::Subscribe];
+
+    /// The label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            BrokerOp::Publish => "publish",
+            BrokerOp::History => "history",
+            BrokerOp::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// Labels of `rpchub_broker_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BrokerOpLabels {
+    /// [`BrokerOp::label`].
+    pub op: &'static str,
+}
+
+/// The buckets of the broker latency histogram: 10 µs to 2.6 s, each four times the last.
+fn broker_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 4.0, 10))
+}
+
 /// Labels of metrics split by front door.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DoorLabels {
@@ -320,6 +377,13 @@ pub struct Metrics {
     pub backend: BackendMetrics,
     calls: Family<CallLabels, Counter>,
     call_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    /// Broker operations' durations, one histogram per [`BrokerOp`], made at start.
+    broker_ops: [Histogram; BrokerOp::ALL.len()],
+    namespace_publications: Family<NamespaceLabels, Counter>,
+    namespace_deliveries: Family<NamespaceLabels, Counter>,
+    /// Per-namespace counters, made once from the configuration ([`Metrics::label_namespaces`]).
+    namespaces: OnceLock<HashMap<String, NamespaceCounters>>,
+    other_namespaces: NamespaceCounters,
     /// Bytes read from WebSocket clients; brought up to `read_bytes` when the metrics are read.
     received_bytes: Counter,
     /// Bytes written to WebSocket clients; as `received_bytes`.
@@ -346,6 +410,19 @@ impl Metrics {
         let error = calls.get_or_create(&CallLabels { method: "unknown".into(), result: "error" }).clone();
         let duration = call_duration.get_or_create(&MethodLabels { method: "unknown".into() }).clone();
         let unknown_method = MethodCounters { ok, error, duration };
+        let broker_duration: Family<BrokerOpLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(broker_buckets);
+        let broker_ops =
+            BrokerOp::ALL.map(|op| broker_duration.get_or_create(&BrokerOpLabels { op: op.label() }).clone());
+        let (namespace_publications, namespace_deliveries): (
+            Family<NamespaceLabels, Counter>,
+            Family<_, Counter>,
+        ) = Default::default();
+        let other = NamespaceLabels { namespace: OTHER_NAMESPACES.into() };
+        let other_namespaces = NamespaceCounters {
+            publications: namespace_publications.get_or_create(&other).clone(),
+            deliveries: namespace_deliveries.get_or_create(&other).clone(),
+        };
         let upgrades_rejected: Family<ReasonLabels, Counter> = Family::default();
         let rejections = Rejection::ALL
             .map(|r| upgrades_rejected.get_or_create(&ReasonLabels { reason: r.label() }).clone());
@@ -380,6 +457,11 @@ impl Metrics {
             backend: BackendMetrics::default(),
             calls,
             call_duration,
+            broker_ops,
+            namespace_publications,
+            namespace_deliveries,
+            namespaces: OnceLock::new(),
+            other_namespaces,
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
             read_bytes: OnceLock::new(),
@@ -464,6 +546,22 @@ impl Metrics {
             m.call_duration.clone(),
         );
         r.register_with_unit(
+            "broker_duration",
+            "How long broker operations took, by operation (publish, history, subscribe)",
+            Unit::Seconds,
+            broker_duration,
+        );
+        r.register(
+            "namespace_publications",
+            "Publications accepted by this node, by namespace (_default: namespaces not configured)",
+            m.namespace_publications.clone(),
+        );
+        r.register(
+            "namespace_deliveries",
+            "Notifications queued for subscribers, by namespace (_default: namespaces not configured)",
+            m.namespace_deliveries.clone(),
+        );
+        r.register_with_unit(
             "received",
             "Bytes read from WebSocket clients",
             Unit::Bytes,
@@ -488,6 +586,30 @@ impl Metrics {
             methods.insert(name, MethodCounters { ok, error, duration });
         }
         let _ = self.methods.set(methods);
+    }
+
+    /// Makes the counters of every namespace in `names` (the configuration's), once.
+    pub fn label_namespaces<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut namespaces = HashMap::new();
+        for name in names {
+            let labels = NamespaceLabels { namespace: name.to_string() };
+            // One statement each: a family's guard must be gone before the next get_or_create.
+            let publications = self.namespace_publications.get_or_create(&labels).clone();
+            let deliveries = self.namespace_deliveries.get_or_create(&labels).clone();
+            namespaces.insert(name.to_string(), NamespaceCounters { publications, deliveries });
+        }
+        let _ = self.namespaces.set(namespaces);
+    }
+
+    /// The counters of `channel`'s namespace.
+    pub fn namespace(&self, channel: &str) -> &NamespaceCounters {
+        let ns = channel.split_once(':').map_or("", |(ns, _)| ns);
+        self.namespaces.get().and_then(|m| m.get(ns)).unwrap_or(&self.other_namespaces)
+    }
+
+    /// Records how long a broker operation took.
+    pub fn broker_op(&self, op: BrokerOp, took: std::time::Duration) {
+        self.broker_ops[op as usize].observe(took.as_secs_f64());
     }
 
     /// The counters of `method`.

@@ -42,7 +42,7 @@ use crate::broker::{
 };
 use crate::channel::validate_channel;
 use crate::config::Config;
-use crate::metrics::{BrokerReading, Metrics, SlotRefusal};
+use crate::metrics::{BrokerOp, BrokerReading, Metrics, SlotRefusal};
 use channel::{Arrival, ChannelState, PendingSub};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
@@ -130,6 +130,7 @@ impl Hub {
             me: me.clone(),
         });
         let weak: Weak<Hub> = Arc::downgrade(&hub);
+        hub.metrics.label_namespaces(hub.config.namespaces.keys().map(String::as_str));
         hub.broker.set_listener(weak.clone());
         let counted = weak.clone();
         hub.metrics.count_channels_with(move || counted.upgrade().map_or(0, |h| h.held_channels()));
@@ -259,7 +260,10 @@ impl Hub {
             done: false,
         };
         let retention = self.retention(channel);
-        self.broker.subscribe(channel, retention).await.map_err(|e| self.broker_error(e))?;
+        let at = std::time::Instant::now();
+        let interest = self.broker.subscribe(channel, retention).await;
+        self.metrics.broker_op(BrokerOp::Subscribe, at.elapsed());
+        interest.map_err(|e| self.broker_error(e))?;
         pending.interest = true;
         // The buffer of publications delivered while history is read is bounded; if a busy
         // channel overflows it (or the channel lost track meanwhile), the read is done again.
@@ -291,8 +295,7 @@ impl Hub {
         retention: Retention,
     ) -> Result<(HistoryPage, bool), HubError> {
         if let Some(since) = since {
-            let page =
-                self.broker.history(channel, HistoryRange::After(since.offset, None), retention).await?;
+            let page = self.read_history(channel, HistoryRange::After(since.offset, None), retention).await?;
             let covered = *page.epoch == since.epoch
                 && since.offset <= page.offset
                 && (since.offset == page.offset
@@ -301,7 +304,7 @@ impl Hub {
                 return Ok((page, true));
             }
         }
-        Ok((self.broker.history(channel, HistoryRange::Newest(limit), retention).await?, false))
+        Ok((self.read_history(channel, HistoryRange::Newest(limit), retention).await?, false))
     }
 
     /// A subscription left `channel`: one broker interest less, the channel forgotten when
@@ -326,17 +329,30 @@ impl Hub {
         at.is_some()
     }
 
+    /// Reads `channel`'s history from the broker, timed for `rpchub_broker_duration_seconds`.
+    async fn read_history(
+        &self,
+        channel: &str,
+        range: HistoryRange,
+        retention: Retention,
+    ) -> Result<HistoryPage, BrokerError> {
+        let at = std::time::Instant::now();
+        let page = self.broker.history(channel, range, retention).await;
+        self.metrics.broker_op(BrokerOp::History, at.elapsed());
+        page
+    }
+
     /// Publishes to `channel`.
     pub async fn publish(&self, channel: &str, p: NewPublication) -> Result<Published, HubError> {
         validate_channel(channel).map_err(HubError::InvalidChannel)?;
         self.check_broker()?;
-        let published = self
-            .broker
-            .publish(channel, p, self.retention(channel))
-            .await
-            .map_err(|e| self.broker_error(e))?;
+        let at = std::time::Instant::now();
+        let published = self.broker.publish(channel, p, self.retention(channel)).await;
+        self.metrics.broker_op(BrokerOp::Publish, at.elapsed());
+        let published = published.map_err(|e| self.broker_error(e))?;
         if !published.duplicate {
             self.metrics.publications.inc();
+            self.metrics.namespace(channel).publications.inc();
         }
         Ok(published)
     }
@@ -358,9 +374,9 @@ impl Hub {
             Some(s) => HistoryRange::After(s.offset, limit),
             None => HistoryRange::Newest(limit),
         };
-        let mut page = self.broker.history(channel, range, retention).await?;
+        let mut page = self.read_history(channel, range, retention).await?;
         if *page.epoch != *NO_EPOCH && since.is_some_and(|s| *s.epoch != *page.epoch) {
-            page = self.broker.history(channel, HistoryRange::After(0, limit), retention).await?;
+            page = self.read_history(channel, HistoryRange::After(0, limit), retention).await?;
         }
         Ok(History {
             position: StreamPosition { epoch: page.epoch.to_string(), offset: page.offset },
@@ -391,7 +407,7 @@ impl Hub {
         let mut holes = 0;
         while holes < FILL_ATTEMPTS {
             let from = ch.state.lock().offset;
-            let page = self.broker.history(&ch.name, HistoryRange::After(from, None), retention).await;
+            let page = self.read_history(&ch.name, HistoryRange::After(from, None), retention).await;
             let mut st = ch.state.lock();
             let Some(held) = st.filling.take() else { return };
             let page = match page {
@@ -424,6 +440,7 @@ impl Hub {
                 delivered += st.deliver(&ch.name, p, pending_max);
             }
             self.metrics.deliveries.inc_by(delivered);
+            self.metrics.namespace(&ch.name).deliveries.inc_by(delivered);
             if rest.is_empty() {
                 if st.recheck {
                     // Asked to check again meanwhile: one more read, from where it stands now.
@@ -482,6 +499,7 @@ impl Listener for Hub {
             Arrival::Next => {
                 let n = st.deliver(channel, p, self.config.limits.outbound_queue_messages);
                 self.metrics.deliveries.inc_by(n);
+                self.metrics.namespace(channel).deliveries.inc_by(n);
             }
             Arrival::Gap => {
                 drop(st);
