@@ -529,7 +529,8 @@ impl Metrics {
         for reason in HTTP_REFUSALS {
             let _ = m.http_refused.get_or_create(&ReasonLabels { reason });
         }
-        for reason in crate::transport::Ending::LABELS {
+        // The WebSocket endings, and an HTTP connection that took no bytes for limits.write_timeout.
+        for reason in crate::transport::Ending::LABELS.into_iter().chain(["write_timeout"]) {
             let _ = m.closed.get_or_create(&ReasonLabels { reason });
         }
         r.register("gaps_filled", "Gaps in broker deliveries filled from history", m.gaps_filled.clone());
