@@ -36,6 +36,8 @@ impl Refused {
 pub(crate) struct Conn {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// The server's close frame, once one came: `1001 going away` and the like.
+    close: Option<String>,
 }
 
 impl Conn {
@@ -56,7 +58,7 @@ impl Conn {
             );
         }
         match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, _)) => Ok(Conn { ws, next_id: 1 }),
+            Ok((ws, _)) => Ok(Conn { ws, next_id: 1, close: None }),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status();
                 let message = resp
@@ -93,7 +95,15 @@ impl Conn {
     pub(crate) async fn next(&mut self) -> Result<Option<Value>> {
         loop {
             let bytes = match self.ws.next().await {
-                None | Some(Ok(Message::Close(_))) => return Ok(None),
+                None => return Ok(None),
+                Some(Ok(Message::Close(frame))) => {
+                    self.close = Some(match frame {
+                        Some(f) if f.reason.is_empty() => format!("close code {}", u16::from(f.code)),
+                        Some(f) => format!("close code {}: {}", u16::from(f.code), f.reason),
+                        None => "no close code".into(),
+                    });
+                    return Ok(None);
+                }
                 Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
                 Some(Ok(Message::Binary(b))) => b.to_vec(),
                 Some(Ok(_)) => continue,
@@ -102,6 +112,15 @@ impl Conn {
             return serde_json::from_slice(&bytes)
                 .context("the server sent a message that is not JSON")
                 .map(Some);
+        }
+    }
+
+    /// How the server ended the connection: "the server closed the connection (close code
+    /// 1001: ...)".
+    pub(crate) fn ended(&self) -> String {
+        match &self.close {
+            Some(c) => format!("the server closed the connection ({c})"),
+            None => "the server closed the connection".into(),
         }
     }
 
@@ -118,7 +137,7 @@ impl Conn {
             match self.next().await? {
                 Some(v) if v.get("id") == Some(&json!(id)) => return Ok(v),
                 Some(v) => on_note(v),
-                None => bail!("the server closed the connection before answering {method}"),
+                None => bail!("{} before answering {method}", self.ended()),
             }
         }
     }

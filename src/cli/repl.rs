@@ -59,7 +59,7 @@ pub(crate) async fn run(url: &str, token: Option<&str>) -> Result<()> {
             }
             msg = conn.next() => match msg? {
                 Some(m) => print_line(&m),
-                None => return Err(anyhow!("the server closed the connection")),
+                None => return Err(anyhow!(conn.ended())),
             },
         }
     }
@@ -112,7 +112,7 @@ async fn answer(conn: &mut Conn, methods: &[String], line: &str) -> Result<()> {
     let wait = tokio::time::timeout(ANSWER_WAIT, async {
         loop {
             match conn.next().await? {
-                None => return Err(anyhow!("the server closed the connection")),
+                None => return Err(anyhow!(conn.ended())),
                 Some(v) if v.is_array() && id.is_null() => {
                     print_line(&v);
                     return Ok(());

@@ -133,7 +133,7 @@ impl Follower {
         loop {
             let msg = match conn.next().await {
                 Ok(Some(m)) => m,
-                Ok(None) => return End::Lost(anyhow!("the server closed the connection")),
+                Ok(None) => return End::Lost(anyhow!(conn.ended())),
                 Err(e) => return End::Lost(e),
             };
             if let Some(id) = msg.get("id").and_then(Value::as_u64) {

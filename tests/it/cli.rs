@@ -447,3 +447,31 @@ async fn repl_answers_piped_lines_and_exits_at_the_end_of_input() {
     assert!(history.contains("no_such_method"), "{history}");
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// A token that expires mid-subscribe: the server ends the subscription with `closed`
+/// `token_expired`, which is printed; subscribing again is refused, so the command exits 1
+/// with the server's reason instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_prints_closed_and_exits_1_when_its_token_expires() {
+    use rpchub::config::{Access, NamespaceConfig, Secret};
+    const SECRET: &str = "cli-test-jwt-secret-0123456789";
+    let mut config = crate::support::config();
+    config.jwt_secret = Some(Secret(SECRET.into()));
+    config.namespaces.insert(
+        "members".into(),
+        NamespaceConfig { subscribe: Access::Authenticated, ..NamespaceConfig::default() },
+    );
+    let server = crate::support::start(config).await;
+    let now = rpchub::broker::memory::now_ms() / 1000;
+    let claims =
+        rpchub::auth::Claims { sub: "alice".into(), exp: now + 2, nbf: None, channels: None, publish: None };
+    let token = rpchub::auth::mint_hs256(SECRET, &claims).unwrap();
+    let mut c = Client::start(&["subscribe", &url(server.addr), "members:room"], &[("RPCHUB_TOKEN", &token)]);
+    assert_eq!(c.json().await["type"], "snapshot");
+    assert_eq!(c.json().await, json!({"type": "closed", "reason": "token_expired"}));
+    let (code, rest, err) = c.exit().await;
+    assert_eq!(code, 1, "{err}");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.starts_with("rpchub: subscribe members:room: error -32001"), "{err}");
+}
