@@ -475,3 +475,59 @@ async fn subscribe_prints_closed_and_exits_1_when_its_token_expires() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.starts_with("rpchub: subscribe members:room: error -32001"), "{err}");
 }
+
+/// `--since` recovers from a position (no warning); a position the history no longer reaches
+/// (a namespace keeping 2 publications) or an unknown epoch gives one warning line naming the
+/// missed offsets or the epoch, and the retained tail follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_since_recovers_or_warns_naming_what_was_missed() {
+    let mut config = crate::support::config();
+    config.namespaces.insert(
+        "short".into(),
+        rpchub::config::NamespaceConfig { history_size: 2, ..rpchub::config::NamespaceConfig::default() },
+    );
+    let server = crate::support::start(config).await;
+    let addr = server.addr;
+    let ch = channel("short");
+    let mut epoch = String::new();
+    for n in 1..=5 {
+        epoch = publish(addr, &ch, json!(n)).await["epoch"].as_str().unwrap().to_string();
+    }
+    // Within the history: offsets 4 and 5 after 3, recovered.
+    let mut c = Client::start(&["subscribe", "--since", &format!("{epoch}:3"), &url(addr), &ch], &[]);
+    let lines = [c.json().await, c.json().await, c.json().await];
+    assert_eq!(lines[0]["recovered"], true, "{lines:?}");
+    assert_eq!(offsets(&lines), [4, 5]);
+    c.signal(libc::SIGINT);
+    let (code, rest, err) = c.exit().await;
+    assert_eq!((code, rest.len()), (0, 0), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // Beyond it: 2 and 3 are gone; the warning names them, then the tail (4, 5) is printed.
+    let mut c = Client::start(&["subscribe", "--since", &format!("{epoch}:1"), &url(addr), &ch], &[]);
+    let warning = c.err_line().await;
+    assert_eq!(
+        warning,
+        format!(
+            "warning: {ch}: not recovered: offsets 2..=3 of epoch {epoch} are no longer in history and were missed"
+        )
+    );
+    let lines = [c.json().await, c.json().await, c.json().await];
+    assert_eq!(lines[0]["recovered"], false);
+    assert_eq!(offsets(&lines), [4, 5]);
+    c.signal(libc::SIGINT);
+    assert_eq!(c.exit().await.0, 0);
+
+    // Another epoch: the warning names both.
+    let mut c = Client::start(&["subscribe", &url(addr), &ch, "--since", "gone:3"], &[]);
+    let warning = c.err_line().await;
+    assert!(warning.contains(&format!("the epoch changed from gone to {epoch}")), "{warning}");
+    assert_eq!(c.json().await["type"], "snapshot");
+    c.signal(libc::SIGINT);
+    assert_eq!(c.exit().await.0, 0);
+
+    // Not a position: refused before connecting.
+    let (code, _, err) = run(&["subscribe", &url(addr), &ch, "--since", "gone:x"], &[], "").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("--since gone:x: the offset is not a number"), "{err}");
+}
