@@ -31,8 +31,8 @@ pub(crate) enum Command {
     /// Runs the server until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Calls a method and prints its result as JSON: `rpchub call ws://127.0.0.1:7410/ws/rpc
-    /// history channel=trades:SOL limit=2` (or an http://.../rpc URL). A JSON-RPC error is
-    /// printed as `error CODE: MESSAGE` and exits 1.
+    /// history channel=trades:SOL limit=2` (or an http://.../rpc URL). A JSON-RPC error exits 1
+    /// with one line on stderr: `rpchub: METHOD: error CODE: MESSAGE (data: ...)`.
     Call {
         /// `ws://HOST:PORT/ws/rpc` or `http://HOST:PORT/rpc`.
         url: String,

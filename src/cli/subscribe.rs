@@ -160,8 +160,15 @@ impl Follower {
                 continue;
             }
             let params = &msg["params"];
-            let Some(&arg) = params["subscription"].as_str().and_then(|s| subs.get(s)) else { continue };
             let event = &params["result"];
+            let Some(&arg) = params["subscription"].as_str().and_then(|s| subs.get(s)) else {
+                // One the server made unasked (a user channel's `auto_subscribe`): printed, not
+                // followed across reconnects (the server makes it again at connect).
+                if print(event).is_err() {
+                    return End::StdoutClosed;
+                }
+                continue;
+            };
             if event["type"] == "closed" {
                 // The server ended this subscription: say so, and take it up again from
                 // where the printing stopped, as after a reconnect.
