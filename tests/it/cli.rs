@@ -307,6 +307,29 @@ async fn subscribe_warns_and_goes_on_when_a_restarted_server_lost_the_history() 
     publish(addr, ch, json!("new")).await;
     let live = c.json().await;
     assert_eq!((live["offset"].as_u64(), &live["data"]), (Some(1), &json!("new")), "{live}");
+
+    // Stopped as a person stops it (Ctrl-C: a graceful shutdown, close code 1001) and started
+    // again: the same once more.
+    let epoch = snapshot["epoch"].as_str().unwrap().to_string();
+    // SAFETY: signalling our own child.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGINT)
+    };
+    server.wait().unwrap();
+    let mut server = serve_on(port).await;
+    let lost = c.err_line().await;
+    assert!(lost.contains("close code 1001") && lost.contains("reconnecting in"), "{lost}");
+    let warning = loop {
+        let l = c.err_line().await;
+        if l.starts_with("warning:") {
+            break l;
+        }
+    };
+    assert!(warning.contains(&format!("from {epoch} to ")), "{warning}");
+    assert_eq!(c.json().await["recovered"], false);
+    publish(addr, ch, json!("newer")).await;
+    assert_eq!(c.json().await["data"], "newer");
     c.signal(libc::SIGINT);
     assert_eq!(c.exit().await.0, 0);
     server.kill().unwrap();
