@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
+use jsonrpsee::core::client::ClientT;
 use jsonrpsee::core::params::{ArrayParams, ObjectParams};
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::ws_client::WsClientBuilder;
@@ -12,6 +12,10 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod conn;
+mod repl;
+mod subscribe;
 
 /// rpchub: JSON-RPC 2.0 over WebSocket with gap-free channel subscriptions.
 #[derive(Parser, Debug)]
@@ -26,40 +30,55 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Runs the server until SIGINT or SIGTERM.
     Serve(ServeArgs),
-    /// Calls a method: `rpchub call ws://127.0.0.1:7410/ws/rpc info` (or an http://.../rpc URL).
+    /// Calls a method and prints its result as JSON: `rpchub call ws://127.0.0.1:7410/ws/rpc
+    /// history channel=trades:SOL limit=2` (or an http://.../rpc URL). A JSON-RPC error exits 1
+    /// with one line on stderr: `rpchub: METHOD: error CODE: MESSAGE (data: ...)`.
     Call {
         /// `ws://HOST:PORT/ws/rpc` or `http://HOST:PORT/rpc`.
         url: String,
         /// Method name.
         method: String,
-        /// Params as JSON: an array (by position) or an object (by name).
-        params: Option<String>,
+        /// Params: one JSON value (an array by position, an object by name), or `KEY=VALUE`
+        /// words making an object (each value JSON when it parses, else a string).
+        params: Vec<String>,
         #[command(flatten)]
         token: TokenArg,
     },
-    /// Subscribes and prints one JSON line per event (the snapshot first) until interrupted.
+    /// Follows channels on one connection and prints one JSON line per event (each snapshot,
+    /// then its publications, then live ones) until interrupted; reconnects with backoff and
+    /// resumes each channel from the last position printed.
     Subscribe {
         /// `ws://HOST:PORT/ws/rpc`.
         url: String,
-        /// Channel name.
-        channel: String,
-        /// Recover from a position: `EPOCH:OFFSET`.
+        /// Channel names (or patterns, where the namespace allows them).
+        #[arg(required = true)]
+        channels: Vec<String>,
+        /// Start after a position of the one channel given: `EPOCH:OFFSET`.
         #[arg(long)]
         since: Option<String>,
         #[command(flatten)]
         token: TokenArg,
     },
-    /// Publishes one message and prints its `{"epoch","offset"}`.
+    /// Publishes and prints each answer's `{"epoch","offset"}`; DATA `-` publishes every
+    /// non-empty line of stdin (each must be JSON; a line that is not stops with its number).
     Publish {
         /// `ws://HOST:PORT/ws/rpc` or `http://HOST:PORT/rpc`.
         url: String,
         /// Channel name.
         channel: String,
-        /// Data as JSON (a bare word is sent as a string).
+        /// Data as JSON (a bare word is sent as a string), or `-` for stdin's lines.
         data: String,
         /// Event name.
         #[arg(long)]
         event: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+    },
+    /// An interactive JSON-RPC session: `METHOD [PARAMS]` lines, Tab completes method names
+    /// (from `rpc.discover`), history in ~/.rpchub_history, notifications printed as they come.
+    Repl {
+        /// `ws://HOST:PORT/ws/rpc`.
+        url: String,
         #[command(flatten)]
         token: TokenArg,
     },
@@ -160,21 +179,17 @@ impl ServeArgs {
 pub(crate) async fn run_client(cmd: Command) -> Result<()> {
     match cmd {
         Command::Call { url, method, params, token } => {
-            let params = params.map(|p| parse_json(&p)).transpose()?;
+            let params = conn::params_from_words(&params)?;
             let result = call(&url, &method, params, token.token.as_deref()).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
         Command::Publish { url, channel, data, event, token } => {
-            let mut params = serde_json::json!({ "channel": channel, "data": parse_json(&data).unwrap_or(Value::String(data)) });
-            if let Some(e) = event {
-                params["event"] = Value::String(e);
-            }
-            let result = call(&url, "publish", Some(params), token.token.as_deref()).await?;
-            println!("{result}");
+            publish(&url, &channel, &data, event, token.token.as_deref()).await?
         }
-        Command::Subscribe { url, channel, since, token } => {
-            subscribe(&url, &channel, since, token.token.as_deref()).await?
+        Command::Subscribe { url, channels, since, token } => {
+            subscribe::run(&url, channels, since, token.token).await?
         }
+        Command::Repl { url, token } => repl::run(&url, token.token.as_deref()).await?,
         Command::Token { sub, channels, publish, ttl } => {
             let secret = std::env::var("RPCHUB_JWT_SECRET").context("RPCHUB_JWT_SECRET is not set")?;
             let now = rpchub::broker::memory::now_ms() / 1000;
@@ -219,24 +234,104 @@ fn headers(token: Option<&str>) -> Result<jsonrpsee::http_client::HeaderMap> {
     Ok(h)
 }
 
+/// Calls `method` once and returns its result.
 async fn call(url: &str, method: &str, params: Option<Value>, token: Option<&str>) -> Result<Value> {
-    let result = if url.starts_with("ws://") || url.starts_with("wss://") {
-        let client =
-            WsClientBuilder::default().set_headers(headers(token)?).build(url).await.context("connect")?;
-        request(&client, method, params).await
-    } else if url.starts_with("http://") || url.starts_with("https://") {
-        let client =
-            HttpClientBuilder::default().set_headers(headers(token)?).build(url).context("client")?;
-        request(&client, method, params).await
-    } else {
-        bail!("{url}: use ws://HOST:PORT/ws/rpc or http://HOST:PORT/rpc");
-    };
-    result.map_err(|e| match e {
-        jsonrpsee::core::ClientError::Call(err) => {
-            anyhow!("{method}: error {}: {}", err.code(), err.message())
+    Caller::connect(url, token).await?.call(method, params).await
+}
+
+/// Publishes `data` to `channel` and prints the answer; `-` publishes each non-empty line of
+/// stdin in turn, on one connection, and stops at the first line that is not JSON (naming its
+/// number; the lines before it are published).
+async fn publish(
+    url: &str,
+    channel: &str,
+    data: &str,
+    event: Option<String>,
+    token: Option<&str>,
+) -> Result<()> {
+    let mut caller = Caller::connect(url, token).await?;
+    let params = |data: Value| {
+        let mut p = serde_json::json!({ "channel": channel, "data": data });
+        if let Some(e) = &event {
+            p["event"] = Value::String(e.clone());
         }
-        e => anyhow!("{method}: {e}"),
-    })
+        p
+    };
+    if data != "-" {
+        let data = parse_json(data).unwrap_or_else(|_| Value::String(data.to_string()));
+        println!("{}", caller.call("publish", Some(params(data))).await?);
+        return Ok(());
+    }
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut number = 0;
+    while let Some(line) = lines.next_line().await.context("reading stdin")? {
+        number += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let data = serde_json::from_str(&line).map_err(|e| {
+            anyhow!("stdin line {number} is not JSON ({e}); it and the lines after it were not published")
+        })?;
+        let answer = caller
+            .call("publish", Some(params(data)))
+            .await
+            .with_context(|| format!("stdin line {number}"))?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{answer}").and_then(|_| out.flush()).context("writing stdout")?;
+    }
+    Ok(())
+}
+
+/// A connection for calls: ws:// on [`conn::Conn`] (which reports a refused upgrade with the
+/// server's reason), http(s):// and wss:// on jsonrpsee's clients.
+enum Caller {
+    Ws(Box<conn::Conn>),
+    Wss(jsonrpsee::ws_client::WsClient),
+    Http(jsonrpsee::http_client::HttpClient),
+}
+
+impl Caller {
+    async fn connect(url: &str, token: Option<&str>) -> Result<Caller> {
+        Ok(if url.starts_with("ws://") {
+            Caller::Ws(Box::new(conn::Conn::connect(url, token).await?))
+        } else if url.starts_with("wss://") {
+            Caller::Wss(
+                WsClientBuilder::default()
+                    .set_headers(headers(token)?)
+                    .build(url)
+                    .await
+                    .context("connect")?,
+            )
+        } else if url.starts_with("http://") || url.starts_with("https://") {
+            Caller::Http(
+                HttpClientBuilder::default().set_headers(headers(token)?).build(url).context("client")?,
+            )
+        } else {
+            bail!("{url}: use ws://HOST:PORT/ws/rpc or http://HOST:PORT/rpc");
+        })
+    }
+
+    /// The result of `method`; a JSON-RPC error is `METHOD: error CODE: MESSAGE (data: ..)`.
+    async fn call(&mut self, method: &str, params: Option<Value>) -> Result<Value> {
+        let result = match self {
+            Caller::Ws(c) => {
+                let mut answer = c.call(method, params, |_| {}).await?;
+                return match answer.get("error") {
+                    Some(e) => Err(anyhow!("{method}: {}", conn::error_line(e))),
+                    None => Ok(answer["result"].take()),
+                };
+            }
+            Caller::Wss(c) => request(c, method, params).await,
+            Caller::Http(c) => request(c, method, params).await,
+        };
+        result.map_err(|e| match e {
+            jsonrpsee::core::ClientError::Call(err) => {
+                anyhow!("{method}: {}", conn::error_line(&serde_json::to_value(&err).unwrap_or_default()))
+            }
+            e => anyhow!("{method}: {e}"),
+        })
+    }
 }
 
 async fn request<C: ClientT>(
@@ -264,39 +359,6 @@ async fn request<C: ClientT>(
             let mut p = ArrayParams::new();
             p.insert(other).expect("a JSON value serializes; qed");
             c.request(method, p).await
-        }
-    }
-}
-
-async fn subscribe(url: &str, channel: &str, since: Option<String>, token: Option<&str>) -> Result<()> {
-    let client =
-        WsClientBuilder::default().set_headers(headers(token)?).build(url).await.context("connect")?;
-    let mut p = ObjectParams::new();
-    p.insert("channel", channel).expect("a string serializes; qed");
-    if let Some(s) = since {
-        let (epoch, offset) = s.rsplit_once(':').ok_or_else(|| anyhow!("--since takes EPOCH:OFFSET"))?;
-        let offset: u64 = offset.parse().context("--since: the offset is not a number")?;
-        p.insert("since", serde_json::json!({"epoch": epoch, "offset": offset}))
-            .expect("JSON serializes; qed");
-    }
-    let mut sub = client
-        .subscribe::<Value, _>("subscribe", p, "unsubscribe")
-        .await
-        .map_err(|e| anyhow!("subscribe: {e}"))?;
-    let mut stdout = std::io::stdout().lock();
-    loop {
-        tokio::select! {
-            ev = sub.next() => match ev {
-                Some(Ok(v)) => {
-                    // A closed pipe (`| head`) ends the command quietly.
-                    if writeln!(stdout, "{v}").and_then(|_| stdout.flush()).is_err() {
-                        return Ok(());
-                    }
-                }
-                Some(Err(e)) => bail!("bad notification: {e}"),
-                None => bail!("the server ended the connection"),
-            },
-            _ = rpchub::shutdown::signal() => return Ok(()),
         }
     }
 }

@@ -14,6 +14,7 @@ mod browser;
 mod channel_slots;
 mod channels;
 mod chat_example;
+mod cli;
 mod clients;
 mod compat;
 mod deploy;
