@@ -35,21 +35,7 @@ impl Drop for Server {
 /// Starts the built binary with `--demo` on `port` (the same port each time, so the page
 /// reconnects to the new process at the address it knows); returns once it accepts connections.
 async fn serve_demo_on(port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-        .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
-        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start on {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Server(child)
+    Server(serve_binary_on(port, &["--demo"]).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,21 +257,7 @@ async fn subscribe_resumes_after_a_cut_connection_from_the_last_offset_printed()
 
 /// Starts the built binary's server on `port` (memory broker, the admin token).
 async fn serve_on(port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child
+    crate::support::serve_binary_on(port, &[]).await
 }
 
 /// The server killed and started again on the same port: the client reconnects by itself; the

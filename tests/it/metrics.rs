@@ -97,12 +97,18 @@ async fn metrics_parse_strictly_and_count_known_traffic() {
     assert_eq!(delta("rpchub_publications", "rpchub_publications_total", json!({})), 3.0);
     // The channel's namespace is not configured: counted under _default, never by its name.
     let ns = json!({"namespace": "_default"});
-    assert_eq!(delta("rpchub_namespace_publications", "rpchub_namespace_publications_total", ns.clone()), 3.0);
+    assert_eq!(
+        delta("rpchub_namespace_publications", "rpchub_namespace_publications_total", ns.clone()),
+        3.0
+    );
     assert!(delta("rpchub_namespace_deliveries", "rpchub_namespace_deliveries_total", ns) >= 3.0);
     let broker = "rpchub_broker_duration_seconds";
     assert_eq!(delta(broker, &format!("{broker}_count"), json!({"op": "publish"})), 3.0);
     assert_eq!(delta(broker, &format!("{broker}_count"), json!({"op": "subscribe"})), 1.0);
-    assert!(delta(broker, &format!("{broker}_count"), json!({"op": "history"})) >= 1.0, "the snapshot's read");
+    assert!(
+        delta(broker, &format!("{broker}_count"), json!({"op": "history"})) >= 1.0,
+        "the snapshot's read"
+    );
     assert!(delta("rpchub_deliveries", "rpchub_deliveries_total", json!({})) >= 3.0);
     assert_eq!(sample(&after, "rpchub_connections", "rpchub_connections", json!({"door": "jsonrpc"})), 2.0);
     // At least the frames sent: 9 calls and a subscribe, each 40+ bytes; 9 answers, the

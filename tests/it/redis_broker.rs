@@ -5,7 +5,7 @@
 //! channel told to recheck afterwards. And two rpchub nodes on one Redis, end to end.
 
 use crate::redis_support::{RedisServer, TlsFiles, shared};
-use crate::support::{self, call, event, recv, subscribe, ws};
+use crate::support::{self, call, event, recv, subscribe, until, ws};
 use rpchub::broker::redis::RedisBroker;
 use rpchub::broker::{
     Broker, BrokerError, BrokerState, HistoryRange, Listener, NewPublication, Publication, Retention,
@@ -47,17 +47,6 @@ fn new_publication(n: u64) -> NewPublication {
 
 fn channel(what: &str) -> String {
     support::channel(&format!("redis-{what}"))
-}
-
-async fn until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,7 @@
 //! at an acknowledged position is what was acknowledged there, each publication once an epoch.
 
 use crate::redis_support::{RedisCluster, RedisServer, shared, shared_cluster};
-use crate::support::{self, ADMIN, Ws};
+use crate::support::{self, ADMIN, Ws, until};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
@@ -658,18 +658,6 @@ async fn publisher(
         }
     }
     problems
-}
-
-/// Waits until `done`, for up to `within`; true if it came.
-async fn until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
 }
 
 /// Waits until every subscriber holds a subscription (its first snapshot came).

@@ -392,6 +392,41 @@ pub(crate) async fn serve_binary_limited(
     (child, addr)
 }
 
+/// Waits until `done`, checking every 5 ms for up to `within`; true if it came.
+pub(crate) async fn until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while !done() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Starts the built binary on `port` with the admin token and `args` after `serve --listen`,
+/// its output dropped; returns once it accepts connections. The same port each time, for a
+/// server restarted under clients that reconnect to the address they know.
+pub(crate) async fn serve_binary_on(port: u16, args: &[&str]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server did not start on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
 /// Stops a server started by [`serve_binary`] with SIGTERM and returns everything it logged.
 pub(crate) async fn stop_for_log(child: std::process::Child) -> String {
     // SAFETY: signalling our own child.
