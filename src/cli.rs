@@ -219,6 +219,40 @@ pub(crate) async fn run_client(cmd: Command) -> Result<()> {
     Ok(())
 }
 
+/// One JSON-RPC call as a POST to `url`: the answer object, or the refusal with the server's
+/// message (`URL: HTTP 401: ...`).
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    params: Option<Value>,
+) -> Result<Value> {
+    let mut call = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method});
+    if let Some(p) = params {
+        call["params"] = p;
+    }
+    let mut req = client.post(url).header("content-type", "application/json").body(call.to_string());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.with_context(|| format!("{url}: cannot connect"))?;
+    let status = res.status();
+    let body = res.text().await.with_context(|| format!("{url}: reading the answer"))?;
+    let answer: Option<Value> = serde_json::from_str(&body).ok();
+    if !status.is_success() {
+        // The gate's `{"success":false,"error":{"message":...}}`, or a JSON-RPC error object.
+        let message = answer
+            .as_ref()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| body.trim().chars().take(200).collect());
+        bail!("{url}: HTTP {}: {message}", status.as_u16());
+    }
+    answer.ok_or_else(|| {
+        anyhow!("{url}: an answer that is not JSON: {}", body.chars().take(200).collect::<String>())
+    })
+}
+
 fn parse_json(s: &str) -> Result<Value> {
     serde_json::from_str(s).with_context(|| format!("not valid JSON: {s}"))
 }
@@ -288,7 +322,14 @@ async fn publish(
 enum Caller {
     Ws(Box<conn::Conn>),
     Wss(jsonrpsee::ws_client::WsClient),
-    Http(jsonrpsee::http_client::HttpClient),
+    /// Plain `http://`: one POST per call, whose refusal (401, 429, ...) is told with the
+    /// server's message.
+    Http {
+        client: reqwest::Client,
+        url: String,
+        token: Option<String>,
+    },
+    Https(jsonrpsee::http_client::HttpClient),
 }
 
 impl Caller {
@@ -303,8 +344,14 @@ impl Caller {
                     .await
                     .context("connect")?,
             )
-        } else if url.starts_with("http://") || url.starts_with("https://") {
-            Caller::Http(
+        } else if url.starts_with("http://") {
+            Caller::Http {
+                client: reqwest::Client::new(),
+                url: url.to_string(),
+                token: token.map(str::to_string),
+            }
+        } else if url.starts_with("https://") {
+            Caller::Https(
                 HttpClientBuilder::default().set_headers(headers(token)?).build(url).context("client")?,
             )
         } else {
@@ -322,8 +369,15 @@ impl Caller {
                     None => Ok(answer["result"].take()),
                 };
             }
+            Caller::Http { client, url, token } => {
+                let mut answer = post(client, url, token.as_deref(), method, params).await?;
+                return match answer.get("error") {
+                    Some(e) => Err(anyhow!("{method}: {}", conn::error_line(e))),
+                    None => Ok(answer["result"].take()),
+                };
+            }
             Caller::Wss(c) => request(c, method, params).await,
-            Caller::Http(c) => request(c, method, params).await,
+            Caller::Https(c) => request(c, method, params).await,
         };
         result.map_err(|e| match e {
             jsonrpsee::core::ClientError::Call(err) => {

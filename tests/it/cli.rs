@@ -410,6 +410,10 @@ async fn publish_dash_publishes_each_stdin_line() {
     let (code, _, err) = run(&["publish", &url(addr), &ch, "5"], &[], "").await;
     assert_eq!(code, 1);
     assert!(err.contains("error -32001"), "{err}");
+    // Over HTTP too: a refused token says what the server said, on one line.
+    let (code, _, err) = run(&["publish", "--token", "not-a-known-key", &http, &ch, "5"], &[], "").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("HTTP 401") && err.contains("not a known key") && err.lines().count() == 1, "{err}");
 }
 
 /// The repl driven through a pipe: results printed, errors printed, notifications printed as
