@@ -106,6 +106,13 @@ impl LiveSub {
         Sink::new(self.outbox.clone(), self.shared.encoding.clone(), self.splice)
     }
 
+    /// Queues `closed` `reason` as its last event: nothing is delivered to it after (it stays
+    /// listed until its owner lets go, as the connection ends).
+    pub(super) fn close_last(&mut self, channel: &str, reason: &str) {
+        self.after = u64::MAX;
+        self.sink().push_own(&Event::Closed { channel, reason });
+    }
+
     /// Marks it ended.
     pub(super) fn end(&self) {
         self.shared.alive.store(false, Ordering::Release);

@@ -329,6 +329,21 @@ impl Hub {
         at.is_some()
     }
 
+    /// The node is shutting down: every live subscription is told `closed` `shutdown` as its last
+    /// event (the connections are closed with 1001 right after). Returns how many were told.
+    pub fn close_for_shutdown(&self) -> usize {
+        let channels: Vec<Arc<HubChannel>> = self.channels.read().values().cloned().collect();
+        let mut told = 0;
+        for ch in channels {
+            let mut st = ch.state.lock();
+            for s in st.live.iter_mut() {
+                s.close_last(&ch.name, reason::SHUTDOWN);
+                told += 1;
+            }
+        }
+        told
+    }
+
     /// Reads `channel`'s history from the broker, timed for `rpchub_broker_duration_seconds`.
     async fn read_history(
         &self,

@@ -306,6 +306,8 @@ fn spawn_sweeper(node: &Arc<Node>) {
 /// grace, flushes the broker.
 async fn shut_down(node: &Arc<Node>) {
     tracing::info!(connections = node.registry.len(), "shutting down: closing every connection with 1001");
+    // Every subscription's last event, queued before each connection's close frame.
+    node.hub.close_for_shutdown();
     node.registry.close_all(frame::code::GOING_AWAY, "server shutting down");
     let grace = node.config.shutdown_grace;
     let started = Instant::now();

@@ -294,8 +294,8 @@ async fn subscribe_warns_and_goes_on_when_a_restarted_server_lost_the_history() 
     let live = c.json().await;
     assert_eq!((live["offset"].as_u64(), &live["data"]), (Some(1), &json!("new")), "{live}");
 
-    // Stopped as a person stops it (Ctrl-C: a graceful shutdown, close code 1001) and started
-    // again: the same once more.
+    // Stopped as a person stops it (Ctrl-C: a graceful shutdown, `closed` `shutdown`, then close
+    // code 1001) and started again: the same once more.
     let epoch = snapshot["epoch"].as_str().unwrap().to_string();
     // SAFETY: signalling our own child.
     #[allow(unsafe_code)]
@@ -313,6 +313,13 @@ async fn subscribe_warns_and_goes_on_when_a_restarted_server_lost_the_history() 
         }
     };
     assert!(warning.contains(&format!("from {epoch} to ")), "{warning}");
+    // The graceful shutdown's last event, printed as every event is.
+    let closed = c.json().await;
+    assert_eq!(
+        (closed["type"].as_str(), closed["reason"].as_str()),
+        (Some("closed"), Some("shutdown")),
+        "{closed}"
+    );
     assert_eq!(c.json().await["recovered"], false);
     publish(addr, ch, json!("newer")).await;
     assert_eq!(c.json().await["data"], "newer");

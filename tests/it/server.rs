@@ -73,7 +73,8 @@ async fn info_reports_the_node() {
     assert!(info["uptime_s"].as_u64().is_some());
 }
 
-/// SIGTERM: every client gets close code 1001, and the process exits 0.
+/// SIGTERM: every subscription is told `closed` `shutdown` as its last event, every client gets
+/// close code 1001, and the process exits 0.
 #[tokio::test]
 async fn the_binary_shuts_down_gracefully_on_sigterm() {
     let port = {
@@ -101,6 +102,12 @@ async fn the_binary_shuts_down_gracefully_on_sigterm() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM)
     };
+    let last = event(&mut a).await;
+    assert_eq!(
+        (last["type"].as_str(), last["reason"].as_str()),
+        (Some("closed"), Some("shutdown")),
+        "{last}"
+    );
     assert_eq!(closed(&mut a).await, Some(1001));
     assert_eq!(closed(&mut b).await, Some(1001));
     let status = tokio::task::spawn_blocking(move || {
