@@ -361,31 +361,29 @@ impl Caller {
 
     /// The result of `method`; a JSON-RPC error is `METHOD: error CODE: MESSAGE (data: ..)`.
     async fn call(&mut self, method: &str, params: Option<Value>) -> Result<Value> {
-        let result = match self {
-            Caller::Ws(c) => {
-                let mut answer = c.call(method, params, |_| {}).await?;
-                return match answer.get("error") {
-                    Some(e) => Err(anyhow!("{method}: {}", conn::error_line(e))),
-                    None => Ok(answer["result"].take()),
-                };
-            }
+        let mut answer = match self {
+            Caller::Ws(c) => c.call(method, params, |_| {}).await?,
             Caller::Http { client, url, token } => {
-                let mut answer = post(client, url, token.as_deref(), method, params).await?;
-                return match answer.get("error") {
-                    Some(e) => Err(anyhow!("{method}: {}", conn::error_line(e))),
-                    None => Ok(answer["result"].take()),
-                };
+                post(client, url, token.as_deref(), method, params).await?
             }
-            Caller::Wss(c) => request(c, method, params).await,
-            Caller::Https(c) => request(c, method, params).await,
+            Caller::Wss(c) => return jsonrpsee_result(method, request(c, method, params).await),
+            Caller::Https(c) => return jsonrpsee_result(method, request(c, method, params).await),
         };
-        result.map_err(|e| match e {
-            jsonrpsee::core::ClientError::Call(err) => {
-                anyhow!("{method}: {}", conn::error_line(&serde_json::to_value(&err).unwrap_or_default()))
-            }
-            e => anyhow!("{method}: {e}"),
-        })
+        match answer.get("error") {
+            Some(e) => Err(anyhow!("{method}: {}", conn::error_line(e))),
+            None => Ok(answer["result"].take()),
+        }
     }
+}
+
+/// The result of a call made through jsonrpsee's clients; an error as [`Caller::call`] says it.
+fn jsonrpsee_result(method: &str, result: Result<Value, jsonrpsee::core::ClientError>) -> Result<Value> {
+    result.map_err(|e| match e {
+        jsonrpsee::core::ClientError::Call(err) => {
+            anyhow!("{method}: {}", conn::error_line(&serde_json::to_value(&err).unwrap_or_default()))
+        }
+        e => anyhow!("{method}: {e}"),
+    })
 }
 
 async fn request<C: ClientT>(

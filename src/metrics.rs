@@ -489,7 +489,7 @@ impl Metrics {
         r.register_with_unit(
             "broker_latency",
             "The shared broker's last round trip (none for the embedded broker), by broker kind",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             m.broker_latency.clone(),
         );
         r.register(

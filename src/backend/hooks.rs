@@ -59,16 +59,12 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// `shutdown`, or `kicked` (the server ended it for what it sent: a flood, a message too big,
 /// a broken protocol, a binary frame, ...).
 pub fn disconnect_reason(ending: Option<Ending>) -> &'static str {
-    match ending {
-        // The client left, or this is the echo of its own close frame, whatever code it chose.
-        None | Some(Ending::Gone | Ending::Close(_, "")) => "client",
-        Some(e) => match e.label() {
-            Some("slow_consumer" | "write_stalled") => "slow_consumer",
-            Some("ping_timeout") => "ping_timeout",
-            Some("shutdown") => "shutdown",
-            // The server ended it, for what the client sent or anything else it decided.
-            _ => "kicked",
-        },
+    match Ending::described(ending).1 {
+        "client" => "client",
+        "slow_consumer" | "write_stalled" => "slow_consumer",
+        reason @ ("ping_timeout" | "shutdown") => reason,
+        // The server ended it, for what the client sent or anything else it decided.
+        _ => "kicked",
     }
 }
 

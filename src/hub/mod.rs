@@ -260,10 +260,9 @@ impl Hub {
             done: false,
         };
         let retention = self.retention(channel);
-        let at = std::time::Instant::now();
-        let interest = self.broker.subscribe(channel, retention).await;
-        self.metrics.broker_op(BrokerOp::Subscribe, at.elapsed());
-        interest.map_err(|e| self.broker_error(e))?;
+        self.timed(BrokerOp::Subscribe, self.broker.subscribe(channel, retention))
+            .await
+            .map_err(|e| self.broker_error(e))?;
         pending.interest = true;
         // The buffer of publications delivered while history is read is bounded; if a busy
         // channel overflows it (or the channel lost track meanwhile), the read is done again.
@@ -344,27 +343,32 @@ impl Hub {
         told
     }
 
-    /// Reads `channel`'s history from the broker, timed for `rpchub_broker_duration_seconds`.
+    /// A broker operation, timed for `rpchub_broker_duration_seconds`.
+    async fn timed<T>(&self, op: BrokerOp, f: impl Future<Output = T>) -> T {
+        let at = std::time::Instant::now();
+        let out = f.await;
+        self.metrics.broker_op(op, at.elapsed());
+        out
+    }
+
+    /// Reads `channel`'s history from the broker, timed.
     async fn read_history(
         &self,
         channel: &str,
         range: HistoryRange,
         retention: Retention,
     ) -> Result<HistoryPage, BrokerError> {
-        let at = std::time::Instant::now();
-        let page = self.broker.history(channel, range, retention).await;
-        self.metrics.broker_op(BrokerOp::History, at.elapsed());
-        page
+        self.timed(BrokerOp::History, self.broker.history(channel, range, retention)).await
     }
 
     /// Publishes to `channel`.
     pub async fn publish(&self, channel: &str, p: NewPublication) -> Result<Published, HubError> {
         validate_channel(channel).map_err(HubError::InvalidChannel)?;
         self.check_broker()?;
-        let at = std::time::Instant::now();
-        let published = self.broker.publish(channel, p, self.retention(channel)).await;
-        self.metrics.broker_op(BrokerOp::Publish, at.elapsed());
-        let published = published.map_err(|e| self.broker_error(e))?;
+        let published = self
+            .timed(BrokerOp::Publish, self.broker.publish(channel, p, self.retention(channel)))
+            .await
+            .map_err(|e| self.broker_error(e))?;
         if !published.duplicate {
             self.metrics.publications.inc();
             self.metrics.namespace(channel).publications.inc();

@@ -305,9 +305,13 @@ fn spawn_sweeper(node: &Arc<Node>) {
 /// lifecycle hook events waiting (their `disconnect`s among them) within what is left of the
 /// grace, flushes the broker.
 async fn shut_down(node: &Arc<Node>) {
-    tracing::info!(connections = node.registry.len(), "shutting down: closing every connection with 1001");
     // Every subscription's last event, queued before each connection's close frame.
-    node.hub.close_for_shutdown();
+    let told = node.hub.close_for_shutdown();
+    tracing::info!(
+        connections = node.registry.len(),
+        subscriptions = told,
+        "shutting down: closing every subscription (closed shutdown) and every connection with 1001"
+    );
     node.registry.close_all(frame::code::GOING_AWAY, "server shutting down");
     let grace = node.config.shutdown_grace;
     let started = Instant::now();

@@ -325,7 +325,7 @@ impl Subscriptions {
         self.end(session);
         let (bytes_in, bytes_out) = session.link().map_or((0, 0), |l| l.bytes());
         let principal = session.principal();
-        let (code, reason) = closed_by(ending);
+        let (code, reason) = Ending::described(ending);
         tracing::info!(
             session = session.id,
             door = session.door,
@@ -357,18 +357,6 @@ impl Subscriptions {
 /// name, `admin`), or `anonymous`; never a token.
 fn principal_name(p: &crate::auth::Principal) -> &str {
     if p.subject.is_empty() { "anonymous" } else { &p.subject }
-}
-
-/// How a connection ended, for its log line: the close code sent (none when the client left
-/// or closed first) and why (`client`, or the server's reason: `slow_consumer`, `ping_timeout`,
-/// `shutdown`, `flood`, `protocol_error`, ... or `server` for any other).
-fn closed_by(ending: Option<Ending>) -> (Option<u16>, &'static str) {
-    match ending {
-        None | Some(Ending::Gone) | Some(Ending::Close(_, "")) => (None, "client"),
-        Some(e @ (Ending::Close(code, _) | Ending::Abort(code, _))) => {
-            (Some(code), e.label().unwrap_or("server"))
-        }
-    }
 }
 
 /// A place under the session's cap, held from `prepare` until the subscription is live or

@@ -55,6 +55,11 @@ impl Drop for Slot {
     }
 }
 
+/// The shard of connection `id`.
+fn shard_of(id: u64) -> usize {
+    (id as usize) % SHARDS
+}
+
 impl Registry {
     /// A registry admitting at most `max` connections.
     pub fn new(max: usize) -> Arc<Registry> {
@@ -93,7 +98,7 @@ impl Registry {
     }
 
     fn shard(&self, id: u64) -> &Mutex<HashMap<u64, Entry>> {
-        &self.shards[(id as usize) % SHARDS]
+        &self.shards[shard_of(id)]
     }
 
     /// Adds an upgraded connection.
@@ -109,7 +114,7 @@ impl Registry {
         let mut shard = self.shard(id).lock();
         if let Some(e) = shard.remove(&id) {
             let (read, written) = e.conn.link().bytes();
-            let ended = &self.ended_bytes[(id as usize) % SHARDS];
+            let ended = &self.ended_bytes[shard_of(id)];
             ended[0].fetch_add(read, Ordering::Relaxed);
             ended[1].fetch_add(written, Ordering::Relaxed);
         }

@@ -86,6 +86,18 @@ impl Ending {
         matches!(self, Ending::Abort(..) | Ending::Gone)
     }
 
+    /// How a connection ended, as logs and hooks tell it: the close code the server sent (none
+    /// when the client closed or left first: `None`, [`Ending::Gone`], or the echo of its own
+    /// close frame) and why: `client`, the server's [`Ending::label`], or `server` for any other.
+    pub fn described(ending: Option<Ending>) -> (Option<u16>, &'static str) {
+        match ending {
+            None | Some(Ending::Gone) | Some(Ending::Close(_, "")) => (None, "client"),
+            Some(e @ (Ending::Close(code, _) | Ending::Abort(code, _))) => {
+                (Some(code), e.label().unwrap_or("server"))
+            }
+        }
+    }
+
     /// Every label [`Ending::label`] gives.
     pub const LABELS: [&'static str; 8] = [
         "slow_consumer",
