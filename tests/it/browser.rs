@@ -8,7 +8,7 @@ use crate::support::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -22,20 +22,10 @@ fn browser_ready(script_dir: &Path) -> Result<(), String> {
     Command::new("node").arg("--version").output().map(|_| ()).map_err(|e| format!("node: {e}"))
 }
 
-/// A server process, killed (SIGKILL, as a crash would) when dropped, also when the test fails.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the built binary with `--demo` on `port` (the same port each time, so the page
 /// reconnects to the new process at the address it knows); returns once it accepts connections.
-async fn serve_demo_on(port: u16) -> Server {
-    Server(serve_binary_on(port, &["--demo"]).await)
+async fn serve_demo_on(port: u16) -> ServerProcess {
+    serve_binary_on(port, &["--demo"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -256,7 +256,7 @@ async fn subscribe_resumes_after_a_cut_connection_from_the_last_offset_printed()
 }
 
 /// Starts the built binary's server on `port` (memory broker, the admin token).
-async fn serve_on(port: u16) -> Child {
+async fn serve_on(port: u16) -> crate::support::ServerProcess {
     crate::support::serve_binary_on(port, &[]).await
 }
 

@@ -2,7 +2,7 @@
 
 use crate::support::*;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test]
@@ -77,23 +77,7 @@ async fn info_reports_the_node() {
 /// close code 1001, and the process exits 0.
 #[tokio::test]
 async fn the_binary_shuts_down_gracefully_on_sigterm() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--set", "shutdown_grace=5s"])
-        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut child, addr) = serve_binary(&["--set", "shutdown_grace=5s"], &[]).await;
     let mut a = ws(addr, None).await;
     let mut b = ws(addr, None).await;
     subscribe(&mut a, json!(["x"])).await;

@@ -352,7 +352,7 @@ pub(crate) fn skip_unless_required(var: &str, why: &str) {
 
 /// Starts the built binary on a free port with the admin token, `args` after `serve --listen`
 /// and `env` set, its log piped; returns once it accepts connections.
-pub(crate) async fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, SocketAddr) {
+pub(crate) async fn serve_binary(args: &[&str], env: &[(&str, &str)]) -> (ServerProcess, SocketAddr) {
     serve_binary_limited(args, env, None).await
 }
 
@@ -361,9 +361,24 @@ pub(crate) async fn serve_binary_limited(
     args: &[&str],
     env: &[(&str, &str)],
     nofile: Option<u64>,
-) -> (std::process::Child, SocketAddr) {
-    use std::process::{Command, Stdio};
+) -> (ServerProcess, SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = serve_binary_at(port, args, env, nofile, std::process::Stdio::piped()).await;
+    (child, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Starts the built binary on `port` with the admin token, `args` after `serve --listen`,
+/// `env` set, the descriptor limit `nofile` and its log to `stderr`; returns once it accepts
+/// connections. Killed on drop from the moment it is started, also when it does not start in
+/// time.
+async fn serve_binary_at(
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+    nofile: Option<u64>,
+    stderr: std::process::Stdio,
+) -> ServerProcess {
+    use std::process::{Command, Stdio};
     let mut command = Command::new(env!("CARGO_BIN_EXE_rpchub"));
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -372,7 +387,7 @@ pub(crate) async fn serve_binary_limited(
         .envs(env.iter().copied())
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stderr(stderr);
     if let Some(n) = nofile {
         use std::os::unix::process::CommandExt;
         // SAFETY: the closure runs in the child between fork and exec and only makes one
@@ -382,14 +397,14 @@ pub(crate) async fn serve_binary_limited(
             command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, n, n));
         }
     }
-    let child = command.spawn().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = ServerProcess(Some(command.spawn().unwrap()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = std::time::Instant::now() + WAIT;
     while TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        assert!(std::time::Instant::now() < deadline, "the server did not start on {addr}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (child, addr)
+    child
 }
 
 /// Waits until `done`, checking every 5 ms for up to `within`; true if it came.
@@ -404,31 +419,50 @@ pub(crate) async fn until(within: Duration, mut done: impl FnMut() -> bool) -> b
     true
 }
 
+/// A server process of the built binary, killed (SIGKILL, as a crash would) when dropped, also
+/// when the test fails; used as its [`std::process::Child`].
+#[derive(Debug)]
+pub(crate) struct ServerProcess(Option<std::process::Child>);
+
+impl ServerProcess {
+    /// The process, no longer killed on drop (to wait for its end and read its output).
+    pub(crate) fn into_child(mut self) -> std::process::Child {
+        self.0.take().expect("taken only here; qed")
+    }
+}
+
+impl std::ops::Deref for ServerProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        self.0.as_ref().expect("taken only by into_child; qed")
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("taken only by into_child; qed")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts the built binary on `port` with the admin token and `args` after `serve --listen`,
 /// its output dropped; returns once it accepts connections. The same port each time, for a
 /// server restarted under clients that reconnect to the address they know.
-pub(crate) async fn serve_binary_on(port: u16, args: &[&str]) -> std::process::Child {
-    use std::process::{Command, Stdio};
-    let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .env("RPCHUB_ADMIN_TOKEN", ADMIN)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start on {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child
+pub(crate) async fn serve_binary_on(port: u16, args: &[&str]) -> ServerProcess {
+    serve_binary_at(port, args, &[], None, std::process::Stdio::null()).await
 }
 
 /// Stops a server started by [`serve_binary`] with SIGTERM and returns everything it logged.
-pub(crate) async fn stop_for_log(child: std::process::Child) -> String {
+pub(crate) async fn stop_for_log(child: ServerProcess) -> String {
+    let child = child.into_child();
     // SAFETY: signalling our own child.
     #[allow(unsafe_code)]
     unsafe {
