@@ -24,7 +24,6 @@ use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -271,7 +270,7 @@ fn the_checker_finds_silent_gaps_duplicates_and_missing_publications() {
 /// An rpchub node: a process of the built binary on a broker, SIGKILLed when dropped. Its log
 /// goes to a file, whose tail is printed when a test fails.
 struct Node {
-    child: Child,
+    child: support::ServerProcess,
     addr: SocketAddr,
     log: PathBuf,
 }
@@ -281,26 +280,14 @@ impl Node {
     async fn start(broker: &str) -> Node {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = std::env::temp_dir().join(format!("rpchub-it-node-{}-{port}.log", std::process::id()));
-        let child = Command::new(env!("CARGO_BIN_EXE_rpchub"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--broker", broker])
-            .args(["--node-id", &format!("node-{port}")])
-            // Every publication of a scenario stays in history, so that a client that moves
-            // recovers however slow its move on a busy machine.
-            .args(["--set", &format!("default_namespace.history_size={HISTORY}")])
-            .env("RPCHUB_ADMIN_TOKEN", ADMIN)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let node = Node { child, addr, log };
-        let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "the node on {broker} did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        node
+        let (node_id, history) =
+            (format!("node-{port}"), format!("default_namespace.history_size={HISTORY}"));
+        // Every publication of a scenario stays in history, so that a client that moves
+        // recovers however slow its move on a busy machine.
+        let args = ["--broker", broker, "--node-id", &node_id, "--set", &history];
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = support::serve_binary_at(port, &args, &[], None, stderr.into()).await;
+        Node { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), log }
     }
 
     /// Three nodes on `broker`.

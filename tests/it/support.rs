@@ -371,7 +371,7 @@ pub(crate) async fn serve_binary_limited(
 /// `env` set, the descriptor limit `nofile` and its log to `stderr`; returns once it accepts
 /// connections. Killed on drop from the moment it is started, also when it does not start in
 /// time.
-async fn serve_binary_at(
+pub(crate) async fn serve_binary_at(
     port: u16,
     args: &[&str],
     env: &[(&str, &str)],
