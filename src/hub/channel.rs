@@ -34,6 +34,7 @@
 use super::event::{Encoding, Event, Sink, reason};
 use super::id::SubId;
 use crate::broker::Publication;
+use crate::metrics::Latency;
 use crate::transport::{Outbox, Push, SharedFrame, Splice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -199,14 +200,22 @@ impl ChannelState {
     }
 
     /// Delivers `p` (the next offset) to every live subscriber and buffers it for the pending
-    /// ones. Returns how many subscribers it was queued for.
-    pub(super) fn deliver(&mut self, channel: &str, p: &Arc<Publication>, pending_max: usize) -> u64 {
+    /// ones, its frames stamped for `latency` (the publish-to-write histogram). Returns how many
+    /// subscribers it was queued for.
+    pub(super) fn deliver(
+        &mut self,
+        channel: &str,
+        p: &Arc<Publication>,
+        pending_max: usize,
+        latency: &Latency,
+    ) -> u64 {
         debug_assert_eq!(p.offset, self.offset + 1, "deliveries are in order; qed");
         self.offset = p.offset;
         let mut delivered = 0;
         if !self.live.is_empty() {
             let event = Event::Publication { channel, publication: p };
             let mut frames = Frames::new(&event);
+            frames.stamp = Some((std::time::Instant::now(), latency));
             let live = &mut self.live;
             let mut i = 0;
             while i < live.len() {
@@ -279,11 +288,14 @@ impl ChannelState {
 struct Frames<'a> {
     event: &'a Event<'a>,
     built: Vec<(usize, Arc<SharedFrame>)>,
+    /// Stamped on each frame built: when the fan-out started, and the histogram its writes
+    /// are timed in.
+    stamp: Option<(std::time::Instant, &'a Latency)>,
 }
 
 impl<'a> Frames<'a> {
     fn new(event: &'a Event<'a>) -> Frames<'a> {
-        Frames { event, built: Vec::new() }
+        Frames { event, built: Vec::new(), stamp: None }
     }
 
     /// The frame of the encoding whose address is `key` (`encoding` gives it, when first needed).
@@ -294,6 +306,9 @@ impl<'a> Frames<'a> {
                 let encoding = encoding();
                 let mut f = SharedFrame::with_capacity(encoding.size_hint(self.event));
                 f.build(encoding.splice_len(), |w| encoding.encode(self.event, w));
+                if let Some((at, latency)) = self.stamp {
+                    f.stamp(at, latency.clone());
+                }
                 self.built.push((key, Arc::new(f)));
                 self.built.len() - 1
             }

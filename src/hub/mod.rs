@@ -456,7 +456,7 @@ impl Hub {
                     rest = all[i..].to_vec();
                     break;
                 }
-                delivered += st.deliver(&ch.name, p, pending_max);
+                delivered += st.deliver(&ch.name, p, pending_max, &self.metrics.publish_to_write);
             }
             self.metrics.deliveries.inc_by(delivered);
             self.metrics.namespace(&ch.name).deliveries.inc_by(delivered);
@@ -516,7 +516,12 @@ impl Listener for Hub {
         }
         match arrival {
             Arrival::Next => {
-                let n = st.deliver(channel, p, self.config.limits.outbound_queue_messages);
+                let n = st.deliver(
+                    channel,
+                    p,
+                    self.config.limits.outbound_queue_messages,
+                    &self.metrics.publish_to_write,
+                );
                 self.metrics.deliveries.inc_by(n);
                 self.metrics.namespace(channel).deliveries.inc_by(n);
             }

@@ -12,6 +12,8 @@
 //! (a front door's encoding) decides that length; one frame is built per encoding.
 
 use super::frame;
+use crate::metrics::Latency;
+use std::time::Instant;
 
 /// Most bytes a [`Splice`] holds: room for a 16-digit id plus a few bytes of framing.
 pub const SPLICE_MAX: usize = 22;
@@ -74,6 +76,8 @@ pub struct SharedFrame {
     /// Where the splice goes.
     split: usize,
     splice_len: usize,
+    /// When the frame's publication was fanned out, and where its writes are timed.
+    stamp: Option<(Instant, Latency)>,
 }
 
 impl std::fmt::Debug for SharedFrame {
@@ -113,7 +117,25 @@ impl FrameWriter<'_> {
 impl SharedFrame {
     /// An empty frame with room for `payload_len` bytes of payload.
     pub fn with_capacity(payload_len: usize) -> SharedFrame {
-        SharedFrame { buf: Vec::with_capacity(HEADER_ROOM + payload_len), start: 0, split: 0, splice_len: 0 }
+        SharedFrame {
+            buf: Vec::with_capacity(HEADER_ROOM + payload_len),
+            start: 0,
+            split: 0,
+            splice_len: 0,
+            stamp: None,
+        }
+    }
+
+    /// Times every write of this frame from `at` into `latency` ([`SharedFrame::written`]).
+    pub fn stamp(&mut self, at: Instant, latency: Latency) {
+        self.stamp = Some((at, latency));
+    }
+
+    /// A connection's write of this frame returned at `now`: observed when the frame is stamped.
+    pub fn written(&self, now: impl FnOnce() -> Instant) {
+        if let Some((at, latency)) = &self.stamp {
+            latency.observe(now().saturating_duration_since(*at));
+        }
     }
 
     /// Encodes a text frame whose payload `write` produces, with every connection's splice

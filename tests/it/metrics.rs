@@ -1,7 +1,7 @@
 //! `GET /metrics` as Prometheus reads it: parsed by prometheus_client's strict OpenMetrics
 //! parser (Python, `tests/dialects/openmetrics_parse.py`, in the venv of the dialect tests)
 //! before and after known traffic, and the differences checked: calls by method and result, the
-//! call latency histogram, bytes in and out, upgrade rejections and server closes by reason,
+//! call latency histogram, the publish-to-write histogram, bytes in and out, upgrade rejections and server closes by reason,
 //! connections by door, process figures; names follow Prometheus's rules and no label carries a
 //! channel name or a user.
 
@@ -61,6 +61,9 @@ async fn metrics_parse_strictly_and_count_known_traffic() {
     for n in 0..3 {
         call(&mut w, "publish", json!([ch, {"n": n}])).await;
     }
+    for n in 0..3 {
+        assert_eq!(support::event(&mut sub).await["data"]["n"], n, "the subscriber reads each publication");
+    }
     assert_eq!(try_ws(addr, "/ws/rpc", Some("not-a-valid-token"), &[]).await.err(), Some(401));
     assert_eq!(try_ws(addr, "/ws/nowhere/at/all", None, &[]).await.err(), Some(404));
     assert_eq!(try_ws(addr, "/ws/rpc", None, &[("origin", "http://evil.example")]).await.err(), Some(403));
@@ -110,6 +113,14 @@ async fn metrics_parse_strictly_and_count_known_traffic() {
         "the snapshot's read"
     );
     assert!(delta("rpchub_deliveries", "rpchub_deliveries_total", json!({})) >= 3.0);
+    // Publish to write: one observation per delivery written (the subscriber read all three),
+    // each well under the last finite bucket (about 1.3 s).
+    let p2w = "rpchub_publish_to_write_seconds";
+    assert_eq!(after[p2w]["type"], "histogram");
+    assert_eq!(after[p2w]["unit"], "seconds");
+    assert_eq!(delta(p2w, &format!("{p2w}_count"), json!({})), 3.0);
+    assert_eq!(delta(p2w, &format!("{p2w}_bucket"), json!({"le": "1.31072"})), 3.0);
+    assert!(delta(p2w, &format!("{p2w}_sum"), json!({})) > 0.0);
     assert_eq!(sample(&after, "rpchub_connections", "rpchub_connections", json!({"door": "jsonrpc"})), 2.0);
     // At least the frames sent: 9 calls and a subscribe, each 40+ bytes; 9 answers, the
     // subscription's snapshot and 3 publications.

@@ -206,8 +206,11 @@ impl Batch {
         Ok(written)
     }
 
+    /// Moves the cursor past `n` written bytes; each shared frame written to its end is
+    /// timed ([`SharedFrame::written`]), with one clock read per write.
     pub(super) fn advance(&mut self, mut n: usize) {
         let c = &mut self.cursor;
+        let mut now = None;
         while n > 0 {
             let left = self.q.item_len(c.item) - c.within;
             if n < left {
@@ -215,8 +218,9 @@ impl Batch {
                 return;
             }
             n -= left;
-            if let Item::Bytes(len) = self.q.items[c.item] {
-                c.at += len;
+            match &self.q.items[c.item] {
+                Item::Bytes(len) => c.at += len,
+                Item::Shared(frame, _) => frame.written(|| *now.get_or_insert_with(std::time::Instant::now)),
             }
             c.item += 1;
             c.within = 0;

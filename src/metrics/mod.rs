@@ -4,6 +4,10 @@
 //! once per subscriber, and per-method call counters are created at start so a call does one
 //! lookup in a small fixed map.
 
+mod latency;
+
+pub use latency::Latency;
+
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -379,6 +383,9 @@ pub struct Metrics {
     call_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
     /// Broker operations' durations, one histogram per [`BrokerOp`], made at start.
     broker_ops: [Histogram; BrokerOp::ALL.len()],
+    /// From a publication's fan-out on this node to the return of the socket write that handed
+    /// its frame to the kernel, once per delivery.
+    pub publish_to_write: Latency,
     namespace_publications: Family<NamespaceLabels, Counter>,
     namespace_deliveries: Family<NamespaceLabels, Counter>,
     /// Per-namespace counters, made once from the configuration ([`Metrics::label_namespaces`]).
@@ -458,6 +465,7 @@ impl Metrics {
             calls,
             call_duration,
             broker_ops,
+            publish_to_write: Latency::default(),
             namespace_publications,
             namespace_deliveries,
             namespaces: OnceLock::new(),
@@ -551,6 +559,13 @@ impl Metrics {
             "How long broker operations took, by operation (publish, history, subscribe)",
             Unit::Seconds,
             broker_duration,
+        );
+        r.register_with_unit(
+            "publish_to_write",
+            "From a publication's fan-out on this node (for the embedded broker, its acceptance) to \
+             the socket write that handed its frame to the kernel, per delivery",
+            Unit::Seconds,
+            m.publish_to_write.clone(),
         );
         r.register(
             "namespace_publications",
