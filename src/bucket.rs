@@ -18,6 +18,11 @@ impl TokenBucket {
         TokenBucket { capacity, per_second, tokens: capacity, last: now }
     }
 
+    /// Tokens it refills a second.
+    pub(crate) fn per_second(&self) -> f64 {
+        self.per_second
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;

@@ -164,3 +164,8 @@ pub const REDIS_PING_PERIOD: Duration = Duration::from_secs(1);
 /// How often the Redis broker checks the position of every channel with local interest against
 /// what its pub/sub delivered, which catches a lost message on a quiet channel.
 pub const REDIS_POSITION_CHECK_PERIOD: Duration = Duration::from_secs(2);
+
+/// Shortest namespace `heartbeat`.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Longest namespace `heartbeat`.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);

@@ -267,6 +267,20 @@ impl Config {
                 crate::broker::redis::redacted(&self.broker)
             ));
         }
+        for (name, ns) in
+            self.namespaces.iter().chain([(&"default_namespace".to_string(), &self.default_namespace)])
+        {
+            if let Some(h) = ns.heartbeat
+                && !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&h)
+            {
+                return err(format!(
+                    "namespaces.{name}.heartbeat is {}; it must be {} to {}",
+                    humantime::format_duration(h),
+                    humantime::format_duration(MIN_HEARTBEAT),
+                    humantime::format_duration(MAX_HEARTBEAT)
+                ));
+            }
+        }
         for name in self.namespaces.keys() {
             if name.is_empty() || !name.bytes().all(crate::channel::is_channel_byte) || name.contains(':') {
                 return err(format!(

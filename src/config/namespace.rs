@@ -35,6 +35,10 @@ pub struct NamespaceConfig {
     /// Ask the backend (`{backend.url}/publish`) before every client's publish; it may replace
     /// the data.
     pub publish_proxy: bool,
+    /// Send subscribers `{"type":"heartbeat","channel","offset"}` when their channel had no
+    /// publication (and no heartbeat) for this long; `None`: never.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Duration>,
 }
 
 impl Default for NamespaceConfig {
@@ -46,6 +50,7 @@ impl Default for NamespaceConfig {
             publish: Access::Claims,
             subscribe_proxy: false,
             publish_proxy: false,
+            heartbeat: None,
         }
     }
 }

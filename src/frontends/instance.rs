@@ -260,6 +260,9 @@ impl Encoding for InstanceEncoding {
                 out,
             ),
             Event::Closed { reason, .. } => self.notice("closed", serde_json::json!({"reason": reason}), out),
+            Event::Heartbeat { offset, .. } => {
+                self.notice("heartbeat", serde_json::json!({"offset": offset}), out)
+            }
         }
     }
 }

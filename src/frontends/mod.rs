@@ -30,15 +30,26 @@ pub trait Door: Send + Sync + 'static {
 /// Writes the snapshot object every door that sends one uses:
 /// `{"type":"snapshot","channel","epoch","offset","recovered","publications":[...]}`, the
 /// publications copied as they are kept (never re-encoded).
-pub(crate) fn write_snapshot(out: &mut Vec<u8>, channel: &str, page: &HistoryPage, recovered: bool) {
+pub(crate) fn write_snapshot(
+    out: &mut Vec<u8>,
+    channel: &str,
+    page: &HistoryPage,
+    recovered: bool,
+    earliest: Option<&crate::broker::StreamPosition>,
+) {
     use std::fmt::Write as _;
-    let mut s = String::with_capacity(96 + channel.len());
+    let mut s = String::with_capacity(128 + channel.len());
     write!(
         s,
-        r#"{{"type":"snapshot","channel":"{channel}","epoch":"{}","offset":{},"recovered":{recovered},"publications":["#,
+        r#"{{"type":"snapshot","channel":"{channel}","epoch":"{}","offset":{},"recovered":{recovered},"#,
         page.epoch, page.offset
     )
     .expect("writing to a String; qed");
+    if let Some(e) = earliest {
+        write!(s, r#""earliest":{{"epoch":"{}","offset":{}}},"#, e.epoch, e.offset)
+            .expect("writing to a String; qed");
+    }
+    s.push_str(r#""publications":["#);
     out.extend_from_slice(s.as_bytes());
     for (i, p) in page.publications.iter().enumerate() {
         if i > 0 {
@@ -47,4 +58,14 @@ pub(crate) fn write_snapshot(out: &mut Vec<u8>, channel: &str, page: &HistoryPag
         out.extend_from_slice(p.json().as_bytes());
     }
     out.extend_from_slice(b"]}");
+}
+
+/// Writes `{"type":"heartbeat","channel":C,"offset":N}`, as the JSON-RPC and `{type,data}`
+/// doors send it.
+pub(crate) fn write_heartbeat(out: &mut Vec<u8>, channel: &str, offset: u64) {
+    out.extend_from_slice(br#"{"type":"heartbeat","channel":""#);
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(br#"","offset":"#);
+    out.extend_from_slice(offset.to_string().as_bytes());
+    out.push(b'}');
 }

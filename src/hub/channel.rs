@@ -38,6 +38,7 @@ use crate::metrics::Latency;
 use crate::transport::{Outbox, Push, SharedFrame, Splice};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 /// How many subscribers ahead of the one being served a fan-out prefetches (see
 /// [`crate::transport::Outbox::prefetch`]): far enough to cover a cache miss, near enough that
@@ -170,6 +171,8 @@ pub(super) struct ChannelState {
     /// Set when the channel was taken out of the hub's map; a subscriber that finds it set looks
     /// the channel up again.
     pub(super) removed: bool,
+    /// When its last publication or heartbeat went out (`None` until its first subscriber).
+    pub(super) quiet_since: Option<Instant>,
 }
 
 impl ChannelState {
@@ -213,9 +216,11 @@ impl ChannelState {
         self.offset = p.offset;
         let mut delivered = 0;
         if !self.live.is_empty() {
+            let now = Instant::now();
+            self.quiet_since = Some(now);
             let event = Event::Publication { channel, publication: p };
             let mut frames = Frames::new(&event);
-            frames.stamp = Some((std::time::Instant::now(), latency));
+            frames.stamp = Some((now, latency));
             let live = &mut self.live;
             let mut i = 0;
             while i < live.len() {
@@ -251,6 +256,34 @@ impl ChannelState {
             }
         }
         delivered
+    }
+
+    /// Tells every live subscriber the channel is quiet at its offset (`heartbeat`), and starts
+    /// the next quiet stretch at `now`. Returns how many were told.
+    pub(super) fn heartbeat(&mut self, channel: &str, now: Instant) -> u64 {
+        self.quiet_since = Some(now);
+        let event = Event::Heartbeat { channel, offset: self.offset };
+        let mut frames = Frames::new(&event);
+        let mut told = 0;
+        let live = &mut self.live;
+        let mut i = 0;
+        while i < live.len() {
+            let s = &live[i];
+            if s.after == u64::MAX {
+                // Closed already: nothing follows its `closed`.
+                i += 1;
+                continue;
+            }
+            if s.outbox.push_shared(frames.get(s.encoding_key, || &s.shared.encoding), s.splice)
+                == Push::Queued
+            {
+                told += 1;
+                i += 1;
+            } else {
+                live.swap_remove(i).end();
+            }
+        }
+        told
     }
 
     /// The channel can no longer vouch for its stream: every live subscriber is told

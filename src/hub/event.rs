@@ -6,7 +6,7 @@
 //! channel instead), and optionally a [`Filter`]. A live publication is encoded once per
 //! encoding in use on its channel, never per subscriber.
 
-use crate::broker::{HistoryPage, Publication};
+use crate::broker::{HistoryPage, Publication, StreamPosition};
 use crate::transport::{FrameWriter, Outbox, Splice};
 use std::sync::Arc;
 
@@ -34,6 +34,9 @@ pub enum Event<'a> {
         page: &'a HistoryPage,
         /// True when `since` was honoured exactly.
         recovered: bool,
+        /// After a `since` that could not be honoured: the oldest position still in history
+        /// (the oldest retained publication's, or the channel's offset + 1 when none is).
+        earliest: Option<&'a StreamPosition>,
     },
     /// A live publication.
     Publication {
@@ -41,6 +44,14 @@ pub enum Event<'a> {
         channel: &'a str,
         /// The publication.
         publication: &'a Publication,
+    },
+    /// The channel had no publication for its namespace's `heartbeat` interval: it is alive,
+    /// and this is where it stands.
+    Heartbeat {
+        /// The channel.
+        channel: &'a str,
+        /// Its newest offset (0 when never published to).
+        offset: u64,
     },
     /// The server ended the subscription; nothing follows.
     Closed {
@@ -73,7 +84,7 @@ pub trait Encoding: Send + Sync + 'static {
             Event::Snapshot { page, .. } => {
                 192 + page.publications.iter().map(|p| p.json().len() + 1).sum::<usize>()
             }
-            Event::Closed { .. } => 96,
+            Event::Closed { .. } | Event::Heartbeat { .. } => 96,
         }
     }
 }

@@ -91,6 +91,8 @@ pub struct ChannelInfo {
 #[derive(Debug)]
 struct HubChannel {
     name: Arc<str>,
+    /// Its namespace's `heartbeat`.
+    heartbeat: Option<std::time::Duration>,
     state: Mutex<ChannelState>,
 }
 
@@ -200,7 +202,8 @@ impl Hub {
             self.metrics.slot_refused(SlotRefusal::MaxChannels);
             return Err(HubError::TooManyChannels(max));
         }
-        let c = Arc::new(HubChannel { name: name.into(), state: Mutex::default() });
+        let heartbeat = self.config.namespace_of(name).heartbeat;
+        let c = Arc::new(HubChannel { name: name.into(), heartbeat, state: Mutex::default() });
         map.insert(c.name.clone(), c.clone());
         Ok(c)
     }
@@ -256,6 +259,7 @@ impl Hub {
             id,
             page: HistoryPage { epoch: "".into(), offset: 0, publications: Vec::new() },
             recovered: false,
+            earliest: None,
             interest: false,
             done: false,
         };
@@ -267,7 +271,8 @@ impl Hub {
         // The buffer of publications delivered while history is read is bounded; if a busy
         // channel overflows it (or the channel lost track meanwhile), the read is done again.
         for _ in 0..SNAPSHOT_ATTEMPTS {
-            let (page, recovered) = self.snapshot_page(channel, since.clone(), limit, retention).await?;
+            let (page, recovered, earliest) =
+                self.snapshot_page(channel, since.clone(), limit, retention).await?;
             let mut st = pending.channel.state.lock();
             let at = st
                 .pending
@@ -278,6 +283,7 @@ impl Hub {
                 drop(st);
                 pending.page = page;
                 pending.recovered = recovered;
+                pending.earliest = earliest;
                 return Ok(pending);
             }
             st.pending[at].stale = false;
@@ -292,18 +298,35 @@ impl Hub {
         since: Option<StreamPosition>,
         limit: Option<usize>,
         retention: Retention,
-    ) -> Result<(HistoryPage, bool), HubError> {
-        if let Some(since) = since {
-            let page = self.read_history(channel, HistoryRange::After(since.offset, None), retention).await?;
-            let covered = *page.epoch == since.epoch
-                && since.offset <= page.offset
-                && (since.offset == page.offset
-                    || page.publications.first().map(|p| p.offset) == Some(since.offset + 1));
-            if covered {
-                return Ok((page, true));
-            }
+    ) -> Result<(HistoryPage, bool, Option<StreamPosition>), HubError> {
+        let Some(since) = since else {
+            return Ok((
+                self.read_history(channel, HistoryRange::Newest(limit), retention).await?,
+                false,
+                None,
+            ));
+        };
+        let page = self.read_history(channel, HistoryRange::After(since.offset, None), retention).await?;
+        let covered = *page.epoch == since.epoch
+            && since.offset <= page.offset
+            && (since.offset == page.offset
+                || page.publications.first().map(|p| p.offset) == Some(since.offset + 1));
+        if covered {
+            return Ok((page, true, None));
         }
-        Ok((self.read_history(channel, HistoryRange::Newest(limit), retention).await?, false))
+        let newest = self.read_history(channel, HistoryRange::Newest(limit), retention).await?;
+        // The oldest retained: the newest page's first when it holds all of history, else one
+        // more read of the single oldest.
+        let oldest = match limit {
+            None => newest.publications.first().map(|p| p.offset),
+            Some(_) => {
+                let first = self.read_history(channel, HistoryRange::After(0, Some(1)), retention).await?;
+                first.publications.first().filter(|_| first.epoch == newest.epoch).map(|p| p.offset)
+            }
+        };
+        let earliest =
+            StreamPosition { epoch: newest.epoch.to_string(), offset: oldest.unwrap_or(newest.offset + 1) };
+        Ok((newest, false, Some(earliest)))
     }
 
     /// A subscription left `channel`: one broker interest less, the channel forgotten when
@@ -341,6 +364,35 @@ impl Hub {
             }
         }
         told
+    }
+
+    /// Sends `heartbeat` events on the channels of namespaces with a `heartbeat` that had no
+    /// publication (nor heartbeat) for that long, as of `now`. Returns how many subscribers
+    /// were told. Called every [`Hub::heartbeat_tick`].
+    pub fn send_heartbeats(&self, now: std::time::Instant) -> u64 {
+        let due: Vec<Arc<HubChannel>> =
+            self.channels.read().values().filter(|c| c.heartbeat.is_some()).cloned().collect();
+        let mut told = 0;
+        for ch in due {
+            let every = ch.heartbeat.expect("filtered above; qed");
+            let mut st = ch.state.lock();
+            match st.quiet_since {
+                Some(t) if now.saturating_duration_since(t) >= every => told += st.heartbeat(&ch.name, now),
+                Some(_) => {}
+                None => st.quiet_since = Some(now),
+            }
+        }
+        told
+    }
+
+    /// How often [`Hub::send_heartbeats`] should run: a quarter of the shortest namespace
+    /// `heartbeat` (so a heartbeat is at most a quarter late), between 20 ms and 1 s; `None`
+    /// when no namespace has one.
+    pub fn heartbeat_tick(&self) -> Option<std::time::Duration> {
+        let c = &self.config;
+        let shortest =
+            c.namespaces.values().chain([&c.default_namespace]).filter_map(|n| n.heartbeat).min()?;
+        Some((shortest / 4).clamp(std::time::Duration::from_millis(20), std::time::Duration::from_secs(1)))
     }
 
     /// A broker operation, timed for `rpchub_broker_duration_seconds`.

@@ -17,6 +17,8 @@ pub struct Pending {
     pub(super) id: SubId,
     pub(super) page: HistoryPage,
     pub(super) recovered: bool,
+    /// After a `since` not honoured: the oldest position still in history.
+    pub(super) earliest: Option<crate::broker::StreamPosition>,
     /// The broker interest was taken (and is to be given back unless handed on).
     pub(super) interest: bool,
     pub(super) done: bool,
@@ -26,6 +28,11 @@ impl Pending {
     /// The snapshot read: the history page, and whether `since` was honoured exactly.
     pub fn page(&self) -> (&HistoryPage, bool) {
         (&self.page, self.recovered)
+    }
+
+    /// After a `since` that could not be honoured: the oldest position still in history.
+    pub fn earliest(&self) -> Option<&crate::broker::StreamPosition> {
+        self.earliest.as_ref()
     }
 }
 
@@ -69,7 +76,12 @@ impl Pending {
         if !answer.is_empty() && out.push_answer(answer) != crate::transport::Push::Queued {
             return Err(closed());
         }
-        let snapshot = Event::Snapshot { channel: &ch.name, page: &self.page, recovered: self.recovered };
+        let snapshot = Event::Snapshot {
+            channel: &ch.name,
+            page: &self.page,
+            recovered: self.recovered,
+            earliest: self.earliest.as_ref(),
+        };
         if sink.encoding.sends_snapshot() && !sink.push_answer(&snapshot) {
             return Err(closed());
         }
@@ -97,6 +109,9 @@ impl Pending {
         if st.epoch.is_none() {
             st.epoch = Some(self.page.epoch.clone());
             st.offset = after;
+        }
+        if st.quiet_since.is_none() {
+            st.quiet_since = Some(std::time::Instant::now());
         }
         st.live.push(LiveSub::new(sink, after, shared));
         Ok(sub)

@@ -26,10 +26,11 @@ fn event_json(e: &Event<'_>) -> Value {
         Event::Publication { channel, publication } => {
             json!({"type":"publication","channel":channel,"offset":publication.offset,"data":parse(publication.data())})
         }
-        Event::Snapshot { channel, page, recovered } => json!({"type":"snapshot","channel":channel,
-            "epoch":&*page.epoch,"offset":page.offset,"recovered":recovered,
+        Event::Snapshot { channel, page, recovered, earliest } => json!({"type":"snapshot","channel":channel,
+            "epoch":&*page.epoch,"offset":page.offset,"recovered":recovered,"earliest":earliest,
             "publications":page.publications.iter().map(|p| parse(p.json())).collect::<Vec<_>>()}),
         Event::Closed { reason, .. } => json!({"type":"closed","reason":reason}),
+        Event::Heartbeat { channel, offset } => json!({"type":"heartbeat","channel":channel,"offset":offset}),
     }
 }
 

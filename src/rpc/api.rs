@@ -37,6 +37,15 @@ pub trait ChannelApi {
         limit: Option<usize>,
     ) -> RpcResult<String>;
 
+    /// Subscribes to several channels in one call, each item as `subscribe` takes it. The
+    /// answer has one result per item, in order: the subscription id, or that item's error (one
+    /// bad item fails only itself); then `limits`: the subscriptions this connection may still
+    /// make and its call rate. Each subscription then gets its own snapshot, in the order of the
+    /// items. A channel named twice fails its second item; an item over the connection's
+    /// subscriptions limit fails with -32002. More items than the limit in one call is -32602.
+    #[method(name = "subscribe_many", with_extensions)]
+    async fn subscribe_many(&self, subscriptions: Vec<SubscribeItem>) -> RpcResult<SubscribeManyResult>;
+
     /// Ends a subscription of this connection. `true` if it was active, else `false`.
     #[method(name = "unsubscribe", with_extensions)]
     fn unsubscribe_channel(&self, subscription: String) -> RpcResult<bool>;
@@ -102,6 +111,64 @@ pub trait StreamApi {
     #[method(name = "stream_cancel", with_extensions)]
     fn stream_cancel(&self, stream: String) -> RpcResult<bool>;
 }
+}
+
+/// One item of `subscribe_many`: what `subscribe` takes.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeItem {
+    /// The channel.
+    pub channel: String,
+    /// Where the client's stream stopped, to recover from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<StreamPosition>,
+    /// At most this many publications in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The result of `subscribe_many`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct SubscribeManyResult {
+    /// One per item, in the order of the items.
+    pub results: Vec<SubscribeOutcome>,
+    /// The connection's limits after this call.
+    pub limits: ConnectionLimits,
+}
+
+/// What became of one item of `subscribe_many`: `subscription` or `error`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct SubscribeOutcome {
+    /// The item's channel.
+    pub channel: String,
+    /// The subscription id, when it was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
+    /// Why it was not, as a JSON-RPC error object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ItemError>,
+}
+
+/// A JSON-RPC error object, for one item of a call that answers per item.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct ItemError {
+    /// The error code, as a whole call's error would have.
+    pub code: i32,
+    /// What is wrong.
+    pub message: String,
+    /// `{"code": NAME}` for rpchub's own codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// What a connection may still do, so that clients need not guess.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct ConnectionLimits {
+    /// Subscriptions this connection may still make (`limits.max_subscriptions` less those it
+    /// holds).
+    pub subscriptions_left: usize,
+    /// Calls a second this connection may make; `null`: no limit (the admin token).
+    pub calls_per_s: Option<u32>,
 }
 
 /// Any JSON value, taken as it was written (published data is never re-encoded).

@@ -137,6 +137,22 @@ impl From<SubscribeError> for RpcError {
     }
 }
 
+impl From<RpcError> for crate::rpc::api::ItemError {
+    fn from(e: RpcError) -> Self {
+        let o = ErrorObjectOwned::from(e);
+        crate::rpc::api::ItemError {
+            code: o.code(),
+            message: o.message().to_string(),
+            data: o.data().and_then(|d| serde_json::from_str(d.get()).ok()),
+        }
+    }
+}
+
+/// -32602 with a message that says which param is wrong and how.
+pub fn invalid_params(message: String) -> ErrorObjectOwned {
+    ErrorObject::owned(INVALID_PARAMS, message, None::<()>)
+}
+
 /// The error object of a failed request to the backend or the upstream node: -32020
 /// `backend_error` with `data.code` the backend's own code, or -32021 `backend_unavailable`.
 pub fn backend(e: &crate::backend::BackendError) -> ErrorObjectOwned {

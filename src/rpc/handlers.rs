@@ -5,10 +5,10 @@
 
 use super::CallCtx;
 use super::api::{
-    AuthResult, ChannelApiServer, HistoryResult, JsonData, NodeApiServer, NodeInfo, PublicationJson,
-    StreamApiServer,
+    AuthResult, ChannelApiServer, ConnectionLimits, HistoryResult, ItemError, JsonData, NodeApiServer,
+    NodeInfo, PublicationJson, StreamApiServer, SubscribeItem, SubscribeManyResult, SubscribeOutcome,
 };
-use super::error::RpcError;
+use super::error::{RpcError, invalid_params};
 use crate::auth::{Action, AuthError, Authenticator};
 use crate::broker::{NewPublication, StreamPosition};
 use crate::config::Config;
@@ -158,6 +158,59 @@ impl ChannelApiServer for Handlers {
         // The front door queues this call's answer, then the snapshot (PendingSubscription).
         ctx.defer(pending);
         Ok(id)
+    }
+
+    async fn subscribe_many(
+        &self,
+        ext: &Extensions,
+        subscriptions: Vec<SubscribeItem>,
+    ) -> RpcResult<SubscribeManyResult> {
+        let ctx = call_ctx(ext)?;
+        let service = &self.0.subscriptions;
+        let max = service.max_per_connection();
+        if subscriptions.is_empty() || subscriptions.len() > max {
+            return Err(invalid_params(format!(
+                "subscriptions: 1 to {max} items (limits.max_subscriptions), not {}",
+                subscriptions.len()
+            )));
+        }
+        // Each item is prepared on its own, all at once; their places under the cap are taken
+        // in the order of the items (each prepare reserves before its first wait).
+        let mut seen = std::collections::HashSet::new();
+        let prepares = subscriptions.iter().map(|item| {
+            let first = seen.insert(item.channel.as_str());
+            async move {
+                if !first {
+                    return Err(RpcError::Unacceptable(format!(
+                        "channel {} is named more than once in this call",
+                        item.channel
+                    )));
+                }
+                service
+                    .prepare(&ctx.session, &item.channel, item.since.clone(), item.limit)
+                    .await
+                    .map_err(RpcError::from)
+            }
+        });
+        let prepared = futures_util::future::join_all(prepares).await;
+        let mut results = Vec::with_capacity(prepared.len());
+        for (item, p) in subscriptions.iter().zip(prepared) {
+            let (subscription, error) = match p {
+                Ok(pending) => {
+                    let id = pending.id().as_str().to_string();
+                    // Queued behind this call's answer, in the order of the items.
+                    ctx.defer(pending);
+                    (Some(id), None)
+                }
+                Err(e) => (None, Some(ItemError::from(e))),
+            };
+            results.push(SubscribeOutcome { channel: item.channel.clone(), subscription, error });
+        }
+        let limits = ConnectionLimits {
+            subscriptions_left: service.left(&ctx.session),
+            calls_per_s: ctx.session.call_rate(),
+        };
+        Ok(SubscribeManyResult { results, limits })
     }
 
     fn unsubscribe_channel(&self, ext: &Extensions, subscription: String) -> RpcResult<bool> {

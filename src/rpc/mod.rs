@@ -21,7 +21,7 @@ use std::sync::Arc;
 /// The methods that change the connection's state, which run in the order a client sends them
 /// (a subscribe then an unsubscribe; an auth then a subscribe). Every other call runs as soon as
 /// it arrives.
-pub const ORDERED_METHODS: &[&str] = &["subscribe", "unsubscribe", "auth"];
+pub const ORDERED_METHODS: &[&str] = &["subscribe", "subscribe_many", "unsubscribe", "auth"];
 
 /// What a method call sees of its caller, through the request extensions.
 #[derive(Debug)]

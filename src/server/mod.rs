@@ -252,6 +252,7 @@ pub async fn start_with(
 
     tracing::info!(%addr, node_id = %node_id, broker = node.hub.broker().name(), "rpchub listening");
     spawn_sweeper(&node);
+    spawn_heartbeats(&node);
     if config.demo {
         crate::demo::spawn(node.hub.clone(), node.shutdown.clone());
     }
@@ -279,6 +280,23 @@ fn within_descriptors(mut config: Config) -> Config {
         (l.max_connections, l.max_http_connections) = (ws, http);
     }
     config
+}
+
+/// The namespaces' heartbeats, when any namespace has one.
+fn spawn_heartbeats(node: &Arc<Node>) {
+    let Some(every) = node.hub.heartbeat_tick() else { return };
+    let node = node.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = node.shutdown.triggered() => return,
+            }
+            node.hub.send_heartbeats(std::time::Instant::now());
+        }
+    });
 }
 
 /// Pings, silence checks.

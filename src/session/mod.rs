@@ -202,6 +202,14 @@ impl Session {
         self.subscriptions.lock().live.len()
     }
 
+    /// Calls a second its budget allows; `None`: no limit.
+    pub fn call_rate(&self) -> Option<u32> {
+        match &self.budget {
+            Budget::Own(b) => b.lock().rate(),
+            Budget::Shared(b) => b.lock().rate(),
+        }
+    }
+
     /// Charges one message (a call, a notification, a batch entry, or something invalid)
     /// against the budget.
     pub fn charge_call(&self) -> Verdict {
@@ -251,6 +259,11 @@ impl CallBudget {
 
     fn set_rate(&mut self, rate: Option<u32>) {
         *self = CallBudget::new(rate);
+    }
+
+    /// Its rate, calls a second; `None`: unlimited.
+    pub fn rate(&self) -> Option<u32> {
+        self.bucket.as_ref().map(|b| b.per_second() as u32)
     }
 
     /// Charges a call now.

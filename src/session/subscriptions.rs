@@ -242,6 +242,19 @@ impl Subscriptions {
         Ok(PendingSubscription { service: self.clone(), inner, reservation, share })
     }
 
+    /// Subscriptions `session` may still make: `limits.max_subscriptions` less those it holds
+    /// and those in progress.
+    pub fn left(&self, session: &Session) -> usize {
+        let mut set = session.subscriptions.lock();
+        set.live.retain(|s| s.is_active());
+        self.config.limits.max_subscriptions.saturating_sub(set.live.len() + set.pending)
+    }
+
+    /// The most subscriptions a connection may hold (`limits.max_subscriptions`).
+    pub fn max_per_connection(&self) -> usize {
+        self.config.limits.max_subscriptions
+    }
+
     /// Ends `session`'s subscription `id`; false if it has none by that id (or it had ended).
     pub fn unsubscribe(&self, session: &Session, id: SubId) -> bool {
         let sub = {
@@ -441,6 +454,7 @@ mod tests {
                 Event::Snapshot { .. } => b"snapshot",
                 Event::Publication { .. } => b"publication",
                 Event::Closed { .. } => b"closed",
+                Event::Heartbeat { .. } => b"heartbeat",
             });
         }
     }

@@ -317,8 +317,8 @@ fn api_instance() -> Value {
         "operationId": "configureInstance",
         "tags": ["instances"],
         "summary": "Create or change an instance",
-        "description": "With the admin token. Each field is optional: a missing one keeps the instance's \
-            value, or its default for a new instance (`enabled` true, `events` empty: every event, \
+        "description": "With the admin token. Each field is optional: a missing one (or `null`) keeps the \
+            instance's value, or its default for a new instance (`enabled` true, `events` empty: every event, \
             `mediaBase64` false), which needs `token`. The instance is saved in `instances_file` (written \
             atomically) and survives restarts; it is in use at once (a disabled instance's connected \
             clients receive nothing more, new upgrades are 400). The answer never holds the token.",
@@ -330,10 +330,10 @@ fn api_instance() -> Value {
                 "type": "object",
                 "additionalProperties": false,
                 "properties": {
-                    "enabled": {"type": "boolean"},
-                    "events": events.clone(),
-                    "mediaBase64": {"type": "boolean"},
-                    "token": {"type": "string", "minLength": 1, "maxLength": 1024,
+                    "enabled": {"type": ["boolean", "null"]},
+                    "events": {"anyOf": [events.clone(), {"type": "null"}]},
+                    "mediaBase64": {"type": ["boolean", "null"]},
+                    "token": {"type": ["string", "null"], "minLength": 1, "maxLength": 1024,
                         "description": "the token the instance's clients connect with"},
                 },
             })),

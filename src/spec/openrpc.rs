@@ -96,6 +96,30 @@ pub fn extra(method: &str) -> Option<Extra> {
                 ]
             },
         },
+        "subscribe_many" => Extra {
+            errors: &[E_RATE_LIMITED],
+            examples: || {
+                vec![(
+                    "two channels, one refused",
+                    vec![(
+                        "subscriptions",
+                        json!([
+                            {"channel": "trades:SOL", "since": {"epoch": "bc541b2435dd", "offset": 19}},
+                            {"channel": "bad channel"}
+                        ]),
+                    )],
+                    json!({
+                        "results": [
+                            {"channel": "trades:SOL", "subscription": "0f5b2a9d4c3e8a71"},
+                            {"channel": "bad channel", "error": {"code": -32005,
+                                "message": "invalid channel: channel name contains ' '; allowed are letters, digits and _.:@/=,+-",
+                                "data": {"code": "invalid_request"}}}
+                        ],
+                        "limits": {"subscriptions_left": 1023, "calls_per_s": 200}
+                    }),
+                )]
+            },
+        },
         "unsubscribe" => Extra {
             errors: &[E_RATE_LIMITED],
             examples: || vec![("unknown", vec![("subscription", json!("c66cb31949c70cfc"))], json!(false))],
@@ -236,7 +260,7 @@ fn method(d: &MethodDescriptor, g: &mut SchemaGenerator) -> Value {
         "errors": errors,
         "examples": examples,
     });
-    if d.name == "subscribe" {
+    if d.name == "subscribe" || d.name == "subscribe_many" {
         m["x-notifications"] = notifications(g);
     }
     if d.name == "stream_cancel" {

@@ -88,6 +88,21 @@ async function main(): Promise<void> {
   const again = await client.unsubscribe(id);
   check("unsubscribe again", again === false, again);
 
+  // Many at once, with resume: one result per item, then the snapshot of each.
+  const many = await client.subscribe_many([
+    { channel, since: { epoch: position.epoch, offset: position.offset - 1 } },
+    { channel: "bad channel name" },
+  ]);
+  called.subscribe_many = many;
+  const manyId = many.results[0].subscription;
+  check(
+    "subscribe_many",
+    typeof manyId === "string" && many.results[1].error?.code === -32005 && many.limits.subscriptions_left > 0,
+    many,
+  );
+  const resumed = (await waitFor(events, (e) => e.subscription === manyId, "subscribe_many snapshot")).result;
+  check("subscribe_many snapshot", resumed.recovered === true && resumed.publications.length === 1, resumed);
+
   // No streamed reply runs on this connection: cancelling one is false.
   called.stream_cancel = await client.stream_cancel("1");
   check("stream_cancel", called.stream_cancel === false, called.stream_cancel);
@@ -110,7 +125,8 @@ async function main(): Promise<void> {
   check("over HTTP", overHttp.ping === "pong" && overHttp.published === position.offset + 1, overHttp);
 
   client.rpc.close();
-  console.log(JSON.stringify({ called, events: events.map((e) => e.result), refused, overHttp }));
+  const first = events.filter((e) => e.subscription === id).map((e) => e.result);
+  console.log(JSON.stringify({ called, events: first, refused, overHttp }));
 }
 
 main().then(

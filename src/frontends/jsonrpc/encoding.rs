@@ -3,7 +3,7 @@
 //! The subscription id is each subscriber's splice, so one frame per publication serves every
 //! JSON-RPC subscriber of a channel.
 
-use crate::frontends::write_snapshot;
+use crate::frontends::{write_heartbeat, write_snapshot};
 use crate::hub::{Encoding, Event, SUB_ID_LEN, SubId};
 use crate::transport::{FrameWriter, Splice};
 
@@ -43,7 +43,10 @@ fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
             out.extend_from_slice(b"\",");
             out.extend_from_slice(publication.fields_and_close().as_bytes());
         }
-        Event::Snapshot { channel, page, recovered } => write_snapshot(out, channel, page, *recovered),
+        Event::Snapshot { channel, page, recovered, earliest } => {
+            write_snapshot(out, channel, page, *recovered, *earliest)
+        }
+        Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
         Event::Closed { reason, .. } => {
             out.extend_from_slice(br#"{"type":"closed","reason":"#);
             out.extend_from_slice(serde_json::to_string(reason).expect("a str serializes; qed").as_bytes());
@@ -100,7 +103,8 @@ mod tests {
                 "data":{"coin":"SOL"}}}})
         );
         let page = HistoryPage { epoch: "e1".into(), offset: 3, publications: vec![Arc::new(p)] };
-        let f = frame(&Event::Snapshot { channel: "trades:SOL", page: &page, recovered: true });
+        let f =
+            frame(&Event::Snapshot { channel: "trades:SOL", page: &page, recovered: true, earliest: None });
         let v = payload(&f.parts(&splice(a)).concat());
         assert_eq!(v["params"]["result"]["type"], "snapshot");
         assert_eq!(v["params"]["result"]["recovered"], true);

@@ -1,10 +1,10 @@
 //! Hub events in the `{type,data}` dialect: a publication as
 //! `{"type":EVENT or "publication","channel":C,"offset":N,"ts":T,"event"?:E,"data":D}`, the
 //! snapshot as `{"type":"snapshot","channel","epoch","offset","recovered","publications"}`, and
-//! `{"type":"closed","channel","reason"}`. No subscription id: a connection holds one
+//! `{"type":"closed","channel","reason"}` and `{"type":"heartbeat","channel","offset"}`. No subscription id: a connection holds one
 //! subscription per channel, so every subscriber of a channel gets the same bytes (no splice).
 
-use crate::frontends::write_snapshot;
+use crate::frontends::{write_heartbeat, write_snapshot};
 use crate::hub::{Encoding, Event};
 use crate::transport::FrameWriter;
 
@@ -28,7 +28,10 @@ impl Encoding for TypedEncoding {
                 out.extend_from_slice(b"\",");
                 out.extend_from_slice(publication.fields_and_close().as_bytes());
             }
-            Event::Snapshot { channel, page, recovered } => write_snapshot(out, channel, page, *recovered),
+            Event::Snapshot { channel, page, recovered, earliest } => {
+                write_snapshot(out, channel, page, *recovered, *earliest)
+            }
+            Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
             Event::Closed { channel, reason } => {
                 out.extend_from_slice(br#"{"type":"closed","channel":""#);
                 out.extend_from_slice(channel.as_bytes());

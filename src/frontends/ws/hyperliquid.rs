@@ -94,7 +94,14 @@ impl Encoding for HyperliquidEncoding {
                 out.extend_from_slice(publication.data().as_bytes());
                 out.push(b'}');
             }
-            Event::Snapshot { channel, page, recovered } => {
+            Event::Heartbeat { channel, offset } => {
+                out.extend_from_slice(br#"{"channel":"heartbeat","data":{"channel":""#);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(br#"","offset":"#);
+                out.extend_from_slice(offset.to_string().as_bytes());
+                out.extend_from_slice(b"}}");
+            }
+            Event::Snapshot { channel, page, recovered, earliest } => {
                 out.extend_from_slice(br#"{"channel":""#);
                 out.extend_from_slice(kind(channel).as_bytes());
                 out.extend_from_slice(br#"","data":"#);
@@ -122,10 +129,15 @@ impl Encoding for HyperliquidEncoding {
                 let mut s = String::new();
                 write!(
                     s,
-                    r#","isSnapshot":true,"epoch":"{}","offset":{},"recovered":{recovered}}}"#,
+                    r#","isSnapshot":true,"epoch":"{}","offset":{},"recovered":{recovered}"#,
                     page.epoch, page.offset
                 )
                 .expect("writing to a String; qed");
+                if let Some(e) = earliest {
+                    write!(s, r#","earliest":{{"epoch":"{}","offset":{}}}"#, e.epoch, e.offset)
+                        .expect("writing to a String; qed");
+                }
+                s.push('}');
                 out.extend_from_slice(s.as_bytes());
             }
             Event::Closed { channel, reason } => {

@@ -1,11 +1,12 @@
 //! `GET /ws`: the compatibility front door for clients written for other servers. Its dialect
 //! is fixed by the first message a connection sends:
 //! - `{type,data}` (a first message with `"type"`): `auth`, `subscribe` and `unsubscribe` with
-//!   `data.channel`, `ping`/`pong` both ways, events carrying the publication's `event` name as
+//!   `data.channel` (`subscribe` also with a list of such objects), `ping`/`pong` both ways, events carrying the publication's `event` name as
 //!   their `type` ([`encoding`]), errors as `{"type":"error","data":{"code","message"}}` with
 //!   string codes;
 //! - Hyperliquid style (a first message with `"method"` and no `"jsonrpc"`, [`hyperliquid`]):
-//!   `subscribe`/`unsubscribe` with subscription objects mapped to channels,
+//!   `subscribe`/`unsubscribe` with subscription objects mapped to channels (`subscribe` also
+//!   with a list of them),
 //!   `subscriptionResponse`, `{"channel":TYPE,"data":...}` frames, `post` requests onto the
 //!   JSON-RPC methods, `ping`, errors as `{"channel":"error","data":"..."}`.
 //!
@@ -251,6 +252,13 @@ impl CompatConn {
                     }
                 }
             }
+            "subscribe" if msg.data.is_some_and(|d| d.get().trim_start().starts_with('[')) => {
+                let data = msg.data.expect("checked just above; qed");
+                match serde_json::from_str::<Vec<TypedData>>(data.get()) {
+                    Ok(items) => self.subscribe_list(items).await,
+                    Err(e) => self.send(&typed_error("invalid_request", &format!("subscribe: data: {e}"))),
+                }
+            }
             kind @ ("subscribe" | "unsubscribe") => {
                 let d = msg.data.map(|d| serde_json::from_str::<TypedData>(d.get()));
                 let d = match d {
@@ -331,6 +339,19 @@ impl CompatConn {
         };
         match msg["method"].as_str().unwrap_or("") {
             "ping" => self.send(r#"{"channel":"pong"}"#),
+            "subscribe" if msg.get("subscription").is_some_and(|s| s.is_array()) => {
+                let items = msg["subscription"].as_array().expect("checked just above; qed");
+                if let Err(m) = self.list_fits(items.len()) {
+                    return self.send(&error(&m));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for item in items {
+                    match self.hyperliquid_subscribe(item, &mut seen).await {
+                        Ok(()) => {}
+                        Err(m) => self.send(&error(&m)),
+                    }
+                }
+            }
             method @ ("subscribe" | "unsubscribe") => {
                 let Some(sub) = msg.get("subscription").and_then(|s| s.as_object()) else {
                     return self.send(&error(&format!("{method} needs a \"subscription\" object")));
@@ -401,6 +422,70 @@ impl CompatConn {
             }
         };
         self.send(&reply(response));
+    }
+
+    /// One subscription object of a Hyperliquid `subscribe` list: its `subscriptionResponse`
+    /// and snapshot, or `Err` with the error frame's text. A channel already named in the list
+    /// (`seen`) is refused.
+    async fn hyperliquid_subscribe(
+        &self,
+        item: &serde_json::Value,
+        seen: &mut std::collections::HashSet<String>,
+    ) -> Result<(), String> {
+        let Some(sub) = item.as_object() else {
+            return Err(format!("Invalid subscription: {item} is not an object"));
+        };
+        let channel = hyperliquid::channel_of(sub).map_err(|e| format!("Invalid subscription: {e}"))?;
+        if !seen.insert(channel.clone()) {
+            return Err(format!("Invalid subscription: {item} is named more than once in this message"));
+        }
+        let since = match sub.get("since") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => Some(
+                serde_json::from_value::<StreamPosition>(v.clone())
+                    .map_err(|e| format!("Invalid subscription: since: {e}"))?,
+            ),
+        };
+        let response =
+            json!({"channel": "subscriptionResponse", "data": {"method": "subscribe", "subscription": sub}})
+                .to_string();
+        let data = TypedData { channel, since, limit: None };
+        self.go_live(data, self.door.hyperliquid.clone(), &response).await.map_err(|(_, m)| m)
+    }
+
+    /// `Ok` when a list of `n` subscriptions is within the connection's limit in size (each
+    /// item may still fail on its own, over what the connection already holds).
+    fn list_fits(&self, n: usize) -> Result<(), String> {
+        let max = self.door.subscriptions.max_per_connection();
+        if n == 0 || n > max {
+            return Err(format!(
+                "a subscribe list holds 1 to {max} items (limits.max_subscriptions), not {n}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A `{type,data}` `subscribe` whose `data` is a list: each item as a `subscribe` of its
+    /// own, in order; an item that fails is answered with an error naming its channel, and the
+    /// others go on.
+    async fn subscribe_list(&self, items: Vec<TypedData>) {
+        if let Err(m) = self.list_fits(items.len()) {
+            return self.send(&typed_error("invalid_request", &m));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for d in items {
+            let channel = d.channel.clone();
+            let outcome = if seen.insert(channel.clone()) {
+                self.go_live(d, self.door.encoding.clone(), "").await
+            } else {
+                Err(("invalid_request", format!("channel {channel} is named more than once in this message")))
+            };
+            if let Err((code, message)) = outcome {
+                let e =
+                    json!({"type": "error", "data": {"code": code, "message": message, "channel": channel}});
+                self.send(&e.to_string());
+            }
+        }
     }
 
     /// Makes a subscription live with `encoding`, `answer` queued before its snapshot; `Err`
