@@ -150,3 +150,20 @@ fn backend_and_upstream_come_from_every_source_and_are_checked() {
         load(&[on, ("backend.methods", "[\"chat\"]"), ("backend.schemas.chat", "\"chat.json\"")]).unwrap();
     assert!(c.backend.is_on() && !c.upstream.is_on());
 }
+
+#[test]
+fn a_heartbeat_out_of_bounds_is_refused_with_its_namespace() {
+    for (value, ok) in [("5s", true), ("100ms", true), ("1h", true), ("10ms", false), ("2h", false)] {
+        let r = Config::load(None, &[("namespaces.trades.heartbeat".into(), value.into())]);
+        match r {
+            Ok(c) => {
+                assert!(ok, "{value} accepted");
+                assert_eq!(c.namespaces["trades"].heartbeat, Some(humantime::parse_duration(value).unwrap()));
+            }
+            Err(e) => {
+                assert!(!ok, "{value}: {e}");
+                assert!(e.to_string().contains("namespaces.trades.heartbeat"), "{e}");
+            }
+        }
+    }
+}
