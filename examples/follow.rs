@@ -67,11 +67,11 @@ async fn follow(
                     p.offset = *offset;
                 }
             }
-            Event::Closed { reason } => {
+            Event::Closed { reason, .. } => {
                 eprintln!("follow: the server ended the subscription ({reason}); subscribing again");
                 return Ok(());
             }
-            Event::Other => {}
+            Event::Heartbeat { .. } | Event::Other => {}
         }
         println!("{}", serde_json::to_string(&event).expect("an event serializes; qed"));
     }

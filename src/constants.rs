@@ -169,3 +169,14 @@ pub const REDIS_POSITION_CHECK_PERIOD: Duration = Duration::from_secs(2);
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Longest namespace `heartbeat`.
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+
+/// Shortest conflation interval (`limits.min_conflate_ms`).
+pub const DEFAULT_MIN_CONFLATE_MS: u64 = 10;
+/// Longest conflation interval (`limits.max_conflate_ms`).
+pub const DEFAULT_MAX_CONFLATE_MS: u64 = 60_000;
+
+/// Default `max_pattern_channels` of a namespace: the channels one pattern subscription may
+/// follow.
+pub const DEFAULT_MAX_PATTERN_CHANNELS: usize = 1000;
+/// The most `max_pattern_channels` may be.
+pub const MAX_PATTERN_CHANNELS: usize = 100_000;

@@ -102,6 +102,10 @@ pub struct MemoryBroker {
     streams: RwLock<HashMap<Arc<str>, Arc<Mutex<Stream>>>>,
     listener: OnceLock<Weak<dyn Listener>>,
     max_channels: usize,
+    /// Prefixes watched for pattern subscriptions ([`Broker::watch`]), with their counts.
+    watched: RwLock<HashMap<Box<str>, usize>>,
+    /// True while `watched` holds any: publishes look at it only then.
+    watching: std::sync::atomic::AtomicBool,
 }
 
 impl MemoryBroker {
@@ -112,6 +116,8 @@ impl MemoryBroker {
             streams: RwLock::new(HashMap::new()),
             listener: OnceLock::new(),
             max_channels,
+            watched: RwLock::new(HashMap::new()),
+            watching: std::sync::atomic::AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&broker);
         tokio::spawn(async move {
@@ -285,10 +291,17 @@ impl Broker for MemoryBroker {
                 st.history.push_back(publication.clone());
                 st.trim(now);
             }
-            if st.interest > 0
+            let watched = self.watching.load(std::sync::atomic::Ordering::Acquire)
+                && self.watched.read().keys().any(|w| channel.starts_with(&**w));
+            if (st.interest > 0 || watched)
                 && let Some(listener) = self.listener.get().and_then(Weak::upgrade)
             {
-                listener.deliver(channel, &st.epoch, &publication);
+                if watched {
+                    listener.published(channel);
+                }
+                if st.interest > 0 {
+                    listener.deliver(channel, &st.epoch, &publication);
+                }
             }
             Published {
                 position: StreamPosition { epoch: st.epoch.to_string(), offset: st.offset },
@@ -346,6 +359,37 @@ impl Broker for MemoryBroker {
 
     fn held(&self) -> Option<usize> {
         Some(self.len())
+    }
+
+    fn streams<'a>(&'a self, prefix: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        let mut names: Vec<String> = self
+            .streams
+            .read()
+            .keys()
+            .filter(|c| c.starts_with(prefix))
+            .take(max.saturating_add(1))
+            .map(|c| c.to_string())
+            .collect();
+        names.sort();
+        Box::pin(std::future::ready(Ok(names)))
+    }
+
+    fn watch(&self, prefix: &str) -> Result<(), BrokerError> {
+        let mut w = self.watched.write();
+        *w.entry(prefix.into()).or_default() += 1;
+        self.watching.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    fn unwatch(&self, prefix: &str) {
+        let mut w = self.watched.write();
+        if let Some(n) = w.get_mut(prefix) {
+            *n -= 1;
+            if *n == 0 {
+                w.remove(prefix);
+            }
+        }
+        self.watching.store(!w.is_empty(), std::sync::atomic::Ordering::Release);
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {

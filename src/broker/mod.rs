@@ -207,6 +207,11 @@ pub trait Listener: Send + Sync + 'static {
     /// Deliveries of `channel` may have been lost: the listener checks its position against
     /// history. Same calling rules as [`Listener::deliver`].
     fn lagged(&self, channel: &str);
+
+    /// A publication was made on `channel`, whose name starts with a prefix the listener
+    /// watches ([`Broker::watch`]), whether or not the channel has local interest: pattern
+    /// subscriptions learn of channels this way. Same calling rules as [`Listener::deliver`].
+    fn published(&self, _channel: &str) {}
 }
 
 /// Broker failures.
@@ -308,7 +313,32 @@ pub trait Broker: Send + Sync + 'static {
     fn latency(&self) -> Option<Duration> {
         None
     }
+
+    /// The channels that have a stream and whose name starts with `prefix`, at most `max + 1`
+    /// of them (so that a caller can tell when there are more than `max`), for pattern
+    /// subscriptions. A broker that cannot list them answers [`BrokerError::Unsupported`].
+    fn streams<'a>(
+        &'a self,
+        _prefix: &'a str,
+        _max: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        Box::pin(async { Err(BrokerError::Unsupported(PATTERNS_UNSUPPORTED.into())) })
+    }
+
+    /// From now on, calls [`Listener::published`] for every publication of a channel whose
+    /// name starts with `prefix`, once per call of `watch` with that prefix undone by as many
+    /// [`Broker::unwatch`] calls. A broker that cannot answers [`BrokerError::Unsupported`].
+    fn watch(&self, _prefix: &str) -> Result<(), BrokerError> {
+        Err(BrokerError::Unsupported(PATTERNS_UNSUPPORTED.into()))
+    }
+
+    /// Undoes one [`Broker::watch`] of `prefix`.
+    fn unwatch(&self, _prefix: &str) {}
 }
+
+/// Why a broker without [`Broker::streams`] and [`Broker::watch`] refuses pattern subscriptions.
+pub const PATTERNS_UNSUPPORTED: &str =
+    "pattern subscriptions need the embedded broker in this version (broker = \"memory\")";
 
 #[cfg(test)]
 mod tests {

@@ -98,6 +98,12 @@ impl Listener for Relay {
             l.lagged(channel);
         }
     }
+
+    fn published(&self, channel: &str) {
+        if let Some(l) = self.0.upgrade().and_then(|b| b.listener()) {
+            l.published(channel);
+        }
+    }
 }
 
 impl FaultyBroker {
@@ -279,6 +285,18 @@ impl Broker for FaultyBroker {
 
     fn held(&self) -> Option<usize> {
         self.inner.held()
+    }
+
+    fn streams<'a>(&'a self, prefix: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        self.inner.streams(prefix, max)
+    }
+
+    fn watch(&self, prefix: &str) -> Result<(), BrokerError> {
+        self.inner.watch(prefix)
+    }
+
+    fn unwatch(&self, prefix: &str) {
+        self.inner.unwatch(prefix)
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {

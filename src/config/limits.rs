@@ -65,6 +65,10 @@ pub struct Limits {
     /// subscription to a channel the address already holds costs nothing more. Clients with a
     /// token are not counted.
     pub anonymous_channel_share: f64,
+    /// Shortest conflation interval a subscription or a namespace may ask for, in ms.
+    pub min_conflate_ms: u64,
+    /// Longest conflation interval a subscription or a namespace may ask for, in ms.
+    pub max_conflate_ms: u64,
 }
 
 impl Default for Limits {
@@ -89,6 +93,8 @@ impl Default for Limits {
             calls_in_flight: DEFAULT_CALLS_IN_FLIGHT,
             max_channels: DEFAULT_MAX_CHANNELS,
             anonymous_channel_share: DEFAULT_ANONYMOUS_CHANNEL_SHARE,
+            min_conflate_ms: DEFAULT_MIN_CONFLATE_MS,
+            max_conflate_ms: DEFAULT_MAX_CONFLATE_MS,
         }
     }
 }

@@ -23,7 +23,7 @@ mod tokens;
 pub use backend::{BackendConfig, HOOK_EVENTS, UpstreamConfig};
 pub use instances::{InstanceConfig, valid_instance_name};
 pub use limits::Limits;
-pub use namespace::{Access, NamespaceConfig};
+pub use namespace::{Access, NamespaceConfig, OnSlow};
 pub use tokens::{Secret, StaticToken};
 
 use crate::constants::*;
@@ -248,6 +248,12 @@ impl Config {
                 l.anonymous_channel_share
             ));
         }
+        if l.min_conflate_ms == 0 || l.min_conflate_ms > l.max_conflate_ms {
+            return err(format!(
+                "limits.min_conflate_ms ({}) must be above zero and at most limits.max_conflate_ms ({})",
+                l.min_conflate_ms, l.max_conflate_ms
+            ));
+        }
         if l.upgrades_per_minute == 0 || l.calls_per_second == 0 {
             return err("limits.upgrades_per_minute and limits.calls_per_second must be above zero".into());
         }
@@ -270,6 +276,21 @@ impl Config {
         for (name, ns) in
             self.namespaces.iter().chain([(&"default_namespace".to_string(), &self.default_namespace)])
         {
+            if let Some(ms) = ns.conflate_ms
+                && !(l.min_conflate_ms..=l.max_conflate_ms).contains(&ms)
+            {
+                return err(format!(
+                    "namespaces.{name}.conflate_ms is {ms}; it must be {} to {} (limits.min_conflate_ms, \
+                     limits.max_conflate_ms)",
+                    l.min_conflate_ms, l.max_conflate_ms
+                ));
+            }
+            if !(1..=MAX_PATTERN_CHANNELS).contains(&ns.max_pattern_channels) {
+                return err(format!(
+                    "namespaces.{name}.max_pattern_channels is {}; it must be 1 to {MAX_PATTERN_CHANNELS}",
+                    ns.max_pattern_channels
+                ));
+            }
             if let Some(h) = ns.heartbeat
                 && !(MIN_HEARTBEAT..=MAX_HEARTBEAT).contains(&h)
             {
@@ -374,9 +395,10 @@ impl Config {
         }
     }
 
-    /// The demo's namespaces: public trades with history, public books keeping only the latest.
+    /// The demo's namespaces: public trades with history, public books keeping only the latest;
+    /// both take patterns (`trades:*`).
     pub fn with_demo_namespaces(mut self) -> Config {
-        let base = self.default_namespace.clone();
+        let base = NamespaceConfig { patterns: true, ..self.default_namespace.clone() };
         self.namespaces.entry("trades".into()).or_insert_with(|| base.clone());
         self.namespaces
             .entry("l2Book".into())

@@ -39,6 +39,28 @@ pub struct NamespaceConfig {
     /// publication (and no heartbeat) for this long; `None`: never.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Duration>,
+    /// Conflate every subscription of the namespace to one event per this many ms (a
+    /// subscription's own `conflate_ms` wins); `None`: not conflated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflate_ms: Option<u64>,
+    /// What happens to a subscriber that falls behind.
+    pub on_slow: OnSlow,
+    /// `subscribe` may name a glob (`trades:*`) that follows every matching channel.
+    pub patterns: bool,
+    /// The most channels one pattern subscription may follow.
+    pub max_pattern_channels: usize,
+}
+
+/// What happens to a subscriber that falls behind (`on_slow`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSlow {
+    /// Its connection is dropped as a slow consumer.
+    #[default]
+    Drop,
+    /// It is sent the latest publication every 100 ms (with `skipped`) until it catches up; the
+    /// drop stays the last resort.
+    Conflate,
 }
 
 impl Default for NamespaceConfig {
@@ -51,6 +73,10 @@ impl Default for NamespaceConfig {
             subscribe_proxy: false,
             publish_proxy: false,
             heartbeat: None,
+            conflate_ms: None,
+            on_slow: OnSlow::Drop,
+            patterns: false,
+            max_pattern_channels: DEFAULT_MAX_PATTERN_CHANNELS,
         }
     }
 }

@@ -167,3 +167,33 @@ fn a_heartbeat_out_of_bounds_is_refused_with_its_namespace() {
         }
     }
 }
+
+#[test]
+fn pattern_options_load_and_their_bounds_are_checked() {
+    let c = Config::load(None, &[("namespaces.trades.patterns".into(), "true".into())]).unwrap();
+    assert!(c.namespaces["trades"].patterns);
+    assert_eq!(c.namespaces["trades"].max_pattern_channels, DEFAULT_MAX_PATTERN_CHANNELS);
+    assert!(!c.default_namespace.patterns, "off by default");
+    for (value, ok) in [("1", true), ("100000", true), ("0", false), ("100001", false)] {
+        let r = Config::load(None, &[("namespaces.trades.max_pattern_channels".into(), value.into())]);
+        match r {
+            Ok(c) => {
+                assert!(ok && c.namespaces["trades"].max_pattern_channels.to_string() == value, "{value}")
+            }
+            Err(e) => {
+                assert!(!ok, "{value}: {e}");
+                assert!(e.to_string().contains("namespaces.trades.max_pattern_channels"), "{e}");
+            }
+        }
+    }
+    for (value, ok) in [("10", true), ("60000", true), ("9", false), ("60001", false)] {
+        let r = Config::load(None, &[("namespaces.books.conflate_ms".into(), value.into())]);
+        match r {
+            Ok(c) => assert!(ok && c.namespaces["books"].conflate_ms == value.parse().ok(), "{value}"),
+            Err(e) => {
+                assert!(!ok, "{value}: {e}");
+                assert!(e.to_string().contains("namespaces.books.conflate_ms"), "{e}");
+            }
+        }
+    }
+}

@@ -303,7 +303,7 @@ impl InstanceConn {
         let channel = channel_of(&self.name);
         let asked = since.is_some();
         let pending =
-            match self.instances.subscriptions.prepare(&self.session, &channel, since, Some(0)).await {
+            match self.instances.subscriptions.prepare(&self.session, &channel, since, Some(0), None).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(instance = %self.name, "cannot follow {channel}: {e}");

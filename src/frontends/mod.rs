@@ -69,3 +69,12 @@ pub(crate) fn write_heartbeat(out: &mut Vec<u8>, channel: &str, offset: u64) {
     out.extend_from_slice(offset.to_string().as_bytes());
     out.push(b'}');
 }
+
+/// Writes `"skipped":K,` when conflation folded K > 0 publications into this one.
+pub(crate) fn write_skipped(out: &mut Vec<u8>, skipped: u64) {
+    if skipped > 0 {
+        out.extend_from_slice(br#""skipped":"#);
+        out.extend_from_slice(skipped.to_string().as_bytes());
+        out.push(b',');
+    }
+}

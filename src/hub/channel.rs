@@ -31,6 +31,7 @@
 //! subscriptions are sinks of several channels); each is a field of [`LiveSub`] and a branch
 //! here, never a frame per subscriber.
 
+use super::conflate::{Conflation, FlushQueue, Offer};
 use super::event::{Encoding, Event, Sink, reason};
 use super::id::SubId;
 use crate::broker::Publication;
@@ -57,9 +58,14 @@ pub(super) struct LiveSub {
     after: u64,
     shared: Arc<SubShared>,
     splice: Splice,
-    /// It has a filter (in `shared`).
-    filtered: bool,
+    /// [`FILTERED`] and [`CONFLATED`]: what its deliveries must look at in `shared`.
+    mode: u8,
 }
+
+/// [`LiveSub::mode`]: it has a filter.
+const FILTERED: u8 = 1;
+/// [`LiveSub::mode`]: it is conflated, always or when behind.
+const CONFLATED: u8 = 2;
 
 /// What a delivery does not read, shared with the subscription's handle
 /// ([`super::Subscription`]).
@@ -70,16 +76,20 @@ pub(super) struct SubShared {
     filter: Option<super::Filter>,
     /// Cleared when the subscription ends, by the hub (slow consumer, lost track) or its owner.
     pub(super) alive: AtomicBool,
+    /// For a conflated subscriber.
+    pub(super) conflation: Option<Conflation>,
 }
 
 impl SubShared {
-    /// The parts of `sink` that a delivery does not read, for subscription `id`.
-    pub(super) fn new(id: SubId, sink: &Sink) -> Arc<SubShared> {
+    /// The parts of `sink` that a delivery does not read, for subscription `id`, with its
+    /// conflation if it has one.
+    pub(super) fn new(id: SubId, sink: &Sink, conflation: Option<Conflation>) -> Arc<SubShared> {
         Arc::new(SubShared {
             id,
             encoding: sink.encoding.clone(),
             filter: sink.filter.clone(),
             alive: AtomicBool::new(true),
+            conflation,
         })
     }
 }
@@ -91,7 +101,8 @@ impl LiveSub {
     pub(super) fn new(sink: Sink, after: u64, shared: Arc<SubShared>) -> LiveSub {
         LiveSub {
             encoding_key: key_of(&sink.encoding),
-            filtered: sink.filter.is_some(),
+            mode: if sink.filter.is_some() { FILTERED } else { 0 }
+                | if shared.conflation.is_some() { CONFLATED } else { 0 },
             outbox: sink.outbox,
             splice: sink.splice,
             after,
@@ -112,16 +123,26 @@ impl LiveSub {
     /// listed until its owner lets go, as the connection ends).
     pub(super) fn close_last(&mut self, channel: &str, reason: &str) {
         self.after = u64::MAX;
+        self.stop_conflation();
         self.sink().push_own(&Event::Closed { channel, reason });
     }
 
     /// Marks it ended.
     pub(super) fn end(&self) {
+        self.stop_conflation();
         self.shared.alive.store(false, Ordering::Release);
     }
 
+    /// Drops what its conflation holds, before its `closed` is queued.
+    fn stop_conflation(&self) {
+        if let Some(c) = &self.shared.conflation {
+            c.stop();
+        }
+    }
+
     fn admits(&self, p: &Publication) -> bool {
-        p.offset > self.after && (!self.filtered || self.shared.filter.as_ref().is_none_or(|f| f.admits(p)))
+        p.offset > self.after
+            && (self.mode & FILTERED == 0 || self.shared.filter.as_ref().is_none_or(|f| f.admits(p)))
     }
 }
 
@@ -211,6 +232,7 @@ impl ChannelState {
         p: &Arc<Publication>,
         pending_max: usize,
         latency: &Latency,
+        flush: &Arc<FlushQueue>,
     ) -> u64 {
         debug_assert_eq!(p.offset, self.offset + 1, "deliveries are in order; qed");
         self.offset = p.offset;
@@ -218,7 +240,7 @@ impl ChannelState {
         if !self.live.is_empty() {
             let now = Instant::now();
             self.quiet_since = Some(now);
-            let event = Event::Publication { channel, publication: p };
+            let event = Event::Publication { channel, publication: p, skipped: 0 };
             let mut frames = Frames::new(&event);
             frames.stamp = Some((now, latency));
             let live = &mut self.live;
@@ -238,8 +260,15 @@ impl ChannelState {
                     continue;
                 }
                 let frame = frames.get(s.encoding_key, || &s.shared.encoding);
-                if s.outbox.push_shared(frame, s.splice) == Push::Queued {
-                    delivered += 1;
+                let offer = match &s.shared.conflation {
+                    Some(c) if s.mode & CONFLATED != 0 => c.offer(p, frame, now, &s.shared, flush),
+                    _ => match s.outbox.push_shared(frame, s.splice) {
+                        Push::Queued => Offer::Sent,
+                        _ => Offer::Gone,
+                    },
+                };
+                if offer != Offer::Gone {
+                    delivered += u64::from(offer == Offer::Sent);
                     i += 1;
                 } else {
                     // Its outbox overflowed or closed: it leaves the channel here; its connection
@@ -269,8 +298,9 @@ impl ChannelState {
         let mut i = 0;
         while i < live.len() {
             let s = &live[i];
-            if s.after == u64::MAX {
-                // Closed already: nothing follows its `closed`.
+            if s.after == u64::MAX || s.shared.conflation.as_ref().is_some_and(|c| c.holds()) {
+                // Closed already: nothing follows its `closed`. Or conflated with a publication
+                // held, which goes out soon and says more than a heartbeat would.
                 i += 1;
                 continue;
             }
@@ -307,6 +337,9 @@ impl ChannelState {
         let event = Event::Closed { channel, reason: why };
         let mut frames = Frames::new(&event);
         let n = self.live.len();
+        for s in &self.live {
+            s.stop_conflation();
+        }
         for s in self.live.drain(..) {
             let _ = s.outbox.push_shared(frames.get(s.encoding_key, || &s.shared.encoding), s.splice);
             s.end();

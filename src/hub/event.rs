@@ -21,6 +21,9 @@ pub mod reason {
     pub const UNSUBSCRIBED_BY_SERVER: &str = "unsubscribed_by_server";
     /// The node is shutting down.
     pub const SHUTDOWN: &str = "shutdown";
+    /// A pattern subscription matched more channels than its namespace's `max_pattern_channels`
+    /// (or than the node grants it): it ended.
+    pub const PATTERN_TOO_BROAD: &str = "pattern_too_broad";
 }
 
 /// One thing a subscriber is told about its channel.
@@ -44,6 +47,8 @@ pub enum Event<'a> {
         channel: &'a str,
         /// The publication.
         publication: &'a Publication,
+        /// Publications folded into this one by conflation (0: none, and no `skipped` field).
+        skipped: u64,
     },
     /// The channel had no publication for its namespace's `heartbeat` interval: it is alive,
     /// and this is where it stands.
@@ -80,7 +85,7 @@ pub trait Encoding: Send + Sync + 'static {
     /// Bytes `encode` is likely to write, to size the buffer once.
     fn size_hint(&self, event: &Event<'_>) -> usize {
         match event {
-            Event::Publication { channel, publication } => 128 + channel.len() + publication.json().len(),
+            Event::Publication { channel, publication, .. } => 128 + channel.len() + publication.json().len(),
             Event::Snapshot { page, .. } => {
                 192 + page.publications.iter().map(|p| p.json().len() + 1).sum::<usize>()
             }
@@ -155,6 +160,13 @@ impl Sink {
         let mut frame = crate::transport::SharedFrame::with_capacity(self.encoding.size_hint(event));
         frame.build(self.encoding.splice_len(), |w| self.encoding.encode(event, w));
         self.outbox.push(&frame.parts(&self.splice)) == crate::transport::Push::Queued
+    }
+
+    /// Queues `{"type":"closed","channel","reason"}` for this subscriber (as an answer: a
+    /// subscriber is told why it ended whatever its queue holds); true if queued. The caller
+    /// wakes the writer.
+    pub fn push_closed(&self, channel: &str, reason: &str) -> bool {
+        self.push_answer(&Event::Closed { channel, reason })
     }
 
     /// Like [`Sink::push_own`], for what a call of the subscriber's own queues (a subscribe's

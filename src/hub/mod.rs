@@ -26,12 +26,14 @@
 //! run in a task of their own and take the channel's lock after the read.
 
 mod channel;
+mod conflate;
 mod event;
 mod id;
 mod subscription;
 #[cfg(test)]
 mod tests;
 
+pub use conflate::SLOW_INTERVAL;
 pub use event::{Encoding, Event, Filter, Sink, reason};
 pub use id::{SUB_ID_LEN, SubId, SubIdGen};
 pub use subscription::{Pending, Subscription};
@@ -103,6 +105,16 @@ const FILL_ATTEMPTS: usize = 3;
 /// Deliveries held while a gap is filled; more means the channel cannot keep up and gives up.
 const FILL_HOLD_MAX: usize = 100_000;
 
+/// Told of publications on channels whose name starts with its prefix (a pattern
+/// subscription), whether or not they have subscribers on this node ([`Hub::watch`]). Called
+/// under the broker's stream lock: it must not call into the broker or the hub's channels.
+pub trait ChannelWatch: Send + Sync + 'static {
+    /// The literal start of the channels it wants.
+    fn prefix(&self) -> &str;
+    /// A publication was made on `channel`.
+    fn published(&self, channel: &str);
+}
+
 /// This node's channels and subscribers.
 pub struct Hub {
     config: Arc<Config>,
@@ -110,6 +122,10 @@ pub struct Hub {
     channels: RwLock<HashMap<Arc<str>, Arc<HubChannel>>>,
     ids: SubIdGen,
     metrics: Arc<Metrics>,
+    /// Conflated subscribers holding a publication, and the task that sends them.
+    flush: Arc<conflate::FlushQueue>,
+    /// Pattern subscriptions, told of publications under their prefix.
+    watches: RwLock<Vec<Arc<dyn ChannelWatch>>>,
     /// For the tasks that fill gaps.
     me: Weak<Hub>,
 }
@@ -128,6 +144,8 @@ impl Hub {
             broker,
             channels: RwLock::default(),
             ids: SubIdGen::default(),
+            flush: conflate::FlushQueue::new(metrics.clone()),
+            watches: RwLock::default(),
             metrics,
             me: me.clone(),
         });
@@ -238,10 +256,26 @@ impl Hub {
         since: Option<StreamPosition>,
         limit: Option<usize>,
     ) -> Result<Pending, HubError> {
+        self.prepare_as(channel, since, limit, self.ids.next()).await
+    }
+
+    /// A fresh subscription id.
+    pub fn next_id(&self) -> SubId {
+        self.ids.next()
+    }
+
+    /// [`Hub::prepare`] with the id `id` (a pattern's, shared by its channels' subscriptions;
+    /// one per channel).
+    pub async fn prepare_as(
+        &self,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+        id: SubId,
+    ) -> Result<Pending, HubError> {
         validate_channel(channel).map_err(HubError::InvalidChannel)?;
         self.check_broker()?;
         let hub = self.me.upgrade().expect("a hub in use is alive; qed");
-        let id = self.ids.next();
         let ch = loop {
             let ch = self.channel(channel)?;
             let mut st = ch.state.lock();
@@ -260,6 +294,8 @@ impl Hub {
             page: HistoryPage { epoch: "".into(), offset: 0, publications: Vec::new() },
             recovered: false,
             earliest: None,
+            conflate: self.config.namespace_of(channel).conflate_ms.map(std::time::Duration::from_millis),
+            on_slow: self.config.namespace_of(channel).on_slow == crate::config::OnSlow::Conflate,
             interest: false,
             done: false,
         };
@@ -395,6 +431,32 @@ impl Hub {
         Some((shortest / 4).clamp(std::time::Duration::from_millis(20), std::time::Duration::from_secs(1)))
     }
 
+    /// Tells `w` of every publication on a channel under its prefix from now on, until
+    /// [`Hub::unwatch`]. Fails when the broker cannot ([`crate::broker::PATTERNS_UNSUPPORTED`]).
+    pub fn watch(&self, w: Arc<dyn ChannelWatch>) -> Result<(), HubError> {
+        self.broker.watch(w.prefix()).map_err(HubError::Broker)?;
+        self.watches.write().push(w);
+        Ok(())
+    }
+
+    /// Stops telling `w`; nothing if it was not watching.
+    pub fn unwatch(&self, w: &dyn ChannelWatch) {
+        let at = w as *const dyn ChannelWatch as *const ();
+        let mut ws = self.watches.write();
+        if let Some(i) = ws.iter().position(|x| Arc::as_ptr(x) as *const () == at) {
+            let gone = ws.swap_remove(i);
+            drop(ws);
+            self.broker.unwatch(gone.prefix());
+        }
+    }
+
+    /// The channels with a stream whose name starts with `prefix`, sorted, at most `max + 1`.
+    pub async fn streams(&self, prefix: &str, max: usize) -> Result<Vec<String>, HubError> {
+        let mut names = self.broker.streams(prefix, max).await.map_err(HubError::Broker)?;
+        names.sort();
+        Ok(names)
+    }
+
     /// A broker operation, timed for `rpchub_broker_duration_seconds`.
     async fn timed<T>(&self, op: BrokerOp, f: impl Future<Output = T>) -> T {
         let at = std::time::Instant::now();
@@ -508,7 +570,8 @@ impl Hub {
                     rest = all[i..].to_vec();
                     break;
                 }
-                delivered += st.deliver(&ch.name, p, pending_max, &self.metrics.publish_to_write);
+                delivered +=
+                    st.deliver(&ch.name, p, pending_max, &self.metrics.publish_to_write, &self.flush);
             }
             self.metrics.deliveries.inc_by(delivered);
             self.metrics.namespace(&ch.name).deliveries.inc_by(delivered);
@@ -573,6 +636,7 @@ impl Listener for Hub {
                     p,
                     self.config.limits.outbound_queue_messages,
                     &self.metrics.publish_to_write,
+                    &self.flush,
                 );
                 self.metrics.deliveries.inc_by(n);
                 self.metrics.namespace(channel).deliveries.inc_by(n);
@@ -582,6 +646,14 @@ impl Listener for Hub {
                 self.spawn_fill(ch);
             }
             Arrival::Repeat | Arrival::Held | Arrival::NewEpoch => {}
+        }
+    }
+
+    fn published(&self, channel: &str) {
+        for w in self.watches.read().iter() {
+            if channel.starts_with(w.prefix()) {
+                w.published(channel);
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! [`Subscription`] once live. Both undo themselves when dropped.
 
 use super::channel::{LiveSub, SubShared};
+use super::conflate::Conflation;
 use super::event::{Event, Sink, reason};
 use super::{Hub, HubChannel, HubError, SubId, fits};
 use crate::broker::HistoryPage;
@@ -19,6 +20,10 @@ pub struct Pending {
     pub(super) recovered: bool,
     /// After a `since` not honoured: the oldest position still in history.
     pub(super) earliest: Option<crate::broker::StreamPosition>,
+    /// Its conflation interval (the namespace's, or the subscriber's own).
+    pub(super) conflate: Option<std::time::Duration>,
+    /// Its namespace conflates subscribers that fall behind.
+    pub(super) on_slow: bool,
     /// The broker interest was taken (and is to be given back unless handed on).
     pub(super) interest: bool,
     pub(super) done: bool,
@@ -28,6 +33,11 @@ impl Pending {
     /// The snapshot read: the history page, and whether `since` was honoured exactly.
     pub fn page(&self) -> (&HistoryPage, bool) {
         (&self.page, self.recovered)
+    }
+
+    /// Conflates it to one event per `every` (overriding its namespace's `conflate_ms`).
+    pub fn set_conflate(&mut self, every: std::time::Duration) {
+        self.conflate = Some(every);
     }
 
     /// After a `since` that could not be honoured: the oldest position still in history.
@@ -85,7 +95,16 @@ impl Pending {
         if sink.encoding.sends_snapshot() && !sink.push_answer(&snapshot) {
             return Err(closed());
         }
-        let shared = SubShared::new(self.id, &sink);
+        let conflation = (self.conflate.is_some() || self.on_slow).then(|| {
+            Conflation::new(
+                ch.name.clone(),
+                sink.outbox.clone(),
+                sink.encoding.clone(),
+                sink.splice,
+                self.conflate,
+            )
+        });
+        let shared = SubShared::new(self.id, &sink, conflation);
         let sub =
             Subscription { hub: self.hub.clone(), channel: ch.clone(), shared: shared.clone(), ended: false };
         self.done = true;
@@ -99,7 +118,7 @@ impl Pending {
         let mut after = self.page.offset;
         for p in pend.buffered.iter().filter(|p| p.offset > self.page.offset) {
             if sink.filter.as_ref().is_none_or(|f| f.admits(p)) {
-                let event = Event::Publication { channel: &ch.name, publication: p };
+                let event = Event::Publication { channel: &ch.name, publication: p, skipped: 0 };
                 if !sink.push_answer(&event) {
                     return Err(closed());
                 }

@@ -23,13 +23,13 @@ struct TestEncoding {
 fn event_json(e: &Event<'_>) -> Value {
     let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap();
     match e {
-        Event::Publication { channel, publication } => {
+        Event::Publication { channel, publication, .. } => {
             json!({"type":"publication","channel":channel,"offset":publication.offset,"data":parse(publication.data())})
         }
         Event::Snapshot { channel, page, recovered, earliest } => json!({"type":"snapshot","channel":channel,
             "epoch":&*page.epoch,"offset":page.offset,"recovered":recovered,"earliest":earliest,
             "publications":page.publications.iter().map(|p| parse(p.json())).collect::<Vec<_>>()}),
-        Event::Closed { reason, .. } => json!({"type":"closed","reason":reason}),
+        Event::Closed { channel, reason } => json!({"type":"closed","channel":channel,"reason":reason}),
         Event::Heartbeat { channel, offset } => json!({"type":"heartbeat","channel":channel,"offset":offset}),
     }
 }

@@ -355,6 +355,11 @@ pub struct Metrics {
     pub deliveries: Counter,
     /// Connections dropped for falling behind.
     pub slow_consumers: Counter,
+    /// Subscribers of `on_slow = "conflate"` namespaces switched to conflation for falling
+    /// behind (instead of being dropped).
+    pub slow_conflations: Counter,
+    /// Publications conflation folded into a later one (each announced by its `skipped`).
+    pub conflated: Counter,
     /// Connections closed by the server, by reason.
     pub closed: Family<ReasonLabels, Counter>,
     /// Calls refused by the per-connection rate limit.
@@ -451,6 +456,8 @@ impl Metrics {
             publications: Counter::default(),
             deliveries: Counter::default(),
             slow_consumers: Counter::default(),
+            slow_conflations: Counter::default(),
+            conflated: Counter::default(),
             closed: Family::default(),
             rate_limited: Counter::default(),
             upgrades_rejected,
@@ -508,6 +515,16 @@ impl Metrics {
         r.register("publications", "Publications accepted by this node", m.publications.clone());
         r.register("deliveries", "Notifications queued for subscribers", m.deliveries.clone());
         r.register("slow_consumers", "Connections dropped for falling behind", m.slow_consumers.clone());
+        r.register(
+            "slow_conflations",
+            "Subscribers switched to conflation for falling behind (on_slow = conflate) instead of being dropped",
+            m.slow_conflations.clone(),
+        );
+        r.register(
+            "conflated",
+            "Publications conflation folded into a later one, each announced by its skipped count",
+            m.conflated.clone(),
+        );
         r.register("connections_closed", "Connections closed by the server, by reason", m.closed.clone());
         r.register("rate_limited", "Calls refused by the per-connection rate limit", m.rate_limited.clone());
         r.register(

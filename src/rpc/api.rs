@@ -28,13 +28,19 @@ pub trait ChannelApi {
     /// `subscription`, the first one the snapshot: with `since` in the same epoch and still in
     /// history, every publication after it (`recovered: true`); otherwise the newest `limit`
     /// retained publications (all by default). Live publications continue at the snapshot's
-    /// `offset + 1` with no gap and no duplicate.
+    /// `offset + 1` with no gap and no duplicate. With `conflate_ms` (or its namespace's), at
+    /// most one publication event per that many ms, the latest, with `skipped: K` when K
+    /// publications were folded into it. On a namespace with `patterns = true`, `channel` may
+    /// be a glob (`trades:*`): every matching channel, existing and created later, is followed
+    /// under the one subscription id, each starting with its own snapshot; `since` is then a
+    /// map of channel to position.
     #[method(name = "subscribe", with_extensions)]
     async fn subscribe_channel(
         &self,
         channel: String,
-        since: Option<StreamPosition>,
+        since: Option<Since>,
         limit: Option<usize>,
+        conflate_ms: Option<u64>,
     ) -> RpcResult<String>;
 
     /// Subscribes to several channels in one call, each item as `subscribe` takes it. The
@@ -113,6 +119,17 @@ pub trait StreamApi {
 }
 }
 
+/// Where a subscription resumes: the last position the client has of the channel, or, for a
+/// pattern, of each channel it names.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum Since {
+    /// One channel's position.
+    Position(StreamPosition),
+    /// For a pattern: a position per channel (each must match the pattern).
+    Channels(std::collections::BTreeMap<String, StreamPosition>),
+}
+
 /// One item of `subscribe_many`: what `subscribe` takes.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -125,6 +142,9 @@ pub struct SubscribeItem {
     /// At most this many publications in the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// At most one publication event per this many ms, the latest, with `skipped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflate_ms: Option<u64>,
 }
 
 /// The result of `subscribe_many`.
@@ -291,6 +311,9 @@ pub enum SubscriptionEvent<D = JsonData, P = PublicationJson> {
         offset: u64,
         /// True when `publications` are exactly those after the `since` given.
         recovered: bool,
+        /// After a `since` that could not be honoured: the oldest position still in history.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        earliest: Option<StreamPosition>,
         /// Publications, oldest first.
         publications: Vec<P>,
     },
@@ -300,6 +323,10 @@ pub enum SubscriptionEvent<D = JsonData, P = PublicationJson> {
         channel: String,
         /// Offset in the channel.
         offset: u64,
+        /// On a conflated subscription: publications folded into this one (its offset is the
+        /// previous event's plus 1 plus `skipped`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skipped: Option<u64>,
         /// When the broker accepted it, Unix milliseconds.
         ts: u64,
         /// Event name, if the publisher gave one.
@@ -308,9 +335,21 @@ pub enum SubscriptionEvent<D = JsonData, P = PublicationJson> {
         /// What was published.
         data: D,
     },
-    /// Last, when the server ends the subscription itself.
+    /// On a namespace with `heartbeat`: the channel had no publication for that long, and this
+    /// is its newest offset.
+    Heartbeat {
+        /// The channel.
+        channel: String,
+        /// Its newest offset (0: never published to).
+        offset: u64,
+    },
+    /// Last, when the server ends the subscription itself (under a pattern: the end of the one
+    /// channel it names, or of the whole pattern when it names the pattern).
     Closed {
-        /// Why: `token_expired`, `insufficient_state`, ...
+        /// The channel (or pattern) it ends.
+        #[serde(default)]
+        channel: String,
+        /// Why: `token_expired`, `insufficient_state`, `pattern_too_broad`, `shutdown`, ...
         reason: String,
     },
     /// An event type this client does not know (a newer server's): to be ignored.

@@ -64,6 +64,9 @@ pub enum RpcError {
     /// -32008 `broker_unavailable`: the shared broker cannot be reached; retry once it is back.
     #[error("{0}")]
     BrokerUnavailable(String),
+    /// -32602, for a param of the right type out of its bounds.
+    #[error("{0}")]
+    InvalidParams(String),
     /// -32603, for failures that are the server's fault.
     #[error("{0}")]
     Internal(String),
@@ -80,6 +83,7 @@ impl RpcError {
             RpcError::Unacceptable(_) => (UNACCEPTABLE, "invalid_request"),
             RpcError::BackendUnavailable(_) => (BACKEND_UNAVAILABLE, "backend_unavailable"),
             RpcError::BrokerUnavailable(_) => (BROKER_UNAVAILABLE, "broker_unavailable"),
+            RpcError::InvalidParams(_) => (INVALID_PARAMS, "invalid_params"),
             RpcError::Internal(_) => (INTERNAL_ERROR, "internal_error"),
         }
     }
@@ -98,7 +102,7 @@ impl RpcError {
 impl From<RpcError> for ErrorObjectOwned {
     fn from(e: RpcError) -> Self {
         let (code, name) = e.code();
-        if code == INTERNAL_ERROR {
+        if code == INTERNAL_ERROR || code == INVALID_PARAMS {
             return ErrorObject::owned(code, e.to_string(), None::<()>);
         }
         ErrorObject::owned(code, e.to_string(), Some(json!({ "code": name })))
@@ -115,7 +119,7 @@ impl From<HubError> for RpcError {
             HubError::Broker(e @ crate::broker::BrokerError::Unavailable(_)) => {
                 RpcError::BrokerUnavailable(e.to_string())
             }
-            HubError::Broker(e) => RpcError::Internal(e.to_string()),
+            HubError::Broker(crate::broker::BrokerError::Unsupported(m)) => RpcError::Unacceptable(m),
             HubError::TooManyChannels(_) | HubError::ConnectionClosed | HubError::Busy => {
                 RpcError::SubscriptionFailed(e.to_string())
             }
@@ -131,6 +135,8 @@ impl From<SubscribeError> for RpcError {
                 RpcError::SubscriptionFailed(e.to_string())
             }
             SubscribeError::NoSocket => RpcError::Unacceptable(e.to_string()),
+            SubscribeError::InvalidParams(m) => RpcError::InvalidParams(m),
+            SubscribeError::Unacceptable(m) => RpcError::Unacceptable(m),
             SubscribeError::Hub(h) => h.into(),
             SubscribeError::Backend(b) => RpcError::from_check(b),
         }

@@ -6,7 +6,7 @@
 use super::CallCtx;
 use super::api::{
     AuthResult, ChannelApiServer, ConnectionLimits, HistoryResult, ItemError, JsonData, NodeApiServer,
-    NodeInfo, PublicationJson, StreamApiServer, SubscribeItem, SubscribeManyResult, SubscribeOutcome,
+    NodeInfo, PublicationJson, Since, StreamApiServer, SubscribeItem, SubscribeManyResult, SubscribeOutcome,
 };
 use super::error::{RpcError, invalid_params};
 use crate::auth::{Action, AuthError, Authenticator};
@@ -144,14 +144,44 @@ impl ChannelApiServer for Handlers {
         &self,
         ext: &Extensions,
         channel: String,
-        since: Option<StreamPosition>,
+        since: Option<Since>,
         limit: Option<usize>,
+        conflate_ms: Option<u64>,
     ) -> RpcResult<String> {
         let ctx = call_ctx(ext)?;
+        if crate::session::pattern::is_pattern(&channel) {
+            let since = match since {
+                None => Default::default(),
+                Some(Since::Channels(m)) => m.into_iter().collect(),
+                Some(Since::Position(_)) => {
+                    return Err(invalid_params(
+                        "since on a pattern is a map of channel to {epoch, offset}".into(),
+                    ));
+                }
+            };
+            let pending = self
+                .0
+                .subscriptions
+                .prepare_pattern(&ctx.session, &channel, since, limit, conflate_ms)
+                .await
+                .map_err(RpcError::from)?;
+            let id = pending.id().as_str().to_string();
+            ctx.defer(pending);
+            return Ok(id);
+        }
+        let since = match since {
+            None => None,
+            Some(Since::Position(p)) => Some(p),
+            Some(Since::Channels(_)) => {
+                return Err(invalid_params(format!(
+                    "since is a map only on a pattern; for {channel} it is one {{epoch, offset}}"
+                )));
+            }
+        };
         let pending = self
             .0
             .subscriptions
-            .prepare(&ctx.session, &channel, since, limit)
+            .prepare(&ctx.session, &channel, since, limit, conflate_ms)
             .await
             .map_err(RpcError::from)?;
         let id = pending.id().as_str().to_string();
@@ -180,6 +210,12 @@ impl ChannelApiServer for Handlers {
         let prepares = subscriptions.iter().map(|item| {
             let first = seen.insert(item.channel.as_str());
             async move {
+                if crate::session::pattern::is_pattern(&item.channel) {
+                    return Err(RpcError::Unacceptable(format!(
+                        "{} is a pattern: subscribe to it with subscribe",
+                        item.channel
+                    )));
+                }
                 if !first {
                     return Err(RpcError::Unacceptable(format!(
                         "channel {} is named more than once in this call",
@@ -187,7 +223,7 @@ impl ChannelApiServer for Handlers {
                     )));
                 }
                 service
-                    .prepare(&ctx.session, &item.channel, item.since.clone(), item.limit)
+                    .prepare(&ctx.session, &item.channel, item.since.clone(), item.limit, item.conflate_ms)
                     .await
                     .map_err(RpcError::from)
             }

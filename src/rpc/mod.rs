@@ -11,7 +11,7 @@ pub mod server_api;
 pub use error::RpcError;
 pub use handlers::{Handlers, NodeState};
 
-use crate::session::{PendingSubscription, Session};
+use crate::session::{Deferred, Session};
 use api::{ChannelApiServer, NodeApiServer, StreamApiServer};
 use jsonrpsee::core::server::{Methods, RpcModule};
 use parking_lot::Mutex;
@@ -29,7 +29,7 @@ pub struct CallCtx {
     /// The caller's session.
     pub session: Arc<Session>,
     /// Subscriptions the call prepared, for the front door to take live behind the answer.
-    pending: Mutex<Vec<PendingSubscription>>,
+    pending: Mutex<Vec<Deferred>>,
 }
 
 impl CallCtx {
@@ -39,12 +39,12 @@ impl CallCtx {
     }
 
     /// Hands a prepared subscription to the front door, which queues the call's answer first.
-    pub fn defer(&self, p: PendingSubscription) {
-        self.pending.lock().push(p);
+    pub fn defer(&self, p: impl Into<Deferred>) {
+        self.pending.lock().push(p.into());
     }
 
     /// The subscriptions the call prepared.
-    pub fn take_pending(&self) -> Vec<PendingSubscription> {
+    pub fn take_pending(&self) -> Vec<Deferred> {
         std::mem::take(&mut *self.pending.lock())
     }
 }

@@ -120,7 +120,7 @@ pub fn parse(bytes: &[u8]) -> Result<PublishBody, String> {
 /// shared broker cannot be reached, 500 for the server's own failures.
 pub fn status_of(e: &RpcError) -> u16 {
     match e {
-        RpcError::Unacceptable(_) | RpcError::NotFound(_) => 400,
+        RpcError::Unacceptable(_) | RpcError::NotFound(_) | RpcError::InvalidParams(_) => 400,
         RpcError::Unauthorized(_) => 403,
         RpcError::RateLimited(_) => 429,
         RpcError::SubscriptionFailed(_)

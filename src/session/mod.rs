@@ -5,11 +5,13 @@
 //! channels.
 
 mod budgets;
+pub mod pattern;
 mod share;
 mod subscriptions;
 
 pub use budgets::Budgets;
 
+pub use pattern::{Deferred, PendingPattern};
 pub use subscriptions::{
     EndReason, Lifecycle, LifecycleHook, PendingSubscription, SubscribeError, Subscriptions,
 };
@@ -63,6 +65,8 @@ pub struct BackendSession {
 #[derive(Debug, Default)]
 pub(crate) struct SubscriptionSet {
     pub(crate) live: Vec<Live>,
+    /// Pattern subscriptions, each counted as one under the cap.
+    pub(crate) patterns: Vec<Arc<pattern::PatternSub>>,
     /// Subscribes in progress, counted against the cap.
     pub(crate) pending: usize,
 }

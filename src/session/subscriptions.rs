@@ -37,6 +37,13 @@ pub enum SubscribeError {
          with a token"
     )]
     AnonymousShare(usize),
+    /// A param out of its bounds (`conflate_ms`, a `since` map).
+    #[error("{0}")]
+    InvalidParams(String),
+    /// Well-formed but not acceptable here (a pattern where its namespace has patterns off, or
+    /// that matches too many channels).
+    #[error("{0}")]
+    Unacceptable(String),
     /// The session has no socket to deliver to (plain HTTP).
     #[error("subscriptions need a WebSocket: connect to /ws/rpc")]
     NoSocket,
@@ -158,7 +165,12 @@ impl Subscriptions {
         &self.hub
     }
 
-    fn emit(&self, e: Lifecycle<'_>) {
+    /// The node's configuration.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn emit(&self, e: Lifecycle<'_>) {
         for h in &self.hooks {
             h.event(&e);
         }
@@ -205,26 +217,78 @@ impl Subscriptions {
         channel: &str,
         since: Option<StreamPosition>,
         limit: Option<usize>,
+        conflate_ms: Option<u64>,
     ) -> Result<PendingSubscription, SubscribeError> {
         if session.link().is_none() {
             return Err(SubscribeError::NoSocket);
         }
+        self.check_conflate(conflate_ms)?;
         crate::channel::validate_channel(channel)
             .map_err(|m| SubscribeError::Hub(HubError::InvalidChannel(m)))?;
         self.allow(session, Action::Subscribe, channel).map_err(SubscribeError::Unauthorized)?;
         // A broker that is down fails the subscribe now: no place is reserved and the backend
         // is not asked about a subscribe that cannot be made.
         self.hub.check_broker()?;
-        let max = self.config.limits.max_subscriptions;
-        {
-            let mut set = session.subscriptions.lock();
-            set.live.retain(|s| s.is_active());
-            if set.live.len() + set.pending >= max {
-                return Err(SubscribeError::Limit(max));
+        let reservation = self.reserve(session)?;
+        self.prepare_checked(session, channel, since, limit, conflate_ms, None, Some(reservation)).await
+    }
+
+    /// `conflate_ms` within `limits.min_conflate_ms..=limits.max_conflate_ms`.
+    pub(crate) fn check_conflate(&self, conflate_ms: Option<u64>) -> Result<(), SubscribeError> {
+        let l = &self.config.limits;
+        match conflate_ms {
+            Some(ms) if !(l.min_conflate_ms..=l.max_conflate_ms).contains(&ms) => {
+                Err(SubscribeError::InvalidParams(format!(
+                    "conflate_ms is {ms}; it must be {} to {} (limits.min_conflate_ms, limits.max_conflate_ms)",
+                    l.min_conflate_ms, l.max_conflate_ms
+                )))
             }
-            set.pending += 1;
+            _ => Ok(()),
         }
-        let reservation = Reservation(session.clone());
+    }
+
+    /// A place under `session`'s cap (`limits.max_subscriptions`, a pattern counting as one),
+    /// held until the subscription is live or dropped.
+    pub(crate) fn reserve(&self, session: &Arc<Session>) -> Result<Reservation, SubscribeError> {
+        let max = self.config.limits.max_subscriptions;
+        let mut set = session.subscriptions.lock();
+        set.live.retain(|s| s.is_active());
+        set.patterns.retain(|p| p.is_active());
+        if set.live.len() + set.patterns.len() + set.pending >= max {
+            return Err(SubscribeError::Limit(max));
+        }
+        set.pending += 1;
+        Ok(Reservation(session.clone()))
+    }
+
+    /// A channel of pattern `id`: prepared as a subscribe of it would be, rights included,
+    /// without a place of its own under the cap (the pattern has one).
+    pub(crate) async fn prepare_in_pattern(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+        conflate_ms: Option<u64>,
+        id: SubId,
+    ) -> Result<PendingSubscription, SubscribeError> {
+        self.allow(session, Action::Subscribe, channel).map_err(SubscribeError::Unauthorized)?;
+        self.prepare_checked(session, channel, since, limit, conflate_ms, Some(id), None).await
+    }
+
+    /// The rest of a subscribe once rights and the cap are checked: the anonymous share, the
+    /// backend, the hub's two phases.
+    #[allow(clippy::too_many_arguments)]
+    async fn prepare_checked(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        channel: &str,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+        conflate_ms: Option<u64>,
+        id: Option<SubId>,
+        reservation: Option<Reservation>,
+    ) -> Result<PendingSubscription, SubscribeError> {
         let share = match session.principal().is_authenticated() {
             true => None,
             false => match self.share.take(session.remote.ip(), channel) {
@@ -238,8 +302,14 @@ impl Subscriptions {
         // Last of the checks, so the backend is not asked about a subscribe that would fail
         // anyway; the place stays reserved while it answers.
         self.ask_backend(session, channel).await.map_err(SubscribeError::Backend)?;
-        let inner = self.hub.prepare(channel, since, limit).await?;
-        Ok(PendingSubscription { service: self.clone(), inner, reservation, share })
+        let mut inner = match id {
+            Some(id) => self.hub.prepare_as(channel, since, limit, id).await?,
+            None => self.hub.prepare(channel, since, limit).await?,
+        };
+        if let Some(ms) = conflate_ms {
+            inner.set_conflate(std::time::Duration::from_millis(ms));
+        }
+        Ok(PendingSubscription { service: self.clone(), inner, session: session.clone(), reservation, share })
     }
 
     /// Subscriptions `session` may still make: `limits.max_subscriptions` less those it holds
@@ -247,7 +317,8 @@ impl Subscriptions {
     pub fn left(&self, session: &Session) -> usize {
         let mut set = session.subscriptions.lock();
         set.live.retain(|s| s.is_active());
-        self.config.limits.max_subscriptions.saturating_sub(set.live.len() + set.pending)
+        set.patterns.retain(|p| p.is_active());
+        self.config.limits.max_subscriptions.saturating_sub(set.live.len() + set.patterns.len() + set.pending)
     }
 
     /// The most subscriptions a connection may hold (`limits.max_subscriptions`).
@@ -259,8 +330,15 @@ impl Subscriptions {
     pub fn unsubscribe(&self, session: &Session, id: SubId) -> bool {
         let sub = {
             let mut set = session.subscriptions.lock();
-            let Some(at) = set.live.iter().position(|s| s.id() == id) else { return false };
-            set.live.swap_remove(at)
+            match set.live.iter().position(|s| s.id() == id) {
+                Some(at) => set.live.swap_remove(at),
+                None => {
+                    let Some(at) = set.patterns.iter().position(|p| p.id == id) else { return false };
+                    let pattern = set.patterns.swap_remove(at);
+                    drop(set);
+                    return pattern.end(session, EndReason::Client);
+                }
+            }
         };
         let channel = sub.channel().to_string();
         let was_live = sub.unsubscribe();
@@ -270,8 +348,20 @@ impl Subscriptions {
         was_live
     }
 
-    /// Ends every subscription of `session` to `channel`; returns how many were live.
+    /// Ends every subscription of `session` to `channel` (or to the pattern `channel`);
+    /// returns how many were live.
     pub fn unsubscribe_channel(&self, session: &Session, channel: &str) -> usize {
+        let patterns: Vec<_> = {
+            let mut set = session.subscriptions.lock();
+            let (gone, kept) =
+                std::mem::take(&mut set.patterns).into_iter().partition(|p| p.pattern() == channel);
+            set.patterns = kept;
+            gone
+        };
+        let ended = patterns.iter().filter(|p| p.end(session, EndReason::Client)).count();
+        if ended > 0 {
+            return ended;
+        }
         let subs: Vec<_> = {
             let mut set = session.subscriptions.lock();
             let (gone, kept) =
@@ -292,6 +382,18 @@ impl Subscriptions {
     /// then keeps them all.
     pub fn tick(&self, session: &Session) {
         let expired = session.token_expired(now_ms() / 1000);
+        let patterns: Vec<_> = session.subscriptions.lock().patterns.clone();
+        for p in &patterns {
+            let protected = self.config.namespace_of(p.pattern()).subscribe != Access::Public;
+            if expired && protected {
+                p.end_with(session, EndReason::TokenExpired, Some(reason::TOKEN_EXPIRED));
+            } else {
+                p.tick(session);
+            }
+        }
+        if !patterns.is_empty() {
+            session.subscriptions.lock().patterns.retain(|p| p.is_active());
+        }
         let mut ended = Vec::new();
         {
             let mut set = session.subscriptions.lock();
@@ -356,6 +458,10 @@ impl Subscriptions {
 
     /// The connection ended: every subscription ends (reported as `disconnect`).
     pub fn end(&self, session: &Session) {
+        let patterns = std::mem::take(&mut session.subscriptions.lock().patterns);
+        for p in patterns {
+            p.end(session, EndReason::Disconnect);
+        }
         let subs = std::mem::take(&mut session.subscriptions.lock().live);
         for sub in subs {
             let channel = sub.channel().to_string();
@@ -375,7 +481,7 @@ fn principal_name(p: &crate::auth::Principal) -> &str {
 /// A place under the session's cap, held from `prepare` until the subscription is live or
 /// dropped.
 #[derive(Debug)]
-struct Reservation(Arc<Session>);
+pub(crate) struct Reservation(Arc<Session>);
 
 impl Drop for Reservation {
     fn drop(&mut self) {
@@ -390,7 +496,9 @@ impl Drop for Reservation {
 pub struct PendingSubscription {
     service: Arc<Subscriptions>,
     inner: Pending,
-    reservation: Reservation,
+    session: Arc<Session>,
+    /// Its place under the cap (none for a pattern's channel: the pattern has one).
+    reservation: Option<Reservation>,
     share: Option<ShareHold>,
 }
 
@@ -413,22 +521,35 @@ impl PendingSubscription {
     /// Queues `answer`, the snapshot and what arrived meanwhile into `sink`, in that order (see
     /// [`Pending::go_live`]), and adds the subscription to the session.
     pub fn go_live(self, sink: Sink, answer: &[&[u8]]) -> Result<SubId, HubError> {
-        let PendingSubscription { service, inner, reservation, share } = self;
-        let sub = inner.go_live(sink, answer)?;
-        let id = sub.id();
-        let session = reservation.0.clone();
-        let channel = sub.channel().to_string();
+        let service = self.service.clone();
+        let session = self.session.clone();
+        let (live, reservation) = self.go_live_held(sink, answer)?;
+        let id = live.id();
+        let channel = live.channel().to_string();
         {
             let mut set = session.subscriptions.lock();
             // Most connections hold one or a few: grow one at a time until then, not to four.
             if set.live.len() < 4 {
                 set.live.reserve_exact(1);
             }
-            set.live.push(Live { sub, share });
+            set.live.push(live);
         }
         drop(reservation);
         service.emit(Lifecycle::Subscribed { session: &session, channel: &channel });
         Ok(id)
+    }
+
+    /// Like [`PendingSubscription::go_live`], for a pattern's channel: the live subscription is
+    /// returned to the pattern instead of joining the session's, and no hook is told (the
+    /// pattern tells them).
+    pub(crate) fn go_live_into(self, sink: Sink, answer: &[&[u8]]) -> Result<Live, HubError> {
+        self.go_live_held(sink, answer).map(|(live, _)| live)
+    }
+
+    fn go_live_held(self, sink: Sink, answer: &[&[u8]]) -> Result<(Live, Option<Reservation>), HubError> {
+        let PendingSubscription { inner, reservation, share, .. } = self;
+        let sub = inner.go_live(sink, answer)?;
+        Ok((Live { sub, share }, reservation))
     }
 }
 
@@ -500,7 +621,7 @@ mod tests {
         s: &Arc<Session>,
         channel: &str,
     ) -> Result<SubId, SubscribeError> {
-        let p = svc.prepare(s, channel, None, None).await?;
+        let p = svc.prepare(s, channel, None, None, None).await?;
         let sink = Sink::new(s.link().unwrap().outbox.clone(), Arc::new(Plain), Splice::EMPTY);
         Ok(p.go_live(sink, &[])?)
     }
@@ -542,7 +663,7 @@ mod tests {
         config.limits.max_subscriptions = 2;
         let (svc, _) = service(config);
         let s = session(2, Principal::anonymous());
-        let pending = svc.prepare(&s, "c:1", None, None).await.unwrap();
+        let pending = svc.prepare(&s, "c:1", None, None, None).await.unwrap();
         subscribe(&svc, &s, "c:2").await.unwrap();
         assert!(
             matches!(subscribe(&svc, &s, "c:3").await, Err(SubscribeError::Limit(2))),
@@ -565,7 +686,7 @@ mod tests {
         assert!(matches!(subscribe(&svc, &a, "s:3").await, Err(SubscribeError::AnonymousShare(2))));
         subscribe(&svc, &b, "s:1").await.expect("a channel the address holds costs nothing");
         subscribe(&svc, &keyed, "s:3").await.expect("a session with a token is not counted");
-        let pending = svc.prepare(&keyed, "s:4", None, None).await.unwrap();
+        let pending = svc.prepare(&keyed, "s:4", None, None, None).await.unwrap();
         drop(pending);
         assert!(svc.unsubscribe(&a, one));
         assert!(matches!(subscribe(&svc, &a, "s:3").await, Err(SubscribeError::AnonymousShare(2))));

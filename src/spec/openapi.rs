@@ -330,10 +330,10 @@ fn api_instance() -> Value {
                 "type": "object",
                 "additionalProperties": false,
                 "properties": {
-                    "enabled": {"type": ["boolean", "null"]},
+                    "enabled": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
                     "events": {"anyOf": [events.clone(), {"type": "null"}]},
-                    "mediaBase64": {"type": ["boolean", "null"]},
-                    "token": {"type": ["string", "null"], "minLength": 1, "maxLength": 1024,
+                    "mediaBase64": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+                    "token": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 1024}, {"type": "null"}],
                         "description": "the token the instance's clients connect with"},
                 },
             })),

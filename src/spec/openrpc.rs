@@ -504,7 +504,7 @@ mod tests {
             .iter()
             .map(|p| p["required"].as_bool().unwrap())
             .collect();
-        assert_eq!(required, [true, false, false], "channel, since?, limit?");
+        assert_eq!(required, [true, false, false, false], "channel, since?, limit?, conflate_ms?");
         assert!(
             subscribe["x-notifications"][0]["params"][0]["schema"]["properties"]["result"]["$ref"]
                 .is_string()

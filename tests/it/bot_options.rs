@@ -161,3 +161,198 @@ async fn quiet_channels_send_heartbeats_with_their_offset() {
         json!({"channel": "heartbeat", "data": {"channel": format!("trades:{coin}"), "offset": 0}})
     );
 }
+
+/// Checks a subscriber's publication events: each offset is the one after the last plus the
+/// `skipped` it announces, so every offset is accounted for. Returns the total skipped.
+fn accounted(events: &[Value], after: u64) -> u64 {
+    let mut last = after;
+    let mut skipped = 0;
+    for e in events {
+        let k = e["skipped"].as_u64().unwrap_or(0);
+        assert!(e.get("skipped").is_none() || k > 0, "skipped is never 0: {e}");
+        assert_eq!(
+            e["offset"].as_u64().unwrap(),
+            last + 1 + k,
+            "offset {} after {last} with skipped {k}",
+            e["offset"]
+        );
+        last += 1 + k;
+        skipped += k;
+    }
+    skipped
+}
+
+/// A server with conflating namespaces: `book` conflates every subscription to 100 ms, `slow`
+/// conflates subscribers that fall behind (`on_slow`); small queues, so falling behind is quick.
+async fn conflating_server() -> rpchub::Running {
+    let mut c = support::config();
+    c.limits.outbound_queue_messages = 64;
+    c.limits.outbound_queue_bytes = 1 << 20;
+    c.namespaces.insert("book".into(), NamespaceConfig { conflate_ms: Some(100), ..Default::default() });
+    c.namespaces.insert(
+        "slow".into(),
+        NamespaceConfig { on_slow: rpchub::config::OnSlow::Conflate, ..Default::default() },
+    );
+    support::start(c).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflated_subscriptions_get_the_latest_with_skipped_counts() {
+    let server = conflating_server().await;
+    let addr = server.addr;
+    let mut admin = ws(addr, Some(ADMIN)).await;
+    let ch = support::channel("conflate");
+    let book = format!("book:{}", support::channel("b").replace(':', "-"));
+
+    let mut c = ws(addr, None).await;
+    let (id, _) = subscribe(&mut c, json!({"channel": ch, "conflate_ms": 200})).await;
+    let (book_id, _) = subscribe(&mut c, json!([book])).await;
+    let (plain_id, _) = subscribe(&mut c, json!([ch])).await;
+    // A burst of 50 on each channel, well within one interval.
+    for n in 1..=50 {
+        call(&mut admin, "publish", json!([ch, {"n": n}])).await;
+        call(&mut admin, "publish", json!([book, {"n": n}])).await;
+    }
+    let got = frames_for(&mut c, Duration::from_millis(700)).await;
+    let of = |sub: &str| -> Vec<Value> {
+        got.iter()
+            .filter(|(_, v)| v["params"]["subscription"] == sub)
+            .map(|(_, v)| v["params"]["result"].clone())
+            .collect()
+    };
+    for (sub, what) in [(&id, "conflate_ms 200"), (&book_id, "the namespace's 100 ms")] {
+        let events = of(sub);
+        assert!((2..=8).contains(&events.len()), "{what}: {events:?}");
+        assert_eq!(events[0]["offset"], 1, "the first goes out at once, {what}");
+        assert_eq!(events.last().unwrap()["offset"], 50, "the latest always arrives, {what}: {events:?}");
+        assert!(accounted(&events, 0) >= 40, "{what}: {events:?}");
+    }
+    // The same channel without conflation: all 50, none skipped.
+    let plain = of(&plain_id);
+    assert_eq!(plain.len(), 50);
+    assert_eq!(accounted(&plain, 0), 0);
+    assert!(support::metric(addr, "rpchub_conflated_total").await >= 80.0);
+
+    // After a quiet interval the next one goes out at once, with nothing skipped.
+    call(&mut admin, "publish", json!([ch, {"n": 51}])).await;
+    let next = frames_for(&mut c, Duration::from_millis(150)).await;
+    let on_id: Vec<&Value> =
+        next.iter().map(|(_, v)| v).filter(|v| v["params"]["subscription"] == id.as_str()).collect();
+    assert_eq!(on_id.len(), 1, "{next:?}");
+    assert_eq!(on_id[0]["params"]["result"]["offset"], 51);
+    assert!(on_id[0]["params"]["result"].get("skipped").is_none());
+
+    // The dialects: `skipped` on {type,data} events and on Hyperliquid frames.
+    let mut t = support::try_ws(addr, "/ws", None, &[]).await.unwrap();
+    send(&mut t, json!({"type": "subscribe", "data": {"channel": ch, "conflate_ms": 300}})).await;
+    assert_eq!(recv(&mut t).await["type"], "snapshot");
+    for n in 52..=60 {
+        call(&mut admin, "publish", json!([ch, {"n": n}])).await;
+    }
+    let first = recv(&mut t).await;
+    let last = recv(&mut t).await;
+    assert_eq!((first["offset"].as_u64(), first.get("skipped")), (Some(52), None), "{first}");
+    assert_eq!((last["offset"].as_u64(), last["skipped"].as_u64()), (Some(60), Some(7)), "{last}");
+    let coin = support::channel("CF").replace([':', '-'], "");
+    let mut h = support::try_ws(addr, "/ws", None, &[]).await.unwrap();
+    send(
+        &mut h,
+        json!({"method": "subscribe", "subscription": {"type": "l2Book", "coin": coin, "conflate_ms": 300}}),
+    )
+    .await;
+    assert_eq!(recv(&mut h).await["channel"], "subscriptionResponse");
+    assert_eq!(recv(&mut h).await["isSnapshot"], true);
+    for n in 1..=5 {
+        call(&mut admin, "publish", json!([format!("l2Book:{coin}"), {"n": n}])).await;
+    }
+    assert_eq!(recv(&mut h).await["data"]["n"], 1);
+    let latest = recv(&mut h).await;
+    assert_eq!((latest["data"]["n"].as_u64(), latest["skipped"].as_u64()), (Some(5), Some(3)), "{latest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflate_ms_out_of_bounds_is_refused_and_changes_nothing() {
+    let server = conflating_server().await;
+    let addr = server.addr;
+    let mut c = ws(addr, None).await;
+    for bad in [json!(0), json!(5), json!(60_001)] {
+        let r = call(&mut c, "subscribe", json!({"channel": "x", "conflate_ms": bad})).await;
+        assert_eq!(r["error"]["code"], -32602, "{bad}: {r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("10 to 60000"), "{r}");
+    }
+    let r = call(&mut c, "subscribe", json!({"channel": "x", "conflate_ms": -1})).await;
+    assert_eq!(r["error"]["code"], -32602, "a negative interval is the wrong type: {r}");
+    let r = call(
+        &mut c,
+        "subscribe_many",
+        json!([[{"channel": "x", "conflate_ms": 5}, {"channel": "y", "conflate_ms": 10}]]),
+    )
+    .await;
+    let results = &r["result"]["results"];
+    assert_eq!(results[0]["error"]["code"], -32602, "{r}");
+    assert!(results[1]["subscription"].is_string(), "{r}");
+    assert_eq!(r["result"]["limits"]["subscriptions_left"], 1023, "the refused item took no place: {r}");
+    let mut t = support::try_ws(addr, "/ws", None, &[]).await.unwrap();
+    send(&mut t, json!({"type": "subscribe", "data": {"channel": "x", "conflate_ms": 1}})).await;
+    let e = recv(&mut t).await;
+    assert_eq!(
+        (e["type"].as_str(), e["data"]["code"].as_str()),
+        (Some("error"), Some("invalid_request")),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_on_a_conflating_namespace_keeps_the_latest_and_is_not_dropped() {
+    use support::raw;
+    let server = conflating_server().await;
+    let addr = server.addr;
+    let ch = format!("slow:{}", support::channel("s").replace(':', "-"));
+    let control = support::channel("drop-control");
+    let mut admin = ws(addr, Some(ADMIN)).await;
+
+    // Two clients that stop reading: one on the conflating namespace, one on an ordinary one.
+    let mut slow = raw::connect_small_window(addr, 4 << 10).await;
+    let mut dropped = raw::connect_small_window(addr, 4 << 10).await;
+    for (s, channel) in [(&mut slow, &ch), (&mut dropped, &control)] {
+        use tokio::io::AsyncWriteExt;
+        let sub = json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": [channel]}).to_string();
+        s.write_all(&raw::text(&sub)).await.unwrap();
+        for _ in 0..2 {
+            let (op, _) = raw::read(s).await.unwrap();
+            assert_eq!(op, 1, "the answer, then the snapshot");
+        }
+    }
+    // 2,000 publications of 2 KB to each: far more than either socket and queue hold.
+    let pad = "x".repeat(2000);
+    let mut last = 0;
+    for n in 1..=2000u64 {
+        last = call(&mut admin, "publish", json!([ch, {"n": n, "pad": pad}])).await["result"]["offset"]
+            .as_u64()
+            .unwrap();
+        call(&mut admin, "publish", json!([control, {"n": n, "pad": pad}])).await;
+    }
+    assert_eq!(last, 2000);
+    // The ordinary one was dropped as a slow consumer; the conflated one reads on, every offset
+    // accounted for, up to the latest.
+    assert_ne!(raw::close_code(&mut dropped).await, Some(1000), "dropped (1008, or reset)");
+    let mut events = Vec::new();
+    while events.last().is_none_or(|e: &Value| e["offset"] != last) {
+        let (op, p) = raw::read(&mut slow).await.expect("still connected");
+        assert_eq!(op, 1);
+        let v: Value = serde_json::from_slice(&p).unwrap();
+        events.push(v["params"]["result"].clone());
+    }
+    let skipped = accounted(&events, 0);
+    assert!(skipped > 0, "it was conflated: {} events", events.len());
+    assert!(support::metric(addr, "rpchub_slow_conflations_total").await >= 1.0);
+    // Caught up: the next publications come one by one again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 1..=3u64 {
+        call(&mut admin, "publish", json!([ch, {"n": 2000 + n}])).await;
+        let (_, p) = raw::read(&mut slow).await.expect("still connected");
+        let v: Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v["params"]["result"]["offset"], 2000 + n, "{v}");
+        assert!(v["params"]["result"].get("skipped").is_none(), "{v}");
+    }
+}

@@ -108,6 +108,12 @@ macro_rules! broker_contract {
                 super::recovery_honours_only_a_position_history_covers(s).await;
             }
 
+            #[tokio::test]
+            async fn watched_prefixes_hear_every_publication_and_streams_are_listed() {
+                let Some(s) = $make else { return };
+                super::watched_prefixes_hear_every_publication_and_streams_are_listed(s).await;
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn hub_streams_have_no_gap_and_no_duplicate() {
                 let Some(s) = $make else { return };
@@ -454,6 +460,59 @@ async fn deliveries_follow_interest_in_order_each_in_history(s: Subject) {
     drop((listener, recorder));
     let wrong = checker.await.expect("the history checker");
     assert!(wrong.is_empty(), "every delivery is in history by the time it arrives: {wrong:?}");
+}
+
+/// What pattern subscriptions rest on, for a broker that serves them: `streams` lists the
+/// channels with a stream under a prefix (at most `max + 1`), and after `watch` the listener is
+/// told of every publication under the prefix, with or without interest, until as many
+/// `unwatch`. A broker that does not serve patterns refuses both with `Unsupported`.
+async fn watched_prefixes_hear_every_publication_and_streams_are_listed(s: Subject) {
+    let (recorder, _checker) = Recorder::start(s.broker.clone());
+    let listener: Arc<dyn Listener> = recorder.clone();
+    s.broker.set_listener(Arc::downgrade(&listener));
+    let b = &*s.broker;
+    let stem = channel("watch");
+    let prefix = format!("{stem}-p:");
+    let Ok(()) = b.watch(&prefix) else {
+        assert!(
+            matches!(b.streams(&prefix, 10).await, Err(rpchub::broker::BrokerError::Unsupported(_))),
+            "a broker that cannot watch cannot list either"
+        );
+        return;
+    };
+    b.unwatch(&prefix);
+    let (a, c, other) = (format!("{prefix}a"), format!("{prefix}c"), format!("{stem}-q:x"));
+    publish(b, &c, 1).await;
+    publish(b, &a, 1).await;
+    publish(b, &other, 1).await;
+    assert_eq!(
+        b.streams(&prefix, 10).await.unwrap(),
+        [a.clone(), c.clone()],
+        "sorted, under the prefix only"
+    );
+    assert_eq!(b.streams(&prefix, 1).await.unwrap().len(), 2, "max + 1 at most, to tell there are more");
+    assert!(recorder.published().is_empty(), "nothing is told before watch");
+
+    b.watch(&prefix).unwrap();
+    b.watch(&prefix).unwrap();
+    publish(b, &a, 2).await;
+    publish(b, &format!("{prefix}new"), 1).await;
+    publish(b, &other, 2).await;
+    wait_until(WAIT, || recorder.published().len() >= 2).await;
+    assert_eq!(
+        recorder.published(),
+        [a.clone(), format!("{prefix}new")],
+        "every publication under the prefix"
+    );
+    assert!(recorder.deliveries().is_empty(), "watching takes no interest: nothing is delivered");
+    b.unwatch(&prefix);
+    publish(b, &a, 3).await;
+    wait_until(WAIT, || recorder.published().len() >= 3).await;
+    assert_eq!(recorder.published().len(), 3, "watches are counted: one is left");
+    b.unwatch(&prefix);
+    publish(b, &a, 4).await;
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(recorder.published().len(), 3, "nothing once every watch is undone");
 }
 
 /// The hub's recovery over the broker: `since` in the stream's epoch and covered by its history
@@ -1151,6 +1210,8 @@ fn seen(frame: &Value) -> Seen {
 struct Recorder {
     deliveries: Mutex<Vec<(String, String, u64, u64)>>,
     lagged: Mutex<Vec<String>>,
+    /// Channels of [`Listener::published`], in the order told.
+    published: Mutex<Vec<String>>,
     check: mpsc::UnboundedSender<(String, Arc<str>, u64)>,
 }
 
@@ -1169,12 +1230,21 @@ impl Recorder {
             }
             wrong
         });
-        let recorder = Recorder { deliveries: Mutex::default(), lagged: Mutex::default(), check };
+        let recorder = Recorder {
+            deliveries: Mutex::default(),
+            lagged: Mutex::default(),
+            published: Mutex::default(),
+            check,
+        };
         (Arc::new(recorder), checker)
     }
 
     fn lags(&self) -> Vec<String> {
         self.lagged.lock().expect("not poisoned").clone()
+    }
+
+    fn published(&self) -> Vec<String> {
+        self.published.lock().expect("not poisoned").clone()
     }
 
     fn deliveries(&self) -> Vec<(String, String, u64, u64)> {
@@ -1197,5 +1267,9 @@ impl Listener for Recorder {
 
     fn lagged(&self, channel: &str) {
         self.lagged.lock().expect("not poisoned").push(channel.to_string());
+    }
+
+    fn published(&self, channel: &str) {
+        self.published.lock().expect("not poisoned").push(channel.to_string());
     }
 }

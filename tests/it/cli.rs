@@ -488,7 +488,10 @@ async fn subscribe_prints_closed_and_exits_1_when_its_token_expires() {
     let token = rpchub::auth::mint_hs256(SECRET, &claims).unwrap();
     let mut c = Client::start(&["subscribe", &url(server.addr), "members:room"], &[("RPCHUB_TOKEN", &token)]);
     assert_eq!(c.json().await["type"], "snapshot");
-    assert_eq!(c.json().await, json!({"type": "closed", "reason": "token_expired"}));
+    assert_eq!(
+        c.json().await,
+        json!({"type": "closed", "channel": "members:room", "reason": "token_expired"})
+    );
     let (code, rest, err) = c.exit().await;
     assert_eq!(code, 1, "{err}");
     assert!(rest.is_empty(), "{rest:?}");

@@ -29,6 +29,7 @@ mod limits;
 mod logs;
 mod metrics;
 mod openapi;
+mod patterns;
 mod proxy;
 mod publish_api;
 mod redis_broker;

@@ -244,7 +244,7 @@ async fn expiring_tokens_end_protected_subscriptions_unless_refreshed() {
     assert_eq!(
         closed,
         json!({"jsonrpc":"2.0","method":"subscription","params":{"subscription":protected,
-        "result":{"type":"closed","reason":"token_expired"}}})
+        "result":{"type":"closed","channel":"conversation:a","reason":"token_expired"}}})
     );
     // The public subscription goes on; new protected calls are refused; the refreshed one lives.
     let admin_pub = |ch: &'static str| async move { publish(addr, ch, json!("after")).await };

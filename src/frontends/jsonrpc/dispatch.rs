@@ -38,7 +38,7 @@ use crate::backend::{Backend, BackendError};
 use crate::metrics::{MethodCounters, Metrics};
 use crate::rpc::error::{self, standard};
 use crate::rpc::{CallCtx, ORDERED_METHODS, RpcError};
-use crate::session::{PendingSubscription, Session, Verdict};
+use crate::session::{Session, Verdict};
 use jsonrpsee::core::server::{MethodCallback, MethodResponse, Methods};
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Id, Params};
 use jsonrpsee::{ConnectionId, Extensions};
@@ -159,7 +159,7 @@ pub struct Answer {
     pub flood: bool,
     /// Subscriptions the message's calls prepared: the first queues the answer, then each its
     /// snapshot.
-    pub pending: Vec<PendingSubscription>,
+    pub pending: Vec<crate::session::Deferred>,
     /// Streamed replies of proxied methods, to relay once the answer (`{"stream":ID}`) is
     /// queued.
     pub streams: Vec<Stream>,

@@ -3,7 +3,7 @@
 //! The subscription id is each subscriber's splice, so one frame per publication serves every
 //! JSON-RPC subscriber of a channel.
 
-use crate::frontends::{write_heartbeat, write_snapshot};
+use crate::frontends::{write_heartbeat, write_skipped, write_snapshot};
 use crate::hub::{Encoding, Event, SUB_ID_LEN, SubId};
 use crate::transport::{FrameWriter, Splice};
 
@@ -37,18 +37,21 @@ impl Encoding for JsonRpcEncoding {
 /// Writes an event object: the `result` of a notification.
 fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
     match event {
-        Event::Publication { channel, publication } => {
+        Event::Publication { channel, publication, skipped } => {
             out.extend_from_slice(PUBLICATION_PREFIX);
             out.extend_from_slice(channel.as_bytes());
             out.extend_from_slice(b"\",");
+            write_skipped(out, *skipped);
             out.extend_from_slice(publication.fields_and_close().as_bytes());
         }
         Event::Snapshot { channel, page, recovered, earliest } => {
             write_snapshot(out, channel, page, *recovered, *earliest)
         }
         Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
-        Event::Closed { reason, .. } => {
-            out.extend_from_slice(br#"{"type":"closed","reason":"#);
+        Event::Closed { channel, reason } => {
+            out.extend_from_slice(br#"{"type":"closed","channel":""#);
+            out.extend_from_slice(channel.as_bytes());
+            out.extend_from_slice(br#"","reason":"#);
             out.extend_from_slice(serde_json::to_string(reason).expect("a str serializes; qed").as_bytes());
             out.push(b'}');
         }
@@ -86,7 +89,7 @@ mod tests {
         for size in [10usize, 200, 70_000] {
             let data = RawValue::from_string(format!("\"{}\"", "x".repeat(size))).unwrap();
             let p = Publication::new(4, 99, None, &data, None);
-            let f = frame(&Event::Publication { channel: "trades:SOL", publication: &p });
+            let f = frame(&Event::Publication { channel: "trades:SOL", publication: &p, skipped: 0 });
             for id in [a, b] {
                 let v = payload(&f.parts(&splice(id)).concat());
                 assert_eq!(v["params"]["subscription"], id.as_str());
@@ -95,7 +98,7 @@ mod tests {
         }
         let data = RawValue::from_string(r#"{"coin":"SOL"}"#.into()).unwrap();
         let p = Publication::new(3, 99, Some("trade"), &data, None);
-        let f = frame(&Event::Publication { channel: "trades:SOL", publication: &p });
+        let f = frame(&Event::Publication { channel: "trades:SOL", publication: &p, skipped: 0 });
         assert_eq!(
             payload(&f.parts(&splice(a)).concat()),
             serde_json::json!({"jsonrpc":"2.0","method":"subscription","params":{"subscription":a.as_str(),
@@ -112,7 +115,7 @@ mod tests {
         let f = frame(&Event::Closed { channel: "trades:SOL", reason: "token_expired" });
         assert_eq!(
             payload(&f.parts(&splice(b)).concat())["params"]["result"],
-            serde_json::json!({"type":"closed","reason":"token_expired"})
+            serde_json::json!({"type":"closed","channel":"trades:SOL","reason":"token_expired"})
         );
     }
 }

@@ -4,7 +4,7 @@
 //! `{"type":"closed","channel","reason"}` and `{"type":"heartbeat","channel","offset"}`. No subscription id: a connection holds one
 //! subscription per channel, so every subscriber of a channel gets the same bytes (no splice).
 
-use crate::frontends::{write_heartbeat, write_snapshot};
+use crate::frontends::{write_heartbeat, write_skipped, write_snapshot};
 use crate::hub::{Encoding, Event};
 use crate::transport::FrameWriter;
 
@@ -20,12 +20,13 @@ impl Encoding for TypedEncoding {
     fn encode(&self, event: &Event<'_>, w: &mut FrameWriter<'_>) {
         let out = w.out();
         match event {
-            Event::Publication { channel, publication } => {
+            Event::Publication { channel, publication, skipped } => {
                 out.extend_from_slice(br#"{"type":"#);
                 out.extend_from_slice(publication.event_json().unwrap_or(r#""publication""#).as_bytes());
                 out.extend_from_slice(br#","channel":""#);
                 out.extend_from_slice(channel.as_bytes());
                 out.extend_from_slice(b"\",");
+                write_skipped(out, *skipped);
                 out.extend_from_slice(publication.fields_and_close().as_bytes());
             }
             Event::Snapshot { channel, page, recovered, earliest } => {

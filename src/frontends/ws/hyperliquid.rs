@@ -30,7 +30,7 @@ const BARE: &[&str] = &["allMids"];
 
 /// The channel a subscription object names: its `type`, then `user` and `coin` where the type
 /// has them, then the other values in the order of their keys (`nSigFigs`, `interval`, ...),
-/// `:`-joined; `since` is not part of it. `Err` says what is wrong, for the error frame.
+/// `:`-joined; `since` and `conflate_ms` are not part of it. `Err` says what is wrong, for the error frame.
 pub fn channel_of(sub: &Map<String, Value>) -> Result<String, String> {
     let Some(kind) = sub.get("type").and_then(Value::as_str) else {
         return Err("the subscription has no \"type\"".into());
@@ -53,8 +53,10 @@ pub fn channel_of(sub: &Map<String, Value>) -> Result<String, String> {
     } else if !BARE.contains(&kind) {
         return Err(format!("unknown subscription type {kind:?}"));
     }
-    let mut rest: Vec<(&String, &Value)> =
-        sub.iter().filter(|(k, _)| !matches!(k.as_str(), "type" | "coin" | "user" | "since")).collect();
+    let mut rest: Vec<(&String, &Value)> = sub
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "type" | "coin" | "user" | "since" | "conflate_ms"))
+        .collect();
     rest.sort_by(|a, b| a.0.cmp(b.0));
     for (k, v) in rest {
         match v {
@@ -87,11 +89,14 @@ impl Encoding for HyperliquidEncoding {
     fn encode(&self, event: &Event<'_>, w: &mut FrameWriter<'_>) {
         let out = w.out();
         match event {
-            Event::Publication { channel, publication } => {
+            Event::Publication { channel, publication, skipped } => {
                 out.extend_from_slice(br#"{"channel":""#);
                 out.extend_from_slice(kind(channel).as_bytes());
                 out.extend_from_slice(br#"","data":"#);
                 out.extend_from_slice(publication.data().as_bytes());
+                if *skipped > 0 {
+                    out.extend_from_slice(format!(r#","skipped":{skipped}"#).as_bytes());
+                }
                 out.push(b'}');
             }
             Event::Heartbeat { channel, offset } => {

@@ -22,10 +22,10 @@ use super::jsonrpc::JsonRpc;
 use crate::auth::{AuthError, Authenticator};
 use crate::backend::proxy::{self, Flavor, Takes};
 use crate::backend::{Backend, BackendError};
-use crate::broker::StreamPosition;
 use crate::hub::{Encoding, Sink};
 use crate::metrics::Metrics;
-use crate::session::{Session, SubscribeError, Subscriptions, Verdict};
+use crate::rpc::api::Since;
+use crate::session::{Session, SubscribeError, Subscriptions, Verdict, pattern};
 use crate::transport::{Conn, Ending, Handled, Link, Outbox, Splice, frame};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -134,9 +134,11 @@ struct Typed<'a> {
 struct TypedData {
     channel: String,
     #[serde(default)]
-    since: Option<StreamPosition>,
+    since: Option<Since>,
     #[serde(default)]
     limit: Option<usize>,
+    #[serde(default)]
+    conflate_ms: Option<u64>,
 }
 
 /// How the answer of a proxied `{type,data}` message is written: its type, and the client's
@@ -370,12 +372,16 @@ impl CompatConn {
                 }
                 let since = match sub.get("since") {
                     None | Some(serde_json::Value::Null) => None,
-                    Some(v) => match serde_json::from_value::<StreamPosition>(v.clone()) {
+                    Some(v) => match serde_json::from_value::<Since>(v.clone()) {
                         Ok(p) => Some(p),
                         Err(e) => return self.send(&error(&format!("Invalid subscription: since: {e}"))),
                     },
                 };
-                let data = TypedData { channel, since, limit: None };
+                let conflate_ms = match conflate_of(sub) {
+                    Ok(c) => c,
+                    Err(e) => return self.send(&error(&e)),
+                };
+                let data = TypedData { channel, since, limit: None, conflate_ms };
                 if let Err((_, m)) = self.go_live(data, self.door.hyperliquid.clone(), &response).await {
                     self.send(&error(&m));
                 }
@@ -442,14 +448,14 @@ impl CompatConn {
         let since = match sub.get("since") {
             None | Some(serde_json::Value::Null) => None,
             Some(v) => Some(
-                serde_json::from_value::<StreamPosition>(v.clone())
+                serde_json::from_value::<Since>(v.clone())
                     .map_err(|e| format!("Invalid subscription: since: {e}"))?,
             ),
         };
         let response =
             json!({"channel": "subscriptionResponse", "data": {"method": "subscribe", "subscription": sub}})
                 .to_string();
-        let data = TypedData { channel, since, limit: None };
+        let data = TypedData { channel, since, limit: None, conflate_ms: conflate_of(sub)? };
         self.go_live(data, self.door.hyperliquid.clone(), &response).await.map_err(|(_, m)| m)
     }
 
@@ -496,28 +502,61 @@ impl CompatConn {
         encoding: Arc<dyn Encoding>,
         answer: &str,
     ) -> Result<(), (&'static str, String)> {
-        let subscribed =
-            self.session.subscriptions.lock().live.iter().any(|s| s.is_active() && s.channel() == d.channel);
+        let subscribed = {
+            let set = self.session.subscriptions.lock();
+            set.live.iter().any(|s| s.is_active() && s.channel() == d.channel)
+                || set.patterns.iter().any(|p| p.is_active() && p.pattern() == d.channel)
+        };
         if subscribed {
             return Err(("subscription_failed", format!("already subscribed to {}", d.channel)));
         }
-        let pending = self
-            .door
-            .subscriptions
-            .prepare(&self.session, &d.channel, d.since, d.limit)
-            .await
-            .map_err(|e| {
-                let code = match &e {
-                    SubscribeError::Unauthorized(_)
-                    | SubscribeError::Backend(crate::backend::BackendError::Refused { .. }) => "unauthorized",
-                    // The dialect has no code of its own for the backend being away.
-                    SubscribeError::Backend(crate::backend::BackendError::Unavailable(_)) => "internal_error",
-                    SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_)) => "invalid_request",
-                    e if e.is_broker_unavailable() => "broker_unavailable",
-                    _ => "subscription_failed",
-                };
-                (code, e.to_string())
-            })?;
+        let code = |e: SubscribeError| {
+            let code = match &e {
+                SubscribeError::Unauthorized(_)
+                | SubscribeError::Backend(crate::backend::BackendError::Refused { .. }) => "unauthorized",
+                // The dialect has no code of its own for the backend being away.
+                SubscribeError::Backend(crate::backend::BackendError::Unavailable(_)) => "internal_error",
+                SubscribeError::Hub(crate::hub::HubError::InvalidChannel(_))
+                | SubscribeError::Hub(crate::hub::HubError::Broker(
+                    crate::broker::BrokerError::Unsupported(_),
+                ))
+                | SubscribeError::InvalidParams(_)
+                | SubscribeError::Unacceptable(_) => "invalid_request",
+                e if e.is_broker_unavailable() => "broker_unavailable",
+                _ => "subscription_failed",
+            };
+            (code, e.to_string())
+        };
+        let pending: crate::session::Deferred = if pattern::is_pattern(&d.channel) {
+            let since = match d.since {
+                None => Default::default(),
+                Some(Since::Channels(m)) => m.into_iter().collect(),
+                Some(Since::Position(_)) => {
+                    return Err((
+                        "invalid_request",
+                        "since on a pattern is a map of channel to {epoch, offset}".into(),
+                    ));
+                }
+            };
+            let subs = &self.door.subscriptions;
+            subs.prepare_pattern(&self.session, &d.channel, since, d.limit, d.conflate_ms)
+                .await
+                .map_err(code)?
+                .into()
+        } else {
+            let since = match d.since {
+                None => None,
+                Some(Since::Position(p)) => Some(p),
+                Some(Since::Channels(_)) => {
+                    return Err((
+                        "invalid_request",
+                        format!("since is a map only on a pattern, not on {}", d.channel),
+                    ));
+                }
+            };
+            let subs = &self.door.subscriptions;
+            subs.prepare(&self.session, &d.channel, since, d.limit, d.conflate_ms).await.map_err(code)?.into()
+        };
         let splice = Splice::new(&[]).expect("an empty splice fits; qed");
         let sink = Sink::new(self.outbox().clone(), encoding, splice);
         let (h, n) = frame::header_bytes(frame::OP_TEXT, answer.len());
@@ -533,6 +572,16 @@ impl CompatConn {
         if let Err((code, message)) = self.go_live(d, self.door.encoding.clone(), "").await {
             self.send(&typed_error(code, &message));
         }
+    }
+}
+
+/// The `conflate_ms` of a Hyperliquid subscription object; `Err` is the error frame's text.
+fn conflate_of(sub: &serde_json::Map<String, serde_json::Value>) -> Result<Option<u64>, String> {
+    match sub.get("conflate_ms") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            format!("Invalid subscription: conflate_ms must be a whole number of ms, not {v}")
+        }),
     }
 }
 

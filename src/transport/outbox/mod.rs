@@ -64,6 +64,10 @@ pub enum Push {
     Overflow,
     /// The connection is closing or gone; nothing was queued.
     Closed,
+    /// Nothing was queued: the client is falling behind (its queue holds half of what the
+    /// slow-consumer rule allows), and the caller asked to be told instead
+    /// ([`Outbox::push_shared_unless_behind`]).
+    Behind,
 }
 
 /// Why and how a connection ends.
@@ -270,6 +274,31 @@ impl Outbox {
     /// Queues `frame` with `splice` spliced in, by reference.
     pub fn push_shared(&self, frame: &Arc<SharedFrame>, splice: Splice) -> Push {
         self.push_with(frame.frame_len(), true, |q| q.push_shared(frame, splice))
+    }
+
+    /// Like [`Outbox::push_shared`], but when the client is falling behind (half of either
+    /// slow-consumer bound reached) queues nothing and says [`Push::Behind`], so that the caller
+    /// can send it less (conflation) instead of getting it dropped.
+    pub fn push_shared_unless_behind(&self, frame: &Arc<SharedFrame>, splice: Splice) -> Push {
+        let st = self.state.lock();
+        if st.ended {
+            return Push::Closed;
+        }
+        let q = &st.queue;
+        if (st.socket_full && q.counted_messages() >= self.max_messages / 2)
+            || q.counted_bytes() + frame.frame_len() > self.max_bytes / 2
+        {
+            return Push::Behind;
+        }
+        drop(st);
+        self.push_shared(frame, splice)
+    }
+
+    /// True when the client has caught up: its socket takes data and its queue holds less than
+    /// a quarter of the slow-consumer rule's byte bound.
+    pub fn caught_up(&self) -> bool {
+        let st = self.state.lock();
+        !st.socket_full && st.queue.counted_bytes() < self.max_bytes / 4
     }
 
     /// Queues an answer to a call (copied) without waking the writer task. Answers are queued
