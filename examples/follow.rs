@@ -71,6 +71,13 @@ async fn follow(
                 eprintln!("follow: the server ended the subscription ({reason}); subscribing again");
                 return Ok(());
             }
+            Event::Gap { from, to, reason, .. } => {
+                // Announced, never silent: the stream goes on after it.
+                eprintln!("follow: offsets {from}..={to} are lost ({reason}); going on after them");
+                if let Some(p) = last.as_mut() {
+                    p.offset = *to;
+                }
+            }
             Event::Heartbeat { .. } | Event::Other => {}
         }
         println!("{}", serde_json::to_string(&event).expect("an event serializes; qed"));

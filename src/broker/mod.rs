@@ -18,8 +18,8 @@
 //!   dropped and came back) it calls [`Listener::lagged`]. The hub checks every delivery against
 //!   the channel's position: a repeat is skipped, a jump is filled from history before anything
 //!   after it is delivered (or, when history no longer covers it, announced to the subscribers as
-//!   `closed` `insufficient_state`), an epoch change ends the channel's subscriptions the same
-//!   way. So a history read started after interest was registered, merged with the deliveries
+//!   a `gap` with its bounds, after which their stream goes on), an epoch change ends the
+//!   channel's subscriptions with `closed` `insufficient_state`. So a history read started after interest was registered, merged with the deliveries
 //!   that arrive after the registration, yields every publication once, with no gap: that is
 //!   what snapshot-then-live rests on (`crate::hub`), and what `tests/it/broker_contract.rs`
 //!   checks for every broker, including one that drops, repeats and reorders on purpose.

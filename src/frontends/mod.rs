@@ -60,6 +60,14 @@ pub(crate) fn write_snapshot(
     out.extend_from_slice(b"]}");
 }
 
+/// Writes `{"type":"gap","channel":C,"from":F,"to":T,"reason":R}`, as the JSON-RPC and
+/// `{type,data}` doors send it.
+pub(crate) fn write_gap(out: &mut Vec<u8>, channel: &str, from: u64, to: u64, reason: &str) {
+    out.extend_from_slice(br#"{"type":"gap","channel":""#);
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(format!(r#"","from":{from},"to":{to},"reason":"{reason}"}}"#).as_bytes());
+}
+
 /// Writes `{"type":"heartbeat","channel":C,"offset":N}`, as the JSON-RPC and `{type,data}`
 /// doors send it.
 pub(crate) fn write_heartbeat(out: &mut Vec<u8>, channel: &str, offset: u64) {

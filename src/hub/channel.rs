@@ -12,7 +12,8 @@
 //! - at or below it: a repeat, skipped;
 //! - beyond the next: a gap. Deliveries are held while the missing stretch is read from history
 //!   ([`Hub`](super::Hub) spawns the read); if history covers it, the stretch and the held ones go
-//!   out in order; if not, every subscriber gets `closed` `insufficient_state`;
+//!   out in order; if history no longer holds it (read again a few times), every subscriber is
+//!   told `{"type":"gap","from","to","reason":"broker_lost"}` and the stream goes on after it;
 //! - another epoch: the stream was lost and started again, so nothing before can be trusted:
 //!   every subscriber gets `closed` `insufficient_state` and resubscribes with `since`.
 //!
@@ -298,9 +299,11 @@ impl ChannelState {
         let mut i = 0;
         while i < live.len() {
             let s = &live[i];
-            if s.after == u64::MAX || s.shared.conflation.as_ref().is_some_and(|c| c.holds()) {
-                // Closed already: nothing follows its `closed`. Or conflated with a publication
-                // held, which goes out soon and says more than a heartbeat would.
+            if s.after > self.offset || s.shared.conflation.as_ref().is_some_and(|c| c.holds()) {
+                // Closed already (`after` is the most): nothing follows its `closed`. Or its
+                // snapshot is ahead of the channel's deliveries (a hole is being filled), or it
+                // is conflated with a publication held: what goes out next says more than a
+                // heartbeat at an offset it has passed would.
                 i += 1;
                 continue;
             }
@@ -312,6 +315,50 @@ impl ChannelState {
             } else {
                 live.swap_remove(i).end();
             }
+        }
+        told
+    }
+
+    /// Publications `from..=to` are lost for good (history no longer holds them): every live
+    /// subscriber is told `gap` and goes on at `to + 1` (a conflated one is sent what it holds
+    /// first); pending ones read history again. Returns how many were told.
+    pub(super) fn announce_gap(&mut self, channel: &str, from: u64, to: u64, why: &str) -> u64 {
+        debug_assert_eq!(from, self.offset + 1, "a gap starts after the last delivery; qed");
+        self.offset = to;
+        let event = Event::Gap { channel, from, to, reason: why };
+        let mut frames = Frames::new(&event);
+        let mut told = 0;
+        let live = &mut self.live;
+        let mut i = 0;
+        while i < live.len() {
+            let s = &live[i];
+            if s.after >= to {
+                // Closed already, or its snapshot reaches past the gap.
+                i += 1;
+                continue;
+            }
+            if let Some(c) = &s.shared.conflation {
+                c.before_gap();
+            }
+            let queued = if s.after >= from {
+                // Its snapshot reached into the gap (history was ahead of the deliveries when
+                // it was read): its own gap starts after it.
+                let own = Event::Gap { channel, from: s.after + 1, to, reason: why };
+                s.sink().push_own(&own)
+            } else {
+                s.outbox.push_shared(frames.get(s.encoding_key, || &s.shared.encoding), s.splice)
+                    == Push::Queued
+            };
+            if queued {
+                told += 1;
+                i += 1;
+            } else {
+                live.swap_remove(i).end();
+            }
+        }
+        for p in &mut self.pending {
+            p.stale = true;
+            p.buffered.clear();
         }
         told
     }

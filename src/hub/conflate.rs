@@ -157,6 +157,19 @@ impl Conflation {
         }
     }
 
+    /// A gap follows what it was offered: what it holds goes out now, ahead of the gap's
+    /// announcement, which the caller queues next (so the held publication's `skipped` counts
+    /// only what came before it).
+    pub(super) fn before_gap(&self) {
+        let mut st = self.state.lock();
+        let Some(held) = st.held.take().filter(|_| !st.stopped) else { return };
+        let event = Event::Publication { channel: &self.channel, publication: &held, skipped: st.skipped };
+        let mut f = SharedFrame::with_capacity(self.encoding.size_hint(&event));
+        f.build(self.encoding.splice_len(), |w| self.encoding.encode(&event, w));
+        let _ = self.outbox.push(&f.parts(&self.splice));
+        st.skipped = 0;
+    }
+
     /// True while a publication is held (a heartbeat then would name an offset the client has
     /// not been sent yet).
     pub(super) fn holds(&self) -> bool {

@@ -21,6 +21,9 @@ pub mod reason {
     pub const UNSUBSCRIBED_BY_SERVER: &str = "unsubscribed_by_server";
     /// The node is shutting down.
     pub const SHUTDOWN: &str = "shutdown";
+    /// The broker lost a stretch of the channel's stream that history no longer holds
+    /// (`gap`): the subscription goes on after it.
+    pub const BROKER_LOST: &str = "broker_lost";
     /// A pattern subscription matched more channels than its namespace's `max_pattern_channels`
     /// (or than the node grants it): it ended.
     pub const PATTERN_TOO_BROAD: &str = "pattern_too_broad";
@@ -58,6 +61,18 @@ pub enum Event<'a> {
         /// Its newest offset (0 when never published to).
         offset: u64,
     },
+    /// Publications `from..=to` are lost for this subscriber (the broker lost them and history
+    /// no longer holds them): announced, and the subscription goes on at `to + 1`.
+    Gap {
+        /// The channel.
+        channel: &'a str,
+        /// The first offset lost.
+        from: u64,
+        /// The last offset lost.
+        to: u64,
+        /// One of [`reason`] (`broker_lost`).
+        reason: &'a str,
+    },
     /// The server ended the subscription; nothing follows.
     Closed {
         /// The channel.
@@ -89,7 +104,7 @@ pub trait Encoding: Send + Sync + 'static {
             Event::Snapshot { page, .. } => {
                 192 + page.publications.iter().map(|p| p.json().len() + 1).sum::<usize>()
             }
-            Event::Closed { .. } | Event::Heartbeat { .. } => 96,
+            Event::Closed { .. } | Event::Heartbeat { .. } | Event::Gap { .. } => 128,
         }
     }
 }

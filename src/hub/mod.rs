@@ -533,12 +533,14 @@ impl Hub {
         v
     }
 
-    /// Fills a gap in `ch`'s deliveries from history, then delivers what was held; gives up on
-    /// the stream (every subscriber told `insufficient_state`) when history no longer covers it.
+    /// Fills a gap in `ch`'s deliveries from history, then delivers what was held. A stretch
+    /// history no longer holds is announced (`gap`, `broker_lost`) and the stream goes on after
+    /// it; a new epoch meanwhile gives up on the stream (every subscriber told
+    /// `insufficient_state`).
     async fn fill(self: Arc<Self>, ch: Arc<HubChannel>) {
         let retention = self.retention(&ch.name);
         let mut holes = 0;
-        while holes < FILL_ATTEMPTS {
+        loop {
             let from = ch.state.lock().offset;
             let page = self.read_history(&ch.name, HistoryRange::After(from, None), retention).await;
             let mut st = ch.state.lock();
@@ -585,8 +587,17 @@ impl Hub {
                 self.metrics.gaps_filled.inc();
                 return;
             }
-            // Still a hole (history had not caught up, or lost it): try again a few times.
+            // Still a hole: history had not caught up, or lost it. Read again a few times; then
+            // it is lost for good (every publication is in history before it is delivered, so
+            // history that does not hold it now never will): announced, and the stream goes on.
             holes += 1;
+            if holes >= FILL_ATTEMPTS {
+                let (from, to) = (st.offset + 1, rest[0].offset - 1);
+                let told = st.announce_gap(&ch.name, from, to, reason::BROKER_LOST);
+                self.metrics.gaps_announced.inc();
+                tracing::warn!(channel = %ch.name, from, to, told, "a stretch of a channel's stream is lost; its subscribers were told (gap)");
+                holes = 0;
+            }
             st.filling = Some(rest);
         }
         let mut st = ch.state.lock();

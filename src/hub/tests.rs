@@ -31,6 +31,9 @@ fn event_json(e: &Event<'_>) -> Value {
             "publications":page.publications.iter().map(|p| parse(p.json())).collect::<Vec<_>>()}),
         Event::Closed { channel, reason } => json!({"type":"closed","channel":channel,"reason":reason}),
         Event::Heartbeat { channel, offset } => json!({"type":"heartbeat","channel":channel,"offset":offset}),
+        Event::Gap { channel, from, to, reason } => {
+            json!({"type":"gap","channel":channel,"from":from,"to":to,"reason":reason})
+        }
     }
 }
 

@@ -379,8 +379,10 @@ pub struct Metrics {
     pub responses_too_big: Counter,
     /// Gaps in a broker's deliveries filled from history.
     pub gaps_filled: Counter,
-    /// Times a channel lost track of its stream (a new epoch, or a gap history no longer
-    /// covers) and told its subscribers to resubscribe.
+    /// Stretches of a stream lost for good and announced to subscribers as `gap`.
+    pub gaps_announced: Counter,
+    /// Times a channel lost track of its stream (a new epoch) and told its subscribers to
+    /// resubscribe.
     pub streams_lost: Counter,
     /// The backend's, the upstream node's and the hooks'.
     pub backend: BackendMetrics,
@@ -467,6 +469,7 @@ impl Metrics {
             http_refused: Family::default(),
             responses_too_big: Counter::default(),
             gaps_filled: Counter::default(),
+            gaps_announced: Counter::default(),
             streams_lost: Counter::default(),
             backend: BackendMetrics::default(),
             calls,
@@ -559,6 +562,11 @@ impl Metrics {
             let _ = m.closed.get_or_create(&ReasonLabels { reason });
         }
         r.register("gaps_filled", "Gaps in broker deliveries filled from history", m.gaps_filled.clone());
+        r.register(
+            "gaps_announced",
+            "Stretches of a stream lost for good (history no longer holds them), announced to subscribers as gap",
+            m.gaps_announced.clone(),
+        );
         r.register(
             "streams_lost",
             "Channels that lost track of their stream and told subscribers to resubscribe",

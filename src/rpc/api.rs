@@ -343,6 +343,18 @@ pub enum SubscriptionEvent<D = JsonData, P = PublicationJson> {
         /// Its newest offset (0: never published to).
         offset: u64,
     },
+    /// Publications `from` to `to` (inclusive) are lost for this subscriber: the broker lost
+    /// them and history no longer holds them. The subscription goes on at `to + 1`.
+    Gap {
+        /// The channel.
+        channel: String,
+        /// The first offset lost.
+        from: u64,
+        /// The last offset lost.
+        to: u64,
+        /// Why: `broker_lost`.
+        reason: String,
+    },
     /// Last, when the server ends the subscription itself (under a pattern: the end of the one
     /// channel it names, or of the whole pattern when it names the pattern).
     Closed {

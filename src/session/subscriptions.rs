@@ -576,6 +576,7 @@ mod tests {
                 Event::Publication { .. } => b"publication",
                 Event::Closed { .. } => b"closed",
                 Event::Heartbeat { .. } => b"heartbeat",
+                Event::Gap { .. } => b"gap",
             });
         }
     }

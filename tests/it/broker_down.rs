@@ -195,7 +195,7 @@ async fn subscribers_stay_and_receive_what_was_published_while_the_broker_was_do
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stretch_history_no_longer_covers_closes_with_insufficient_state() {
+async fn a_stretch_history_no_longer_covers_is_announced_as_a_gap_and_the_stream_goes_on() {
     let (server, broker) = server().await;
     let ch = support::channel("trades");
     let mut w = support::ws(server.addr, None).await;
@@ -208,11 +208,21 @@ async fn a_stretch_history_no_longer_covers_closes_with_insufficient_state() {
     }
     broker.set_down(false);
     let e = event(&mut w).await;
-    assert_eq!((&e["type"], &e["reason"]), (&json!("closed"), &json!("insufficient_state")), "{e}");
-    // The connection stays: the client resubscribes and reads what is retained.
-    let (_, snapshot) =
-        support::subscribe(&mut w, json!({"channel": ch, "since": {"epoch": "x", "offset": 1}})).await;
-    assert_eq!(snapshot["offset"], 5, "{snapshot}");
+    assert_eq!(e, json!({"type": "gap", "channel": ch, "from": 2, "to": 3, "reason": "broker_lost"}));
+    // Then what history holds, in order, and live publications after it, on the same subscription.
+    for n in [4, 5] {
+        let e = event(&mut w).await;
+        assert_eq!(
+            (&e["type"], &e["offset"], &e["data"]["n"]),
+            (&json!("publication"), &json!(n), &json!(n)),
+            "{e}"
+        );
+    }
+    support::publish(server.addr, &ch, json!({"n": 6})).await;
+    let e = event(&mut w).await;
+    assert_eq!((&e["type"], &e["offset"]), (&json!("publication"), &json!(6)), "{e}");
+    assert_eq!(metric(server.addr, "rpchub_gaps_announced_total").await, 1.0);
+    assert_eq!(metric(server.addr, "rpchub_streams_lost_total").await, 0.0);
     server.shutdown();
 }
 

@@ -24,6 +24,7 @@ mod follow;
 mod hardening;
 mod hooks;
 mod instances;
+mod invariant;
 mod jsonrpc;
 mod limits;
 mod logs;

@@ -49,8 +49,8 @@
 //! connection, which holds one connection per shard, so fan-out spreads over the shards.
 //! [`Broker::subscribe`] resolves once Redis confirmed the subscription. Redis
 //! pub/sub is at most once, so the hub checks every delivery's offset (a jump is filled from
-//! history, an epoch change ends the channel's subscriptions with `closed`
-//! `insufficient_state`). When the pub/sub connection drops and comes back, every channel of
+//! history, or announced as a `gap` when history no longer holds it; an epoch change ends the
+//! channel's subscriptions with `closed` `insufficient_state`). When the pub/sub connection drops and comes back, every channel of
 //! local interest is subscribed again (on a cluster by the client, which resubscribes each
 //! shard) and [`Listener::lagged`] is called for each; and every
 //! [`REDIS_POSITION_CHECK_PERIOD`] the position of every such channel is read (which also keeps

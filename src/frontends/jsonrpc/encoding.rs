@@ -48,6 +48,9 @@ fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
             write_snapshot(out, channel, page, *recovered, *earliest)
         }
         Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
+        Event::Gap { channel, from, to, reason } => {
+            crate::frontends::write_gap(out, channel, *from, *to, reason)
+        }
         Event::Closed { channel, reason } => {
             out.extend_from_slice(br#"{"type":"closed","channel":""#);
             out.extend_from_slice(channel.as_bytes());
@@ -116,6 +119,11 @@ mod tests {
         assert_eq!(
             payload(&f.parts(&splice(b)).concat())["params"]["result"],
             serde_json::json!({"type":"closed","channel":"trades:SOL","reason":"token_expired"})
+        );
+        let f = frame(&Event::Gap { channel: "trades:SOL", from: 4, to: 9, reason: "broker_lost" });
+        assert_eq!(
+            payload(&f.parts(&splice(b)).concat())["params"]["result"],
+            serde_json::json!({"type":"gap","channel":"trades:SOL","from":4,"to":9,"reason":"broker_lost"})
         );
     }
 }

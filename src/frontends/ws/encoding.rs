@@ -33,6 +33,9 @@ impl Encoding for TypedEncoding {
                 write_snapshot(out, channel, page, *recovered, *earliest)
             }
             Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
+            Event::Gap { channel, from, to, reason } => {
+                crate::frontends::write_gap(out, channel, *from, *to, reason)
+            }
             Event::Closed { channel, reason } => {
                 out.extend_from_slice(br#"{"type":"closed","channel":""#);
                 out.extend_from_slice(channel.as_bytes());

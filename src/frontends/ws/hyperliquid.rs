@@ -99,6 +99,13 @@ impl Encoding for HyperliquidEncoding {
                 }
                 out.push(b'}');
             }
+            Event::Gap { channel, from, to, reason } => {
+                out.extend_from_slice(br#"{"channel":"gap","data":{"channel":""#);
+                out.extend_from_slice(channel.as_bytes());
+                out.extend_from_slice(
+                    format!(r#"","from":{from},"to":{to},"reason":"{reason}"}}}}"#).as_bytes(),
+                );
+            }
             Event::Heartbeat { channel, offset } => {
                 out.extend_from_slice(br#"{"channel":"heartbeat","data":{"channel":""#);
                 out.extend_from_slice(channel.as_bytes());
