@@ -42,7 +42,7 @@ fn data_100() -> Box<RawValue> {
 }
 
 fn publication() -> NewPublication {
-    NewPublication { data: data_100(), event: Some("trade".into()), idempotency_key: None }
+    NewPublication { data: data_100(), event: Some("trade".into()), idempotency_key: None, key: None }
 }
 
 fn runtime() -> Runtime {
@@ -187,15 +187,19 @@ fn encoding(c: &mut Criterion) {
     let p = Publication::new(12_345, 1_700_000_000_000, Some("trade"), &data_100(), None);
     let id = splice(SubIdGen::default().next());
     let enc = JsonRpcEncoding;
-    let event = Event::Publication { channel: CHANNEL, publication: &p, skipped: 0 };
+    let event = Event::Publication { channel: CHANNEL, publication: &p, skipped: 0, checksum: None };
     let mut frame = SharedFrame::default();
     let len: usize =
         frame.build(enc.splice_len(), |w| enc.encode(&event, w)).parts(&id).iter().map(|x| x.len()).sum();
     group.throughput(Throughput::Bytes(len as u64));
     group.bench_function("build", |b| {
         b.iter(|| {
-            let event =
-                Event::Publication { channel: black_box(CHANNEL), publication: black_box(&p), skipped: 0 };
+            let event = Event::Publication {
+                channel: black_box(CHANNEL),
+                publication: black_box(&p),
+                skipped: 0,
+                checksum: None,
+            };
             let mut f = SharedFrame::with_capacity(enc.size_hint(&event));
             f.build(enc.splice_len(), |w| enc.encode(&event, w));
             black_box(Arc::new(f))

@@ -5,7 +5,9 @@
 //! (event `trade`), and its order book twice a second to `l2Book:{COIN}` as
 //! `{"coin","time","levels":[bids,asks]}` with levels `{"px","sz","n"}` (event `book`): the
 //! Hyperliquid API's shapes and field names, so its clients read them on `/ws`. Prices and sizes
-//! are strings, as exchanges send them.
+//! are strings, as exchanges send them. `ticker:{COIN}` is a state channel (`mode = "state"`):
+//! key `mid` is set every second to the mid price, key `last` to each trade's
+//! `{"px","sz","side"}`, so its snapshot is the coin's current ticker with its checksum.
 
 use crate::broker::NewPublication;
 use crate::broker::memory::now_ms;
@@ -71,6 +73,12 @@ pub(crate) fn spawn(hub: Arc<Hub>, shutdown: Shutdown) {
                         "users": ["0x0000000000000000000000000000000000000001", "0x0000000000000000000000000000000000000002"],
                     }]);
                     publish(&hub, format!("trades:{}", c.name), "trade", trade).await;
+                    let last = json!({"px": fmt(px, c.decimals), "sz": fmt(sz, 4), "side": side});
+                    publish_key(&hub, format!("ticker:{}", c.name), "last", last).await;
+                }
+                if n.is_multiple_of(TICKS_PER_SECOND) {
+                    publish_key(&hub, format!("ticker:{}", c.name), "mid", json!(fmt(c.mid, c.decimals)))
+                        .await;
                 }
                 if n.is_multiple_of(TICKS_PER_SECOND / 2) {
                     publish(&hub, format!("l2Book:{}", c.name), "book", book(c, &mut rng)).await;
@@ -94,9 +102,19 @@ fn fmt(v: f64, decimals: usize) -> String {
     format!("{v:.decimals$}")
 }
 
+/// Sets `key` of state channel `channel` to `data`.
+async fn publish_key(hub: &Hub, channel: String, key: &str, data: Value) {
+    let data = serde_json::value::to_raw_value(&data).expect("a JSON value serializes; qed");
+    let p =
+        NewPublication { data, event: Some("ticker".into()), idempotency_key: None, key: Some(key.into()) };
+    if let Err(e) = hub.publish(&channel, p).await {
+        tracing::warn!(%channel, "demo publish failed: {e}");
+    }
+}
+
 async fn publish(hub: &Hub, channel: String, event: &str, data: Value) {
     let data = serde_json::value::to_raw_value(&data).expect("a JSON value serializes; qed");
-    let p = NewPublication { data, event: Some(event.into()), idempotency_key: None };
+    let p = NewPublication { data, event: Some(event.into()), idempotency_key: None, key: None };
     if let Err(e) = hub.publish(&channel, p).await {
         tracing::warn!(%channel, "demo publish failed: {e}");
     }

@@ -36,6 +36,8 @@ struct Stream {
     history: VecDeque<Arc<Publication>>,
     /// Idempotency keys of publications still in `history`, with their offsets.
     keys: HashMap<Box<str>, u64>,
+    /// A state channel's latest publication of each key.
+    state: HashMap<Box<str>, Arc<Publication>>,
     /// Local subscribers that need deliveries.
     interest: usize,
     /// Retention last asked for (the sweeper uses it).
@@ -53,6 +55,7 @@ impl Stream {
             offset: 0,
             history: VecDeque::new(),
             keys: HashMap::new(),
+            state: HashMap::new(),
             interest: 0,
             retention,
             touched: now_ms(),
@@ -73,6 +76,21 @@ impl Stream {
                 break;
             }
         }
+    }
+
+    /// Forgets state keys whose latest publication is older than the TTL.
+    fn trim_state(&mut self, now: u64) {
+        let ttl = self.retention.ttl.as_millis() as u64;
+        if !self.state.is_empty() {
+            self.state.retain(|_, p| p.ts.saturating_add(ttl) > now);
+        }
+    }
+
+    /// The state: each key's latest publication, in offset order.
+    fn state_page(&self) -> HistoryPage {
+        let mut publications: Vec<_> = self.state.values().cloned().collect();
+        publications.sort_by_key(|p| p.offset);
+        HistoryPage { epoch: self.epoch.clone(), offset: self.offset, publications }
     }
 
     fn page(&self, range: HistoryRange) -> HistoryPage {
@@ -194,6 +212,7 @@ impl MemoryBroker {
         for (name, s) in self.streams.read().iter() {
             let mut st = s.lock();
             st.trim(now);
+            st.trim_state(now);
             if is_idle(&st, now) {
                 idle.push(name.clone());
             }
@@ -252,7 +271,7 @@ fn take_out(st: &mut Stream, going: impl FnOnce(&Stream) -> bool) -> bool {
 /// Nothing retained and nobody on this node watching: nothing a later use could miss but the
 /// offset, and a new epoch says that.
 fn is_unused(st: &Stream) -> bool {
-    st.history.is_empty() && st.interest == 0
+    st.history.is_empty() && st.state.is_empty() && st.interest == 0
 }
 
 fn is_idle(st: &Stream, now: u64) -> bool {
@@ -282,7 +301,16 @@ impl Broker for MemoryBroker {
             st.offset += 1;
             // Keys only matter while their publication is in history.
             let key = p.idempotency_key.filter(|_| retention.size > 0).map(String::into_boxed_str);
-            let publication = Arc::new(Publication::new(st.offset, now, p.event.as_deref(), &p.data, key));
+            let state_key = retention.state.then(|| p.key.as_deref().unwrap_or(""));
+            let publication =
+                Arc::new(Publication::keyed(st.offset, now, state_key, p.event.as_deref(), &p.data, key));
+            if let Some(k) = state_key {
+                if publication.is_deletion() {
+                    st.state.remove(k);
+                } else {
+                    st.state.insert(k.into(), publication.clone());
+                }
+            }
             if retention.size > 0 {
                 if let Some(k) = &publication.key {
                     let offset = st.offset;
@@ -361,6 +389,20 @@ impl Broker for MemoryBroker {
         Some(self.len())
     }
 
+    fn keyed_state<'a>(
+        &'a self,
+        channel: &'a str,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        let page = self
+            .with_existing(channel, retention, |st| {
+                st.trim_state(now_ms());
+                st.state_page()
+            })
+            .unwrap_or_else(|| HistoryPage { epoch: NO_EPOCH.into(), offset: 0, publications: Vec::new() });
+        Box::pin(std::future::ready(Ok(page)))
+    }
+
     fn streams<'a>(&'a self, prefix: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
         let mut names: Vec<String> = self
             .streams
@@ -403,7 +445,7 @@ mod tests {
     use futures_util::FutureExt;
 
     fn retention(size: usize) -> Retention {
-        Retention { size, ttl: Duration::from_secs(300) }
+        Retention { size, ttl: Duration::from_secs(300), state: false }
     }
 
     fn new_pub(n: u64, key: Option<&str>) -> NewPublication {
@@ -411,6 +453,7 @@ mod tests {
             data: RawValue::from_string(n.to_string()).unwrap(),
             event: None,
             idempotency_key: key.map(String::from),
+            key: None,
         }
     }
 

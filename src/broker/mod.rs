@@ -86,6 +86,9 @@ pub struct Publication {
     data_at: u32,
     /// Idempotency key it was published with.
     pub(crate) key: Option<Box<str>>,
+    /// On a state channel: the key whose value it sets (`""`: the whole value); `None` on other
+    /// channels.
+    pub(crate) state_key: Option<Box<str>>,
 }
 
 impl Publication {
@@ -97,9 +100,28 @@ impl Publication {
         data: &RawValue,
         key: Option<Box<str>>,
     ) -> Publication {
+        Publication::keyed(offset, ts, None, event, data, key)
+    }
+
+    /// Encodes a publication of a state channel's key `state_key` (`Some("")`: the whole value,
+    /// written without `key`); `None` for other channels, as [`Publication::new`].
+    pub fn keyed(
+        offset: u64,
+        ts: u64,
+        state_key: Option<&str>,
+        event: Option<&str>,
+        data: &RawValue,
+        key: Option<Box<str>>,
+    ) -> Publication {
         use std::fmt::Write;
-        let mut json = String::with_capacity(48 + data.get().len() + event.map_or(0, |e| e.len() + 12));
+        let extra = event.map_or(0, |e| e.len() + 12) + state_key.map_or(0, |k| k.len() + 12);
+        let mut json = String::with_capacity(48 + data.get().len() + extra);
         write!(json, r#"{{"offset":{offset},"ts":{ts}"#).expect("writing to a String; qed");
+        // Before `event`: `event_json` finds the event as the last field before `data`.
+        if let Some(k) = state_key.filter(|k| !k.is_empty()) {
+            json.push_str(r#","key":"#);
+            json.push_str(&serde_json::to_string(k).expect("a str serializes; qed"));
+        }
         if let Some(e) = event {
             json.push_str(r#","event":"#);
             json.push_str(&serde_json::to_string(e).expect("a str serializes; qed"));
@@ -108,7 +130,24 @@ impl Publication {
         let data_at = json.len() as u32;
         json.push_str(data.get());
         json.push('}');
-        Publication { offset, ts, json: json.into_boxed_str(), data_at, key }
+        Publication {
+            offset,
+            ts,
+            json: json.into_boxed_str(),
+            data_at,
+            key,
+            state_key: state_key.map(Into::into),
+        }
+    }
+
+    /// On a state channel, the key it sets (`""`: the whole value).
+    pub fn state_key(&self) -> Option<&str> {
+        self.state_key.as_deref()
+    }
+
+    /// True when its data is `null`: on a state channel, it deletes its key.
+    pub fn is_deletion(&self) -> bool {
+        self.data().trim() == "null"
     }
 
     /// A publication from its encoding as [`Publication::new`] made it (kept by a shared broker):
@@ -120,7 +159,7 @@ impl Publication {
             && json.starts_with(r#"{"offset":"#)
             && json[..at].ends_with(r#","data":"#)
             && json.ends_with('}');
-        fits.then_some(Publication { offset, ts, json, data_at, key: None })
+        fits.then_some(Publication { offset, ts, json, data_at, key: None, state_key: None })
     }
 
     /// The publication as a JSON object.
@@ -157,6 +196,8 @@ pub struct NewPublication {
     pub event: Option<String>,
     /// Optional key: a repeat within the history window publishes nothing.
     pub idempotency_key: Option<String>,
+    /// On a state channel: the key it sets (`None`: the whole value); `None` on other channels.
+    pub key: Option<String>,
 }
 
 /// The answer to a publish.
@@ -196,6 +237,9 @@ pub struct Retention {
     pub size: usize,
     /// How long each is kept.
     pub ttl: Duration,
+    /// A state channel (`mode = "state"`): the broker also keeps the latest publication of each
+    /// key ([`Broker::keyed_state`]).
+    pub state: bool,
 }
 
 /// Receives the publications of channels with local interest.
@@ -334,7 +378,23 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Undoes one [`Broker::watch`] of `prefix`.
     fn unwatch(&self, _prefix: &str) {}
+
+    /// A state channel's state: the latest publication of each key no older than the
+    /// retention's TTL (a key whose latest publication's data is `null` is deleted), in offset
+    /// order, with the stream's epoch and offset. A channel with no stream reads as an empty
+    /// page in [`NO_EPOCH`]. A broker that keeps no state answers [`BrokerError::Unsupported`].
+    fn keyed_state<'a>(
+        &'a self,
+        _channel: &'a str,
+        _retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        Box::pin(async { Err(BrokerError::Unsupported(STATE_UNSUPPORTED.into())) })
+    }
 }
+
+/// Why a broker without [`Broker::keyed_state`] refuses state channels.
+pub const STATE_UNSUPPORTED: &str =
+    "state channels (mode = \"state\") need the embedded broker in this version (broker = \"memory\")";
 
 /// Why a broker without [`Broker::streams`] and [`Broker::watch`] refuses pattern subscriptions.
 pub const PATTERNS_UNSUPPORTED: &str =

@@ -291,6 +291,14 @@ impl Broker for FaultyBroker {
         self.inner.streams(prefix, max)
     }
 
+    fn keyed_state<'a>(
+        &'a self,
+        channel: &'a str,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        self.inner.keyed_state(channel, retention)
+    }
+
     fn watch(&self, prefix: &str) -> Result<(), BrokerError> {
         self.inner.watch(prefix)
     }

@@ -23,7 +23,7 @@ mod tokens;
 pub use backend::{BackendConfig, HOOK_EVENTS, UpstreamConfig};
 pub use instances::{InstanceConfig, valid_instance_name};
 pub use limits::Limits;
-pub use namespace::{Access, NamespaceConfig, OnSlow};
+pub use namespace::{Access, Mode, NamespaceConfig, OnSlow};
 pub use tokens::{Secret, StaticToken};
 
 use crate::constants::*;
@@ -285,6 +285,19 @@ impl Config {
                     l.min_conflate_ms, l.max_conflate_ms
                 ));
             }
+            if ns.mode == Mode::State {
+                if self.broker != "memory" {
+                    return err(format!(
+                        "namespaces.{name}.mode = \"state\" needs the embedded broker in this version (broker = \"memory\")"
+                    ));
+                }
+                if ns.conflate_ms.is_some() || ns.on_slow == OnSlow::Conflate {
+                    return err(format!(
+                        "namespaces.{name}: a state channel is not conflated (conflate_ms, on_slow = \"conflate\"): \
+                         folding publications of different keys would lose them"
+                    ));
+                }
+            }
             if !(1..=MAX_PATTERN_CHANNELS).contains(&ns.max_pattern_channels) {
                 return err(format!(
                     "namespaces.{name}.max_pattern_channels is {}; it must be 1 to {MAX_PATTERN_CHANNELS}",
@@ -395,14 +408,22 @@ impl Config {
         }
     }
 
-    /// The demo's namespaces: public trades with history, public books keeping only the latest;
-    /// both take patterns (`trades:*`).
+    /// The demo's namespaces: public trades with history, public books keeping only the latest,
+    /// public tickers as state channels (`mode = "state"`); all take patterns (`trades:*`).
     pub fn with_demo_namespaces(mut self) -> Config {
         let base = NamespaceConfig { patterns: true, ..self.default_namespace.clone() };
         self.namespaces.entry("trades".into()).or_insert_with(|| base.clone());
         self.namespaces
             .entry("l2Book".into())
             .or_insert_with(|| NamespaceConfig { history_size: 1, ..base.clone() });
+        if self.broker == "memory" {
+            // State channels need the embedded broker in this version.
+            self.namespaces.entry("ticker".into()).or_insert_with(|| NamespaceConfig {
+                mode: Mode::State,
+                history_size: 100,
+                ..base.clone()
+            });
+        }
         self
     }
 }

@@ -49,6 +49,22 @@ pub struct NamespaceConfig {
     pub patterns: bool,
     /// The most channels one pattern subscription may follow.
     pub max_pattern_channels: usize,
+    /// `stream` (a tail of history) or `state` (keyed state: the snapshot is the latest value
+    /// of each key, with its checksum).
+    pub mode: Mode,
+}
+
+/// What a namespace's channels are (`mode`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A stream of publications: the snapshot is a tail of history.
+    #[default]
+    Stream,
+    /// Keyed state (books, tickers): each publication sets a key (`key`, absent: the whole
+    /// value) or deletes it (`data: null`); the snapshot is the latest value of each key, with
+    /// the CRC-32 `checksum` of the state.
+    State,
 }
 
 /// What happens to a subscriber that falls behind (`on_slow`).
@@ -77,6 +93,7 @@ impl Default for NamespaceConfig {
             on_slow: OnSlow::Drop,
             patterns: false,
             max_pattern_channels: DEFAULT_MAX_PATTERN_CHANNELS,
+            mode: Mode::Stream,
         }
     }
 }

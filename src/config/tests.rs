@@ -197,3 +197,24 @@ fn pattern_options_load_and_their_bounds_are_checked() {
         }
     }
 }
+
+#[test]
+fn state_channels_need_the_embedded_broker_and_are_not_conflated() {
+    let ok = Config::load(None, &[("namespaces.book.mode".into(), "\"state\"".into())]).unwrap();
+    assert_eq!(ok.namespaces["book"].mode, Mode::State);
+    assert_eq!(Config::default().default_namespace.mode, Mode::Stream, "streams by default");
+    for (extra, says) in [
+        (("broker", "\"redis://127.0.0.1:6379\""), "embedded broker"),
+        (("namespaces.book.conflate_ms", "200"), "not conflated"),
+        (("namespaces.book.on_slow", "\"conflate\""), "not conflated"),
+    ] {
+        let e = Config::load(
+            None,
+            &[("namespaces.book.mode".into(), "\"state\"".into()), (extra.0.into(), extra.1.into())],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains(says) && e.to_string().contains("namespaces.book"), "{e}");
+    }
+    let demo = Config::default().with_demo_namespaces();
+    assert_eq!(demo.namespaces["ticker"].mode, Mode::State);
+}

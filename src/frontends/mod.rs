@@ -36,6 +36,7 @@ pub(crate) fn write_snapshot(
     page: &HistoryPage,
     recovered: bool,
     earliest: Option<&crate::broker::StreamPosition>,
+    checksum: Option<u32>,
 ) {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(128 + channel.len());
@@ -48,6 +49,9 @@ pub(crate) fn write_snapshot(
     if let Some(e) = earliest {
         write!(s, r#""earliest":{{"epoch":"{}","offset":{}}},"#, e.epoch, e.offset)
             .expect("writing to a String; qed");
+    }
+    if let Some(c) = checksum {
+        write!(s, r#""checksum":{c},"#).expect("writing to a String; qed");
     }
     s.push_str(r#""publications":["#);
     out.extend_from_slice(s.as_bytes());
@@ -76,6 +80,13 @@ pub(crate) fn write_heartbeat(out: &mut Vec<u8>, channel: &str, offset: u64) {
     out.extend_from_slice(br#"","offset":"#);
     out.extend_from_slice(offset.to_string().as_bytes());
     out.push(b'}');
+}
+
+/// Writes `"checksum":N,` for a state subscriber that asked for it.
+pub(crate) fn write_checksum(out: &mut Vec<u8>, checksum: Option<u32>) {
+    if let Some(c) = checksum {
+        out.extend_from_slice(format!(r#""checksum":{c},"#).as_bytes());
+    }
 }
 
 /// Writes `"skipped":K,` when conflation folded K > 0 publications into this one.

@@ -67,6 +67,8 @@ pub(super) struct LiveSub {
 const FILTERED: u8 = 1;
 /// [`LiveSub::mode`]: it is conflated, always or when behind.
 const CONFLATED: u8 = 2;
+/// [`LiveSub::mode`]: it gets a state checksum with every publication.
+const CHECKSUM: u8 = 4;
 
 /// What a delivery does not read, shared with the subscription's handle
 /// ([`super::Subscription`]).
@@ -79,18 +81,26 @@ pub(super) struct SubShared {
     pub(super) alive: AtomicBool,
     /// For a conflated subscriber.
     pub(super) conflation: Option<Conflation>,
+    /// On a state channel: it gets the state's checksum with every publication.
+    pub(super) checksum: bool,
 }
 
 impl SubShared {
     /// The parts of `sink` that a delivery does not read, for subscription `id`, with its
     /// conflation if it has one.
-    pub(super) fn new(id: SubId, sink: &Sink, conflation: Option<Conflation>) -> Arc<SubShared> {
+    pub(super) fn new(
+        id: SubId,
+        sink: &Sink,
+        conflation: Option<Conflation>,
+        checksum: bool,
+    ) -> Arc<SubShared> {
         Arc::new(SubShared {
             id,
             encoding: sink.encoding.clone(),
             filter: sink.filter.clone(),
             alive: AtomicBool::new(true),
             conflation,
+            checksum,
         })
     }
 }
@@ -103,7 +113,8 @@ impl LiveSub {
         LiveSub {
             encoding_key: key_of(&sink.encoding),
             mode: if sink.filter.is_some() { FILTERED } else { 0 }
-                | if shared.conflation.is_some() { CONFLATED } else { 0 },
+                | if shared.conflation.is_some() { CONFLATED } else { 0 }
+                | if shared.checksum { CHECKSUM } else { 0 },
             outbox: sink.outbox,
             splice: sink.splice,
             after,
@@ -195,6 +206,9 @@ pub(super) struct ChannelState {
     pub(super) removed: bool,
     /// When its last publication or heartbeat went out (`None` until its first subscriber).
     pub(super) quiet_since: Option<Instant>,
+    /// A state channel's state as delivered, from its first subscriber's snapshot on (for the
+    /// checksums of subscribers that ask for them).
+    pub(super) keyed: Option<super::state::KeyedState>,
 }
 
 impl ChannelState {
@@ -237,13 +251,21 @@ impl ChannelState {
     ) -> u64 {
         debug_assert_eq!(p.offset, self.offset + 1, "deliveries are in order; qed");
         self.offset = p.offset;
+        if let Some(state) = &mut self.keyed {
+            state.apply(p);
+        }
         let mut delivered = 0;
         if !self.live.is_empty() {
             let now = Instant::now();
             self.quiet_since = Some(now);
-            let event = Event::Publication { channel, publication: p, skipped: 0 };
+            let event = Event::Publication { channel, publication: p, skipped: 0, checksum: None };
             let mut frames = Frames::new(&event);
             frames.stamp = Some((now, latency));
+            // For the subscribers that want the state's checksum: built the first time one does.
+            let checksum = self.keyed.as_ref().map(|s| s.checksum());
+            let checked = Event::Publication { channel, publication: p, skipped: 0, checksum };
+            let mut checked_frames = Frames::new(&checked);
+            checked_frames.stamp = Some((now, latency));
             let live = &mut self.live;
             let mut i = 0;
             while i < live.len() {
@@ -260,7 +282,11 @@ impl ChannelState {
                     i += 1;
                     continue;
                 }
-                let frame = frames.get(s.encoding_key, || &s.shared.encoding);
+                let frame = if s.mode & CHECKSUM != 0 {
+                    checked_frames.get(s.encoding_key, || &s.shared.encoding)
+                } else {
+                    frames.get(s.encoding_key, || &s.shared.encoding)
+                };
                 let offer = match &s.shared.conflation {
                     Some(c) if s.mode & CONFLATED != 0 => c.offer(p, frame, now, &s.shared, flush),
                     _ => match s.outbox.push_shared(frame, s.splice) {
@@ -376,6 +402,7 @@ impl ChannelState {
         self.offset = 0;
         self.filling = None;
         self.recheck = false;
+        self.keyed = None;
         closed
     }
 

@@ -163,7 +163,12 @@ impl Conflation {
     pub(super) fn before_gap(&self) {
         let mut st = self.state.lock();
         let Some(held) = st.held.take().filter(|_| !st.stopped) else { return };
-        let event = Event::Publication { channel: &self.channel, publication: &held, skipped: st.skipped };
+        let event = Event::Publication {
+            channel: &self.channel,
+            publication: &held,
+            skipped: st.skipped,
+            checksum: None,
+        };
         let mut f = SharedFrame::with_capacity(self.encoding.size_hint(&event));
         f.build(self.encoding.splice_len(), |w| self.encoding.encode(&event, w));
         let _ = self.outbox.push(&f.parts(&self.splice));
@@ -197,7 +202,12 @@ impl Conflation {
         if now < st.next_due {
             return (Some(st.next_due), false);
         }
-        let event = Event::Publication { channel: &self.channel, publication: &held, skipped: st.skipped };
+        let event = Event::Publication {
+            channel: &self.channel,
+            publication: &held,
+            skipped: st.skipped,
+            checksum: None,
+        };
         let mut f = SharedFrame::with_capacity(self.encoding.size_hint(&event));
         f.build(self.encoding.splice_len(), |w| self.encoding.encode(&event, w));
         // Counted by the slow-consumer rule as any publication: the drop stays the last resort.

@@ -43,6 +43,8 @@ pub enum Event<'a> {
         /// After a `since` that could not be honoured: the oldest position still in history
         /// (the oldest retained publication's, or the channel's offset + 1 when none is).
         earliest: Option<&'a StreamPosition>,
+        /// On a state channel: the checksum of the state the snapshot holds.
+        checksum: Option<u32>,
     },
     /// A live publication.
     Publication {
@@ -52,6 +54,8 @@ pub enum Event<'a> {
         publication: &'a Publication,
         /// Publications folded into this one by conflation (0: none, and no `skipped` field).
         skipped: u64,
+        /// On a state channel, for a subscriber that asked: the state's checksum after it.
+        checksum: Option<u32>,
     },
     /// The channel had no publication for its namespace's `heartbeat` interval: it is alive,
     /// and this is where it stands.

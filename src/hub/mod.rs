@@ -29,6 +29,7 @@ mod channel;
 mod conflate;
 mod event;
 mod id;
+mod state;
 mod subscription;
 #[cfg(test)]
 mod tests;
@@ -95,6 +96,8 @@ struct HubChannel {
     name: Arc<str>,
     /// Its namespace's `heartbeat`.
     heartbeat: Option<std::time::Duration>,
+    /// Its namespace is `mode = "state"`.
+    keyed: bool,
     state: Mutex<ChannelState>,
 }
 
@@ -204,7 +207,7 @@ impl Hub {
 
     fn retention(&self, channel: &str) -> Retention {
         let ns = self.config.namespace_of(channel);
-        Retention { size: ns.history_size, ttl: ns.history_ttl }
+        Retention { size: ns.history_size, ttl: ns.history_ttl, state: ns.mode == crate::config::Mode::State }
     }
 
     fn channel(&self, name: &str) -> Result<Arc<HubChannel>, HubError> {
@@ -220,8 +223,9 @@ impl Hub {
             self.metrics.slot_refused(SlotRefusal::MaxChannels);
             return Err(HubError::TooManyChannels(max));
         }
-        let heartbeat = self.config.namespace_of(name).heartbeat;
-        let c = Arc::new(HubChannel { name: name.into(), heartbeat, state: Mutex::default() });
+        let ns = self.config.namespace_of(name);
+        let (heartbeat, keyed) = (ns.heartbeat, ns.mode == crate::config::Mode::State);
+        let c = Arc::new(HubChannel { name: name.into(), heartbeat, keyed, state: Mutex::default() });
         map.insert(c.name.clone(), c.clone());
         Ok(c)
     }
@@ -296,6 +300,7 @@ impl Hub {
             earliest: None,
             conflate: self.config.namespace_of(channel).conflate_ms.map(std::time::Duration::from_millis),
             on_slow: self.config.namespace_of(channel).on_slow == crate::config::OnSlow::Conflate,
+            checksum: false,
             interest: false,
             done: false,
         };
@@ -335,6 +340,12 @@ impl Hub {
         limit: Option<usize>,
         retention: Retention,
     ) -> Result<(HistoryPage, bool, Option<StreamPosition>), HubError> {
+        if retention.state {
+            // The whole state, always: `recovered` says whether it is of since's stream.
+            let page = self.timed(BrokerOp::History, self.broker.keyed_state(channel, retention)).await?;
+            let same = since.is_some_and(|s| *s.epoch == *page.epoch && *page.epoch != *NO_EPOCH);
+            return Ok((page, same, None));
+        }
         let Some(since) = since else {
             return Ok((
                 self.read_history(channel, HistoryRange::Newest(limit), retention).await?,
@@ -591,6 +602,10 @@ impl Hub {
             // it is lost for good (every publication is in history before it is delivered, so
             // history that does not hold it now never will): announced, and the stream goes on.
             holes += 1;
+            if holes >= FILL_ATTEMPTS && ch.keyed {
+                // A state channel cannot go on past a lost stretch: its state is not known.
+                break;
+            }
             if holes >= FILL_ATTEMPTS {
                 let (from, to) = (st.offset + 1, rest[0].offset - 1);
                 let told = st.announce_gap(&ch.name, from, to, reason::BROKER_LOST);

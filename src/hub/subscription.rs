@@ -24,6 +24,8 @@ pub struct Pending {
     pub(super) conflate: Option<std::time::Duration>,
     /// Its namespace conflates subscribers that fall behind.
     pub(super) on_slow: bool,
+    /// On a state channel: the state's checksum with every publication event.
+    pub(super) checksum: bool,
     /// The broker interest was taken (and is to be given back unless handed on).
     pub(super) interest: bool,
     pub(super) done: bool,
@@ -38,6 +40,16 @@ impl Pending {
     /// Conflates it to one event per `every` (overriding its namespace's `conflate_ms`).
     pub fn set_conflate(&mut self, every: std::time::Duration) {
         self.conflate = Some(every);
+    }
+
+    /// On a state channel: sends the state's checksum with every publication event.
+    pub fn set_checksum(&mut self) {
+        self.checksum = true;
+    }
+
+    /// Its channel is a state channel (`mode = "state"`).
+    pub fn is_keyed(&self) -> bool {
+        self.channel.keyed
     }
 
     /// After a `since` that could not be honoured: the oldest position still in history.
@@ -91,6 +103,7 @@ impl Pending {
             page: &self.page,
             recovered: self.recovered,
             earliest: self.earliest.as_ref(),
+            checksum: ch.keyed.then(|| super::state::checksum_of(&self.page)),
         };
         if sink.encoding.sends_snapshot() && !sink.push_answer(&snapshot) {
             return Err(closed());
@@ -104,7 +117,7 @@ impl Pending {
                 self.conflate,
             )
         });
-        let shared = SubShared::new(self.id, &sink, conflation);
+        let shared = SubShared::new(self.id, &sink, conflation, self.checksum && ch.keyed);
         let sub =
             Subscription { hub: self.hub.clone(), channel: ch.clone(), shared: shared.clone(), ended: false };
         self.done = true;
@@ -116,9 +129,15 @@ impl Pending {
             return Ok(sub);
         }
         let mut after = self.page.offset;
+        // A state subscriber's own state, for the checksums of what is buffered.
+        let mut own = (ch.keyed && self.checksum).then(|| super::state::KeyedState::from_page(&self.page));
         for p in pend.buffered.iter().filter(|p| p.offset > self.page.offset) {
+            let checksum = own.as_mut().map(|s| {
+                s.apply(p);
+                s.checksum()
+            });
             if sink.filter.as_ref().is_none_or(|f| f.admits(p)) {
-                let event = Event::Publication { channel: &ch.name, publication: p, skipped: 0 };
+                let event = Event::Publication { channel: &ch.name, publication: p, skipped: 0, checksum };
                 if !sink.push_answer(&event) {
                     return Err(closed());
                 }
@@ -128,6 +147,14 @@ impl Pending {
         if st.epoch.is_none() {
             st.epoch = Some(self.page.epoch.clone());
             st.offset = after;
+            if ch.keyed {
+                // The channel's state from here on, applied as it is delivered.
+                let mut state = super::state::KeyedState::from_page(&self.page);
+                for p in pend.buffered.iter().filter(|p| p.offset > self.page.offset) {
+                    state.apply(p);
+                }
+                st.keyed = Some(state);
+            }
         }
         if st.quiet_since.is_none() {
             st.quiet_since = Some(std::time::Instant::now());

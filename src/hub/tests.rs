@@ -26,9 +26,11 @@ fn event_json(e: &Event<'_>) -> Value {
         Event::Publication { channel, publication, .. } => {
             json!({"type":"publication","channel":channel,"offset":publication.offset,"data":parse(publication.data())})
         }
-        Event::Snapshot { channel, page, recovered, earliest } => json!({"type":"snapshot","channel":channel,
+        Event::Snapshot { channel, page, recovered, earliest, .. } => {
+            json!({"type":"snapshot","channel":channel,
             "epoch":&*page.epoch,"offset":page.offset,"recovered":recovered,"earliest":earliest,
-            "publications":page.publications.iter().map(|p| parse(p.json())).collect::<Vec<_>>()}),
+            "publications":page.publications.iter().map(|p| parse(p.json())).collect::<Vec<_>>()})
+        }
         Event::Closed { channel, reason } => json!({"type":"closed","channel":channel,"reason":reason}),
         Event::Heartbeat { channel, offset } => json!({"type":"heartbeat","channel":channel,"offset":offset}),
         Event::Gap { channel, from, to, reason } => {
@@ -74,7 +76,12 @@ fn hub() -> Arc<Hub> {
 }
 
 fn data(v: Value) -> NewPublication {
-    NewPublication { data: serde_json::value::to_raw_value(&v).unwrap(), event: None, idempotency_key: None }
+    NewPublication {
+        data: serde_json::value::to_raw_value(&v).unwrap(),
+        event: None,
+        idempotency_key: None,
+        key: None,
+    }
 }
 
 /// Splits server frames (unmasked) into their JSON payloads.

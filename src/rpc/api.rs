@@ -33,7 +33,9 @@ pub trait ChannelApi {
     /// publications were folded into it. On a namespace with `patterns = true`, `channel` may
     /// be a glob (`trades:*`): every matching channel, existing and created later, is followed
     /// under the one subscription id, each starting with its own snapshot; `since` is then a
-    /// map of channel to position.
+    /// map of channel to position. On a state channel (`mode = "state"`) the snapshot is the
+    /// latest publication of each key with the state's `checksum`, and `checksum: true` adds the
+    /// state's checksum to every publication event.
     #[method(name = "subscribe", with_extensions)]
     async fn subscribe_channel(
         &self,
@@ -41,6 +43,7 @@ pub trait ChannelApi {
         since: Option<Since>,
         limit: Option<usize>,
         conflate_ms: Option<u64>,
+        checksum: Option<bool>,
     ) -> RpcResult<String>;
 
     /// Subscribes to several channels in one call, each item as `subscribe` takes it. The
@@ -58,7 +61,9 @@ pub trait ChannelApi {
 
     /// Publishes `data` (any JSON) to `channel`, with an optional `event` name. A repeated
     /// `idempotency_key` within the channel's history returns the first publication's position
-    /// and publishes nothing. Returns the publication's `{epoch, offset}`.
+    /// and publishes nothing. On a state channel (`mode = "state"`), `key` names the key it sets
+    /// (absent: the whole value) and `data: null` deletes it. Returns the publication's
+    /// `{epoch, offset}`.
     #[method(name = "publish", with_extensions)]
     async fn publish(
         &self,
@@ -66,6 +71,7 @@ pub trait ChannelApi {
         data: JsonData,
         event: Option<String>,
         idempotency_key: Option<String>,
+        key: Option<String>,
     ) -> RpcResult<StreamPosition>;
 
     /// Reads a channel's history, oldest first: with `since`, the first `limit` publications
@@ -145,6 +151,9 @@ pub struct SubscribeItem {
     /// At most one publication event per this many ms, the latest, with `skipped`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflate_ms: Option<u64>,
+    /// On a state channel: the state's checksum with every publication event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<bool>,
 }
 
 /// The result of `subscribe_many`.

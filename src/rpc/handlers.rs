@@ -70,7 +70,8 @@ impl Handlers {
 
 impl Handlers {
     /// Publishes for session `s` under the rules of the `publish` method: a valid channel name,
-    /// the namespace's publish rule, `event` and `idempotency_key` of 1 to 255 bytes. The one
+    /// the namespace's publish rule, `event` and `idempotency_key` of 1 to 255 bytes, `key` only
+    /// on a state channel and of 255 bytes at most. The one
     /// place those rules are applied, for the method and for `POST /api/publish` alike.
     ///
     /// The backend is not asked (`publish_proxy`): this is the server API's way in, which is the
@@ -82,8 +83,9 @@ impl Handlers {
         data: JsonData,
         event: Option<String>,
         idempotency_key: Option<String>,
+        key: Option<String>,
     ) -> Result<StreamPosition, RpcError> {
-        let p = self.publication(s, channel, data, event, idempotency_key)?;
+        let p = self.publication(s, channel, data, event, idempotency_key, key)?;
         self.publish_checked(channel, p).await
     }
 
@@ -97,8 +99,9 @@ impl Handlers {
         data: JsonData,
         event: Option<String>,
         idempotency_key: Option<String>,
+        key: Option<String>,
     ) -> Result<StreamPosition, RpcError> {
-        let mut p = self.publication(s, channel, data, event, idempotency_key)?;
+        let mut p = self.publication(s, channel, data, event, idempotency_key, key)?;
         if self.0.config.namespace_of(channel).publish_proxy {
             let backend = self.0.backend.as_ref().ok_or_else(|| {
                 // Validation refuses `publish_proxy` without a backend; refuse rather than allow.
@@ -120,15 +123,28 @@ impl Handlers {
         data: JsonData,
         event: Option<String>,
         idempotency_key: Option<String>,
+        key: Option<String>,
     ) -> Result<NewPublication, RpcError> {
         self.allow(s, Action::Publish, channel)?;
+        let state = self.0.config.namespace_of(channel).mode == crate::config::Mode::State;
+        match &key {
+            Some(_) if !state => {
+                return Err(RpcError::Unacceptable(format!(
+                    "key is for state channels (mode = \"state\"); {channel} is not one"
+                )));
+            }
+            Some(k) if k.len() > 255 => {
+                return Err(RpcError::Unacceptable("key must be 0 to 255 bytes".into()));
+            }
+            _ => {}
+        }
         if event.as_ref().is_some_and(|e| e.is_empty() || e.len() > 255) {
             return Err(RpcError::Unacceptable("event must be 1 to 255 bytes".into()));
         }
         if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
             return Err(RpcError::Unacceptable("idempotency_key must be 1 to 255 bytes".into()));
         }
-        Ok(NewPublication { data: data.0, event, idempotency_key })
+        Ok(NewPublication { data: data.0, event, idempotency_key, key })
     }
 
     /// Publishes `p`, every check passed.
@@ -147,9 +163,15 @@ impl ChannelApiServer for Handlers {
         since: Option<Since>,
         limit: Option<usize>,
         conflate_ms: Option<u64>,
+        checksum: Option<bool>,
     ) -> RpcResult<String> {
         let ctx = call_ctx(ext)?;
         if crate::session::pattern::is_pattern(&channel) {
+            if checksum == Some(true) {
+                return Err(
+                    RpcError::Unacceptable("checksum is taken on a channel, not a pattern".into()).into()
+                );
+            }
             let since = match since {
                 None => Default::default(),
                 Some(Since::Channels(m)) => m.into_iter().collect(),
@@ -178,12 +200,15 @@ impl ChannelApiServer for Handlers {
                 )));
             }
         };
-        let pending = self
+        let mut pending = self
             .0
             .subscriptions
             .prepare(&ctx.session, &channel, since, limit, conflate_ms)
             .await
             .map_err(RpcError::from)?;
+        if checksum == Some(true) {
+            pending.set_checksum().map_err(RpcError::Unacceptable)?;
+        }
         let id = pending.id().as_str().to_string();
         // The front door queues this call's answer, then the snapshot (PendingSubscription).
         ctx.defer(pending);
@@ -222,10 +247,14 @@ impl ChannelApiServer for Handlers {
                         item.channel
                     )));
                 }
-                service
+                let mut p = service
                     .prepare(&ctx.session, &item.channel, item.since.clone(), item.limit, item.conflate_ms)
                     .await
-                    .map_err(RpcError::from)
+                    .map_err(RpcError::from)?;
+                if item.checksum == Some(true) {
+                    p.set_checksum().map_err(RpcError::Unacceptable)?;
+                }
+                Ok(p)
             }
         });
         let prepared = futures_util::future::join_all(prepares).await;
@@ -262,9 +291,10 @@ impl ChannelApiServer for Handlers {
         data: JsonData,
         event: Option<String>,
         idempotency_key: Option<String>,
+        key: Option<String>,
     ) -> RpcResult<StreamPosition> {
         let s = session(ext)?;
-        Ok(self.publish_by_client(&s, &channel, data, event, idempotency_key).await?)
+        Ok(self.publish_by_client(&s, &channel, data, event, idempotency_key, key).await?)
     }
 
     async fn history(

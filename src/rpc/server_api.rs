@@ -36,6 +36,11 @@ pub struct PublishRequest {
     #[serde(default)]
     #[schemars(length(min = 1, max = 255))]
     pub idempotency_key: Option<String>,
+    /// On a state channel (`mode = "state"`): the key it sets (absent: the whole value; `data`
+    /// `null` deletes it), 255 bytes at most. Refused on other channels.
+    #[serde(default)]
+    #[schemars(length(max = 255))]
+    pub key: Option<String>,
 }
 
 /// Why one publication of a batch failed.

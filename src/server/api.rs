@@ -125,7 +125,7 @@ async fn publish_one(
         }
     }
     node.publisher
-        .publish_as(session, &p.channel, p.data, p.event, p.idempotency_key)
+        .publish_as(session, &p.channel, p.data, p.event, p.idempotency_key, p.key)
         .await
         .map_err(|e| (e, false))
 }

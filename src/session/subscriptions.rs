@@ -289,6 +289,12 @@ impl Subscriptions {
         id: Option<SubId>,
         reservation: Option<Reservation>,
     ) -> Result<PendingSubscription, SubscribeError> {
+        if conflate_ms.is_some() && self.config.namespace_of(channel).mode == crate::config::Mode::State {
+            return Err(SubscribeError::Unacceptable(format!(
+                "{channel} is a state channel, which is not conflated (folding publications of different keys \
+                 would lose them)"
+            )));
+        }
         let share = match session.principal().is_authenticated() {
             true => None,
             false => match self.share.take(session.remote.ip(), channel) {
@@ -516,6 +522,19 @@ impl PendingSubscription {
     /// The snapshot read: the history page, and whether `since` was honoured exactly.
     pub fn page(&self) -> (&crate::broker::HistoryPage, bool) {
         self.inner.page()
+    }
+
+    /// Asks for the state's checksum with every publication event: `Err` (why) when the
+    /// channel is not a state channel.
+    pub fn set_checksum(&mut self) -> Result<(), String> {
+        if !self.inner.is_keyed() {
+            return Err(format!(
+                "checksum is for state channels (mode = \"state\"); {} is not one",
+                self.inner.channel()
+            ));
+        }
+        self.inner.set_checksum();
+        Ok(())
     }
 
     /// Queues `answer`, the snapshot and what arrived meanwhile into `sink`, in that order (see

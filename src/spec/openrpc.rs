@@ -504,7 +504,11 @@ mod tests {
             .iter()
             .map(|p| p["required"].as_bool().unwrap())
             .collect();
-        assert_eq!(required, [true, false, false, false], "channel, since?, limit?, conflate_ms?");
+        assert_eq!(
+            required,
+            [true, false, false, false, false],
+            "channel, since?, limit?, conflate_ms?, checksum?"
+        );
         assert!(
             subscribe["x-notifications"][0]["params"][0]["schema"]["properties"]["result"]["$ref"]
                 .is_string()

@@ -114,6 +114,12 @@ macro_rules! broker_contract {
                 super::watched_prefixes_hear_every_publication_and_streams_are_listed(s).await;
             }
 
+            #[tokio::test]
+            async fn a_state_channel_keeps_the_latest_of_each_key() {
+                let Some(s) = $make else { return };
+                super::a_state_channel_keeps_the_latest_of_each_key(s).await;
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn hub_streams_have_no_gap_and_no_duplicate() {
                 let Some(s) = $make else { return };
@@ -397,7 +403,7 @@ async fn deliveries_follow_interest_in_order_each_in_history(s: Subject) {
     tokio::time::sleep(SETTLE).await;
     assert!(recorder.deliveries().is_empty(), "nothing is delivered without interest");
 
-    let retention = Retention { size: KEPT, ttl: Duration::from_secs(300) };
+    let retention = Retention { size: KEPT, ttl: Duration::from_secs(300), state: false };
     b.subscribe(&ch, retention).await.expect("subscribing succeeds");
     b.subscribe(&ch, retention).await.expect("a second local subscriber");
     let mut published = BTreeMap::new();
@@ -513,6 +519,50 @@ async fn watched_prefixes_hear_every_publication_and_streams_are_listed(s: Subje
     publish(b, &a, 4).await;
     tokio::time::sleep(SETTLE).await;
     assert_eq!(recorder.published().len(), 3, "nothing once every watch is undone");
+}
+
+/// State channels, for a broker that keeps state: with `Retention::state`, `keyed_state` is
+/// the latest publication of each key (`""` for one without a key) in offset order, a `null`
+/// deletes its key, and it outlives the history's size; a channel without a stream reads as
+/// empty and creates none. A broker that keeps no state refuses with `Unsupported`.
+async fn a_state_channel_keeps_the_latest_of_each_key(s: Subject) {
+    let b = &*s.broker;
+    let ch = channel("state");
+    let retention = Retention { size: 2, ttl: Duration::from_secs(300), state: true };
+    let keyed = |k: Option<&str>, data: &str| NewPublication {
+        data: RawValue::from_string(data.into()).unwrap(),
+        event: None,
+        idempotency_key: None,
+        key: k.map(String::from),
+    };
+    match b.keyed_state(&ch, retention).await {
+        Err(rpchub::broker::BrokerError::Unsupported(_)) => return,
+        Ok(empty) => {
+            assert_eq!(
+                (&*empty.epoch, empty.offset, empty.publications.len()),
+                (NO_EPOCH, 0, 0),
+                "no stream, none made"
+            );
+        }
+        Err(e) => panic!("{e}"),
+    }
+    for (k, d) in [
+        (Some("a"), "1"),
+        (Some("b"), "2"),
+        (None, "3"),
+        (Some("a"), "4"),
+        (Some("b"), "null"),
+        (Some("c"), "5"),
+    ] {
+        b.publish(&ch, keyed(k, d), retention).await.unwrap();
+    }
+    let page = b.keyed_state(&ch, retention).await.unwrap();
+    let got: Vec<(Option<&str>, u64, &str)> =
+        page.publications.iter().map(|p| (p.state_key(), p.offset, p.data())).collect();
+    assert_eq!(got, [(Some(""), 3, "3"), (Some("a"), 4, "4"), (Some("c"), 6, "5")]);
+    assert_eq!(page.offset, 6);
+    let history = read(b, &ch, HistoryRange::Newest(None), 2).await;
+    assert_eq!(offsets(&history), [5, 6], "history keeps its size; the state outlives it");
 }
 
 /// The hub's recovery over the broker: `since` in the stream's epoch and covered by its history
@@ -743,7 +793,7 @@ async fn run_hub(s: Subject, plan: Plan) -> Run {
     let channel = channel("hub");
     // An interest of the run's own makes the stream (a read makes none) and keeps it, so that its
     // first epoch is known before anyone subscribes or publishes.
-    let retention = Retention { size: plan.history_size, ttl: Duration::from_secs(300) };
+    let retention = Retention { size: plan.history_size, ttl: Duration::from_secs(300), state: false };
     s.broker.subscribe(&channel, retention).await.expect("taking interest");
     let first_epoch = hub.history(&channel, None, Some(0)).await.expect("reading history").position.epoch;
     assert!(!first_epoch.is_empty(), "a stream with interest has an epoch");
@@ -1064,6 +1114,7 @@ fn new_publication(n: u64, key: Option<&str>) -> NewPublication {
         data: RawValue::from_string(n.to_string()).expect("a number is JSON"),
         event: None,
         idempotency_key: key.map(String::from),
+        key: None,
     }
 }
 
@@ -1079,13 +1130,13 @@ async fn publish(b: &dyn Broker, ch: &str, n: u64) -> Published {
 
 /// Publishes `n` with `key` to `ch`, keeping `size` publications.
 async fn publish_kept(b: &dyn Broker, ch: &str, n: u64, key: Option<&str>, size: usize) -> Published {
-    let retention = Retention { size, ttl: Duration::from_secs(300) };
+    let retention = Retention { size, ttl: Duration::from_secs(300), state: false };
     b.publish(ch, new_publication(n, key), retention).await.expect("the broker accepts a publication")
 }
 
 /// Reads `range` of `ch`'s history, keeping `size` publications.
 async fn read(b: &dyn Broker, ch: &str, range: HistoryRange, size: usize) -> HistoryPage {
-    let retention = Retention { size, ttl: Duration::from_secs(300) };
+    let retention = Retention { size, ttl: Duration::from_secs(300), state: false };
     b.history(ch, range, retention).await.expect("the broker reads history")
 }
 

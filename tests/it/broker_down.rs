@@ -32,8 +32,9 @@ async fn publish_elsewhere(broker: &FaultyBroker, channel: &str, data: Value, ke
         data: serde_json::value::to_raw_value(&data).unwrap(),
         event: None,
         idempotency_key: None,
+        key: None,
     };
-    let retention = Retention { size: keep, ttl: Duration::from_secs(600) };
+    let retention = Retention { size: keep, ttl: Duration::from_secs(600), state: false };
     broker.inner().publish(channel, p, retention).await.expect("the broker underneath works");
 }
 

@@ -191,7 +191,7 @@ async fn generated_jsonrpsee_client_calls_every_method() {
     assert_eq!((info.name.as_str(), info.broker.as_str()), ("rpchub", "memory"));
     let ch = channel("client");
     let data = rpchub::rpc::api::JsonData::of(&json!({"px": "1.0"})).unwrap();
-    let pos = client.publish(ch.clone(), data, Some("trade".into()), None).await.unwrap();
+    let pos = client.publish(ch.clone(), data, Some("trade".into()), None, None).await.unwrap();
     assert_eq!(pos.offset, 1);
     let h = client.history(ch.clone(), None, None).await.unwrap();
     assert_eq!((h.offset, h.publications.len()), (1, 1));
@@ -202,7 +202,7 @@ async fn generated_jsonrpsee_client_calls_every_method() {
     let snap = sub.next().await.unwrap().unwrap();
     assert_eq!((snap["type"].clone(), snap["offset"].clone()), (json!("snapshot"), json!(1)));
     let data = rpchub::rpc::api::JsonData::of(&json!(2)).unwrap();
-    client.publish(ch.clone(), data, None, None).await.unwrap();
+    client.publish(ch.clone(), data, None, None, None).await.unwrap();
     let live = sub.next().await.unwrap().unwrap();
     assert_eq!(
         (live["type"].clone(), live["offset"].clone(), live["data"].clone()),

@@ -39,5 +39,6 @@ mod security;
 mod server;
 mod slots;
 mod spec;
+mod state_channels;
 mod subscribe_many;
 mod upstream;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const RETENTION: Retention = Retention { size: 100, ttl: Duration::from_secs(300) };
+const RETENTION: Retention = Retention { size: 100, ttl: Duration::from_secs(300), state: false };
 const WAIT: Duration = Duration::from_secs(15);
 
 /// What a broker called its listener with.
@@ -42,7 +42,12 @@ impl Recorder {
 }
 
 fn new_publication(n: u64) -> NewPublication {
-    NewPublication { data: RawValue::from_string(n.to_string()).unwrap(), event: None, idempotency_key: None }
+    NewPublication {
+        data: RawValue::from_string(n.to_string()).unwrap(),
+        event: None,
+        idempotency_key: None,
+        key: None,
+    }
 }
 
 fn channel(what: &str) -> String {

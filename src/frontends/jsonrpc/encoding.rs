@@ -37,15 +37,16 @@ impl Encoding for JsonRpcEncoding {
 /// Writes an event object: the `result` of a notification.
 fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
     match event {
-        Event::Publication { channel, publication, skipped } => {
+        Event::Publication { channel, publication, skipped, checksum } => {
             out.extend_from_slice(PUBLICATION_PREFIX);
             out.extend_from_slice(channel.as_bytes());
             out.extend_from_slice(b"\",");
             write_skipped(out, *skipped);
+            crate::frontends::write_checksum(out, *checksum);
             out.extend_from_slice(publication.fields_and_close().as_bytes());
         }
-        Event::Snapshot { channel, page, recovered, earliest } => {
-            write_snapshot(out, channel, page, *recovered, *earliest)
+        Event::Snapshot { channel, page, recovered, earliest, checksum } => {
+            write_snapshot(out, channel, page, *recovered, *earliest, *checksum)
         }
         Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
         Event::Gap { channel, from, to, reason } => {
@@ -92,7 +93,12 @@ mod tests {
         for size in [10usize, 200, 70_000] {
             let data = RawValue::from_string(format!("\"{}\"", "x".repeat(size))).unwrap();
             let p = Publication::new(4, 99, None, &data, None);
-            let f = frame(&Event::Publication { channel: "trades:SOL", publication: &p, skipped: 0 });
+            let f = frame(&Event::Publication {
+                channel: "trades:SOL",
+                publication: &p,
+                skipped: 0,
+                checksum: None,
+            });
             for id in [a, b] {
                 let v = payload(&f.parts(&splice(id)).concat());
                 assert_eq!(v["params"]["subscription"], id.as_str());
@@ -101,7 +107,8 @@ mod tests {
         }
         let data = RawValue::from_string(r#"{"coin":"SOL"}"#.into()).unwrap();
         let p = Publication::new(3, 99, Some("trade"), &data, None);
-        let f = frame(&Event::Publication { channel: "trades:SOL", publication: &p, skipped: 0 });
+        let f =
+            frame(&Event::Publication { channel: "trades:SOL", publication: &p, skipped: 0, checksum: None });
         assert_eq!(
             payload(&f.parts(&splice(a)).concat()),
             serde_json::json!({"jsonrpc":"2.0","method":"subscription","params":{"subscription":a.as_str(),
@@ -109,8 +116,13 @@ mod tests {
                 "data":{"coin":"SOL"}}}})
         );
         let page = HistoryPage { epoch: "e1".into(), offset: 3, publications: vec![Arc::new(p)] };
-        let f =
-            frame(&Event::Snapshot { channel: "trades:SOL", page: &page, recovered: true, earliest: None });
+        let f = frame(&Event::Snapshot {
+            channel: "trades:SOL",
+            page: &page,
+            recovered: true,
+            earliest: None,
+            checksum: None,
+        });
         let v = payload(&f.parts(&splice(a)).concat());
         assert_eq!(v["params"]["result"]["type"], "snapshot");
         assert_eq!(v["params"]["result"]["recovered"], true);

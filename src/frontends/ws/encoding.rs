@@ -20,17 +20,18 @@ impl Encoding for TypedEncoding {
     fn encode(&self, event: &Event<'_>, w: &mut FrameWriter<'_>) {
         let out = w.out();
         match event {
-            Event::Publication { channel, publication, skipped } => {
+            Event::Publication { channel, publication, skipped, checksum } => {
                 out.extend_from_slice(br#"{"type":"#);
                 out.extend_from_slice(publication.event_json().unwrap_or(r#""publication""#).as_bytes());
                 out.extend_from_slice(br#","channel":""#);
                 out.extend_from_slice(channel.as_bytes());
                 out.extend_from_slice(b"\",");
                 write_skipped(out, *skipped);
+                crate::frontends::write_checksum(out, *checksum);
                 out.extend_from_slice(publication.fields_and_close().as_bytes());
             }
-            Event::Snapshot { channel, page, recovered, earliest } => {
-                write_snapshot(out, channel, page, *recovered, *earliest)
+            Event::Snapshot { channel, page, recovered, earliest, checksum } => {
+                write_snapshot(out, channel, page, *recovered, *earliest, *checksum)
             }
             Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
             Event::Gap { channel, from, to, reason } => {

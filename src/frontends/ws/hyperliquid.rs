@@ -55,7 +55,9 @@ pub fn channel_of(sub: &Map<String, Value>) -> Result<String, String> {
     }
     let mut rest: Vec<(&String, &Value)> = sub
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "type" | "coin" | "user" | "since" | "conflate_ms"))
+        .filter(|(k, _)| {
+            !matches!(k.as_str(), "type" | "coin" | "user" | "since" | "conflate_ms" | "checksum")
+        })
         .collect();
     rest.sort_by(|a, b| a.0.cmp(b.0));
     for (k, v) in rest {
@@ -89,13 +91,16 @@ impl Encoding for HyperliquidEncoding {
     fn encode(&self, event: &Event<'_>, w: &mut FrameWriter<'_>) {
         let out = w.out();
         match event {
-            Event::Publication { channel, publication, skipped } => {
+            Event::Publication { channel, publication, skipped, checksum } => {
                 out.extend_from_slice(br#"{"channel":""#);
                 out.extend_from_slice(kind(channel).as_bytes());
                 out.extend_from_slice(br#"","data":"#);
                 out.extend_from_slice(publication.data().as_bytes());
                 if *skipped > 0 {
                     out.extend_from_slice(format!(r#","skipped":{skipped}"#).as_bytes());
+                }
+                if let Some(c) = checksum {
+                    out.extend_from_slice(format!(r#","checksum":{c}"#).as_bytes());
                 }
                 out.push(b'}');
             }
@@ -113,7 +118,7 @@ impl Encoding for HyperliquidEncoding {
                 out.extend_from_slice(offset.to_string().as_bytes());
                 out.extend_from_slice(b"}}");
             }
-            Event::Snapshot { channel, page, recovered, earliest } => {
+            Event::Snapshot { channel, page, recovered, earliest, .. } => {
                 out.extend_from_slice(br#"{"channel":""#);
                 out.extend_from_slice(kind(channel).as_bytes());
                 out.extend_from_slice(br#"","data":"#);

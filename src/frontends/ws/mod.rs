@@ -139,6 +139,8 @@ struct TypedData {
     limit: Option<usize>,
     #[serde(default)]
     conflate_ms: Option<u64>,
+    #[serde(default)]
+    checksum: Option<bool>,
 }
 
 /// How the answer of a proxied `{type,data}` message is written: its type, and the client's
@@ -381,7 +383,8 @@ impl CompatConn {
                     Ok(c) => c,
                     Err(e) => return self.send(&error(&e)),
                 };
-                let data = TypedData { channel, since, limit: None, conflate_ms };
+                let checksum = sub.get("checksum").and_then(serde_json::Value::as_bool);
+                let data = TypedData { channel, since, limit: None, conflate_ms, checksum };
                 if let Err((_, m)) = self.go_live(data, self.door.hyperliquid.clone(), &response).await {
                     self.send(&error(&m));
                 }
@@ -455,7 +458,8 @@ impl CompatConn {
         let response =
             json!({"channel": "subscriptionResponse", "data": {"method": "subscribe", "subscription": sub}})
                 .to_string();
-        let data = TypedData { channel, since, limit: None, conflate_ms: conflate_of(sub)? };
+        let checksum = sub.get("checksum").and_then(serde_json::Value::as_bool);
+        let data = TypedData { channel, since, limit: None, conflate_ms: conflate_of(sub)?, checksum };
         self.go_live(data, self.door.hyperliquid.clone(), &response).await.map_err(|(_, m)| m)
     }
 
@@ -555,7 +559,12 @@ impl CompatConn {
                 }
             };
             let subs = &self.door.subscriptions;
-            subs.prepare(&self.session, &d.channel, since, d.limit, d.conflate_ms).await.map_err(code)?.into()
+            let mut p =
+                subs.prepare(&self.session, &d.channel, since, d.limit, d.conflate_ms).await.map_err(code)?;
+            if d.checksum == Some(true) {
+                p.set_checksum().map_err(|m| ("invalid_request", m))?;
+            }
+            p.into()
         };
         let splice = Splice::new(&[]).expect("an empty splice fits; qed");
         let sink = Sink::new(self.outbox().clone(), encoding, splice);
