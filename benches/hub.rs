@@ -57,9 +57,16 @@ fn new_hub(rt: &Runtime) -> Arc<Hub> {
 }
 
 /// Subscribes `out` to [`CHANNEL`] as a JSON-RPC subscriber, both phases at once.
+/// The encoding every subscriber of the benchmarks shares, as every subscriber of one front door
+/// does (the fan-out builds one frame per encoding in use on a channel).
+fn shared_encoding() -> Arc<dyn Encoding> {
+    static ENCODING: std::sync::OnceLock<Arc<dyn Encoding>> = std::sync::OnceLock::new();
+    ENCODING.get_or_init(|| Arc::new(JsonRpcEncoding)).clone()
+}
+
 async fn subscribe(hub: &Hub, out: &Arc<Outbox>) -> Subscription {
     let p = hub.prepare(CHANNEL, None, None).await.expect("prepare");
-    let sink = Sink::new(out.clone(), Arc::new(JsonRpcEncoding), splice(p.id()));
+    let sink = Sink::new(out.clone(), shared_encoding(), splice(p.id()));
     p.go_live(sink, &[]).expect("go live")
 }
 
