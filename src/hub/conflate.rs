@@ -163,16 +163,17 @@ impl Conflation {
     pub(super) fn before_gap(&self) {
         let mut st = self.state.lock();
         let Some(held) = st.held.take().filter(|_| !st.stopped) else { return };
-        let event = Event::Publication {
-            channel: &self.channel,
-            publication: &held,
-            skipped: st.skipped,
-            checksum: None,
-        };
+        let _ = self.send(&held, st.skipped);
+        st.skipped = 0;
+    }
+
+    /// Queues `held` with its `skipped` count, built for this subscriber alone. Counted by the
+    /// slow-consumer rule as any publication: the drop stays the last resort.
+    fn send(&self, held: &Publication, skipped: u64) -> Push {
+        let event = Event::Publication { channel: &self.channel, publication: held, skipped, checksum: None };
         let mut f = SharedFrame::with_capacity(self.encoding.size_hint(&event));
         f.build(self.encoding.splice_len(), |w| self.encoding.encode(&event, w));
-        let _ = self.outbox.push(&f.parts(&self.splice));
-        st.skipped = 0;
+        self.outbox.push(&f.parts(&self.splice))
     }
 
     /// True while a publication is held (a heartbeat then would name an offset the client has
@@ -202,16 +203,7 @@ impl Conflation {
         if now < st.next_due {
             return (Some(st.next_due), false);
         }
-        let event = Event::Publication {
-            channel: &self.channel,
-            publication: &held,
-            skipped: st.skipped,
-            checksum: None,
-        };
-        let mut f = SharedFrame::with_capacity(self.encoding.size_hint(&event));
-        f.build(self.encoding.splice_len(), |w| self.encoding.encode(&event, w));
-        // Counted by the slow-consumer rule as any publication: the drop stays the last resort.
-        let queued = self.outbox.push(&f.parts(&self.splice)) == Push::Queued;
+        let queued = self.send(&held, st.skipped) == Push::Queued;
         st.held = None;
         st.skipped = 0;
         st.queued = false;
