@@ -98,7 +98,7 @@ pub fn parse(bytes: &[u8]) -> Result<PublishBody, String> {
                 "the body is empty: send a publication {\"channel\",\"data\",...} or an array of them"
                     .to_string()
             } else {
-                format!("the body is not a publication {{\"channel\",\"data\",\"event\"?,\"idempotency_key\"?}}: {e}")
+                format!("the body is not a publication {{\"channel\",\"data\",\"event\"?,\"idempotency_key\"?,\"key\"?}}: {e}")
             }
         });
     }

@@ -1,5 +1,5 @@
 //! `POST /api/publish`: the server API for backends. One publication `{"channel","data",
-//! "event"?,"idempotency_key"?}` answers its position `{"epoch","offset"}`; a JSON array of up to
+//! "event"?,"idempotency_key"?,"key"?}` answers its position `{"epoch","offset"}`; a JSON array of up to
 //! [`MAX_PUBLISH_BATCH`] of them answers an array of results in order
 //! ([`crate::rpc::server_api`]). In order:
 //! - a token is required (the gate already answered 401 for an invalid one): none is 401, and
