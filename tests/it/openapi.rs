@@ -205,5 +205,17 @@ async fn schemathesis_finds_no_server_error_and_no_contradiction() {
     server.shutdown();
     let text = output_text(&out);
     assert!(out.status.success(), "schemathesis found problems:\n{text}");
-    assert!(text.contains("No issues found"), "{text}");
+    assert!(text.contains("No issues found") || only_the_instance_routes_warning(&text), "{text}");
+}
+
+/// True when schemathesis's one warning is the validation mismatch of the instance route, whose
+/// bodies for a new instance need a token and for an existing one do not (which no schema can
+/// say: tests/openapi-tools/schemathesis.toml): one warning, of one operation, that one.
+fn only_the_instance_routes_warning(text: &str) -> bool {
+    let warnings = text.lines().filter(|l| l.trim_start().starts_with("⚠️")).count();
+    warnings == 1
+        && text.contains("Schema validation mismatch: 1 operation mostly rejected generated data")
+        && text.contains("- POST /api/events/websocket/{instance}")
+        && text.contains("1 warning in")
+        && !text.contains("FAILURES")
 }
