@@ -118,7 +118,7 @@ impl Encoding for HyperliquidEncoding {
                 out.extend_from_slice(offset.to_string().as_bytes());
                 out.extend_from_slice(b"}}");
             }
-            Event::Snapshot { channel, page, recovered, earliest, .. } => {
+            Event::Snapshot { channel, page, recovered, earliest, checksum } => {
                 out.extend_from_slice(br#"{"channel":""#);
                 out.extend_from_slice(kind(channel).as_bytes());
                 out.extend_from_slice(br#"","data":"#);
@@ -154,6 +154,17 @@ impl Encoding for HyperliquidEncoding {
                     write!(s, r#","earliest":{{"epoch":"{}","offset":{}}}"#, e.epoch, e.offset)
                         .expect("writing to a String; qed");
                 }
+                if let Some(c) = checksum {
+                    // A state channel: its state as `{key: data}` beside `data`, and its checksum.
+                    write!(s, r#","checksum":{c},"state":{{"#).expect("writing to a String; qed");
+                    for (i, p) in page.publications.iter().enumerate() {
+                        let key = serde_json::to_string(p.state_key().unwrap_or(""))
+                            .expect("a str serializes; qed");
+                        write!(s, "{}{key}:{}", if i > 0 { "," } else { "" }, p.data())
+                            .expect("writing to a String; qed");
+                    }
+                    s.push('}');
+                }
                 s.push('}');
                 out.extend_from_slice(s.as_bytes());
             }
@@ -176,6 +187,42 @@ mod tests {
 
     fn of(v: Value) -> Result<String, String> {
         channel_of(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn a_state_channels_snapshot_carries_its_state_and_checksum() {
+        use crate::broker::{HistoryPage, Publication};
+        use serde_json::value::RawValue;
+        let p = |o, k: &str, d: &str| {
+            std::sync::Arc::new(Publication::keyed(
+                o,
+                1,
+                Some(k),
+                None,
+                &RawValue::from_string(d.into()).unwrap(),
+                None,
+            ))
+        };
+        let page = HistoryPage {
+            epoch: "e".into(),
+            offset: 3,
+            publications: vec![p(2, "b", "2"), p(3, "a", r#"{"x":1}"#)],
+        };
+        let event = Event::Snapshot {
+            channel: "l2Book:BTC",
+            page: &page,
+            recovered: false,
+            earliest: None,
+            checksum: Some(7),
+        };
+        let mut f = crate::transport::SharedFrame::with_capacity(256);
+        f.build(0, |w| HyperliquidEncoding.encode(&event, w));
+        let bytes = f.parts(&crate::transport::Splice::new(&[]).unwrap()).concat();
+        let v: Value =
+            serde_json::from_slice(&bytes[bytes.iter().position(|&b| b == b'{').unwrap()..]).unwrap();
+        assert_eq!(v["checksum"], 7);
+        assert_eq!(v["state"], json!({"b": 2, "a": {"x": 1}}));
+        assert_eq!((v["channel"].as_str(), v["isSnapshot"].as_bool()), (Some("l2Book"), Some(true)));
     }
 
     #[test]
