@@ -158,6 +158,24 @@ impl LiveSub {
     }
 }
 
+/// Tells each live subscriber something: `tell` says `None` to pass one by, or whether what it
+/// queued was queued; one whose outbox refused leaves the channel. Returns how many were told.
+fn tell_each(live: &mut Vec<LiveSub>, mut tell: impl FnMut(&LiveSub) -> Option<bool>) -> u64 {
+    let mut told = 0;
+    let mut i = 0;
+    while i < live.len() {
+        match tell(&live[i]) {
+            None => i += 1,
+            Some(true) => {
+                told += 1;
+                i += 1;
+            }
+            Some(false) => live.swap_remove(i).end(),
+        }
+    }
+    told
+}
+
 fn key_of(encoding: &Arc<dyn Encoding>) -> usize {
     Arc::as_ptr(encoding).cast::<()>().addr()
 }
@@ -261,11 +279,11 @@ impl ChannelState {
             let event = Event::Publication { channel, publication: p, skipped: 0, checksum: None };
             let mut frames = Frames::new(&event);
             frames.stamp = Some((now, latency));
-            // For the subscribers that want the state's checksum: built the first time one does.
-            let checksum = self.keyed.as_ref().map(|s| s.checksum());
-            let checked = Event::Publication { channel, publication: p, skipped: 0, checksum };
-            let mut checked_frames = Frames::new(&checked);
-            checked_frames.stamp = Some((now, latency));
+            // For the subscribers that want the state's checksum (on a state channel only): the
+            // checksum and its frames are made the first time one of them is served.
+            let checked = std::cell::OnceCell::new();
+            let mut checked_frames: Option<Frames<'_>> = None;
+            let keyed = &self.keyed;
             let live = &mut self.live;
             let mut i = 0;
             while i < live.len() {
@@ -283,7 +301,18 @@ impl ChannelState {
                     continue;
                 }
                 let frame = if s.mode & CHECKSUM != 0 {
-                    checked_frames.get(s.encoding_key, || &s.shared.encoding)
+                    let f = checked_frames.get_or_insert_with(|| {
+                        let checksum = keyed.as_ref().map(|k| k.checksum());
+                        let mut f = Frames::new(checked.get_or_init(|| Event::Publication {
+                            channel,
+                            publication: p,
+                            skipped: 0,
+                            checksum,
+                        }));
+                        f.stamp = Some((now, latency));
+                        f
+                    });
+                    f.get(s.encoding_key, || &s.shared.encoding)
                 } else {
                     frames.get(s.encoding_key, || &s.shared.encoding)
                 };
@@ -318,31 +347,22 @@ impl ChannelState {
     /// the next quiet stretch at `now`. Returns how many were told.
     pub(super) fn heartbeat(&mut self, channel: &str, now: Instant) -> u64 {
         self.quiet_since = Some(now);
-        let event = Event::Heartbeat { channel, offset: self.offset };
+        let offset = self.offset;
+        let event = Event::Heartbeat { channel, offset };
         let mut frames = Frames::new(&event);
-        let mut told = 0;
-        let live = &mut self.live;
-        let mut i = 0;
-        while i < live.len() {
-            let s = &live[i];
-            if s.after > self.offset || s.shared.conflation.as_ref().is_some_and(|c| c.holds()) {
+        tell_each(&mut self.live, |s| {
+            if s.after > offset || s.shared.conflation.as_ref().is_some_and(|c| c.holds()) {
                 // Closed already (`after` is the most): nothing follows its `closed`. Or its
                 // snapshot is ahead of the channel's deliveries (a hole is being filled), or it
                 // is conflated with a publication held: what goes out next says more than a
                 // heartbeat at an offset it has passed would.
-                i += 1;
-                continue;
+                return None;
             }
-            if s.outbox.push_shared(frames.get(s.encoding_key, || &s.shared.encoding), s.splice)
-                == Push::Queued
-            {
-                told += 1;
-                i += 1;
-            } else {
-                live.swap_remove(i).end();
-            }
-        }
-        told
+            Some(
+                s.outbox.push_shared(frames.get(s.encoding_key, || &s.shared.encoding), s.splice)
+                    == Push::Queued,
+            )
+        })
     }
 
     /// Publications `from..=to` are lost for good (history no longer holds them): every live
@@ -353,20 +373,15 @@ impl ChannelState {
         self.offset = to;
         let event = Event::Gap { channel, from, to, reason: why };
         let mut frames = Frames::new(&event);
-        let mut told = 0;
-        let live = &mut self.live;
-        let mut i = 0;
-        while i < live.len() {
-            let s = &live[i];
+        let told = tell_each(&mut self.live, |s| {
             if s.after >= to {
                 // Closed already, or its snapshot reaches past the gap.
-                i += 1;
-                continue;
+                return None;
             }
             if let Some(c) = &s.shared.conflation {
                 c.before_gap();
             }
-            let queued = if s.after >= from {
+            Some(if s.after >= from {
                 // Its snapshot reached into the gap (history was ahead of the deliveries when
                 // it was read): its own gap starts after it.
                 let own = Event::Gap { channel, from: s.after + 1, to, reason: why };
@@ -374,14 +389,8 @@ impl ChannelState {
             } else {
                 s.outbox.push_shared(frames.get(s.encoding_key, || &s.shared.encoding), s.splice)
                     == Push::Queued
-            };
-            if queued {
-                told += 1;
-                i += 1;
-            } else {
-                live.swap_remove(i).end();
-            }
-        }
+            })
+        });
         for p in &mut self.pending {
             p.stale = true;
             p.buffered.clear();

@@ -4,9 +4,10 @@
 //!
 //! The checksum is CRC-32 (IEEE, as zlib's `crc32`) of the UTF-8 bytes of the JSON array
 //! `[[key, data], ...]` sorted by key bytewise, each `data` as published (its raw JSON text),
-//! with no whitespace added: `[["a",{"x":1}],["b",2]]`. A channel with subscribers that asked
-//! for a checksum with every event keeps its state here, applied in offset order as it is
-//! delivered, from its first subscriber's snapshot on.
+//! with no whitespace added: `[["a",{"x":1}],["b",2]]`. A state channel with subscribers keeps
+//! its state here, applied in offset order as it is delivered, from its first subscriber's
+//! snapshot on, so that a subscriber that asks for a checksum with every event at any time gets
+//! the current one; the checksum itself is computed only when such a subscriber is served.
 
 use crate::broker::{HistoryPage, Publication};
 use std::collections::BTreeMap;
@@ -41,11 +42,6 @@ impl KeyedState {
     pub(super) fn checksum(&self) -> u32 {
         checksum(self.entries.iter().map(|(k, d)| (&**k, &**d)))
     }
-}
-
-/// The checksum of a snapshot's state (its publications are each key's latest).
-pub(super) fn checksum_of(page: &HistoryPage) -> u32 {
-    KeyedState::from_page(page).checksum()
 }
 
 /// CRC-32 of `[[key,data],...]` for `entries` sorted by key bytewise (`str`'s order is the

@@ -98,12 +98,15 @@ impl Pending {
         if !answer.is_empty() && out.push_answer(answer) != crate::transport::Push::Queued {
             return Err(closed());
         }
+        // A state channel's state, built once: for the snapshot's checksum, then the checksums of
+        // what was buffered, then (for the channel's first subscriber) the channel's own.
+        let mut state = ch.keyed.then(|| super::state::KeyedState::from_page(&self.page));
         let snapshot = Event::Snapshot {
             channel: &ch.name,
             page: &self.page,
             recovered: self.recovered,
             earliest: self.earliest.as_ref(),
-            checksum: ch.keyed.then(|| super::state::checksum_of(&self.page)),
+            checksum: state.as_ref().map(|s| s.checksum()),
         };
         if sink.encoding.sends_snapshot() && !sink.push_answer(&snapshot) {
             return Err(closed());
@@ -129,12 +132,10 @@ impl Pending {
             return Ok(sub);
         }
         let mut after = self.page.offset;
-        // A state subscriber's own state, for the checksums of what is buffered.
-        let mut own = (ch.keyed && self.checksum).then(|| super::state::KeyedState::from_page(&self.page));
         for p in pend.buffered.iter().filter(|p| p.offset > self.page.offset) {
-            let checksum = own.as_mut().map(|s| {
+            let checksum = state.as_mut().and_then(|s| {
                 s.apply(p);
-                s.checksum()
+                self.checksum.then(|| s.checksum())
             });
             if sink.filter.as_ref().is_none_or(|f| f.admits(p)) {
                 let event = Event::Publication { channel: &ch.name, publication: p, skipped: 0, checksum };
@@ -147,14 +148,8 @@ impl Pending {
         if st.epoch.is_none() {
             st.epoch = Some(self.page.epoch.clone());
             st.offset = after;
-            if ch.keyed {
-                // The channel's state from here on, applied as it is delivered.
-                let mut state = super::state::KeyedState::from_page(&self.page);
-                for p in pend.buffered.iter().filter(|p| p.offset > self.page.offset) {
-                    state.apply(p);
-                }
-                st.keyed = Some(state);
-            }
+            // The channel's state from here on (a state channel's), applied as it is delivered.
+            st.keyed = state;
         }
         if st.quiet_since.is_none() {
             st.quiet_since = Some(std::time::Instant::now());
