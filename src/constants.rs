@@ -165,6 +165,11 @@ pub const REDIS_PING_PERIOD: Duration = Duration::from_secs(1);
 /// what its pub/sub delivered, which catches a lost message on a quiet channel.
 pub const REDIS_POSITION_CHECK_PERIOD: Duration = Duration::from_secs(2);
 
+/// How often the Redis broker lists the channels under every prefix watched for pattern
+/// subscriptions, which catches a creation notice lost without the pub/sub connection dropping
+/// (a dropped connection is relisted at once when it is back).
+pub const REDIS_RELIST_PERIOD: Duration = Duration::from_secs(30);
+
 /// Shortest namespace `heartbeat`.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Longest namespace `heartbeat`.

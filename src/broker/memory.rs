@@ -416,11 +416,11 @@ impl Broker for MemoryBroker {
         Box::pin(std::future::ready(Ok(names)))
     }
 
-    fn watch(&self, prefix: &str) -> Result<(), BrokerError> {
+    fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         let mut w = self.watched.write();
         *w.entry(prefix.into()).or_default() += 1;
         self.watching.store(true, std::sync::atomic::Ordering::Release);
-        Ok(())
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn unwatch(&self, prefix: &str) {

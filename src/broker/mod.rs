@@ -162,6 +162,26 @@ impl Publication {
         fits.then_some(Publication { offset, ts, json, data_at, key: None, state_key: None })
     }
 
+    /// The same publication as one of a state channel (`in_state`): its state key read from
+    /// its encoding (`""` when it has none), as a shared broker that keeps only the encoding
+    /// gives it back. Unchanged when not `in_state`.
+    pub(crate) fn in_state(mut self, in_state: bool) -> Publication {
+        if in_state {
+            self.state_key = Some(self.encoded_state_key().unwrap_or_default().into());
+        }
+        self
+    }
+
+    /// The `key` written after `ts` by [`Publication::keyed`], if any.
+    fn encoded_state_key(&self) -> Option<String> {
+        const KEY: &str = r#","key":"#;
+        let after_ts = self.json.find(r#","ts":"#)? + 6;
+        let rest = &self.json[after_ts..];
+        let at = rest.find(|c: char| !c.is_ascii_digit())?;
+        let rest = rest[at..].strip_prefix(KEY)?;
+        serde_json::Deserializer::from_str(rest).into_iter::<String>().next()?.ok()
+    }
+
     /// The publication as a JSON object.
     pub fn json(&self) -> &str {
         &self.json
@@ -252,9 +272,13 @@ pub trait Listener: Send + Sync + 'static {
     /// history. Same calling rules as [`Listener::deliver`].
     fn lagged(&self, channel: &str);
 
-    /// A publication was made on `channel`, whose name starts with a prefix the listener
-    /// watches ([`Broker::watch`]), whether or not the channel has local interest: pattern
-    /// subscriptions learn of channels this way. Same calling rules as [`Listener::deliver`].
+    /// `channel`, whose name starts with a prefix the listener watches ([`Broker::watch`]), was
+    /// published to, whether or not it has local interest: pattern subscriptions learn of
+    /// channels this way. The broker tells at least of each channel's first publication in an
+    /// epoch; it may tell of more (the memory broker tells of every publication, the Redis
+    /// broker of the first and, after its notices may have been lost, of every channel it lists
+    /// under the prefix), so a listener treats a repeat as nothing new. Same calling rules as
+    /// [`Listener::deliver`].
     fn published(&self, _channel: &str) {}
 }
 
@@ -369,11 +393,13 @@ pub trait Broker: Send + Sync + 'static {
         Box::pin(async { Err(BrokerError::Unsupported(PATTERNS_UNSUPPORTED.into())) })
     }
 
-    /// From now on, calls [`Listener::published`] for every publication of a channel whose
-    /// name starts with `prefix`, once per call of `watch` with that prefix undone by as many
-    /// [`Broker::unwatch`] calls. A broker that cannot answers [`BrokerError::Unsupported`].
-    fn watch(&self, _prefix: &str) -> Result<(), BrokerError> {
-        Err(BrokerError::Unsupported(PATTERNS_UNSUPPORTED.into()))
+    /// Once its future resolves, calls [`Listener::published`] for the publications of channels
+    /// whose name starts with `prefix` (at least each channel's first in an epoch), until every
+    /// call of `watch` with that prefix is undone by as many [`Broker::unwatch`] calls. So a
+    /// listing by [`Broker::streams`] started after it, and the channels told of afterwards,
+    /// miss no channel. A broker that cannot answers [`BrokerError::Unsupported`].
+    fn watch<'a>(&'a self, _prefix: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async { Err(BrokerError::Unsupported(PATTERNS_UNSUPPORTED.into())) })
     }
 
     /// Undoes one [`Broker::watch`] of `prefix`.
@@ -394,11 +420,11 @@ pub trait Broker: Send + Sync + 'static {
 
 /// Why a broker without [`Broker::keyed_state`] refuses state channels.
 pub const STATE_UNSUPPORTED: &str =
-    "state channels (mode = \"state\") need the embedded broker in this version (broker = \"memory\")";
+    "this broker keeps no state: state channels (mode = \"state\") are refused";
 
 /// Why a broker without [`Broker::streams`] and [`Broker::watch`] refuses pattern subscriptions.
 pub const PATTERNS_UNSUPPORTED: &str =
-    "pattern subscriptions need the embedded broker in this version (broker = \"memory\")";
+    "this broker cannot list or watch channels: pattern subscriptions are refused";
 
 #[cfg(test)]
 mod tests {
@@ -414,6 +440,17 @@ mod tests {
         assert_eq!(v["data"]["px"], "1.5");
         assert_eq!(p.data(), r#"{"px":"1.5"}"#);
         assert_eq!(p.event_json(), Some(r#""trade \"x\"""#));
+        let keyed = Publication::keyed(3, 4, Some("k \"1\""), Some("e"), &data, None);
+        let back =
+            Publication::from_encoded(3, 4, keyed.json().into(), keyed.data_at).unwrap().in_state(true);
+        assert_eq!(
+            (back.state_key(), back.data(), back.event_json()),
+            (Some("k \"1\""), p.data(), Some(r#""e""#))
+        );
+        let whole = Publication::keyed(5, 6, Some(""), None, &data, None);
+        let back = Publication::from_encoded(5, 6, whole.json().into(), whole.data_at).unwrap();
+        assert_eq!(back.state_key(), None, "not in state: no key");
+        assert_eq!(back.in_state(true).state_key(), Some(""), "the whole value");
         let no_event = Publication::new(1, 2, None, &data, None);
         assert_eq!(no_event.json(), r#"{"offset":1,"ts":2,"data":{"px":"1.5"}}"#);
         assert_eq!(no_event.fields_and_close(), r#""offset":1,"ts":2,"data":{"px":"1.5"}}"#);

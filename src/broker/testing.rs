@@ -299,7 +299,7 @@ impl Broker for FaultyBroker {
         self.inner.keyed_state(channel, retention)
     }
 
-    fn watch(&self, prefix: &str) -> Result<(), BrokerError> {
+    fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         self.inner.watch(prefix)
     }
 

@@ -285,18 +285,11 @@ impl Config {
                     l.min_conflate_ms, l.max_conflate_ms
                 ));
             }
-            if ns.mode == Mode::State {
-                if self.broker != "memory" {
-                    return err(format!(
-                        "namespaces.{name}.mode = \"state\" needs the embedded broker in this version (broker = \"memory\")"
-                    ));
-                }
-                if ns.conflate_ms.is_some() || ns.on_slow == OnSlow::Conflate {
-                    return err(format!(
-                        "namespaces.{name}: a state channel is not conflated (conflate_ms, on_slow = \"conflate\"): \
-                         folding publications of different keys would lose them"
-                    ));
-                }
+            if ns.mode == Mode::State && (ns.conflate_ms.is_some() || ns.on_slow == OnSlow::Conflate) {
+                return err(format!(
+                    "namespaces.{name}: a state channel is not conflated (conflate_ms, on_slow = \"conflate\"): \
+                     folding publications of different keys would lose them"
+                ));
             }
             if !(1..=MAX_PATTERN_CHANNELS).contains(&ns.max_pattern_channels) {
                 return err(format!(
@@ -416,14 +409,11 @@ impl Config {
         self.namespaces
             .entry("l2Book".into())
             .or_insert_with(|| NamespaceConfig { history_size: 1, ..base.clone() });
-        if self.broker == "memory" {
-            // State channels need the embedded broker in this version.
-            self.namespaces.entry("ticker".into()).or_insert_with(|| NamespaceConfig {
-                mode: Mode::State,
-                history_size: 100,
-                ..base.clone()
-            });
-        }
+        self.namespaces.entry("ticker".into()).or_insert_with(|| NamespaceConfig {
+            mode: Mode::State,
+            history_size: 100,
+            ..base.clone()
+        });
         self
     }
 }

@@ -199,12 +199,20 @@ fn pattern_options_load_and_their_bounds_are_checked() {
 }
 
 #[test]
-fn state_channels_need_the_embedded_broker_and_are_not_conflated() {
+fn state_channels_are_not_conflated_and_work_with_every_broker() {
     let ok = Config::load(None, &[("namespaces.book.mode".into(), "\"state\"".into())]).unwrap();
     assert_eq!(ok.namespaces["book"].mode, Mode::State);
     assert_eq!(Config::default().default_namespace.mode, Mode::Stream, "streams by default");
+    let on_redis = Config::load(
+        None,
+        &[
+            ("namespaces.book.mode".into(), "\"state\"".into()),
+            ("broker".into(), "\"redis://127.0.0.1:6379\"".into()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(on_redis.namespaces["book"].mode, Mode::State);
     for (extra, says) in [
-        (("broker", "\"redis://127.0.0.1:6379\""), "embedded broker"),
         (("namespaces.book.conflate_ms", "200"), "not conflated"),
         (("namespaces.book.on_slow", "\"conflate\""), "not conflated"),
     ] {

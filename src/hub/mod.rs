@@ -444,9 +444,22 @@ impl Hub {
 
     /// Tells `w` of every publication on a channel under its prefix from now on, until
     /// [`Hub::unwatch`]. Fails when the broker cannot ([`crate::broker::PATTERNS_UNSUPPORTED`]).
-    pub fn watch(&self, w: Arc<dyn ChannelWatch>) -> Result<(), HubError> {
-        self.broker.watch(w.prefix()).map_err(HubError::Broker)?;
-        self.watches.write().push(w);
+    pub async fn watch(&self, w: Arc<dyn ChannelWatch>) -> Result<(), HubError> {
+        /// Takes `w` off the list unless disarmed: the broker refused, or the call was dropped
+        /// midway (the broker undoes its own part then).
+        struct Unlist<'a>(&'a Hub, Option<usize>);
+        impl Drop for Unlist<'_> {
+            fn drop(&mut self) {
+                if let Some(at) = self.1 {
+                    self.0.watches.write().retain(|x| Arc::as_ptr(x) as *const () as usize != at);
+                }
+            }
+        }
+        // Listed before the broker is asked: what it tells as soon as it watches reaches `w`.
+        self.watches.write().push(w.clone());
+        let mut unlist = Unlist(self, Some(Arc::as_ptr(&w) as *const () as usize));
+        self.broker.watch(w.prefix()).await.map_err(HubError::Broker)?;
+        unlist.1 = None;
         Ok(())
     }
 

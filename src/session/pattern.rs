@@ -358,7 +358,7 @@ impl Subscriptions {
         });
         // Watched before the channels are listed: a channel that appears in between is both
         // listed and told, and looked at once.
-        self.hub().watch(sub.clone()).map_err(SubscribeError::Hub)?;
+        self.hub().watch(sub.clone()).await.map_err(SubscribeError::Hub)?;
         let mut pending = PendingPattern {
             sub: sub.clone(),
             channels: Vec::new(),

@@ -23,6 +23,7 @@ const WAIT: Duration = Duration::from_secs(15);
 struct Recorder {
     deliveries: Mutex<Vec<(String, String, u64)>>,
     lagged: Mutex<Vec<String>>,
+    published: Mutex<Vec<String>>,
 }
 
 impl Listener for Recorder {
@@ -32,6 +33,10 @@ impl Listener for Recorder {
 
     fn lagged(&self, channel: &str) {
         self.lagged.lock().unwrap().push(channel.into());
+    }
+
+    fn published(&self, channel: &str) {
+        self.published.lock().unwrap().push(channel.into());
     }
 }
 
@@ -153,6 +158,33 @@ async fn history_older_than_its_ttl_is_not_read_and_an_unused_stream_expires() {
     let next = b.publish(&quick, new_publication(2), short).await.unwrap().position;
     assert!(next.epoch != gone.epoch && next.offset == 1, "its next use starts a new epoch: {next:?}");
     assert_ne!(first.epoch, next.epoch);
+}
+
+/// A creation notice lost (here: a channel made without one, as when pub/sub was cut while it
+/// was published) is made up for when the pub/sub connection comes back: the watched prefixes
+/// are listed again and every channel under them told of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_creation_notice_was_lost_is_told_once_pub_sub_is_back() {
+    let Some(server) = RedisServer::start() else { return };
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let listener: Arc<dyn Listener> = recorder.clone();
+    b.set_listener(Arc::downgrade(&listener));
+    let prefix = format!("{}-", channel("lost"));
+    b.watch(&prefix).await.unwrap();
+    let (told, quiet) = (format!("{prefix}told"), format!("{prefix}quiet"));
+    b.publish(&told, new_publication(1), RETENTION).await.unwrap();
+    assert!(until(WAIT, || recorder.published.lock().unwrap().contains(&told)).await);
+    server.cli(&["HSET", &format!("rpchub:{{{quiet}}}:meta"), "epoch", "0123456789ab", "offset", "7"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!recorder.published.lock().unwrap().contains(&quiet), "no notice, nothing told yet");
+    server.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        until(WAIT, || recorder.published.lock().unwrap().contains(&quiet)).await,
+        "listed again once pub/sub is back: {:?}",
+        recorder.published.lock().unwrap()
+    );
+    b.unwatch(&prefix);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,6 +429,117 @@ async fn two_nodes(url: &str) {
     for _ in 21..=26 {
         let _ = recv(&mut on_b).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_and_state_channels_across_two_nodes_on_one_redis() {
+    let Some(server) = shared() else { return };
+    patterns_and_state_across_nodes(&server.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_and_state_channels_across_two_nodes_on_a_redis_cluster() {
+    let Some(cluster) = crate::redis_support::shared_cluster() else { return };
+    patterns_and_state_across_nodes(&cluster.url()).await;
+}
+
+/// A node on `url` with a namespace of patterns (`pat`) and one of state channels (`book`).
+async fn bot_node(url: &str) -> rpchub::Running {
+    use rpchub::config::{Mode, NamespaceConfig};
+    let mut config = support::config();
+    config.broker = url.to_string();
+    config.namespaces.insert("pat".into(), NamespaceConfig { patterns: true, ..Default::default() });
+    config
+        .namespaces
+        .insert("book".into(), NamespaceConfig { mode: Mode::State, history_size: 2, ..Default::default() });
+    support::start(config).await
+}
+
+/// The next `n` events of subscription `id`.
+async fn events_of(w: &mut support::Ws, id: &str, n: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        let v = recv(w).await;
+        if v["params"]["subscription"] == id {
+            got.push(v["params"]["result"].clone());
+        }
+    }
+    got
+}
+
+/// CRC-32 of `[[key,data],...]` sorted by key, written out from the protocol's definition.
+fn state_checksum(state: &[(&str, &str)]) -> u64 {
+    let mut pairs = state.to_vec();
+    pairs.sort();
+    let items: Vec<String> =
+        pairs.iter().map(|(k, d)| format!("[{},{d}]", serde_json::to_string(k).unwrap())).collect();
+    u64::from(crc32fast::hash(format!("[{}]", items.join(",")).as_bytes()))
+}
+
+/// Two nodes on the Redis `url` names. A pattern subscribed on B follows a channel that existed
+/// and one created later by a publish on A, each from its own snapshot, then live. A state
+/// channel published on A is read on B as its state with the checksum of its definition, and
+/// every live event's checksum is that of the state rebuilt from the events.
+async fn patterns_and_state_across_nodes(url: &str) {
+    let (a, b) = (bot_node(url).await, bot_node(url).await);
+    let mut admin = ws(a.addr, Some(support::ADMIN)).await;
+    let stem = format!("pat:{}", support::channel("p").replace(':', "-"));
+    let old = format!("{stem}-OLD");
+    for n in 1..=2 {
+        call(&mut admin, "publish", json!([old, n])).await;
+    }
+    let mut on_b = ws(b.addr, None).await;
+    let r = call(&mut on_b, "subscribe", json!({"channel": format!("{stem}-*")})).await;
+    let id = r["result"].as_str().unwrap_or_else(|| panic!("{r}")).to_string();
+    let snap = &events_of(&mut on_b, &id, 1).await[0];
+    assert_eq!(
+        (snap["type"].as_str(), snap["channel"].as_str(), snap["offset"].as_u64()),
+        (Some("snapshot"), Some(old.as_str()), Some(2)),
+        "{snap}"
+    );
+    let new = format!("{stem}-NEW");
+    call(&mut admin, "publish", json!([new, "first"])).await;
+    let snap = &events_of(&mut on_b, &id, 1).await[0];
+    assert_eq!(
+        (snap["type"].as_str(), snap["channel"].as_str()),
+        (Some("snapshot"), Some(new.as_str())),
+        "{snap}"
+    );
+    assert_eq!(
+        snap["publications"][0]["data"], "first",
+        "its snapshot holds the publication that made it: {snap}"
+    );
+    call(&mut admin, "publish", json!([new, "second"])).await;
+    call(&mut admin, "publish", json!([old, 3])).await;
+    let live = events_of(&mut on_b, &id, 2).await;
+    let got: Vec<(&str, u64)> =
+        live.iter().map(|e| (e["channel"].as_str().unwrap(), e["offset"].as_u64().unwrap())).collect();
+    assert_eq!(got, [(new.as_str(), 2), (old.as_str(), 3)], "then live on both");
+
+    // A state channel: keys outlive the history's size (2), a null deletes.
+    let book = format!("book:{}", support::channel("s").replace(':', "-"));
+    for (key, data) in
+        [("a", json!(1)), ("b", json!(2)), ("a", json!(3)), ("b", Value::Null), ("c", json!({"x": 1}))]
+    {
+        let r = call(&mut admin, "publish", json!({"channel": book, "data": data, "key": key})).await;
+        assert!(r["result"]["offset"].is_u64(), "{r}");
+    }
+    let mut reader = ws(b.addr, None).await;
+    let (sid, snap) = subscribe(&mut reader, json!({"channel": book, "checksum": true})).await;
+    let kept: Vec<(&str, u64)> = snap["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["key"].as_str().unwrap(), p["offset"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(kept, [("a", 3), ("c", 5)], "{snap}");
+    assert_eq!(snap["checksum"], state_checksum(&[("a", "3"), ("c", r#"{"x":1}"#)]), "{snap}");
+    call(&mut admin, "publish", json!({"channel": book, "data": 4, "key": "d"})).await;
+    call(&mut admin, "publish", json!({"channel": book, "data": null, "key": "a"})).await;
+    let e = events_of(&mut reader, &sid, 2).await;
+    assert_eq!((e[0]["key"].as_str(), e[0]["offset"].as_u64()), (Some("d"), Some(6)), "{}", e[0]);
+    assert_eq!(e[0]["checksum"], state_checksum(&[("a", "3"), ("c", r#"{"x":1}"#), ("d", "4")]));
+    assert_eq!(e[1]["checksum"], state_checksum(&[("c", r#"{"x":1}"#), ("d", "4")]), "{}", e[1]);
 }
 
 /// The `[broker_tls]` of the files of `tls`: their CA, and the client certificate if `client`.

@@ -284,16 +284,7 @@ impl Node {
             (format!("node-{port}"), format!("default_namespace.history_size={HISTORY}"));
         // Every publication of a scenario stays in history, so that a client that moves
         // recovers however slow its move on a busy machine.
-        let args = [
-            "--broker",
-            broker,
-            "--node-id",
-            &node_id,
-            "--set",
-            &history,
-            "--set",
-            "namespaces.pat.patterns=true",
-        ];
+        let args = ["--broker", broker, "--node-id", &node_id, "--set", &history];
         let stderr = std::fs::File::create(&log).unwrap();
         let child = support::serve_binary_at(port, &args, &[], None, stderr.into()).await;
         Node { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), log }
@@ -769,12 +760,6 @@ fn channel(what: &str) -> String {
 /// order, and a subscriber that moves from A to B mid-stream with `since` recovers exactly.
 async fn publish_on_one_receive_on_all(url: &str) {
     let [a, b, c] = Node::three(url).await;
-    // Patterns need the embedded broker in this version: a clear -32005, and nothing made.
-    let mut w = support::ws(a.addr, None).await;
-    let r = support::call(&mut w, "subscribe", serde_json::json!(["pat:*"])).await;
-    assert_eq!(r["error"]["code"], -32005, "{r}");
-    assert!(r["error"]["message"].as_str().unwrap().contains("embedded broker"), "{r}");
-    drop(w);
     let ch = channel("fanout");
     let subscribers = vec![
         Subscriber::start("on A", &ch, &[a.addr]),

@@ -13,6 +13,38 @@ pub(super) fn parse_message(payload: &[u8]) -> Option<(&str, u64, u64, u32, &str
     Some((epoch, offset, ts, data_at, parts.next()?))
 }
 
+/// `OFFSET TS DATA_AT JSON`, a state hash's entry, as a publication of a state channel.
+pub(super) fn state_entry(entry: &str) -> Option<Publication> {
+    let mut parts = entry.splitn(4, ' ');
+    let offset = parts.next()?.parse().ok()?;
+    let ts = parts.next()?.parse().ok()?;
+    let data_at = parts.next()?.parse().ok()?;
+    Publication::from_encoded(offset, ts, parts.next()?.into(), data_at).map(|p| p.in_state(true))
+}
+
+/// Reads `state.lua`'s answer: the state in offset order.
+pub(super) fn state_page(v: &Value) -> Option<HistoryPage> {
+    let Value::Array(parts) = v else { return None };
+    if parts.is_empty() {
+        return Some(HistoryPage { epoch: NO_EPOCH.into(), offset: 0, publications: Vec::new() });
+    }
+    let [epoch, offset, Value::Array(pairs)] = parts.as_slice() else { return None };
+    let mut publications = Vec::with_capacity(pairs.len() / 2);
+    for pair in pairs.chunks(2) {
+        let [_, entry] = pair else { return None };
+        publications.push(Arc::new(state_entry(text(entry)?)?));
+    }
+    publications.sort_by_key(|p| p.offset);
+    Some(HistoryPage { epoch: text(epoch)?.into(), offset: number(offset)?, publications })
+}
+
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
 /// A stream entry `{id, {field, value, ...}}` as a publication.
 pub(super) fn entry(v: &Value) -> Option<Publication> {
     let Value::Array(parts) = v else { return None };
@@ -40,17 +72,16 @@ pub(super) fn text(v: &Value) -> Option<&str> {
     }
 }
 
-/// Reads `history.lua`'s answer.
-pub(super) fn page(v: &Value) -> Option<HistoryPage> {
+/// Reads `history.lua`'s answer (of a state channel: `in_state`).
+pub(super) fn page(v: &Value, in_state: bool) -> Option<HistoryPage> {
     let Value::Array(parts) = v else { return None };
     if parts.is_empty() {
         return Some(HistoryPage { epoch: NO_EPOCH.into(), offset: 0, publications: Vec::new() });
     }
     let [epoch, offset, Value::Array(entries)] = parts.as_slice() else { return None };
-    let offset = match offset {
-        Value::Int(n) => u64::try_from(*n).ok()?,
-        other => text(other)?.parse().ok()?,
-    };
-    let publications = entries.iter().map(|e| entry(e).map(Arc::new)).collect::<Option<Vec<_>>>()?;
-    Some(HistoryPage { epoch: text(epoch)?.into(), offset, publications })
+    let publications = entries
+        .iter()
+        .map(|e| entry(e).map(|p| Arc::new(p.in_state(in_state))))
+        .collect::<Option<Vec<_>>>()?;
+    Some(HistoryPage { epoch: text(epoch)?.into(), offset: number(offset)?, publications })
 }

@@ -104,6 +104,22 @@ impl Sink {
             Sink::Cluster(c) => c.sunsubscribe(name).await,
         }
     }
+
+    /// Subscribes to creation notices: plain `SUBSCRIBE` on a cluster too, where a `PUBLISH`
+    /// reaches every node.
+    pub(super) async fn subscribe_notices(&mut self, names: Vec<String>) -> Result<(), RedisError> {
+        match self {
+            Sink::One(s) => s.subscribe(names).await,
+            Sink::Cluster(c) => c.subscribe(names).await,
+        }
+    }
+
+    pub(super) async fn unsubscribe_notices(&mut self, name: String) -> Result<(), RedisError> {
+        match self {
+            Sink::One(s) => s.unsubscribe(name).await,
+            Sink::Cluster(c) => c.unsubscribe(name).await,
+        }
+    }
 }
 
 /// Refuses what this version does not serve, with a message that says so.
@@ -169,6 +185,29 @@ pub fn redacted(url: &str) -> String {
 
 pub(super) fn key(channel: &str, what: &str) -> String {
     format!("{PREFIX}{channel}}}:{what}")
+}
+
+/// The creation notice channel of `channel`'s namespace (the part before its first `:`, or
+/// the whole name).
+pub(super) fn notice(channel: &str) -> String {
+    notice_of(channel.split_once(':').map_or(channel, |(ns, _)| ns))
+}
+
+/// The creation notice channel of namespace `ns`.
+pub(super) fn notice_of(ns: &str) -> String {
+    format!("{NOTICE}{ns}")
+}
+
+/// `s` with the bytes a Redis glob gives a meaning (`* ? [ ] \`) escaped.
+pub(super) fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The channel of a pub/sub channel name.

@@ -80,10 +80,13 @@
 
 use super::*;
 use crate::config::BrokerTls;
-use crate::constants::{REDIS_COMMAND_TIMEOUT, REDIS_PING_PERIOD, REDIS_POSITION_CHECK_PERIOD};
+use crate::constants::{
+    REDIS_COMMAND_TIMEOUT, REDIS_PING_PERIOD, REDIS_POSITION_CHECK_PERIOD, REDIS_RELIST_PERIOD,
+};
 use ::redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::{
     AsyncConnectionConfig, ClientTlsConfig, Cmd, Pipeline, PushKind, RedisError, RedisFuture, Script,
     TlsCertificates, Value,
@@ -109,12 +112,20 @@ use link::*;
 const PUBLISH: &str = include_str!("publish.lua");
 const HISTORY: &str = include_str!("history.lua");
 const INTEREST: &str = include_str!("interest.lua");
+const STATE: &str = include_str!("state.lua");
 
 /// Position reads of one check in flight at a time.
 const POSITION_CHECKS_IN_FLIGHT: usize = 256;
 
 /// The prefix of every key and pub/sub channel.
 const PREFIX: &str = "rpchub:{";
+
+/// The prefix of a namespace's creation notice channel (`rpchub:created:NS`).
+const NOTICE: &str = "rpchub:created:";
+
+/// The most channels one listing of a watched prefix tells of after notices may have been lost
+/// (the highest `max_pattern_channels` a namespace may have).
+const RELIST_MAX: usize = 100_000;
 
 /// The broker on Redis.
 pub struct RedisBroker {
@@ -153,6 +164,9 @@ struct Inner {
     publish: Script,
     history: Script,
     interest_script: Script,
+    state: Script,
+    /// Prefixes watched for pattern subscriptions ([`Broker::watch`]), with their counts.
+    watched: Mutex<HashMap<Box<str>, usize>>,
     stop: CancellationToken,
     runtime: tokio::runtime::Handle,
 }
@@ -171,6 +185,8 @@ struct Interest {
 struct Subs {
     sink: Option<Sink>,
     subscribed: HashSet<Box<str>>,
+    /// Namespaces whose creation notices it is subscribed to.
+    notices: HashSet<Box<str>>,
 }
 
 impl RedisBroker {
@@ -224,6 +240,8 @@ impl RedisBroker {
             publish: Script::new(PUBLISH),
             history: Script::new(HISTORY),
             interest_script: Script::new(INTEREST),
+            state: Script::new(STATE),
+            watched: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             runtime: tokio::runtime::Handle::current(),
         });
@@ -256,6 +274,22 @@ impl Drop for Undo<'_> {
     }
 }
 
+/// Undoes a counted watch unless disarmed (a watch that failed or was dropped midway).
+struct Unwatch<'a>(Option<(&'a RedisBroker, &'a str)>);
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        if let Some((b, p)) = self.0.take() {
+            b.unwatch(p);
+        }
+    }
+}
+
+/// The namespace of a watched prefix (`NS:...`): creation notices are per namespace.
+fn namespace_of(prefix: &str) -> Option<&str> {
+    prefix.split_once(':').map(|(ns, _)| ns).filter(|ns| !ns.is_empty())
+}
+
 impl Broker for RedisBroker {
     fn name(&self) -> &'static str {
         "redis"
@@ -274,11 +308,21 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let inner = &*self.inner;
             let mut conn = inner.conn()?;
-            let event = match &p.event {
-                Some(e) => {
-                    format!(r#","event":{}"#, serde_json::to_string(e).expect("a str serializes; qed"))
-                }
-                None => String::new(),
+            let json = |s: &str| serde_json::to_string(s).expect("a str serializes; qed");
+            // What `Publication::keyed` writes between `ts` and `data`: the state key, the event.
+            let mut fields = String::new();
+            if let Some(k) = p.key.as_deref().filter(|k| retention.state && !k.is_empty()) {
+                fields.push_str(r#","key":"#);
+                fields.push_str(&json(k));
+            }
+            if let Some(e) = &p.event {
+                fields.push_str(r#","event":"#);
+                fields.push_str(&json(e));
+            }
+            let state = match retention.state {
+                false => "",
+                true if p.data.get().trim() == "null" => "d",
+                true => "s",
             };
             let mut inv = inner.publish.prepare_invoke();
             inv.key(key(channel, "meta")).key(key(channel, "stream"));
@@ -286,14 +330,19 @@ impl Broker for RedisBroker {
                 Some(k) => inv.key(key(channel, &format!("key:{k}"))),
                 None => inv.key(key(channel, "meta")),
             };
+            inv.key(key(channel, "state"));
             inv.arg(new_epoch())
                 .arg(retention.size)
                 .arg(ttl_ms(retention))
-                .arg(event)
+                .arg(fields)
                 .arg(p.data.get())
                 .arg(if p.idempotency_key.is_some() { "1" } else { "0" })
                 .arg(key(channel, "pub"))
-                .arg(if matches!(inner.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" });
+                .arg(if matches!(inner.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" })
+                .arg(notice(channel))
+                .arg(channel)
+                .arg(state)
+                .arg(p.key.as_deref().unwrap_or(""));
             let (epoch, offset, duplicate) =
                 inner.run(inv.invoke_async::<(String, u64, u8)>(&mut conn)).await?;
             Ok(Published { position: StreamPosition { epoch, offset }, duplicate: duplicate == 1 })
@@ -323,7 +372,7 @@ impl Broker for RedisBroker {
                 .arg(retention.size)
                 .arg(ttl_ms(retention));
             let v = inner.run(inv.invoke_async::<Value>(&mut conn)).await?;
-            page(&v).ok_or_else(|| unavailable("redis: a history read that does not parse"))
+            page(&v, retention.state).ok_or_else(|| unavailable("redis: a history read that does not parse"))
         })
     }
 
@@ -425,6 +474,86 @@ impl Broker for RedisBroker {
             u64::MAX => None,
             us => Some(Duration::from_micros(us)),
         }
+    }
+
+    fn keyed_state<'a>(
+        &'a self,
+        channel: &'a str,
+        retention: Retention,
+    ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let mut conn = inner.conn()?;
+            let mut inv = inner.state.prepare_invoke();
+            inv.key(key(channel, "meta")).key(key(channel, "state")).arg(ttl_ms(retention));
+            let v = inner.run(inv.invoke_async::<Value>(&mut conn)).await?;
+            state_page(&v).ok_or_else(|| unavailable("redis: a state read that does not parse"))
+        })
+    }
+
+    fn streams<'a>(&'a self, prefix: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        Box::pin(self.inner.streams(prefix, max))
+    }
+
+    fn watch<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let Some(ns) = namespace_of(prefix) else {
+                return Err(BrokerError::Unsupported(format!(
+                    "the redis broker watches prefixes within one namespace (NAMESPACE:...), not {prefix}"
+                )));
+            };
+            inner.conn()?;
+            *inner.watched.lock().entry(prefix.into()).or_default() += 1;
+            let mut undo = Unwatch(Some((self, prefix)));
+            let mut subs = inner.subs.lock().await;
+            if !subs.notices.contains(ns) {
+                let sink = subs.sink.as_mut().ok_or_else(|| unavailable("redis pub/sub is unreachable"))?;
+                match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.subscribe_notices(vec![notice_of(ns)]))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(unavailable(format!("redis: {e}"))),
+                    Err(_) => return Err(unavailable("redis did not confirm a subscription in time")),
+                }
+                subs.notices.insert(ns.into());
+            }
+            undo.0 = None;
+            Ok(())
+        })
+    }
+
+    fn unwatch(&self, prefix: &str) {
+        let ns = {
+            let mut watched = self.inner.watched.lock();
+            match watched.get_mut(prefix) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return;
+                }
+                Some(_) => {
+                    watched.remove(prefix);
+                }
+                None => return,
+            }
+            match namespace_of(prefix) {
+                Some(ns) if !watched.keys().any(|p| namespace_of(p) == Some(ns)) => Box::<str>::from(ns),
+                _ => return,
+            }
+        };
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            let mut subs = inner.subs.lock().await;
+            // Watched again meanwhile: the subscription stays.
+            let again = inner.watched.lock().keys().any(|p| namespace_of(p) == Some(&*ns));
+            if again || !subs.notices.remove(&ns) {
+                return;
+            }
+            if let Some(sink) = subs.sink.as_mut() {
+                let _ = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.unsubscribe_notices(notice_of(&ns)))
+                    .await;
+            }
+        });
     }
 }
 

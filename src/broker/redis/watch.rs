@@ -57,12 +57,16 @@ impl Inner {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(REDIS_POSITION_CHECK_PERIOD);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut relist = tokio::time::interval(REDIS_RELIST_PERIOD);
+        relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        relist.tick().await;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = ping.tick() => self.ping().await,
                 _ = self.wake.notified() => self.ping().await,
                 _ = check.tick() => self.check_positions().await,
+                _ = relist.tick() => self.relist().await,
             }
         }
     }
@@ -147,6 +151,97 @@ impl Inner {
         }
     }
 
+    /// Tells the listener of every channel under each watched prefix, as if each had just been
+    /// published to: after creation notices may have been lost (pub/sub came back), and every
+    /// [`REDIS_RELIST_PERIOD`]. The listener takes a channel it knows as nothing new.
+    pub(super) async fn relist(&self) {
+        let prefixes: Vec<Box<str>> = self.watched.lock().keys().cloned().collect();
+        for prefix in prefixes {
+            let Ok(channels) = self.streams(&prefix, RELIST_MAX).await else { return };
+            let Some(l) = self.listener() else { return };
+            // Only while still watched: a pattern that ended meanwhile is told nothing.
+            if self.watched.lock().contains_key(&prefix) {
+                for c in &channels {
+                    l.published(c);
+                }
+            }
+        }
+    }
+
+    /// The channels whose meta exists and whose name starts with `prefix`, sorted, at most
+    /// `max + 1`: a `SCAN` of every master's keys (`MATCH rpchub:{PREFIX*}:meta`).
+    pub(super) async fn streams(&self, prefix: &str, max: usize) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.conn()?;
+        let pattern = format!("{PREFIX}{}*}}:meta", glob_escape(prefix));
+        let masters = match &conn {
+            Conn::One(_) => vec![None],
+            Conn::Cluster(_) => self.masters(&mut conn).await?.into_iter().map(Some).collect(),
+        };
+        let mut found = std::collections::BTreeSet::new();
+        'masters: for master in masters {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = ::redis::cmd("SCAN");
+                scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+                let (next, keys): (u64, Vec<String>) = match (&mut conn, &master) {
+                    (Conn::Cluster(c), Some((host, port))) => {
+                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        });
+                        let v = self.run(c.route_command(scan, routing)).await?;
+                        ::redis::from_redis_value(v).map_err(|e| unavailable(format!("redis: {e}")))?
+                    }
+                    (c, _) => self.run(scan.query_async(c)).await?,
+                };
+                for k in keys {
+                    if let Some(c) = k.strip_prefix(PREFIX).and_then(|k| k.strip_suffix("}:meta"))
+                        && c.starts_with(prefix)
+                    {
+                        found.insert(c.to_string());
+                    }
+                }
+                if found.len() > max {
+                    break 'masters;
+                }
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(found.into_iter().take(max.saturating_add(1)).collect())
+    }
+
+    /// The addresses of a cluster's masters (`CLUSTER NODES`), for commands each must answer.
+    async fn masters(&self, conn: &mut Conn) -> Result<Vec<(String, u16)>, BrokerError> {
+        let Conn::Cluster(c) = conn else { return Ok(Vec::new()) };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+        let v = self.run(c.route_command(::redis::cmd("CLUSTER").arg("NODES").clone(), routing)).await?;
+        let nodes: String = ::redis::from_redis_value(v).map_err(|e| unavailable(format!("redis: {e}")))?;
+        let masters: Vec<(String, u16)> = nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                let flags = fields.get(2)?;
+                if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                    return None;
+                }
+                let addr = fields.get(1)?.split(['@', ',']).next()?;
+                let (host, port) = addr.rsplit_once(':')?;
+                Some((host.to_string(), port.parse().ok()?))
+            })
+            .collect();
+        if masters.is_empty() {
+            return Err(unavailable("redis cluster: CLUSTER NODES names no master"));
+        }
+        Ok(masters)
+    }
+
+    async fn relist_owned(self: Arc<Self>) {
+        self.relist().await;
+    }
+
     /// Runs `interest.lua`: the channel's position, its meta made when missing and kept.
     pub(super) async fn take_interest(
         &self,
@@ -155,7 +250,11 @@ impl Inner {
     ) -> Result<(String, u64), BrokerError> {
         let mut conn = self.conn()?;
         let mut inv = self.interest_script.prepare_invoke();
-        inv.key(key(channel, "meta")).key(key(channel, "stream")).arg(new_epoch()).arg(ttl_ms(r));
+        inv.key(key(channel, "meta"))
+            .key(key(channel, "stream"))
+            .key(key(channel, "state"))
+            .arg(new_epoch())
+            .arg(ttl_ms(r));
         self.run(inv.invoke_async::<(String, u64)>(&mut conn)).await
     }
 
@@ -196,7 +295,17 @@ impl Inner {
                         _ => continue,
                     }
                 }
+                let namespaces: HashSet<Box<str>> =
+                    self.watched.lock().keys().filter_map(|p| namespace_of(p)).map(Into::into).collect();
+                if !namespaces.is_empty() {
+                    let names: Vec<String> = namespaces.iter().map(|ns| notice_of(ns)).collect();
+                    match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.subscribe(names)).await {
+                        Ok(Ok(())) => {}
+                        _ => continue,
+                    }
+                }
                 subs.subscribed = channels.iter().cloned().collect();
+                subs.notices = namespaces;
                 subs.sink = Some(Sink::One(sink.clone()));
                 channels
             };
@@ -210,6 +319,8 @@ impl Inner {
                         l.lagged(c);
                     }
                 }
+                // Creation notices may have been lost too.
+                tokio::spawn(self.clone().relist_owned());
             }
             first = false;
             let mut ping = tokio::time::interval(REDIS_PING_PERIOD);
@@ -233,6 +344,7 @@ impl Inner {
             let mut subs = self.subs.lock().await;
             subs.sink = None;
             subs.subscribed.clear();
+            subs.notices.clear();
         }
     }
 
@@ -282,7 +394,7 @@ impl Inner {
                     }
                 }
                 PushKind::Disconnection => disconnected = true,
-                PushKind::SSubscribe if disconnected => {
+                PushKind::SSubscribe | PushKind::Subscribe if disconnected => {
                     disconnected = false;
                     let channels: Vec<Box<str>> = self.interest.lock().keys().cloned().collect();
                     tracing::info!(
@@ -294,20 +406,30 @@ impl Inner {
                             l.lagged(c);
                         }
                     }
+                    tokio::spawn(self.clone().relist_owned());
                 }
                 _ => {}
             }
         }
     }
 
-    /// One fan-out message: `EPOCH OFFSET TS DATA_AT JSON`.
+    /// One fan-out message (`EPOCH OFFSET TS DATA_AT JSON`), or a creation notice (the new
+    /// channel's name).
     pub(super) fn arrived(&self, name: &str, payload: &[u8]) {
+        if name.starts_with(NOTICE) {
+            let Ok(channel) = std::str::from_utf8(payload) else { return };
+            let watched = self.watched.lock().keys().any(|p| channel.starts_with(&**p));
+            if watched && let Some(l) = self.listener() {
+                l.published(channel);
+            }
+            return;
+        }
         let Some(channel) = channel_of(name) else { return };
         let Some((epoch, offset, ts, data_at, json)) = parse_message(payload) else {
             tracing::warn!(channel, "a fan-out message that does not parse; ignored");
             return;
         };
-        let epoch = {
+        let (epoch, in_state) = {
             let mut interest = self.interest.lock();
             let Some(i) = interest.get_mut(channel) else { return };
             let epoch = match &i.seen {
@@ -317,9 +439,11 @@ impl Inner {
             if i.seen.as_ref().is_none_or(|(e, o)| *e != epoch || offset > *o) {
                 i.seen = Some((epoch.clone(), offset));
             }
-            epoch
+            (epoch, i.retention.state)
         };
-        let Some(p) = Publication::from_encoded(offset, ts, json.into(), data_at) else {
+        let Some(p) =
+            Publication::from_encoded(offset, ts, json.into(), data_at).map(|p| p.in_state(in_state))
+        else {
             tracing::warn!(channel, "a fan-out message whose publication does not parse; ignored");
             return;
         };
