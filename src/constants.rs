@@ -185,3 +185,23 @@ pub const DEFAULT_MAX_CONFLATE_MS: u64 = 60_000;
 pub const DEFAULT_MAX_PATTERN_CHANNELS: usize = 1000;
 /// The most `max_pattern_channels` may be.
 pub const MAX_PATTERN_CHANNELS: usize = 100_000;
+
+/// Default `presence_ttl`: how long a client's presence entry outlives the last refresh of its
+/// node. A node refreshes its entries every third of it, so a node that dies without saying
+/// goodbye has its clients leave within this long (plus a refresh period of another node's).
+pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// Shortest `presence_ttl`.
+pub const MIN_PRESENCE_TTL: Duration = Duration::from_secs(1);
+
+/// How long joins and leaves wait to be sent, so that a client that subscribes and goes again
+/// within it (a reconnect loop) costs its channel neither: the two cancel out.
+pub const PRESENCE_COALESCE: Duration = Duration::from_millis(50);
+
+/// The most clients a `presence` answer lists (`count` says how many there are).
+pub const MAX_PRESENCE_LISTED: usize = 1000;
+
+/// The most read cursors one user holds (`cursor_set` of one more channel is refused).
+pub const MAX_CURSORS_PER_USER: usize = 10_000;
+
+/// The most channels one `cursor_get` or `unread` call names.
+pub const MAX_CURSOR_CHANNELS: usize = 1000;

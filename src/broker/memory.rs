@@ -124,6 +124,10 @@ pub struct MemoryBroker {
     watched: RwLock<HashMap<Box<str>, usize>>,
     /// True while `watched` holds any: publishes look at it only then.
     watching: std::sync::atomic::AtomicBool,
+    /// Every channel's presence.
+    presence: Mutex<conversation::Presences>,
+    /// Every user's read cursors.
+    cursors: Mutex<conversation::Cursors>,
 }
 
 impl MemoryBroker {
@@ -136,6 +140,8 @@ impl MemoryBroker {
             max_channels,
             watched: RwLock::new(HashMap::new()),
             watching: std::sync::atomic::AtomicBool::new(false),
+            presence: Mutex::default(),
+            cursors: Mutex::default(),
         });
         let weak = Arc::downgrade(&broker);
         tokio::spawn(async move {
@@ -436,6 +442,82 @@ impl Broker for MemoryBroker {
 
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
+    }
+
+    fn presence_update<'a>(
+        &'a self,
+        channel: &'a str,
+        join: &'a [PresenceClient],
+        leave: &'a [String],
+        ttl: Duration,
+        signal: bool,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let changes = self.presence.lock().update(channel, join, leave, ttl.as_millis() as u64, now_ms());
+        if signal {
+            self.signal(channel, &changes);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+        signal: bool,
+    ) -> BoxFuture<'a, Result<PresencePage, BrokerError>> {
+        let (page, gone) = self.presence.lock().read(channel, max, now_ms());
+        if signal {
+            self.signal(channel, &gone);
+        }
+        Box::pin(std::future::ready(Ok(page)))
+    }
+
+    fn cursor_set<'a>(
+        &'a self,
+        user: &'a str,
+        channel: &'a str,
+        offset: u64,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        let set = self.cursors.lock().set(user, channel, offset, crate::constants::MAX_CURSORS_PER_USER);
+        let result = match set {
+            Ok((stored, changed)) => {
+                if changed && let Some(l) = self.listener.get().and_then(Weak::upgrade) {
+                    let moved = CursorMove {
+                        user: user.into(),
+                        channel: channel.into(),
+                        offset: stored,
+                        origin: origin.into(),
+                    };
+                    l.cursor_moved(&moved);
+                }
+                Ok(stored)
+            }
+            Err(cap) => Err(BrokerError::Full(cap)),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn cursor_get<'a>(
+        &'a self,
+        user: &'a str,
+        channels: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<u64>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(self.cursors.lock().get(user, channels))))
+    }
+}
+
+impl MemoryBroker {
+    /// Tells the listener of presence changes, with no lock held.
+    fn signal(&self, channel: &str, changes: &[PresenceSignal]) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Some(l) = self.listener.get().and_then(Weak::upgrade) {
+            for c in changes {
+                l.signalled(channel, c);
+            }
+        }
     }
 }
 

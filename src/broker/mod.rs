@@ -45,9 +45,12 @@
 //! one and breaks the delivery promises on purpose, for tests. [`connect`] builds the broker a
 //! configuration names.
 
+pub mod conversation;
 pub mod memory;
 pub mod redis;
 pub mod testing;
+
+pub use conversation::{CursorMove, PresenceClient, PresencePage, PresenceSignal};
 
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
@@ -280,6 +283,15 @@ pub trait Listener: Send + Sync + 'static {
     /// under the prefix), so a listener treats a repeat as nothing new. Same calling rules as
     /// [`Listener::deliver`].
     fn published(&self, _channel: &str) {}
+
+    /// A client joined or left `channel` ([`Broker::presence_update`] with `signal`), told to
+    /// every node with interest in the channel (the memory broker tells its one listener of every
+    /// channel). Same calling rules as [`Listener::deliver`].
+    fn signalled(&self, _channel: &str, _signal: &PresenceSignal) {}
+
+    /// A user's read cursor moved ([`Broker::cursor_set`]), told to every node. Same calling
+    /// rules as [`Listener::deliver`].
+    fn cursor_moved(&self, _moved: &CursorMove) {}
 }
 
 /// Broker failures.
@@ -404,6 +416,47 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Undoes one [`Broker::watch`] of `prefix`.
     fn unwatch(&self, _prefix: &str) {}
+
+    /// Changes `channel`'s presence ([`conversation`]): entries that expired are removed, those
+    /// of `leave` (client ids) are removed, those of `join` are added or kept alive until `ttl`
+    /// from now. With `signal`, each change is signalled once to the nodes with interest in the
+    /// channel ([`Listener::signalled`]).
+    fn presence_update<'a>(
+        &'a self,
+        channel: &'a str,
+        join: &'a [PresenceClient],
+        leave: &'a [String],
+        ttl: Duration,
+        signal: bool,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// `channel`'s presence, at most `max` clients listed, expired entries removed first (and,
+    /// with `signal`, their leaves signalled).
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+        signal: bool,
+    ) -> BoxFuture<'a, Result<PresencePage, BrokerError>>;
+
+    /// Raises `user`'s read cursor of `channel` to `offset` (a lower value changes nothing) and
+    /// returns the stored value; when it changed, every node is told ([`Listener::cursor_moved`])
+    /// with `origin`, the client that set it. A user holds at most
+    /// [`crate::constants::MAX_CURSORS_PER_USER`] cursors ([`BrokerError::Full`] beyond).
+    fn cursor_set<'a>(
+        &'a self,
+        user: &'a str,
+        channel: &'a str,
+        offset: u64,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<u64, BrokerError>>;
+
+    /// `user`'s read cursors of `channels`, in order (0: never set).
+    fn cursor_get<'a>(
+        &'a self,
+        user: &'a str,
+        channels: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<u64>, BrokerError>>;
 
     /// A state channel's state: the latest publication of each key no older than the
     /// retention's TTL (a key whose latest publication's data is `null` is deleted), in offset

@@ -104,6 +104,18 @@ impl Listener for Relay {
             l.published(channel);
         }
     }
+
+    fn signalled(&self, channel: &str, signal: &PresenceSignal) {
+        if let Some(l) = self.0.upgrade().and_then(|b| b.listener()) {
+            l.signalled(channel, signal);
+        }
+    }
+
+    fn cursor_moved(&self, moved: &CursorMove) {
+        if let Some(l) = self.0.upgrade().and_then(|b| b.listener()) {
+            l.cursor_moved(moved);
+        }
+    }
 }
 
 impl FaultyBroker {
@@ -309,6 +321,56 @@ impl Broker for FaultyBroker {
 
     fn flush(&self) -> BoxFuture<'_, ()> {
         self.inner.flush()
+    }
+
+    fn presence_update<'a>(
+        &'a self,
+        channel: &'a str,
+        join: &'a [PresenceClient],
+        leave: &'a [String],
+        ttl: Duration,
+        signal: bool,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        match self.check_up() {
+            Ok(()) => self.inner.presence_update(channel, join, leave, ttl, signal),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+        signal: bool,
+    ) -> BoxFuture<'a, Result<PresencePage, BrokerError>> {
+        match self.check_up() {
+            Ok(()) => self.inner.presence(channel, max, signal),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn cursor_set<'a>(
+        &'a self,
+        user: &'a str,
+        channel: &'a str,
+        offset: u64,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        match self.check_up() {
+            Ok(()) => self.inner.cursor_set(user, channel, offset, origin),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn cursor_get<'a>(
+        &'a self,
+        user: &'a str,
+        channels: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<u64>, BrokerError>> {
+        match self.check_up() {
+            Ok(()) => self.inner.cursor_get(user, channels),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 
     fn state(&self) -> BrokerState {

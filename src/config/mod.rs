@@ -77,6 +77,10 @@ pub struct Config {
     /// How long shutdown waits for clients before exiting anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a client's presence entry (`presence`, `join_leave`) outlives the last refresh
+    /// of its node: a node that dies without saying goodbye has its clients leave within it.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
     /// Hard limits that keep one client from hurting others.
     pub limits: Limits,
     /// Settings of channels whose namespace is not listed in `namespaces` (and of bare names).
@@ -114,6 +118,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             cors_origins: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            presence_ttl: DEFAULT_PRESENCE_TTL,
             limits: Limits::default(),
             default_namespace: NamespaceConfig::default(),
             namespaces: BTreeMap::new(),
@@ -178,6 +183,19 @@ impl Config {
         let config: Config = fig.extract().map_err(|e| ConfigError(format!("configuration: {e}")))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Checks a channel name ([`crate::channel::validate_channel`]) and that a user channel's
+    /// `#` is in a namespace with `user_channels`.
+    pub fn check_channel(&self, name: &str) -> Result<(), String> {
+        crate::channel::validate_channel(name)?;
+        if name.contains('#') && !self.namespace_of(name).user_channels {
+            return Err(format!(
+                "{name}: '#' names a user channel, and namespace {:?} has user_channels off",
+                crate::channel::namespace(name)
+            ));
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot: ranges and relations between keys.
@@ -257,6 +275,13 @@ impl Config {
         if l.upgrades_per_minute == 0 || l.calls_per_second == 0 {
             return err("limits.upgrades_per_minute and limits.calls_per_second must be above zero".into());
         }
+        if self.presence_ttl < MIN_PRESENCE_TTL {
+            return err(format!(
+                "presence_ttl is {}; it must be at least {}",
+                humantime::format_duration(self.presence_ttl),
+                humantime::format_duration(MIN_PRESENCE_TTL)
+            ));
+        }
         if self.broker != "memory" {
             crate::broker::redis::check_url(&self.broker).map_err(ConfigError)?;
         }
@@ -295,6 +320,18 @@ impl Config {
                 return err(format!(
                     "namespaces.{name}.max_pattern_channels is {}; it must be 1 to {MAX_PATTERN_CHANNELS}",
                     ns.max_pattern_channels
+                ));
+            }
+            if ns.presence || ns.join_leave || ns.auto_subscribe {
+                return err(format!(
+                    "namespaces.{name}: presence, join_leave and auto_subscribe are not available in \
+                     this version (user_channels is)"
+                ));
+            }
+            if ns.auto_subscribe && !ns.user_channels {
+                return err(format!(
+                    "namespaces.{name}.auto_subscribe subscribes each user to its user channel: it needs \
+                     user_channels = true"
                 ));
             }
             if let Some(h) = ns.heartbeat

@@ -52,6 +52,16 @@ pub struct NamespaceConfig {
     /// `stream` (a tail of history) or `state` (keyed state: the snapshot is the latest value
     /// of each key, with its checksum).
     pub mode: Mode,
+    /// Conversations: `presence` and `presence_stats` answer who is subscribed, on every node.
+    pub presence: bool,
+    /// Conversations: subscribers receive `{"type":"join"|"leave","channel","info":{"client","user"}}`.
+    pub join_leave: bool,
+    /// Conversations: a channel whose name ends in `#USER` (`notifications:#alice`) is USER's
+    /// own: only a connection whose principal is USER may subscribe to it or read it.
+    pub user_channels: bool,
+    /// With `user_channels`: every connection with a token is subscribed to `NAMESPACE:#USER` at
+    /// connect (and after an `auth`), without asking.
+    pub auto_subscribe: bool,
 }
 
 /// What a namespace's channels are (`mode`).
@@ -94,6 +104,10 @@ impl Default for NamespaceConfig {
             patterns: false,
             max_pattern_channels: DEFAULT_MAX_PATTERN_CHANNELS,
             mode: Mode::Stream,
+            presence: false,
+            join_leave: false,
+            user_channels: false,
+            auto_subscribe: false,
         }
     }
 }

@@ -21,6 +21,7 @@ pub(super) const ENV_KEYS: &[&str] = &[
     "jwt_issuer",
     "allowed_origins",
     "shutdown_grace",
+    "presence_ttl",
     "limits",
     "default_namespace",
     "instances_file",

@@ -226,3 +226,19 @@ fn state_channels_are_not_conflated_and_work_with_every_broker() {
     let demo = Config::default().with_demo_namespaces();
     assert_eq!(demo.namespaces["ticker"].mode, Mode::State);
 }
+
+#[test]
+fn user_channels_load_and_the_rest_of_conversations_is_refused_for_now() {
+    let c = Config::load(None, &[("namespaces.notifications.user_channels".into(), "true".into())]).unwrap();
+    assert!(c.namespaces["notifications"].user_channels);
+    assert!(c.check_channel("notifications:#alice").is_ok());
+    assert!(c.check_channel("trades:#alice").unwrap_err().contains("user_channels"));
+    for key in ["presence", "join_leave", "auto_subscribe"] {
+        let e = Config::load(None, &[(format!("namespaces.chat.{key}"), "true".into())]).unwrap_err();
+        assert!(e.to_string().contains("namespaces.chat") && e.to_string().contains("not available"), "{e}");
+    }
+    for (value, ok) in [("\"1s\"", true), ("\"999ms\"", false)] {
+        let r = Config::load(None, &[("presence_ttl".into(), value.into())]);
+        assert_eq!(r.is_ok(), ok, "{value}: {r:?}");
+    }
+}

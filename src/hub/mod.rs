@@ -43,7 +43,6 @@ use crate::broker::{
     Broker, BrokerError, BrokerState, HistoryPage, HistoryRange, Listener, NO_EPOCH, NewPublication,
     Publication, Published, Retention, StreamPosition,
 };
-use crate::channel::validate_channel;
 use crate::config::Config;
 use crate::metrics::{BrokerOp, BrokerReading, Metrics, SlotRefusal};
 use channel::{Arrival, ChannelState, PendingSub};
@@ -277,7 +276,7 @@ impl Hub {
         limit: Option<usize>,
         id: SubId,
     ) -> Result<Pending, HubError> {
-        validate_channel(channel).map_err(HubError::InvalidChannel)?;
+        self.config.check_channel(channel).map_err(HubError::InvalidChannel)?;
         self.check_broker()?;
         let hub = self.me.upgrade().expect("a hub in use is alive; qed");
         let ch = loop {
@@ -501,7 +500,7 @@ impl Hub {
 
     /// Publishes to `channel`.
     pub async fn publish(&self, channel: &str, p: NewPublication) -> Result<Published, HubError> {
-        validate_channel(channel).map_err(HubError::InvalidChannel)?;
+        self.config.check_channel(channel).map_err(HubError::InvalidChannel)?;
         self.check_broker()?;
         let published = self
             .timed(BrokerOp::Publish, self.broker.publish(channel, p, self.retention(channel)))
@@ -524,7 +523,7 @@ impl Hub {
         since: Option<StreamPosition>,
         limit: Option<usize>,
     ) -> Result<History, HubError> {
-        validate_channel(channel).map_err(HubError::InvalidChannel)?;
+        self.config.check_channel(channel).map_err(HubError::InvalidChannel)?;
         self.check_broker()?;
         let retention = self.retention(channel);
         let range = match &since {

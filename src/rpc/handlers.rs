@@ -62,7 +62,9 @@ fn session(ext: &Extensions) -> Result<Arc<Session>, RpcError> {
 impl Handlers {
     /// Checks that the session may do `action` on `channel` (a valid name).
     fn allow(&self, s: &Session, action: Action, channel: &str) -> Result<(), RpcError> {
-        crate::channel::validate_channel(channel)
+        self.0
+            .config
+            .check_channel(channel)
             .map_err(|m| RpcError::Unacceptable(format!("invalid channel: {m}")))?;
         self.0.subscriptions.allow(s, action, channel).map_err(RpcError::Unauthorized)
     }

@@ -45,9 +45,18 @@ pub fn validate_pattern(pattern: &str) -> Result<&str, String> {
     if !rest.contains('*') {
         return Err(format!("pattern {pattern} holds no '*'"));
     }
+    if pattern.contains('#') {
+        return Err(format!("pattern {pattern}: a pattern never follows user channels ('#')"));
+    }
     crate::channel::validate_channel(&pattern.replace('*', "a"))
         .map_err(|e| format!("pattern {pattern}: {e}"))?;
     Ok(&pattern[..pattern.find('*').expect("checked above; qed")])
+}
+
+/// True when a pattern subscription follows `channel`: the glob matches and the channel is no
+/// user channel (`…#USER`), which only its user may read, one by one.
+fn follows(globs: &Globs, channel: &str) -> bool {
+    !channel.contains('#') && globs.matches(channel)
 }
 
 /// True when some channel may match both globs: a conservative test (their literal prefixes,
@@ -105,7 +114,7 @@ impl ChannelWatch for PatternSub {
     }
 
     fn published(&self, channel: &str) {
-        if !self.globs.matches(channel) {
+        if !follows(&self.globs, channel) {
             return;
         }
         let mut st = self.state.lock();
@@ -366,7 +375,7 @@ impl Subscriptions {
             reservation: Some(reservation),
         };
         let listed = self.hub().streams(prefix, ns.max_pattern_channels).await?;
-        let matching: Vec<String> = listed.into_iter().filter(|c| sub.globs.matches(c)).collect();
+        let matching: Vec<String> = listed.into_iter().filter(|c| follows(&sub.globs, c)).collect();
         if matching.len() > ns.max_pattern_channels {
             return Err(SubscribeError::Unacceptable(format!(
                 "pattern {pattern} matches more than {} channels (max_pattern_channels of namespace {ns_name})",
@@ -437,11 +446,18 @@ mod tests {
         assert_eq!(validate_pattern("trades:*"), Ok("trades:"));
         assert_eq!(validate_pattern("l2Book:BTC-*"), Ok("l2Book:BTC-"));
         assert_eq!(validate_pattern("a:b*c*"), Ok("a:b"));
-        for bad in ["*", "trades", "*:x", "tr*des:x", "trades:SOL", "trades:* x", ":*"] {
+        for bad in ["*", "trades", "*:x", "tr*des:x", "trades:SOL", "trades:* x", ":*", "n:#*"] {
             assert!(validate_pattern(bad).is_err(), "{bad}");
         }
         assert!(validate_pattern(&format!("t:{}*", "a".repeat(260))).is_err());
         assert!(is_pattern("trades:*") && !is_pattern("trades:SOL"));
+    }
+
+    #[test]
+    fn patterns_never_follow_user_channels() {
+        let globs = Globs::new(&["notifications:*"]).unwrap();
+        assert!(follows(&globs, "notifications:all"));
+        assert!(!follows(&globs, "notifications:#alice"));
     }
 
     #[test]

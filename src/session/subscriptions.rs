@@ -181,6 +181,23 @@ impl Subscriptions {
     pub fn allow(&self, session: &Session, action: Action, channel: &str) -> Result<(), String> {
         let ns = self.config.namespace_of(channel);
         let p = session.principal();
+        if ns.user_channels
+            && action == Action::Subscribe
+            && let Some(owner) = crate::channel::user_of(channel)
+        {
+            // A user channel is its user's alone, whatever the namespace's rule says (the
+            // admin token included): only a connection of that user may read it.
+            if !p.is_authenticated() || p.subject != owner {
+                return Err(format!(
+                    "{channel} is the user channel of {owner:?}: only a connection of that user may \
+                     subscribe to it or read it"
+                ));
+            }
+            if p.is_expired(now_ms() / 1000) {
+                return Err("the connection's token has expired; call auth with a fresh one".into());
+            }
+            return Ok(());
+        }
         let needs_token = match action {
             Action::Subscribe => ns.subscribe != Access::Public,
             Action::Publish => ns.publish != Access::Public,
@@ -223,8 +240,7 @@ impl Subscriptions {
             return Err(SubscribeError::NoSocket);
         }
         self.check_conflate(conflate_ms)?;
-        crate::channel::validate_channel(channel)
-            .map_err(|m| SubscribeError::Hub(HubError::InvalidChannel(m)))?;
+        self.config.check_channel(channel).map_err(|m| SubscribeError::Hub(HubError::InvalidChannel(m)))?;
         self.allow(session, Action::Subscribe, channel).map_err(SubscribeError::Unauthorized)?;
         // A broker that is down fails the subscribe now: no place is reserved and the backend
         // is not asked about a subscribe that cannot be made.

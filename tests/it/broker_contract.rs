@@ -35,8 +35,8 @@ use rpchub::broker::memory::MemoryBroker;
 use rpchub::broker::redis::RedisBroker;
 use rpchub::broker::testing::{Faults, FaultyBroker};
 use rpchub::broker::{
-    Broker, HistoryPage, HistoryRange, Listener, NO_EPOCH, NewPublication, Publication, Published, Retention,
-    StreamPosition,
+    Broker, HistoryPage, HistoryRange, Listener, NO_EPOCH, NewPublication, PresenceClient, Publication,
+    Published, Retention, StreamPosition,
 };
 use rpchub::frontends::jsonrpc::{JsonRpcEncoding, splice};
 use rpchub::hub::{Encoding, Hub, HubError, Pending, Sink, Subscription, reason};
@@ -118,6 +118,18 @@ macro_rules! broker_contract {
             async fn a_state_channel_keeps_the_latest_of_each_key() {
                 let Some(s) = $make else { return };
                 super::a_state_channel_keeps_the_latest_of_each_key(s).await;
+            }
+
+            #[tokio::test]
+            async fn presence_counts_clients_and_users_and_expires() {
+                let Some(s) = $make else { return };
+                super::presence_counts_clients_and_users_and_expires(s).await;
+            }
+
+            #[tokio::test]
+            async fn read_cursors_only_rise() {
+                let Some(s) = $make else { return };
+                super::read_cursors_only_rise(s).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,6 +238,44 @@ async fn offsets_start_at_one_and_grow_by_one(s: Subject) {
     let page = read(b, &ch, HistoryRange::Newest(Some(0)), KEPT).await;
     assert_eq!((page.offset, page.publications.len()), (5, 0), "history's offset is the newest one");
     assert_eq!(*page.epoch, first.position.epoch, "history reads the publishers' epoch");
+}
+
+/// Presence lists and counts clients and distinct users; a leave removes a client, and an entry
+/// not refreshed within its TTL is gone.
+async fn presence_counts_clients_and_users_and_expires(s: Subject) {
+    let (b, ch) = (&*s.broker, channel("presence"));
+    let who = |c: &str, u: &str| PresenceClient { client: c.into(), user: u.into() };
+    let ttl = Duration::from_secs(30);
+    let join = [who("n-1", "alice"), who("n-2", "alice"), who("n-3", "bob")];
+    b.presence_update(&ch, &join, &[], ttl, false).await.unwrap();
+    let page = b.presence(&ch, 10, false).await.unwrap();
+    assert_eq!((page.count, page.users, page.clients.len()), (3, 2, 3), "{page:?}");
+    let mut listed: Vec<_> = page.clients.iter().map(|c| (c.client.clone(), c.user.clone())).collect();
+    listed.sort();
+    assert_eq!(listed[2], ("n-3".to_string(), "bob".to_string()));
+    let page = b.presence(&ch, 1, false).await.unwrap();
+    assert_eq!((page.count, page.clients.len()), (3, 1), "max bounds the list, not the count");
+    b.presence_update(&ch, &[], &["n-2".into()], ttl, false).await.unwrap();
+    let page = b.presence(&ch, 10, false).await.unwrap();
+    assert_eq!((page.count, page.users), (2, 2), "{page:?}");
+    // A client not refreshed within its TTL is gone; the others are kept alive by a refresh.
+    b.presence_update(&ch, &[who("n-4", "carol")], &[], Duration::from_secs(1), false).await.unwrap();
+    assert_eq!(b.presence(&ch, 10, false).await.unwrap().count, 3);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let page = b.presence(&ch, 10, false).await.unwrap();
+    assert_eq!((page.count, page.users), (2, 2), "carol's entry expired: {page:?}");
+    assert_eq!(b.presence(&channel("presence"), 10, false).await.unwrap().count, 0, "an empty channel");
+}
+
+/// A read cursor only rises, per user and channel; an unset one reads 0.
+async fn read_cursors_only_rise(s: Subject) {
+    let (b, ch, other) = (&*s.broker, channel("cursor"), channel("cursor"));
+    let user = format!("u{}", std::process::id());
+    assert_eq!(b.cursor_set(&user, &ch, 5, "n-1").await.unwrap(), 5);
+    assert_eq!(b.cursor_set(&user, &ch, 3, "n-1").await.unwrap(), 5, "a lower value changes nothing");
+    assert_eq!(b.cursor_set(&user, &ch, 7, "n-2").await.unwrap(), 7);
+    assert_eq!(b.cursor_get(&user, &[ch.clone(), other.clone()]).await.unwrap(), vec![7, 0]);
+    assert_eq!(b.cursor_get("someone-else", std::slice::from_ref(&ch)).await.unwrap(), vec![0], "per user");
 }
 
 /// Concurrent publishers get distinct, gap-free offsets, each holding its own publication.

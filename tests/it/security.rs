@@ -533,3 +533,50 @@ async fn refusals_flood_neither_the_log_nor_its_lines() {
     assert_eq!(lines.len() + left_out, 61, "lines and the counts of those left out:\n{log}");
     assert!(log.len() < 16 << 10, "the whole log stays small: {} bytes", log.len());
 }
+
+#[tokio::test]
+async fn a_user_channel_is_its_users_alone() {
+    let mut c = secure_config();
+    c.namespaces.insert(
+        "notifications".into(),
+        NamespaceConfig { user_channels: true, patterns: true, ..NamespaceConfig::default() },
+    );
+    let server = start(c).await;
+    let addr = server.addr;
+    let mine = "notifications:#alice";
+    // The backend (the admin token) publishes to alice's channel; publishing follows the rule.
+    assert_eq!(publish(addr, mine, json!("for alice")).await["offset"], 1);
+    let alice = hs256(&claims("alice", &[], &[], 60));
+    let mut w = ws(addr, Some(&alice)).await;
+    let (_, snap) = subscribe(&mut w, json!([mine, null, 10])).await;
+    assert_eq!(snap["publications"][0]["data"], "for alice", "{snap}");
+    assert_eq!(call(&mut w, "history", json!([mine])).await["result"]["offset"], 1);
+    // Anyone else, whatever their rights, is refused, and nothing is reserved for them.
+    let bob = hs256(&claims("bob", &["notifications:*"], &[], 60));
+    for token in [None, Some(bob.as_str()), Some(ADMIN)] {
+        let mut other = ws(addr, token).await;
+        for method in ["subscribe", "history"] {
+            let r = call(&mut other, method, json!([mine])).await;
+            assert_eq!(r["error"]["code"], -32001, "{token:?} {method}: {r}");
+            assert!(r["error"]["message"].as_str().unwrap().contains("alice"), "{r}");
+        }
+    }
+    // A pattern over the namespace follows its other channels, never a user's.
+    let mut anon = ws(addr, None).await;
+    // (One snapshot per channel followed: alice's is the namespace's only one, so none comes.)
+    let r = call(&mut anon, "subscribe", json!(["notifications:*"])).await;
+    assert!(r["result"].is_string(), "{r}");
+    assert!(silent(&mut anon, Duration::from_millis(300)).await, "no snapshot of alice's channel");
+    let r = call(&mut ws(addr, None).await, "subscribe", json!(["notifications:#*"])).await;
+    assert_eq!(r["error"]["code"], -32005, "{r}");
+    assert_eq!(publish(addr, mine, json!("again")).await["offset"], 2);
+    assert_eq!(event(&mut w).await["data"], "again");
+    assert!(
+        silent(&mut anon, Duration::from_millis(300)).await,
+        "the pattern stayed away from alice's channel"
+    );
+    // '#' outside a namespace with user channels is no valid name.
+    let r = call(&mut anon, "subscribe", json!(["conversation:#alice"])).await;
+    assert_eq!(r["error"]["code"], -32005, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("user_channels"), "{r}");
+}

@@ -3,6 +3,24 @@
 use super::*;
 
 /// `EPOCH OFFSET TS DATA_AT JSON`.
+/// A presence message's JSON after its `!`: `{"t":"join"|"leave","c":CLIENT,"u":USER}`.
+pub(super) fn parse_signal(json: &[u8]) -> Option<PresenceSignal> {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        t: String,
+        c: String,
+        #[serde(default)]
+        u: String,
+    }
+    let w: Wire = serde_json::from_slice(json).ok()?;
+    let join = match w.t.as_str() {
+        "join" => true,
+        "leave" => false,
+        _ => return None,
+    };
+    Some(PresenceSignal { join, client: PresenceClient { client: w.c, user: w.u } })
+}
+
 pub(super) fn parse_message(payload: &[u8]) -> Option<(&str, u64, u64, u32, &str)> {
     let text = std::str::from_utf8(payload).ok()?;
     let mut parts = text.splitn(5, ' ');

@@ -187,6 +187,11 @@ pub(super) fn key(channel: &str, what: &str) -> String {
     format!("{PREFIX}{channel}}}:{what}")
 }
 
+/// The hash of `user`'s read cursors (its own hash tag: one user's cursors sit in one slot).
+pub(super) fn cursors_key(user: &str) -> String {
+    format!("rpchub:cursors:{{{user}}}")
+}
+
 /// The creation notice channel of `channel`'s namespace (the part before its first `:`, or
 /// the whole name).
 pub(super) fn notice(channel: &str) -> String {

@@ -113,6 +113,11 @@ const PUBLISH: &str = include_str!("publish.lua");
 const HISTORY: &str = include_str!("history.lua");
 const INTEREST: &str = include_str!("interest.lua");
 const STATE: &str = include_str!("state.lua");
+const PRESENCE: &str = include_str!("presence.lua");
+const CURSOR: &str = include_str!("cursor.lua");
+
+/// The pub/sub channel of read cursor moves, which every node subscribes to.
+const CURSORS: &str = "rpchub:cursors";
 
 /// Position reads of one check in flight at a time.
 const POSITION_CHECKS_IN_FLIGHT: usize = 256;
@@ -165,6 +170,8 @@ struct Inner {
     history: Script,
     interest_script: Script,
     state: Script,
+    presence: Script,
+    cursor: Script,
     /// Prefixes watched for pattern subscriptions ([`Broker::watch`]), with their counts.
     watched: Mutex<HashMap<Box<str>, usize>>,
     stop: CancellationToken,
@@ -241,6 +248,8 @@ impl RedisBroker {
             history: Script::new(HISTORY),
             interest_script: Script::new(INTEREST),
             state: Script::new(STATE),
+            presence: Script::new(PRESENCE),
+            cursor: Script::new(CURSOR),
             watched: Mutex::new(HashMap::new()),
             stop: CancellationToken::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -520,6 +529,100 @@ impl Broker for RedisBroker {
             }
             undo.0 = None;
             Ok(())
+        })
+    }
+
+    fn presence_update<'a>(
+        &'a self,
+        channel: &'a str,
+        join: &'a [PresenceClient],
+        leave: &'a [String],
+        ttl: Duration,
+        signal: bool,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let mut conn = inner.conn()?;
+            let mut inv = inner.presence.prepare_invoke();
+            inv.key(key(channel, "presence")).key(key(channel, "presence_at"));
+            inv.arg("u").arg((ttl.as_millis() as u64).max(1));
+            inner.signal_args(&mut inv, channel, signal);
+            inv.arg(join.len());
+            for c in join {
+                inv.arg(&c.client).arg(&c.user);
+            }
+            for c in leave {
+                inv.arg(c);
+            }
+            inner.run(inv.invoke_async::<Value>(&mut conn)).await.map(drop)
+        })
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+        max: usize,
+        signal: bool,
+    ) -> BoxFuture<'a, Result<PresencePage, BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let mut conn = inner.conn()?;
+            let mut inv = inner.presence.prepare_invoke();
+            inv.key(key(channel, "presence")).key(key(channel, "presence_at"));
+            inv.arg("r").arg(max);
+            inner.signal_args(&mut inv, channel, signal);
+            let (count, users, listed) =
+                inner.run(inv.invoke_async::<(usize, usize, Vec<String>)>(&mut conn)).await?;
+            let clients = listed
+                .chunks_exact(2)
+                .map(|p| PresenceClient { client: p[0].clone(), user: p[1].clone() })
+                .collect();
+            Ok(PresencePage { clients, count, users })
+        })
+    }
+
+    fn cursor_set<'a>(
+        &'a self,
+        user: &'a str,
+        channel: &'a str,
+        offset: u64,
+        origin: &'a str,
+    ) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            let mut conn = inner.conn()?;
+            let moved =
+                CursorMove { user: user.into(), channel: channel.into(), offset, origin: origin.into() };
+            let message = serde_json::to_string(&moved).expect("a cursor move serializes; qed");
+            let mut inv = inner.cursor.prepare_invoke();
+            inv.key(cursors_key(user))
+                .arg(channel)
+                .arg(offset)
+                .arg(crate::constants::MAX_CURSORS_PER_USER)
+                .arg(message)
+                .arg(CURSORS);
+            match inner.run(inv.invoke_async::<i64>(&mut conn)).await? {
+                -1 => Err(BrokerError::Full(crate::constants::MAX_CURSORS_PER_USER)),
+                stored => Ok(stored.max(0) as u64),
+            }
+        })
+    }
+
+    fn cursor_get<'a>(
+        &'a self,
+        user: &'a str,
+        channels: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<u64>, BrokerError>> {
+        Box::pin(async move {
+            if channels.is_empty() {
+                return Ok(Vec::new());
+            }
+            let inner = &*self.inner;
+            let mut conn = inner.conn()?;
+            let mut cmd = ::redis::cmd("HMGET");
+            cmd.arg(cursors_key(user)).arg(channels);
+            let got = inner.run(cmd.query_async::<Vec<Option<u64>>>(&mut conn)).await?;
+            Ok(got.into_iter().map(|o| o.unwrap_or(0)).collect())
         })
     }
 

@@ -5,6 +5,13 @@
 use super::*;
 
 impl Inner {
+    /// The arguments of `presence.lua` that say whether and where to signal.
+    pub(super) fn signal_args(&self, inv: &mut ::redis::ScriptInvocation<'_>, channel: &str, signal: bool) {
+        inv.arg(if signal { "1" } else { "0" })
+            .arg(key(channel, "pub"))
+            .arg(if matches!(self.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" });
+    }
+
     pub(super) fn listener(&self) -> Option<Arc<dyn Listener>> {
         self.listener.get().and_then(Weak::upgrade)
     }
@@ -297,12 +304,12 @@ impl Inner {
                 }
                 let namespaces: HashSet<Box<str>> =
                     self.watched.lock().keys().filter_map(|p| namespace_of(p)).map(Into::into).collect();
-                if !namespaces.is_empty() {
-                    let names: Vec<String> = namespaces.iter().map(|ns| notice_of(ns)).collect();
-                    match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.subscribe(names)).await {
-                        Ok(Ok(())) => {}
-                        _ => continue,
-                    }
+                // Read cursor moves, on every node at all times.
+                let mut names: Vec<String> = vec![CURSORS.to_string()];
+                names.extend(namespaces.iter().map(|ns| notice_of(ns)));
+                match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, sink.subscribe(names)).await {
+                    Ok(Ok(())) => {}
+                    _ => continue,
                 }
                 subs.subscribed = channels.iter().cloned().collect();
                 subs.notices = namespaces;
@@ -364,8 +371,13 @@ impl Inner {
                     return;
                 }
             };
-            if let Ok(Ok(conn)) = conn {
-                break conn;
+            if let Ok(Ok(mut conn)) = conn {
+                // Read cursor moves, on every node at all times (made again by the client after
+                // a reconnection, as its other subscriptions).
+                match tokio::time::timeout(REDIS_COMMAND_TIMEOUT, conn.subscribe(CURSORS)).await {
+                    Ok(Ok(())) => break conn,
+                    _ => tracing::warn!("redis cluster pub/sub: the cursor channel could not be subscribed"),
+                }
             }
             tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -424,7 +436,32 @@ impl Inner {
             }
             return;
         }
+        if name == CURSORS {
+            match serde_json::from_slice::<CursorMove>(payload) {
+                Ok(moved) => {
+                    if let Some(l) = self.listener() {
+                        l.cursor_moved(&moved);
+                    }
+                }
+                Err(_) => tracing::warn!("a cursor message that does not parse; ignored"),
+            }
+            return;
+        }
         let Some(channel) = channel_of(name) else { return };
+        if let Some(signal) = payload.strip_prefix(b"!") {
+            if !self.interest.lock().contains_key(channel) {
+                return;
+            }
+            match parse_signal(signal) {
+                Some(signal) => {
+                    if let Some(l) = self.listener() {
+                        l.signalled(channel, &signal);
+                    }
+                }
+                None => tracing::warn!(channel, "a presence message that does not parse; ignored"),
+            }
+            return;
+        }
         let Some((epoch, offset, ts, data_at, json)) = parse_message(payload) else {
             tracing::warn!(channel, "a fan-out message that does not parse; ignored");
             return;
