@@ -78,7 +78,7 @@ async fn follow(
                     p.offset = *to;
                 }
             }
-            Event::Heartbeat { .. } | Event::Other => {}
+            Event::Heartbeat { .. } | Event::Join { .. } | Event::Leave { .. } | Event::Other => {}
         }
         println!("{}", serde_json::to_string(&event).expect("an event serializes; qed"));
     }

@@ -322,12 +322,6 @@ impl Config {
                     ns.max_pattern_channels
                 ));
             }
-            if ns.presence || ns.join_leave || ns.auto_subscribe {
-                return err(format!(
-                    "namespaces.{name}: presence, join_leave and auto_subscribe are not available in \
-                     this version (user_channels is)"
-                ));
-            }
             if ns.auto_subscribe && !ns.user_channels {
                 return err(format!(
                     "namespaces.{name}.auto_subscribe subscribes each user to its user channel: it needs \
@@ -439,7 +433,8 @@ impl Config {
     }
 
     /// The demo's namespaces: public trades with history, public books keeping only the latest,
-    /// public tickers as state channels (`mode = "state"`); all take patterns (`trades:*`).
+    /// public tickers as state channels (`mode = "state"`), all taking patterns (`trades:*`);
+    /// and public chat rooms keeping presence with join and leave events (`chat:ROOM`).
     pub fn with_demo_namespaces(mut self) -> Config {
         let base = NamespaceConfig { patterns: true, ..self.default_namespace.clone() };
         self.namespaces.entry("trades".into()).or_insert_with(|| base.clone());
@@ -450,6 +445,12 @@ impl Config {
             mode: Mode::State,
             history_size: 100,
             ..base.clone()
+        });
+        // Conversations to try: who is in `chat:ROOM`, with join and leave events.
+        self.namespaces.entry("chat".into()).or_insert_with(|| NamespaceConfig {
+            presence: true,
+            join_leave: true,
+            ..self.default_namespace.clone()
         });
         self
     }

@@ -228,15 +228,35 @@ fn state_channels_are_not_conflated_and_work_with_every_broker() {
 }
 
 #[test]
-fn user_channels_load_and_the_rest_of_conversations_is_refused_for_now() {
+fn conversation_options_load_and_auto_subscribe_needs_user_channels() {
     let c = Config::load(None, &[("namespaces.notifications.user_channels".into(), "true".into())]).unwrap();
     assert!(c.namespaces["notifications"].user_channels);
     assert!(c.check_channel("notifications:#alice").is_ok());
     assert!(c.check_channel("trades:#alice").unwrap_err().contains("user_channels"));
-    for key in ["presence", "join_leave", "auto_subscribe"] {
-        let e = Config::load(None, &[(format!("namespaces.chat.{key}"), "true".into())]).unwrap_err();
-        assert!(e.to_string().contains("namespaces.chat") && e.to_string().contains("not available"), "{e}");
-    }
+    let c = Config::load(
+        None,
+        &[
+            ("namespaces.chat.presence".into(), "true".into()),
+            ("namespaces.chat.join_leave".into(), "true".into()),
+        ],
+    )
+    .unwrap();
+    assert!(c.namespaces["chat"].presence && c.namespaces["chat"].join_leave);
+    let e = Config::load(None, &[("namespaces.chat.auto_subscribe".into(), "true".into())]).unwrap_err();
+    assert!(
+        e.to_string().contains("namespaces.chat.auto_subscribe")
+            && e.to_string().contains("user_channels = true"),
+        "{e}"
+    );
+    let c = Config::load(
+        None,
+        &[
+            ("namespaces.notifications.user_channels".into(), "true".into()),
+            ("namespaces.notifications.auto_subscribe".into(), "true".into()),
+        ],
+    )
+    .unwrap();
+    assert!(c.namespaces["notifications"].auto_subscribe);
     for (value, ok) in [("\"1s\"", true), ("\"999ms\"", false)] {
         let r = Config::load(None, &[("presence_ttl".into(), value.into())]);
         assert_eq!(r.is_ok(), ok, "{value}: {r:?}");

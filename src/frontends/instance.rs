@@ -263,6 +263,9 @@ impl Encoding for InstanceEncoding {
             Event::Heartbeat { offset, .. } => {
                 self.notice("heartbeat", serde_json::json!({"offset": offset}), out)
             }
+            Event::Presence { join, who, .. } => {
+                self.notice(if *join { "join" } else { "leave" }, serde_json::json!({"info": who}), out)
+            }
             Event::Gap { from, to, reason, .. } => {
                 self.notice("gap", serde_json::json!({"from": from, "to": to, "reason": reason}), out)
             }

@@ -82,6 +82,24 @@ pub(crate) fn write_heartbeat(out: &mut Vec<u8>, channel: &str, offset: u64) {
     out.push(b'}');
 }
 
+/// Writes `{"type":"join"|"leave","channel","info":{"client","user"}}`.
+pub(crate) fn write_presence(
+    out: &mut Vec<u8>,
+    channel: &str,
+    join: bool,
+    who: &crate::broker::PresenceClient,
+) {
+    out.extend_from_slice(if join {
+        br#"{"type":"join","channel":""#
+    } else {
+        br#"{"type":"leave","channel":""#
+    });
+    out.extend_from_slice(channel.as_bytes());
+    out.extend_from_slice(br#"","info":"#);
+    out.extend_from_slice(serde_json::to_string(who).expect("a presence entry serializes; qed").as_bytes());
+    out.push(b'}');
+}
+
 /// Writes `"checksum":N,` for a state subscriber that asked for it.
 pub(crate) fn write_checksum(out: &mut Vec<u8>, checksum: Option<u32>) {
     if let Some(c) = checksum {

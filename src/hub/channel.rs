@@ -365,6 +365,21 @@ impl ChannelState {
         })
     }
 
+    /// Tells every live subscriber that is not closed `event` (a join or a leave), built once
+    /// per encoding. Returns how many were told.
+    pub(super) fn tell_all(&mut self, event: &Event<'_>) -> u64 {
+        let mut frames = Frames::new(event);
+        tell_each(&mut self.live, |s| {
+            if s.after == u64::MAX {
+                return None;
+            }
+            Some(
+                s.outbox.push_shared(frames.get(s.encoding_key, || &s.shared.encoding), s.splice)
+                    == Push::Queued,
+            )
+        })
+    }
+
     /// Publications `from..=to` are lost for good (history no longer holds them): every live
     /// subscriber is told `gap` and goes on at `to + 1` (a conflated one is sent what it holds
     /// first); pending ones read history again. Returns how many were told.

@@ -6,7 +6,7 @@
 //! channel instead), and optionally a [`Filter`]. A live publication is encoded once per
 //! encoding in use on its channel, never per subscriber.
 
-use crate::broker::{HistoryPage, Publication, StreamPosition};
+use crate::broker::{HistoryPage, PresenceClient, Publication, StreamPosition};
 use crate::transport::{FrameWriter, Outbox, Splice};
 use std::sync::Arc;
 
@@ -77,6 +77,16 @@ pub enum Event<'a> {
         /// One of [`reason`] (`broker_lost`).
         reason: &'a str,
     },
+    /// A client joined or left the channel (namespace option `join_leave`):
+    /// `{"type":"join"|"leave","channel","info":{"client","user"}}`.
+    Presence {
+        /// The channel.
+        channel: &'a str,
+        /// True for a join, false for a leave.
+        join: bool,
+        /// Who.
+        who: &'a PresenceClient,
+    },
     /// The server ended the subscription; nothing follows.
     Closed {
         /// The channel.
@@ -95,6 +105,12 @@ pub trait Encoding: Send + Sync + 'static {
     /// Writes `event` as one text frame's payload, marking where the splice goes.
     fn encode(&self, event: &Event<'_>, out: &mut FrameWriter<'_>);
 
+    /// The payload of a `cursor` notification (a user's read cursor of `channel` moved to
+    /// `offset` on another connection), or `None` for a door that sends none.
+    fn cursor_json(&self, _channel: &str, _offset: u64) -> Option<String> {
+        None
+    }
+
     /// False for a door that sends no snapshot frame (its connection queues what it wants sent
     /// first as the subscription's answer, from [`crate::session::PendingSubscription::page`]).
     fn sends_snapshot(&self) -> bool {
@@ -108,6 +124,7 @@ pub trait Encoding: Send + Sync + 'static {
             Event::Snapshot { page, .. } => {
                 192 + page.publications.iter().map(|p| p.json().len() + 1).sum::<usize>()
             }
+            Event::Presence { who, .. } => 160 + who.client.len() + who.user.len(),
             Event::Closed { .. } | Event::Heartbeat { .. } | Event::Gap { .. } => 128,
         }
     }

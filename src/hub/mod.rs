@@ -29,6 +29,7 @@ mod channel;
 mod conflate;
 mod event;
 mod id;
+pub mod presence;
 mod state;
 mod subscription;
 #[cfg(test)]
@@ -41,7 +42,7 @@ pub use subscription::{Pending, Subscription};
 
 use crate::broker::{
     Broker, BrokerError, BrokerState, HistoryPage, HistoryRange, Listener, NO_EPOCH, NewPublication,
-    Publication, Published, Retention, StreamPosition,
+    PresenceClient, PresencePage, PresenceSignal, Publication, Published, Retention, StreamPosition,
 };
 use crate::config::Config;
 use crate::metrics::{BrokerOp, BrokerReading, Metrics, SlotRefusal};
@@ -117,6 +118,9 @@ pub trait ChannelWatch: Send + Sync + 'static {
     fn published(&self, channel: &str);
 }
 
+/// What the hub calls for each cursor move the broker tells of ([`Hub::on_cursor_moved`]).
+pub type CursorHook = Box<dyn Fn(&crate::broker::CursorMove) + Send + Sync>;
+
 /// This node's channels and subscribers.
 pub struct Hub {
     config: Arc<Config>,
@@ -128,6 +132,10 @@ pub struct Hub {
     flush: Arc<conflate::FlushQueue>,
     /// Pattern subscriptions, told of publications under their prefix.
     watches: RwLock<Vec<Arc<dyn ChannelWatch>>>,
+    /// This node's clients in the presence of channels that keep it.
+    presence: Arc<presence::Presence>,
+    /// Told of every user's cursor move (the session layer's feeds).
+    cursor_hook: RwLock<Option<CursorHook>>,
     /// For the tasks that fill gaps.
     me: Weak<Hub>,
 }
@@ -142,12 +150,14 @@ impl Hub {
     /// A hub over `broker`, registered as its listener.
     pub fn new(config: Arc<Config>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Arc<Hub> {
         let hub = Arc::new_cyclic(|me| Hub {
+            presence: presence::Presence::new(broker.clone(), config.presence_ttl),
             config,
             broker,
             channels: RwLock::default(),
             ids: SubIdGen::default(),
             flush: conflate::FlushQueue::new(metrics.clone()),
             watches: RwLock::default(),
+            cursor_hook: RwLock::default(),
             metrics,
             me: me.clone(),
         });
@@ -540,6 +550,86 @@ impl Hub {
         })
     }
 
+    /// `who`'s presence in `channel` through one more subscription, when its namespace keeps
+    /// presence (`presence` or `join_leave`); dropping the guard undoes it ([`presence`]).
+    pub fn enter_presence(&self, channel: &str, who: &PresenceClient) -> Option<presence::PresenceGuard> {
+        let ns = self.config.namespace_of(channel);
+        (ns.presence || ns.join_leave).then(|| self.presence.enter(channel, who, ns.join_leave))
+    }
+
+    /// `channel`'s presence on every node, at most `max` clients listed: this node's pending
+    /// changes of it are sent first, so a client that subscribed finds itself.
+    pub async fn presence(&self, channel: &str, max: usize) -> Result<PresencePage, HubError> {
+        self.config.check_channel(channel).map_err(HubError::InvalidChannel)?;
+        self.check_broker()?;
+        self.presence.flush_channel(channel).await;
+        let signal = self.config.namespace_of(channel).join_leave;
+        Ok(self.broker.presence(channel, max, signal).await?)
+    }
+
+    /// Calls `hook` for every user's cursor move from now on (one hook; a second replaces it).
+    /// Called under the broker's lock: it must not call into the broker or the hub.
+    pub fn on_cursor_moved(&self, hook: CursorHook) {
+        *self.cursor_hook.write() = Some(hook);
+    }
+
+    /// Raises `user`'s read cursor of `channel` to `offset` (never beyond the channel's offset:
+    /// `Err` with that offset then) and returns the stored value; `origin` (the client that
+    /// set it) is not told of the move.
+    pub async fn cursor_set(
+        &self,
+        user: &str,
+        channel: &str,
+        offset: u64,
+        origin: &str,
+    ) -> Result<Result<u64, u64>, HubError> {
+        self.config.check_channel(channel).map_err(HubError::InvalidChannel)?;
+        self.check_broker()?;
+        let at = self.position(channel).await?;
+        if offset > at {
+            return Ok(Err(at));
+        }
+        Ok(Ok(self.broker.cursor_set(user, channel, offset, origin).await?))
+    }
+
+    /// `user`'s read cursors of `channels`, in order (0: never set).
+    pub async fn cursor_get(&self, user: &str, channels: &[String]) -> Result<Vec<u64>, HubError> {
+        for c in channels {
+            self.config.check_channel(c).map_err(HubError::InvalidChannel)?;
+        }
+        self.check_broker()?;
+        Ok(self.broker.cursor_get(user, channels).await?)
+    }
+
+    /// Publications of `channel` after `cursor`: `(count, capped)`, the count capped at what
+    /// history holds (`capped` true when publications between the cursor and the oldest
+    /// retained one are no longer kept).
+    pub async fn unread(&self, channel: &str, cursor: u64) -> Result<(u64, bool), HubError> {
+        let retention = self.retention(channel);
+        let newest = self.read_history(channel, HistoryRange::Newest(Some(0)), retention).await?;
+        if cursor >= newest.offset {
+            return Ok((0, false));
+        }
+        let oldest = self.read_history(channel, HistoryRange::After(cursor, Some(1)), retention).await?;
+        let first = oldest.publications.first().filter(|_| oldest.epoch == newest.epoch).map(|p| p.offset);
+        Ok(match first {
+            Some(o) if o == cursor + 1 => (newest.offset - cursor, false),
+            Some(o) => (newest.offset - o + 1, true),
+            None => (0, true),
+        })
+    }
+
+    /// `channel`'s newest offset (0 when it has no stream).
+    async fn position(&self, channel: &str) -> Result<u64, HubError> {
+        let page = self.read_history(channel, HistoryRange::Newest(Some(0)), self.retention(channel)).await?;
+        Ok(page.offset)
+    }
+
+    /// Clients of this node present in `channel`.
+    pub fn local_presence(&self, channel: &str) -> usize {
+        self.presence.local_clients(channel)
+    }
+
     /// Channels with subscribers on this node whose name starts with `prefix`, sorted by name.
     pub fn channels(&self, prefix: &str) -> Vec<ChannelInfo> {
         let map = self.channels.read();
@@ -693,6 +783,21 @@ impl Listener for Hub {
                 w.published(channel);
             }
         }
+    }
+
+    fn cursor_moved(&self, moved: &crate::broker::CursorMove) {
+        if let Some(hook) = self.cursor_hook.read().as_ref() {
+            hook(moved);
+        }
+    }
+
+    fn signalled(&self, channel: &str, signal: &PresenceSignal) {
+        if !self.config.namespace_of(channel).join_leave {
+            return;
+        }
+        let Some(ch) = self.channels.read().get(channel).cloned() else { return };
+        let event = Event::Presence { channel, join: signal.join, who: &signal.client };
+        ch.state.lock().tell_all(&event);
     }
 
     fn lagged(&self, channel: &str) {

@@ -36,6 +36,9 @@ fn event_json(e: &Event<'_>) -> Value {
         Event::Gap { channel, from, to, reason } => {
             json!({"type":"gap","channel":channel,"from":from,"to":to,"reason":reason})
         }
+        Event::Presence { channel, join, who } => {
+            json!({"type": if *join { "join" } else { "leave" },"channel":channel,"info":who})
+        }
     }
 }
 

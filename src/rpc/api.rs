@@ -125,6 +125,79 @@ pub trait StreamApi {
 }
 }
 
+described! {
+CONVERSATION_METHODS;
+/// Conversations: who is in a channel, and how far each user has read.
+#[rpc(server, client)]
+pub trait ConversationApi {
+    /// The clients subscribed to `channel` on every node, at most 1,000 listed, with their
+    /// count. Only on a namespace with `presence = true` (else -32005); permission as for
+    /// `history`. A client is listed from its subscription until it unsubscribes or
+    /// disconnects; one whose node died without saying goodbye is listed until the node's
+    /// entries expire (`presence_ttl` and a third of it).
+    #[method(name = "presence", with_extensions)]
+    async fn presence(&self, channel: String) -> RpcResult<PresenceResult>;
+
+    /// How many clients, and how many distinct users among them, are subscribed to `channel`
+    /// (as `presence` counts them).
+    #[method(name = "presence_stats", with_extensions)]
+    async fn presence_stats(&self, channel: String) -> RpcResult<PresenceStats>;
+
+    /// Sets the caller's read cursor of `channel` to `offset`: the stored value is the highest
+    /// ever set (a lower one changes nothing), and is returned. An offset beyond the channel's
+    /// newest is -32005. The user's other connections are told of a change with a `cursor`
+    /// notification. Needs a token and read rights on the channel.
+    #[method(name = "cursor_set", with_extensions)]
+    async fn cursor_set(&self, channel: String, offset: u64) -> RpcResult<CursorResult>;
+
+    /// The caller's read cursors of `channels` (at most 1,000), as `{channel: offset}`; a cursor
+    /// never set reads 0.
+    #[method(name = "cursor_get", with_extensions)]
+    async fn cursor_get(&self, channels: Vec<String>) -> RpcResult<std::collections::BTreeMap<String, u64>>;
+
+    /// For each of `channels` (at most 1,000), the publications after the caller's read cursor:
+    /// `{channel: {count, capped}}`, the count capped at what history holds (`capped: true`
+    /// when some are no longer kept).
+    #[method(name = "unread", with_extensions)]
+    async fn unread(&self, channels: Vec<String>) -> RpcResult<std::collections::BTreeMap<String, Unread>>;
+}
+}
+
+/// The result of `presence`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PresenceResult {
+    /// Subscribed clients, at most 1,000, in no particular order.
+    pub clients: Vec<crate::broker::PresenceClient>,
+    /// How many clients are subscribed.
+    pub count: usize,
+}
+
+/// The result of `presence_stats`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PresenceStats {
+    /// Subscribed clients.
+    pub clients: usize,
+    /// Distinct users among them (anonymous clients count as one user, `""`).
+    pub users: usize,
+}
+
+/// The result of `cursor_set`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CursorResult {
+    /// The stored cursor: the highest offset ever set.
+    pub offset: u64,
+}
+
+/// One channel's entry in the result of `unread`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub struct Unread {
+    /// Publications after the cursor that history holds.
+    pub count: u64,
+    /// True when publications between the cursor and the oldest retained one are no longer
+    /// kept (the true number is higher).
+    pub capped: bool,
+}
+
 /// Where a subscription resumes: the last position the client has of the channel, or, for a
 /// pattern, of each channel it names.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -363,6 +436,22 @@ pub enum SubscriptionEvent<D = JsonData, P = PublicationJson> {
         to: u64,
         /// Why: `broker_lost`.
         reason: String,
+    },
+    /// On a namespace with `join_leave`: a client subscribed to the channel (once per client,
+    /// however many subscriptions it holds; a subscriber is told of its own join too).
+    Join {
+        /// The channel.
+        channel: String,
+        /// Who.
+        info: crate::broker::PresenceClient,
+    },
+    /// On a namespace with `join_leave`: a client that joined is gone (it unsubscribed,
+    /// disconnected, was dropped, or its node died and its presence expired).
+    Leave {
+        /// The channel.
+        channel: String,
+        /// Who.
+        info: crate::broker::PresenceClient,
     },
     /// Last, when the server ends the subscription itself (under a pattern: the end of the one
     /// channel it names, or of the whole pattern when it names the pattern).

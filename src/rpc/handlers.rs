@@ -5,8 +5,9 @@
 
 use super::CallCtx;
 use super::api::{
-    AuthResult, ChannelApiServer, ConnectionLimits, HistoryResult, ItemError, JsonData, NodeApiServer,
-    NodeInfo, PublicationJson, Since, StreamApiServer, SubscribeItem, SubscribeManyResult, SubscribeOutcome,
+    AuthResult, ChannelApiServer, ConnectionLimits, ConversationApiServer, CursorResult, HistoryResult,
+    ItemError, JsonData, NodeApiServer, NodeInfo, PresenceResult, PresenceStats, PublicationJson, Since,
+    StreamApiServer, SubscribeItem, SubscribeManyResult, SubscribeOutcome, Unread,
 };
 use super::error::{RpcError, invalid_params};
 use crate::auth::{Action, AuthError, Authenticator};
@@ -367,5 +368,106 @@ impl StreamApiServer for Handlers {
     fn stream_cancel(&self, ext: &Extensions, stream: String) -> RpcResult<bool> {
         let s = session(ext)?;
         Ok(stream.parse::<u64>().is_ok_and(|id| s.calls().is_some_and(|c| c.cancel(id))))
+    }
+}
+
+use crate::constants::MAX_CURSOR_CHANNELS;
+
+impl Handlers {
+    /// The checks of `presence` and `presence_stats`: a valid channel of a namespace with
+    /// `presence`, read rights (and the backend's, where its namespace asks).
+    async fn presence_of(
+        &self,
+        ext: &Extensions,
+        channel: &str,
+    ) -> Result<crate::broker::PresencePage, RpcError> {
+        let s = session(ext)?;
+        self.allow(&s, Action::Subscribe, channel)?;
+        if !self.0.config.namespace_of(channel).presence {
+            return Err(RpcError::Unacceptable(format!(
+                "{channel}'s namespace keeps no presence (namespace option presence = true)"
+            )));
+        }
+        self.0.subscriptions.ask_backend(&s, channel).await.map_err(RpcError::from_check)?;
+        Ok(self.0.hub.presence(channel, crate::constants::MAX_PRESENCE_LISTED).await?)
+    }
+
+    /// The caller of a cursor method: a user (a token is needed) who may read every one of
+    /// `channels`.
+    fn cursor_user(&self, ext: &Extensions, channels: &[String]) -> Result<(Arc<Session>, String), RpcError> {
+        let s = session(ext)?;
+        let p = s.principal();
+        if !p.is_authenticated() {
+            return Err(RpcError::Unauthorized(
+                "read cursors are kept per user: connect with a token".into(),
+            ));
+        }
+        if channels.len() > MAX_CURSOR_CHANNELS {
+            return Err(RpcError::InvalidParams(format!(
+                "{} channels named; at most {MAX_CURSOR_CHANNELS} a call",
+                channels.len()
+            )));
+        }
+        for c in channels {
+            if c.contains('*') {
+                return Err(RpcError::Unacceptable(format!("a cursor is of a channel, not a pattern: {c}")));
+            }
+            self.allow(&s, Action::Subscribe, c)?;
+        }
+        Ok((s, p.subject.clone()))
+    }
+}
+
+#[async_trait]
+impl ConversationApiServer for Handlers {
+    async fn presence(&self, ext: &Extensions, channel: String) -> RpcResult<PresenceResult> {
+        let page = self.presence_of(ext, &channel).await?;
+        Ok(PresenceResult { clients: page.clients, count: page.count })
+    }
+
+    async fn presence_stats(&self, ext: &Extensions, channel: String) -> RpcResult<PresenceStats> {
+        let page = self.presence_of(ext, &channel).await?;
+        Ok(PresenceStats { clients: page.count, users: page.users })
+    }
+
+    async fn cursor_set(&self, ext: &Extensions, channel: String, offset: u64) -> RpcResult<CursorResult> {
+        let (s, user) = self.cursor_user(ext, std::slice::from_ref(&channel))?;
+        let origin = self.0.subscriptions.client_id(s.id);
+        match self.0.hub.cursor_set(&user, &channel, offset, &origin).await {
+            Ok(Ok(offset)) => Ok(CursorResult { offset }),
+            Ok(Err(newest)) => Err(RpcError::Unacceptable(format!(
+                "offset {offset} is beyond {channel}'s newest offset, {newest}"
+            ))
+            .into()),
+            Err(crate::hub::HubError::Broker(crate::broker::BrokerError::Full(n))) => {
+                Err(RpcError::Unacceptable(format!("this user holds its maximum of {n} read cursors")).into())
+            }
+            Err(e) => Err(RpcError::from(e).into()),
+        }
+    }
+
+    async fn cursor_get(
+        &self,
+        ext: &Extensions,
+        channels: Vec<String>,
+    ) -> RpcResult<std::collections::BTreeMap<String, u64>> {
+        let (_, user) = self.cursor_user(ext, &channels)?;
+        let got = self.0.hub.cursor_get(&user, &channels).await.map_err(RpcError::from)?;
+        Ok(channels.into_iter().zip(got).collect())
+    }
+
+    async fn unread(
+        &self,
+        ext: &Extensions,
+        channels: Vec<String>,
+    ) -> RpcResult<std::collections::BTreeMap<String, Unread>> {
+        let (_, user) = self.cursor_user(ext, &channels)?;
+        let cursors = self.0.hub.cursor_get(&user, &channels).await.map_err(RpcError::from)?;
+        let mut out = std::collections::BTreeMap::new();
+        for (c, cursor) in channels.into_iter().zip(cursors) {
+            let (count, capped) = self.0.hub.unread(&c, cursor).await.map_err(RpcError::from)?;
+            out.insert(c, Unread { count, capped });
+        }
+        Ok(out)
     }
 }

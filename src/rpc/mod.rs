@@ -12,7 +12,7 @@ pub use error::RpcError;
 pub use handlers::{Handlers, NodeState};
 
 use crate::session::{Deferred, Session};
-use api::{ChannelApiServer, NodeApiServer, StreamApiServer};
+use api::{ChannelApiServer, ConversationApiServer, NodeApiServer, StreamApiServer};
 use jsonrpsee::core::server::{Methods, RpcModule};
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
@@ -51,7 +51,13 @@ impl CallCtx {
 
 /// The descriptors of every method of the method table, in the order of their traits.
 pub fn descriptors() -> Vec<describe::MethodDescriptor> {
-    api::CHANNEL_METHODS.iter().chain(api::NODE_METHODS).chain(api::STREAM_METHODS).copied().collect()
+    api::CHANNEL_METHODS
+        .iter()
+        .chain(api::CONVERSATION_METHODS)
+        .chain(api::NODE_METHODS)
+        .chain(api::STREAM_METHODS)
+        .copied()
+        .collect()
 }
 
 /// The method that answers the OpenRPC document, on every transport, without a token.
@@ -62,6 +68,8 @@ pub const DISCOVER: &str = "rpc.discover";
 pub fn methods(handlers: Handlers, openrpc: Box<RawValue>) -> Methods {
     let mut m = RpcModule::new(());
     m.merge(ChannelApiServer::into_rpc(handlers.clone()))
+        .expect("method names are unique across traits; qed");
+    m.merge(ConversationApiServer::into_rpc(handlers.clone()))
         .expect("method names are unique across traits; qed");
     m.merge(NodeApiServer::into_rpc(handlers.clone())).expect("method names are unique across traits; qed");
     m.merge(StreamApiServer::into_rpc(handlers)).expect("method names are unique across traits; qed");

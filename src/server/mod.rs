@@ -147,10 +147,13 @@ pub async fn start_with(
     config: Config,
     broker: Arc<dyn crate::broker::Broker>,
 ) -> Result<Running, StartError> {
-    let config = Arc::new(within_descriptors(config));
+    let mut config = within_descriptors(config);
+    let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
+    // Every part of the node names it alike (client ids in presence, hooks, the backend).
+    config.node_id = Some(node_id.clone());
+    let config = Arc::new(config);
     let listener = accept::listen(config.listen).map_err(|e| StartError::Bind(config.listen, e))?;
     let addr = listener.local_addr().map_err(|e| StartError::Bind(config.listen, e))?;
-    let node_id = config.node_id.clone().unwrap_or_else(|| format!("node-{:08x}", rand::random::<u32>()));
 
     let metrics = Arc::new(Metrics::new());
     let backend =

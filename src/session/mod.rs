@@ -5,11 +5,13 @@
 //! channels.
 
 mod budgets;
+mod feeds;
 pub mod pattern;
 mod share;
 mod subscriptions;
 
 pub use budgets::Budgets;
+pub(crate) use feeds::CursorFeeds;
 
 pub use pattern::{Deferred, PendingPattern};
 pub use subscriptions::{
@@ -51,6 +53,9 @@ pub struct Session {
     /// What it holds for the application's backend, on a node that has one (a word
     /// otherwise: most nodes have none, and every connection has a session).
     backend: Option<Box<BackendSession>>,
+    /// How its front door writes a `cursor` notification, set when the session (of a user)
+    /// first subscribes: from then on the user's cursor moves made elsewhere reach it.
+    pub(crate) cursor_feed: std::sync::OnceLock<Arc<dyn crate::hub::Encoding>>,
 }
 
 /// A session's part of the application's backend: the client's request headers that
@@ -78,22 +83,26 @@ pub(crate) struct SubscriptionSet {
 pub(crate) struct Live {
     sub: Subscription,
     share: Option<ShareHold>,
+    /// The client's place in the channel's presence, where its namespace keeps one.
+    presence: Option<crate::hub::presence::PresenceGuard>,
 }
 
 impl Live {
     /// Ends it at the client's request; false if it had already ended.
     pub(crate) fn unsubscribe(self) -> bool {
-        let Live { sub, share } = self;
+        let Live { sub, share, presence } = self;
         let was_live = sub.unsubscribe();
         drop(share);
+        drop(presence);
         was_live
     }
 
     /// Ends it from the server's side with `closed` `reason`; false if it had already ended.
     pub(crate) fn close(self, reason: &str) -> bool {
-        let Live { sub, share } = self;
+        let Live { sub, share, presence } = self;
         let was_live = sub.close(reason);
         drop(share);
+        drop(presence);
         was_live
     }
 }
@@ -152,6 +161,7 @@ impl Session {
             budget,
             subscriptions: Mutex::new(SubscriptionSet::default()),
             backend: None,
+            cursor_feed: std::sync::OnceLock::new(),
         }
     }
 

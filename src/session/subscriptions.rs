@@ -138,6 +138,8 @@ pub struct Subscriptions {
     hooks: Vec<Arc<dyn LifecycleHook>>,
     /// What anonymous sessions of each address hold of the node's channels.
     share: Arc<AddressShare>,
+    /// Users' connections that take their cursor moves.
+    feeds: Arc<super::CursorFeeds>,
 }
 
 impl std::fmt::Debug for Subscriptions {
@@ -157,7 +159,30 @@ impl Subscriptions {
     ) -> Subscriptions {
         let share =
             Arc::new(AddressShare::new(config.limits.max_channels, config.limits.anonymous_channel_share));
-        Subscriptions { hub, config, backend, hooks, share }
+        let feeds = Arc::new(super::CursorFeeds::new(config.node_id.as_deref().unwrap_or("node")));
+        let told = feeds.clone();
+        hub.on_cursor_moved(Box::new(move |m| told.tell(m)));
+        Subscriptions { hub, config, backend, hooks, share, feeds }
+    }
+
+    /// `session` as presence and cursors name it: `{client: NODE-SESSION, user}` (`user` is
+    /// `""` for an anonymous session).
+    pub fn who(&self, session: &Session) -> crate::broker::PresenceClient {
+        let p = session.principal();
+        crate::broker::PresenceClient {
+            client: self.client_id(session.id),
+            user: if p.is_authenticated() { p.subject.clone() } else { String::new() },
+        }
+    }
+
+    /// The id of the client of session `id`, unique across nodes: `NODE-SESSION`.
+    pub fn client_id(&self, id: u64) -> String {
+        format!("{}-{id}", self.config.node_id.as_deref().unwrap_or("node"))
+    }
+
+    /// True when some namespace has `auto_subscribe`.
+    pub fn has_auto_subscribe(&self) -> bool {
+        self.config.namespaces.values().any(|n| n.auto_subscribe && n.user_channels)
     }
 
     /// The hub underneath.
@@ -460,6 +485,7 @@ impl Subscriptions {
     /// ([`Subscriptions::end`]), then hooks are told. Every door calls it from `Conn::on_end`.
     pub fn disconnected(&self, session: &Session, ending: Option<Ending>) {
         self.end(session);
+        self.feeds.unregister(session);
         let (bytes_in, bytes_out) = session.link().map_or((0, 0), |l| l.bytes());
         let principal = session.principal();
         let (code, reason) = Ending::described(ending);
@@ -476,6 +502,51 @@ impl Subscriptions {
             "connection closed"
         );
         self.emit(Lifecycle::Disconnected { session, ending });
+    }
+
+    /// Subscribes `session` to its user channel in every namespace with `auto_subscribe`
+    /// (`NAMESPACE:#USER`), unless it holds that subscription already: its frames are written
+    /// with `encoding`, each subscription's splice made by `splice` from its server-chosen id,
+    /// and its snapshot comes unasked. Nothing for an anonymous session. Returns how many were
+    /// made; one that fails is logged and skipped (the client may still subscribe itself).
+    pub async fn auto_subscribe(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        encoding: &Arc<dyn crate::hub::Encoding>,
+        splice: fn(SubId) -> crate::transport::Splice,
+    ) -> usize {
+        let p = session.principal();
+        if !p.is_authenticated() {
+            return 0;
+        }
+        let mut made = 0;
+        let namespaces: Vec<String> = self
+            .config
+            .namespaces
+            .iter()
+            .filter(|(_, ns)| ns.auto_subscribe && ns.user_channels)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for ns in namespaces {
+            let channel = format!("{ns}:#{}", p.subject);
+            if session.subscriptions.lock().live.iter().any(|l| l.channel() == channel && l.is_active()) {
+                continue;
+            }
+            match self.prepare(session, &channel, None, None, None).await {
+                Ok(pending) => {
+                    let sink = Sink::new(
+                        session.link().expect("prepare checked the link; qed").outbox.clone(),
+                        encoding.clone(),
+                        splice(pending.id()),
+                    );
+                    if pending.go_live(sink, &[]).is_ok() {
+                        made += 1;
+                    }
+                }
+                Err(e) => tracing::info!(session = session.id, %channel, "auto_subscribe failed: {e}"),
+            }
+        }
+        made
     }
 
     /// The connection ended: every subscription ends (reported as `disconnect`).
@@ -582,9 +653,11 @@ impl PendingSubscription {
     }
 
     fn go_live_held(self, sink: Sink, answer: &[&[u8]]) -> Result<(Live, Option<Reservation>), HubError> {
-        let PendingSubscription { inner, reservation, share, .. } = self;
+        let PendingSubscription { inner, reservation, share, service, session } = self;
+        service.feeds.register(&session, &sink.encoding);
         let sub = inner.go_live(sink, answer)?;
-        Ok((Live { sub, share }, reservation))
+        let presence = service.hub.enter_presence(sub.channel(), &service.who(&session));
+        Ok((Live { sub, share, presence }, reservation))
     }
 }
 
@@ -612,6 +685,7 @@ mod tests {
                 Event::Closed { .. } => b"closed",
                 Event::Heartbeat { .. } => b"heartbeat",
                 Event::Gap { .. } => b"gap",
+                Event::Presence { .. } => b"presence",
             });
         }
     }

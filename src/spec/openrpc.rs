@@ -154,6 +154,58 @@ pub fn extra(method: &str) -> Option<Extra> {
                 )]
             },
         },
+        "presence" => Extra {
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_INVALID, E_TOO_BIG, E_BROKER_UNAVAILABLE],
+            examples: || {
+                vec![(
+                    "two users",
+                    vec![("channel", json!("chat:room-1"))],
+                    json!({"clients": [{"client": "node-1-7", "user": "alice"},
+                        {"client": "node-2-3", "user": "bob"}], "count": 2}),
+                )]
+            },
+        },
+        "presence_stats" => Extra {
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_INVALID, E_TOO_BIG, E_BROKER_UNAVAILABLE],
+            examples: || {
+                vec![(
+                    "two users",
+                    vec![("channel", json!("chat:room-1"))],
+                    json!({"clients": 2, "users": 2}),
+                )]
+            },
+        },
+        "cursor_set" => Extra {
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_INVALID, E_TOO_BIG, E_BROKER_UNAVAILABLE],
+            examples: || {
+                vec![(
+                    "read up to 1",
+                    vec![("channel", json!("trades:SOL")), ("offset", json!(1))],
+                    json!({"offset": 1}),
+                )]
+            },
+        },
+        "cursor_get" => Extra {
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_INVALID, E_TOO_BIG, E_BROKER_UNAVAILABLE],
+            examples: || {
+                vec![(
+                    "two channels",
+                    vec![("channels", json!(["trades:SOL", "chat:room-1"]))],
+                    json!({"trades:SOL": 1, "chat:room-1": 0}),
+                )]
+            },
+        },
+        "unread" => Extra {
+            errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_INVALID, E_TOO_BIG, E_BROKER_UNAVAILABLE],
+            examples: || {
+                vec![(
+                    "two channels",
+                    vec![("channels", json!(["trades:SOL", "chat:room-1"]))],
+                    json!({"trades:SOL": {"count": 100, "capped": true},
+                        "chat:room-1": {"count": 0, "capped": false}}),
+                )]
+            },
+        },
         "channels" => Extra {
             errors: &[E_UNAUTHORIZED, E_RATE_LIMITED, E_TOO_BIG],
             examples: || {

@@ -25,6 +25,13 @@ impl Encoding for JsonRpcEncoding {
         SUB_ID_LEN
     }
 
+    fn cursor_json(&self, channel: &str, offset: u64) -> Option<String> {
+        Some(
+            serde_json::json!({"jsonrpc": "2.0", "method": "cursor", "params": {"channel": channel, "offset": offset}})
+                .to_string(),
+        )
+    }
+
     fn encode(&self, event: &Event<'_>, w: &mut FrameWriter<'_>) {
         w.put(NOTIF_PREFIX);
         w.splice_here();
@@ -49,6 +56,7 @@ fn write_event(out: &mut Vec<u8>, event: &Event<'_>) {
             write_snapshot(out, channel, page, *recovered, *earliest, *checksum)
         }
         Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
+        Event::Presence { channel, join, who } => crate::frontends::write_presence(out, channel, *join, who),
         Event::Gap { channel, from, to, reason } => {
             crate::frontends::write_gap(out, channel, *from, *to, reason)
         }

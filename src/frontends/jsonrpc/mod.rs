@@ -67,6 +67,10 @@ impl Door for JsonRpc {
         let door = self.me.upgrade().expect("a door in use is alive; qed");
         self.metrics.connection_opened(DOOR);
         self.subscriptions.connected(&session);
+        if self.subscriptions.has_auto_subscribe() && session.principal().is_authenticated() {
+            let (subs, s, encoding) = (self.subscriptions.clone(), session.clone(), self.encoding.clone());
+            tokio::spawn(async move { subs.auto_subscribe(&s, &encoding, encoding::splice).await });
+        }
         Arc::new_cyclic(|me| WsConn { door, session, lane: Lane::default(), me: me.clone() })
     }
 }

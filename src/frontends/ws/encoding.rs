@@ -17,6 +17,10 @@ impl Encoding for TypedEncoding {
         0
     }
 
+    fn cursor_json(&self, channel: &str, offset: u64) -> Option<String> {
+        Some(serde_json::json!({"type": "cursor", "channel": channel, "offset": offset}).to_string())
+    }
+
     fn encode(&self, event: &Event<'_>, w: &mut FrameWriter<'_>) {
         let out = w.out();
         match event {
@@ -34,6 +38,9 @@ impl Encoding for TypedEncoding {
                 write_snapshot(out, channel, page, *recovered, *earliest, *checksum)
             }
             Event::Heartbeat { channel, offset } => write_heartbeat(out, channel, *offset),
+            Event::Presence { channel, join, who } => {
+                crate::frontends::write_presence(out, channel, *join, who)
+            }
             Event::Gap { channel, from, to, reason } => {
                 crate::frontends::write_gap(out, channel, *from, *to, reason)
             }

@@ -111,6 +111,15 @@ impl Encoding for HyperliquidEncoding {
                     format!(r#"","from":{from},"to":{to},"reason":"{reason}"}}}}"#).as_bytes(),
                 );
             }
+            Event::Presence { channel, join, who } => {
+                out.extend_from_slice(if *join {
+                    br#"{"channel":"join","data":"#
+                } else {
+                    br#"{"channel":"leave","data":"#
+                });
+                crate::frontends::write_presence(out, channel, *join, who);
+                out.push(b'}');
+            }
             Event::Heartbeat { channel, offset } => {
                 out.extend_from_slice(br#"{"channel":"heartbeat","data":{"channel":""#);
                 out.extend_from_slice(channel.as_bytes());

@@ -190,13 +190,18 @@ impl CompatConn {
     /// Handles one message, after the ones before it.
     async fn run(self: Arc<Self>, text: String) {
         let _turn = self.order.lock().await;
-        let dialect = {
+        let (dialect, decided) = {
             let mut d = self.dialect.lock();
-            if *d == Dialect::Undecided {
+            let undecided = *d == Dialect::Undecided;
+            if undecided {
                 *d = detect(&text);
             }
-            *d
+            (*d, undecided && *d == Dialect::Typed)
         };
+        if decided {
+            // A connection with a token from its upgrade request: its user channels now.
+            self.auto_subscribe().await;
+        }
         match self.session.charge_call() {
             Verdict::Allow => {}
             Verdict::Reject => {
@@ -224,6 +229,14 @@ impl CompatConn {
         }
     }
 
+    /// The `{type,data}` connection's user channels of namespaces with `auto_subscribe`.
+    async fn auto_subscribe(&self) {
+        let subs = &self.door.subscriptions;
+        if subs.has_auto_subscribe() {
+            subs.auto_subscribe(&self.session, &self.door.encoding, |_| Splice::EMPTY).await;
+        }
+    }
+
     /// One `{type,data}` message.
     async fn typed(&self, text: &str) {
         let msg: Typed = match serde_json::from_str(text) {
@@ -246,6 +259,7 @@ impl CompatConn {
                             json!({"type": "auth", "data": {"sub": p.subject, "expires_at": p.expires_at}});
                         self.session.set_principal(p, self.door.default_rate);
                         self.send(&reply.to_string());
+                        self.auto_subscribe().await;
                     }
                     Err(e) => {
                         let message = match e {
@@ -286,6 +300,9 @@ impl CompatConn {
                 }
                 self.send(&json!({"type": "unsubscribed", "data": {"channel": d.channel}}).to_string());
             }
+            kind @ ("presence" | "presence_stats" | "cursor_set" | "cursor_get" | "unread") => {
+                self.conversation(kind, &msg).await
+            }
             "stream_cancel" => {
                 let cancelled = self.session.calls().map_or(0, |c| c.cancel_all());
                 self.send(&json!({"type": "stream_cancel", "data": {"cancelled": cancelled}}).to_string());
@@ -295,11 +312,48 @@ impl CompatConn {
                 None => self.send(&typed_error(
                     "invalid_request",
                     &format!(
-                        "unknown message type {other:?}: use auth, subscribe, unsubscribe, ping or pong"
+                        "unknown message type {other:?}: use auth, subscribe, unsubscribe, presence, \
+                         presence_stats, cursor_set, cursor_get, unread, ping or pong"
                     ),
                 )),
             },
         }
+    }
+
+    /// A conversation message (`presence`, `presence_stats`, `cursor_set`, `cursor_get`,
+    /// `unread`): `data` holds the method's params by name, the answer is
+    /// `{"type":KIND,"id"?,"data":RESULT}` or `{"type":"error","id"?,"data":{"code","message"}}`
+    /// with the JSON-RPC error's name as `code`.
+    async fn conversation(&self, kind: &str, msg: &Typed<'_>) {
+        let reply = Reply { kind: kind.to_string(), id: msg.id.map(|i| i.to_owned()) };
+        let mut call = format!(r#"{{"jsonrpc":"2.0","id":0,"method":"{kind}""#);
+        if let Some(d) = msg.data {
+            call.push_str(",\"params\":");
+            call.push_str(d.get());
+        }
+        call.push('}');
+        let answer = self.door.jsonrpc.dispatcher.handle(&self.session, None, &call).await;
+        let v: serde_json::Value = answer
+            .json
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let text = match v.get("result") {
+            Some(r) => reply.result(&RawValue::from_string(r.to_string()).expect("a value is JSON; qed")),
+            None => {
+                let e = &v["error"];
+                let code = match (e["data"]["code"].as_str(), e["code"].as_i64()) {
+                    (Some(name), _) => name,
+                    (None, Some(-32700)) => "parse_error",
+                    (None, Some(-32600)) => "invalid_request",
+                    (None, Some(-32601)) => "method_not_found",
+                    (None, Some(-32602)) => "invalid_params",
+                    _ => "internal_error",
+                };
+                reply.error(&json!(code), e["message"].as_str().unwrap_or("internal error"))
+            }
+        };
+        self.send(&text);
     }
 
     /// A message whose type the backend serves: its call runs on its own, so that the
