@@ -136,7 +136,11 @@ async fn the_generated_typescript_client_calls_every_method_and_receives_a_live_
         String::from_utf8_lossy(&compiled.stderr)
     );
 
-    let server = start(config()).await;
+    let mut c = config();
+    // The conversation methods are called on the test's channel: its namespace keeps presence.
+    let clients = rpchub::config::NamespaceConfig { presence: true, ..Default::default() };
+    c.namespaces.insert("clients".into(), clients);
+    let server = start(c).await;
     let ch = channel("clients");
     let out =
         node_async(dir, vec!["build/test/live.js".into(), server.addr.to_string(), ADMIN.into(), ch.clone()])
@@ -163,6 +167,8 @@ async fn the_generated_typescript_client_calls_every_method_and_receives_a_live_
     assert_eq!(seen["called"]["publish"]["offset"], next);
     assert_eq!(seen["called"]["history"]["publications"][0]["offset"], next);
     assert_eq!(seen["called"]["unsubscribe"], true);
+    assert_eq!(seen["called"]["presence_stats"], json!({"clients": 1, "users": 1}));
+    assert_eq!(seen["called"]["unread"][&ch], json!({"count": 1, "capped": false}));
     // Errors arrive with the document's codes; HTTP works with the same client.
     assert_eq!(seen["refused"], json!({"code": -32005, "data": {"code": "invalid_request"}}));
     assert_eq!(seen["overHttp"]["published"], next + 1);

@@ -79,6 +79,24 @@ async function main(): Promise<void> {
   const after = await client.history(channel, { epoch: position.epoch, offset: position.offset - 1 }, 10);
   check("history since", after.publications.length === 1 && after.publications[0].data.n === 1, after);
 
+  // Conversations: the server keeps presence on this channel's namespace; cursors are the
+  // caller's (the admin token's subject).
+  const presence = await client.presence(channel);
+  called.presence = presence;
+  check("presence", presence.count === 1 && presence.clients[0].user === "admin", presence);
+  const stats = await client.presence_stats(channel);
+  called.presence_stats = stats;
+  check("presence_stats", stats.clients === 1 && stats.users === 1, stats);
+  const cursor = await client.cursor_set(channel, position.offset - 1);
+  called.cursor_set = cursor;
+  check("cursor_set", cursor.offset === position.offset - 1, cursor);
+  const cursors = await client.cursor_get([channel]);
+  called.cursor_get = cursors;
+  check("cursor_get", cursors[channel] === position.offset - 1, cursors);
+  const unread = await client.unread([channel]);
+  called.unread = unread;
+  check("unread", unread[channel].count === 1 && unread[channel].capped === false, unread);
+
   const channels = await client.channels(channel);
   called.channels = channels;
   check("channels", channels.length === 1 && channels[0].channel === channel && channels[0].subscribers === 1, channels);
