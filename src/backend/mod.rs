@@ -230,7 +230,7 @@ impl Backend {
     /// The id of the client whose session will be `session_id` (the connect check asks before
     /// the session exists; the id it gives is the one every later request carries).
     pub fn client_id_of(&self, session_id: u64) -> String {
-        format!("{}-{session_id}", self.node_id)
+        crate::session::client_id(&self.node_id, session_id)
     }
 
     /// `{"id","user"?,"remote"}`: who a session is, as the backend is told.

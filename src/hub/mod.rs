@@ -552,9 +552,14 @@ impl Hub {
 
     /// `who`'s presence in `channel` through one more subscription, when its namespace keeps
     /// presence (`presence` or `join_leave`); dropping the guard undoes it ([`presence`]).
-    pub fn enter_presence(&self, channel: &str, who: &PresenceClient) -> Option<presence::PresenceGuard> {
+    /// `who` is asked only then.
+    pub fn enter_presence(
+        &self,
+        channel: &str,
+        who: impl FnOnce() -> PresenceClient,
+    ) -> Option<presence::PresenceGuard> {
         let ns = self.config.namespace_of(channel);
-        (ns.presence || ns.join_leave).then(|| self.presence.enter(channel, who, ns.join_leave))
+        (ns.presence || ns.join_leave).then(|| self.presence.enter(channel, &who(), ns.join_leave))
     }
 
     /// `channel`'s presence on every node, at most `max` clients listed: this node's pending
@@ -623,11 +628,6 @@ impl Hub {
     async fn position(&self, channel: &str) -> Result<u64, HubError> {
         let page = self.read_history(channel, HistoryRange::Newest(Some(0)), self.retention(channel)).await?;
         Ok(page.offset)
-    }
-
-    /// Clients of this node present in `channel`.
-    pub fn local_presence(&self, channel: &str) -> usize {
-        self.presence.local_clients(channel)
     }
 
     /// Channels with subscribers on this node whose name starts with `prefix`, sorted by name.

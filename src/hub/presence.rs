@@ -52,8 +52,8 @@ impl Local {
         !self.leaving.is_empty() || self.members.values().any(|m| !m.joined)
     }
 
-    /// The changes to send: joins (marked sent) and leaves (taken).
-    fn take(&mut self) -> (Vec<PresenceClient>, Vec<String>) {
+    /// The changes of channel `name` to send: joins (marked sent) and leaves (taken).
+    fn take(&mut self, name: Arc<str>) -> Changes {
         let joins = self
             .members
             .iter_mut()
@@ -63,7 +63,7 @@ impl Local {
                 PresenceClient { client: client.clone(), user: m.user.clone() }
             })
             .collect();
-        (joins, std::mem::take(&mut self.leaving))
+        (name, joins, std::mem::take(&mut self.leaving), self.signal)
     }
 }
 
@@ -119,16 +119,8 @@ impl Presence {
             tokio::spawn(run(self.me.clone()));
         });
         let mut map = self.channels.lock();
-        let (name, local) = match map.get_key_value(channel) {
-            Some((k, _)) => {
-                let k = k.clone();
-                (k.clone(), map.get_mut(&k).expect("just found; qed"))
-            }
-            None => {
-                let k: Arc<str> = channel.into();
-                (k.clone(), map.entry(k).or_default())
-            }
-        };
+        let name: Arc<str> = map.get_key_value(channel).map_or_else(|| channel.into(), |(k, _)| k.clone());
+        let local = map.entry(name.clone()).or_default();
         local.signal = signal;
         let m = local.members.entry(who.client.clone()).or_insert_with(|| Member {
             user: who.user.clone(),
@@ -171,11 +163,7 @@ impl Presence {
         let batch = {
             let mut map = self.channels.lock();
             match map.get_mut(channel) {
-                Some(l) if l.dirty() => {
-                    let signal = l.signal;
-                    let (joins, leaves) = l.take();
-                    vec![(Arc::<str>::from(channel), joins, leaves, signal)]
-                }
+                Some(l) if l.dirty() => vec![l.take(channel.into())],
                 _ => Vec::new(),
             }
         };
@@ -186,14 +174,7 @@ impl Presence {
     async fn flush(&self) {
         let batch: Vec<_> = {
             let mut map = self.channels.lock();
-            map.iter_mut()
-                .filter(|(_, l)| l.dirty())
-                .map(|(k, l)| {
-                    let signal = l.signal;
-                    let (joins, leaves) = l.take();
-                    (k.clone(), joins, leaves, signal)
-                })
-                .collect()
+            map.iter_mut().filter(|(_, l)| l.dirty()).map(|(k, l)| l.take(k.clone())).collect()
         };
         self.send(batch).await;
     }

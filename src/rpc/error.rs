@@ -39,6 +39,18 @@ pub const BACKEND_ERROR: i32 = -32020;
 /// answer.
 pub const BACKEND_UNAVAILABLE: i32 = -32021;
 
+/// The name of error `code` as the `/ws` dialects give it (a string `code`): rpchub's own carry
+/// it as `data.code`, so this is for the standard ones JSON-RPC 2.0 defines.
+pub fn standard_name(code: i64) -> &'static str {
+    match i32::try_from(code) {
+        Ok(PARSE_ERROR) => "parse_error",
+        Ok(INVALID_REQUEST) => "invalid_request",
+        Ok(METHOD_NOT_FOUND) => "method_not_found",
+        Ok(INVALID_PARAMS) => "invalid_params",
+        _ => "internal_error",
+    }
+}
+
 /// rpchub's errors, each a code and a message that says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {

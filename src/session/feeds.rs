@@ -30,6 +30,9 @@ impl CursorFeeds {
 
     /// `session` subscribed through a door writing `encoding`: listed under its user, once.
     pub(crate) fn register(&self, session: &Arc<Session>, encoding: &Arc<dyn crate::hub::Encoding>) {
+        if session.cursor_feed.get().is_some() {
+            return;
+        }
         let p = session.principal();
         if !p.is_authenticated() || encoding.cursor_json("", 0).is_none() {
             return;
@@ -60,7 +63,7 @@ impl CursorFeeds {
             list.iter().filter_map(Weak::upgrade).collect()
         };
         for s in sessions {
-            if format!("{}-{}", self.node, s.id) == m.origin || s.principal().subject != m.user {
+            if super::client_id(&self.node, s.id) == m.origin || s.principal().subject != m.user {
                 continue;
             }
             let (Some(encoding), Some(link)) = (s.cursor_feed.get(), s.link()) else { continue };

@@ -13,6 +13,12 @@ mod subscriptions;
 pub use budgets::Budgets;
 pub(crate) use feeds::CursorFeeds;
 
+/// The id of the client of session `session` on node `node`, unique across nodes:
+/// `NODE-SESSION` (what presence, cursors, hooks and the backend name a client by).
+pub fn client_id(node: &str, session: u64) -> String {
+    format!("{node}-{session}")
+}
+
 pub use pattern::{Deferred, PendingPattern};
 pub use subscriptions::{
     EndReason, Lifecycle, LifecycleHook, PendingSubscription, SubscribeError, Subscriptions,

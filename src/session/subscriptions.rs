@@ -175,14 +175,28 @@ impl Subscriptions {
         }
     }
 
-    /// The id of the client of session `id`, unique across nodes: `NODE-SESSION`.
+    /// The id of the client of session `id`, unique across nodes ([`super::client_id`]).
     pub fn client_id(&self, id: u64) -> String {
-        format!("{}-{id}", self.config.node_id.as_deref().unwrap_or("node"))
+        super::client_id(self.node(), id)
+    }
+
+    /// The node's id (the server sets it at start; `node` for a service made without one).
+    fn node(&self) -> &str {
+        self.config.node_id.as_deref().unwrap_or("node")
     }
 
     /// True when some namespace has `auto_subscribe`.
     pub fn has_auto_subscribe(&self) -> bool {
-        self.config.namespaces.values().any(|n| n.auto_subscribe && n.user_channels)
+        self.auto_namespaces().next().is_some()
+    }
+
+    /// The namespaces with `auto_subscribe` (and the `user_channels` it needs).
+    fn auto_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.config
+            .namespaces
+            .iter()
+            .filter(|(_, n)| n.auto_subscribe && n.user_channels)
+            .map(|(k, _)| k.as_str())
     }
 
     /// The hub underneath.
@@ -520,15 +534,8 @@ impl Subscriptions {
             return 0;
         }
         let mut made = 0;
-        let namespaces: Vec<String> = self
-            .config
-            .namespaces
-            .iter()
-            .filter(|(_, ns)| ns.auto_subscribe && ns.user_channels)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for ns in namespaces {
-            let channel = format!("{ns}:#{}", p.subject);
+        let channels: Vec<String> = self.auto_namespaces().map(|ns| format!("{ns}:#{}", p.subject)).collect();
+        for channel in channels {
             if session.subscriptions.lock().live.iter().any(|l| l.channel() == channel && l.is_active()) {
                 continue;
             }
@@ -656,7 +663,7 @@ impl PendingSubscription {
         let PendingSubscription { inner, reservation, share, service, session } = self;
         service.feeds.register(&session, &sink.encoding);
         let sub = inner.go_live(sink, answer)?;
-        let presence = service.hub.enter_presence(sub.channel(), &service.who(&session));
+        let presence = service.hub.enter_presence(sub.channel(), || service.who(&session));
         Ok((Live { sub, share, presence }, reservation))
     }
 }

@@ -342,14 +342,9 @@ impl CompatConn {
             Some(r) => reply.result(&RawValue::from_string(r.to_string()).expect("a value is JSON; qed")),
             None => {
                 let e = &v["error"];
-                let code = match (e["data"]["code"].as_str(), e["code"].as_i64()) {
-                    (Some(name), _) => name,
-                    (None, Some(-32700)) => "parse_error",
-                    (None, Some(-32600)) => "invalid_request",
-                    (None, Some(-32601)) => "method_not_found",
-                    (None, Some(-32602)) => "invalid_params",
-                    _ => "internal_error",
-                };
+                let code = e["data"]["code"]
+                    .as_str()
+                    .unwrap_or_else(|| crate::rpc::error::standard_name(e["code"].as_i64().unwrap_or(0)));
                 reply.error(&json!(code), e["message"].as_str().unwrap_or("internal error"))
             }
         };
