@@ -8,19 +8,9 @@ use crate::support::*;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-fn browser_ready(script_dir: &Path) -> Result<(), String> {
-    if !Path::new(&std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())).exists() {
-        return Err("no Chromium at /usr/bin/chromium (set CHROMIUM)".into());
-    }
-    if !script_dir.join("node_modules/playwright-core").exists() {
-        return Err(format!("run `npm ci` in {}", script_dir.display()));
-    }
-    Command::new("node").arg("--version").output().map(|_| ()).map_err(|e| format!("node: {e}"))
-}
 
 /// Starts the built binary with `--demo` on `port` (the same port each time, so the page
 /// reconnects to the new process at the address it knows); returns once it accepts connections.

@@ -3,7 +3,9 @@
 //! chat client (tokio-tungstenite) streaming an answer word by word; `chat_publish` reaching
 //! every tab of the conversation, and a tab back from a drop recovering with `since` exactly
 //! what it missed; and the example's Python script (websocket-client, in the dialects venv) in
-//! each of its modes.
+//! each of its modes; and two people in a conversation in the browser console (headless
+//! Chromium, `tests/browser/chat.mjs`): presence, join and leave, typing, read cursors and
+//! unread counts across two tabs of one user.
 
 use crate::support::*;
 use serde_json::{Value, json};
@@ -15,6 +17,8 @@ struct Example {
     hub: rpchub::Running,
     /// The demo user's token (the config's `alice` key).
     user: String,
+    /// The other demo user's token (`bob`).
+    bob: String,
 }
 
 impl Drop for Example {
@@ -50,13 +54,13 @@ async fn example(pause: Duration) -> Example {
     let path = root().join("examples/chat-backend/rpchub.toml");
     let config = rpchub::Config::load(Some(&path), &overrides).expect("the example's rpchub.toml loads");
     assert_eq!(config.backend.methods, ["chat", "chat_publish"]);
-    let (user, publisher) = (key(&config, "alice"), key(&config, "chat-backend"));
+    let (user, bob, publisher) = (key(&config, "alice"), key(&config, "bob"), key(&config, "chat-backend"));
     assert_eq!(publisher, chat_backend::DEMO_PUBLISH_TOKEN, "the backend's default key is the config's");
     let hub = start(config).await;
     let config =
         chat_backend::Config { rpchub: format!("http://{}", hub.addr), publish_token: publisher, pause };
     tokio::spawn(chat_backend::serve(listener, config));
-    Example { hub, user }
+    Example { hub, user, bob }
 }
 
 /// A `{type,data}` client on `/ws`, authenticated with `token` as the script does.
@@ -72,11 +76,12 @@ async fn tab(ex: &Example) -> Ws {
     w
 }
 
-/// The next message but the server's text pings.
+/// The next message but the server's text pings and the conversation's joins and leaves (the
+/// namespace has `join_leave`; the browser test looks at those).
 async fn next(w: &mut Ws) -> Value {
     loop {
         let v = recv(w).await;
-        if v["type"] != "ping" {
+        if !["ping", "join", "leave"].contains(&v["type"].as_str().unwrap_or_default()) {
             return v;
         }
     }
@@ -328,4 +333,112 @@ async fn the_example_script_prints_the_streamed_answer_and_recovers_a_dropped_co
         (got["text"].clone(), got["offsets"].clone()),
         (json!(chat_backend::text(&want)), json!(every))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_chat_in_the_console_with_presence_typing_and_read_cursors_across_tabs() {
+    let dir = root().join("tests/browser");
+    if let Err(why) = browser_ready(&dir) {
+        skip_unless_required("RPCHUB_BROWSER_TESTS", &why);
+        return;
+    }
+    let ex = example(Duration::from_millis(5)).await;
+    let channel = "conversation:conv-7";
+    let artifacts = root().join("target/browser-artifacts");
+    let run = tokio::process::Command::new("node")
+        .arg(dir.join("chat.mjs"))
+        .arg(format!("http://{}", ex.hub.addr))
+        .arg(channel)
+        .arg(&artifacts)
+        .arg(&ex.user)
+        .arg(&ex.bob)
+        .kill_on_drop(true)
+        .output();
+    let out =
+        tokio::time::timeout(Duration::from_secs(150), run).await.expect("the browser script ends").unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seen: Value = stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(Value::Null);
+    assert!(out.status.success(), "{seen:#}\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for shot in seen["screenshots"].as_array().unwrap() {
+        println!("screenshot: {}", shot.as_str().unwrap());
+    }
+    assert_eq!(seen["pageErrors"], json!([]), "{seen:#}");
+
+    // Alone, then with bob: the join is shown with who and which client.
+    assert_eq!(seen["alone"], json!({"people": "alice", "unread": "0", "me": "as alice"}), "{seen:#}");
+    let joins = seen["joinRow"].as_array().unwrap();
+    assert!(joins.iter().any(|j| j.as_str().unwrap().starts_with("bob joined (")), "{seen:#}");
+    // Typing shows on the other's tab only, and ends with the message.
+    assert_eq!(seen["typing"], "bob is typing…", "{seen:#}");
+    assert_eq!(seen["bobSeesHimselfTyping"], Value::Null, "{seen:#}");
+    assert_eq!(seen["typingAfterMessage"], "", "{seen:#}");
+    // The backend wrote bob's name into each message; alice has 3 unread, bob none.
+    let said = ["bob: hello alice", "bob: are you there?", "bob: the meeting moved to 3pm"];
+    assert_eq!(seen["aliceReads"], json!(said), "{seen:#}");
+    assert_eq!(seen["bobUnread"], "0", "sending marks read: {seen:#}");
+    // A second tab of alice: the unread count from the cursor the server keeps, the history.
+    let second = &seen["secondTab"];
+    assert_eq!(second["people"], "here: alice (2 tabs), bob", "{seen:#}");
+    assert_eq!(second["badge"], "3", "{seen:#}");
+    assert_eq!(second["snapshot"], json!(said), "{seen:#}");
+    // Marked read in one tab, read in both: the second was told by a cursor notification.
+    let read = &seen["afterMarkRead"];
+    assert_eq!((&read["a1Cursor"], &read["a2Cursor"]), (&json!("3"), &json!("3")), "{seen:#}");
+    assert_eq!(read["a2Badge"], "", "{seen:#}");
+    assert!(read["a2Cursors"].as_str().unwrap().parse::<u64>().unwrap() >= 1, "{seen:#}");
+    let bob_reads = seen["bobReads"].as_array().unwrap();
+    assert_eq!(bob_reads.last().unwrap(), "alice: yes, see you at 3", "{seen:#}");
+    // Bob left; the reloaded tab has read everything, as the server remembers.
+    assert!(seen["leaveRow"][0].as_str().unwrap().starts_with("bob left ("), "{seen:#}");
+    let reloaded = &seen["reloaded"];
+    assert_eq!(
+        (&reloaded["unread"], &reloaded["cursor"], &reloaded["offset"]),
+        (&json!("0"), &json!("5"), &json!("5")),
+        "{seen:#}"
+    );
+    assert_eq!(reloaded["people"], "here: alice (2 tabs)", "{seen:#}");
+    // What the page sent: typing notifications, messages, cursor moves, by the methods anyone
+    // can call.
+    let sent: Vec<Value> = seen["sent"]["b"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| serde_json::from_str(f.as_str().unwrap()).unwrap())
+        .collect();
+    let typing = sent.iter().find(|m| m["method"] == "publish" && m["params"]["channel"] == "typing:conv-7");
+    assert_eq!(typing.expect("a typing notification")["params"]["event"], "typing", "{sent:?}");
+    assert!(sent.iter().any(|m| m["method"] == "cursor_set"), "{sent:?}");
+
+    // Typing notifications are not kept; the messages are, in their senders' names.
+    let mut w = ws(ex.hub.addr, Some(&ex.bob)).await;
+    let typing = call(&mut w, "history", json!({"channel": "typing:conv-7"})).await;
+    assert_eq!(typing["result"]["publications"], json!([]), "{typing}");
+    let r = call(&mut w, "publish", json!({"channel": "typing:conv-7", "event": "typing", "data": {}})).await;
+    assert!(r["result"]["offset"].is_u64(), "{r}");
+    let again = call(&mut w, "history", json!({"channel": "typing:conv-7"})).await;
+    assert_eq!(again["result"]["publications"], json!([]), "{again}");
+    let kept = call(&mut w, "history", json!({"channel": channel})).await;
+    let users: Vec<&Value> =
+        kept["result"]["publications"].as_array().unwrap().iter().map(|p| &p["data"]["user"]).collect();
+    assert_eq!(users, ["bob", "bob", "bob", "bob", "alice"], "{kept}");
+    // Nobody writes in another's name: the backend puts the sender's in.
+    let r = call(
+        &mut w,
+        "publish",
+        json!({"channel": channel, "event": "message", "data": {"user": "alice", "text": "it's me, alice"}}),
+    )
+    .await;
+    assert!(r["result"]["offset"].is_u64(), "{r}");
+    let last = call(&mut w, "history", json!({"channel": channel, "limit": 1})).await;
+    assert_eq!(
+        last["result"]["publications"][0]["data"],
+        json!({"user": "bob", "text": "it's me, alice"}),
+        "{last}"
+    );
+    let r = call(&mut w, "publish", json!({"channel": channel, "data": {"text": "  "}})).await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    assert!(r["error"]["message"].as_str().unwrap().contains("text"), "{r}");
+    let mut anon = ws(ex.hub.addr, None).await;
+    let r = call(&mut anon, "publish", json!({"channel": channel, "data": {"text": "hi"}})).await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
 }

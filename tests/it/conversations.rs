@@ -346,4 +346,19 @@ async fn presence_and_cursors_cross_nodes_and_a_dead_nodes_clients_leave() {
     assert_eq!(r["result"], json!({"clients": 2, "users": 2}), "{r}");
     let again = drain(&mut on_a, Duration::from_millis(1500)).await;
     assert!(!again.iter().any(|v| is_presence(v, "leave", "admin")), "one leave: {again:?}");
+
+    // Read positions outlive the nodes: with both stopped, a new node on the same Redis reads
+    // alice's cursor as she left it, and her unread count from it.
+    drop((on_a, on_b, alice_b));
+    a.shutdown();
+    b.shutdown();
+    let mut c = chat_config();
+    c.broker = url.clone();
+    let fresh = start(c).await;
+    let mut alice = ws(fresh.addr, Some("alice-key")).await;
+    assert_eq!(call(&mut alice, "cursor_get", json!([[room]])).await["result"], json!({room.as_str(): 1}));
+    publish(fresh.addr, &room, json!("after the restart")).await;
+    let r = call(&mut alice, "unread", json!([[room]])).await;
+    assert_eq!(r["result"], json!({room.as_str(): {"count": 1, "capped": false}}), "{r}");
+    fresh.shutdown();
 }

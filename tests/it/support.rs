@@ -6,6 +6,7 @@ use futures::{SinkExt, StreamExt};
 use rpchub::{Config, Running};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -494,4 +495,16 @@ pub(crate) async fn metric(addr: SocketAddr, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Whether the browser tests can run here: Chromium (`CHROMIUM`, default `/usr/bin/chromium`),
+/// `npm ci` done in `script_dir` (tests/browser), and node; else why not.
+pub(crate) fn browser_ready(script_dir: &Path) -> Result<(), String> {
+    if !Path::new(&std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())).exists() {
+        return Err("no Chromium at /usr/bin/chromium (set CHROMIUM)".into());
+    }
+    if !script_dir.join("node_modules/playwright-core").exists() {
+        return Err(format!("run `npm ci` in {}", script_dir.display()));
+    }
+    std::process::Command::new("node").arg("--version").output().map(|_| ()).map_err(|e| format!("node: {e}"))
 }

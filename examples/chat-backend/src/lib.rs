@@ -18,6 +18,12 @@
 //! Missing or wrong params are `{"error":{"code":"invalid_params","message"}}`, an unknown
 //! method `{"error":{"code":"method_not_found","message"}}`.
 //!
+//! People write to each other too: a client's `publish` to `conversation:*` or `typing:*` (both
+//! namespaces have `publish_proxy = true`) is first POSTed to `/publish`, and what is published
+//! is what [`approve`] answers: `{"user","text"}` for a message, `{"user"}` for a typing
+//! notification, the user always the connection's own (`client.user`), so that nobody can write
+//! in another's name.
+//!
 //! The answer is not a model's: [`answer`] derives it from the message, so that what a client
 //! prints can be checked.
 
@@ -48,6 +54,10 @@ pub const DEFAULT_PAUSE: Duration = Duration::from_millis(60);
 pub const NAMESPACE: &str = "conversation";
 /// The longest `sessionId` taken (a channel name is at most 255 bytes).
 pub const MAX_SESSION_ID: usize = 200;
+/// The namespace of the typing notifications (`history_size = 0`: never kept).
+pub const TYPING: &str = "typing";
+/// The longest message a person may write, in characters.
+pub const MAX_TEXT: usize = 2000;
 
 /// What the backend needs to know.
 #[derive(Debug, Clone)]
@@ -78,11 +88,46 @@ struct App {
     publisher: publish::Publisher,
 }
 
-/// The backend's routes: `POST /rpc/{method}` for `chat` and `chat_publish`.
+/// The backend's routes: `POST /rpc/{method}` for `chat` and `chat_publish`, `POST /publish`
+/// for the clients' own publications.
 pub fn app(config: Config) -> Router {
     let publisher = publish::Publisher::new(&config);
     let state = Arc::new(App { config, publisher });
-    Router::new().route("/rpc/{method}", axum::routing::post(rpc)).with_state(state)
+    Router::new()
+        .route("/rpc/{method}", axum::routing::post(rpc))
+        .route("/publish", axum::routing::post(publish_check))
+        .with_state(state)
+}
+
+/// rpchub's question before a client's publish (`publish_proxy`):
+/// `{"channel","client":{"id","user"?,"remote"},"data"}`.
+async fn publish_check(body: Bytes) -> Response {
+    let ask: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let user = ask["client"]["user"].as_str().unwrap_or_default();
+    match approve(ask["channel"].as_str().unwrap_or_default(), user, &ask["data"]) {
+        Ok(data) => axum::Json(json!({"result": {"data": data}})).into_response(),
+        Err(m) => error(StatusCode::OK, "forbidden", &m),
+    }
+}
+
+/// What `user` may publish to `channel` with `data`: a message in a conversation is
+/// `{"text"}` (1 to [`MAX_TEXT`] characters, not blank) and is published as
+/// `{"user","text"}`; a typing notification is published as `{"user"}` whatever was sent.
+/// Anyone without a user, and any other channel, is refused.
+pub fn approve(channel: &str, user: &str, data: &Value) -> Result<Value, String> {
+    if user.is_empty() {
+        return Err("sign in to write in a conversation".into());
+    }
+    match channel.split_once(':') {
+        Some((NAMESPACE, _)) => match data["text"].as_str() {
+            Some(t) if !t.trim().is_empty() && t.chars().count() <= MAX_TEXT => {
+                Ok(json!({"user": user, "text": t}))
+            }
+            _ => Err(format!("a message is {{\"text\": 1 to {MAX_TEXT} characters}}")),
+        },
+        Some((TYPING, _)) => Ok(json!({"user": user})),
+        _ => Err(format!("this backend takes publications to {NAMESPACE}:* and {TYPING}:* only")),
+    }
 }
 
 /// Serves [`app`] on `listener` until the process ends.
@@ -182,6 +227,20 @@ mod tests {
         assert!(params(&json!({"message": "hi"})).unwrap_err().contains("sessionId"));
         assert!(params(&json!({"message": "hi", "sessionId": "a b"})).unwrap_err().contains("sessionId"));
         assert!(params(&Value::Null).is_err());
+    }
+
+    #[test]
+    fn a_publication_is_written_in_its_senders_name_only() {
+        let said = approve("conversation:c-1", "bob", &json!({"text": "hi", "user": "alice"}));
+        assert_eq!(said, Ok(json!({"user": "bob", "text": "hi"})));
+        assert_eq!(approve("typing:c-1", "bob", &json!({"user": "alice"})), Ok(json!({"user": "bob"})));
+        assert!(approve("conversation:c-1", "", &json!({"text": "hi"})).unwrap_err().contains("sign in"));
+        for bad in
+            [json!({"text": " "}), json!({"text": 5}), json!("hi"), json!({"text": "x".repeat(MAX_TEXT + 1)})]
+        {
+            assert!(approve("conversation:c-1", "bob", &bad).unwrap_err().contains("text"), "{bad}");
+        }
+        assert!(approve("trades:SOL", "bob", &json!({})).is_err());
     }
 
     #[test]
