@@ -7,8 +7,10 @@
 //    messages: alice's tab shows them as "bob: ...", 3 unread, and the typing line clears;
 // 4. alice's second tab opens: 3 unread from the read cursor the server keeps, "alice (2 tabs)";
 // 5. "mark read" in the first tab: 0 unread there, and in the second tab too (the `cursor`
-//    notification); bob writes again (1 unread in both), the second tab answers (sending marks
-//    read: 0 in both, and 1 for bob);
+//    notification); bob writes again, mentioning @alice (1 unread in both, and the mention in
+//    both tabs' panel of notifications:#alice, the user channel the server subscribed each tab
+//    to), the second tab answers @bob (sending marks read: 0 in both, 1 for bob, and the mention
+//    on bob's notifications:#bob); alice's try at bob's user channel is refused;
 // 6. bob closes his tab: alice's tabs show him leave; the second tab, reloaded, still has 0
 //    unread (the cursor outlives the page) and alice is here with her two tabs.
 // A screenshot of each tab is saved under ARTIFACTS. The last stdout line is one JSON object
@@ -28,6 +30,7 @@ const browser = await chromium.launch({
 const seen = { steps: [], screenshots: [], pageErrors: [], sent: {} };
 const T = { timeout: 15000 };
 const panel = `.panel[data-channel="${channel}"]`;
+const inbox = (user) => `.panel[data-channel="notifications:#${user}"]`;
 const url = (token) => `${base}/ws/rpc/test?token=${token}&channel=${encodeURIComponent(channel)}&typing=typing`;
 const pages = {};
 
@@ -108,14 +111,27 @@ try {
     a2Badge: await a2.textContent(`#chanlist li[data-channel="${channel}"] .u`), a2Cursors: await a2.$eval('body', (e) => e.dataset.cursors),
     a1Cursor: await attr(a1, 'cursor'), a2Cursor: await attr(a2, 'cursor'),
   };
-  await say(b, 'are we still on?');
+  await say(b, '@alice are we still on?');
   await a1.waitForSelector(`${panel}[data-unread="1"]`, T);
   await a2.waitForSelector(`${panel}[data-unread="1"]`, T);
-  await say(a2, 'yes, see you at 3');
+  const mentioned = (page, user) => page.waitForSelector(`${inbox(user)} tr[data-kind="live"]`, T)
+    .then(() => page.$$eval(`${inbox(user)} tr[data-kind="live"] summary`, (ss) => ss.map((s) => s.textContent)));
+  seen.aliceMentioned = [await mentioned(a1, 'alice'), await mentioned(a2, 'alice')];
+  await say(a2, '@bob yes, see you at 3');
   await a1.waitForSelector(`${panel}[data-unread="0"]`, T);
   await a2.waitForSelector(`${panel}[data-unread="0"]`, T);
   await b.waitForSelector(`${panel}[data-unread="1"]`, T);
   seen.bobReads = await liveTexts(b);
+  seen.bobMentioned = await mentioned(b, 'bob');
+  seen.bobInbox = await b.$$eval(inbox('bob'), (ps) => ps.map((p) => ({ status: p.dataset.status, snapshots: p.dataset.snapshots, unread: p.dataset.unread })));
+  // Alice subscribes to bob's user channel by hand: refused, and nothing of bob's shows.
+  await a1.fill('#channel', 'notifications:#bob');
+  await a1.click('#subscribe');
+  await a1.waitForSelector(`${inbox('bob')}[data-status="error"]`, T);
+  seen.aliceAtBobs = {
+    status: await a1.textContent(`${inbox('bob')} .status`),
+    rows: await a1.$$eval(`${inbox('bob')} tr[data-kind="live"], ${inbox('bob')} tr[data-kind="snap"]`, (rs) => rs.length),
+  };
   await shot(b, 'chat-bob');
   await shot(a1, 'chat-alice');
   seen.steps.push('read');

@@ -73,6 +73,13 @@ async fn tab(ex: &Example) -> Ws {
         (json!("auth"), json!("alice")),
         "{reply}"
     );
+    // Then the server subscribes the connection to alice's own channel (auto_subscribe).
+    let inbox = next(&mut w).await;
+    assert_eq!(
+        (inbox["type"].clone(), inbox["channel"].clone()),
+        (json!("snapshot"), json!("notifications:#alice")),
+        "{inbox}"
+    );
     w
 }
 
@@ -387,7 +394,17 @@ async fn two_people_chat_in_the_console_with_presence_typing_and_read_cursors_ac
     assert_eq!(read["a2Badge"], "", "{seen:#}");
     assert!(read["a2Cursors"].as_str().unwrap().parse::<u64>().unwrap() >= 1, "{seen:#}");
     let bob_reads = seen["bobReads"].as_array().unwrap();
-    assert_eq!(bob_reads.last().unwrap(), "alice: yes, see you at 3", "{seen:#}");
+    assert_eq!(bob_reads.last().unwrap(), "alice: @bob yes, see you at 3", "{seen:#}");
+    // A mention reached every device of the one mentioned, on the user channel the server
+    // subscribed each of them to; another user's is refused.
+    let to_alice = json!(["bob: @alice are we still on?"]);
+    assert_eq!(seen["aliceMentioned"], json!([to_alice, to_alice]), "{seen:#}");
+    assert_eq!(seen["bobMentioned"], json!(["alice: @bob yes, see you at 3"]), "{seen:#}");
+    // One panel, from the snapshot the server sent at connect, live, the mention unread.
+    assert_eq!(seen["bobInbox"], json!([{"status": "live", "snapshots": "1", "unread": "1"}]), "{seen:#}");
+    let refused = &seen["aliceAtBobs"];
+    assert!(refused["status"].as_str().unwrap().starts_with("error: "), "{seen:#}");
+    assert_eq!(refused["rows"], 0, "{seen:#}");
     // Bob left; the reloaded tab has read everything, as the server remembers.
     assert!(seen["leaveRow"][0].as_str().unwrap().starts_with("bob left ("), "{seen:#}");
     let reloaded = &seen["reloaded"];

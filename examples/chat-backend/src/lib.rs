@@ -22,7 +22,9 @@
 //! namespaces have `publish_proxy = true`) is first POSTed to `/publish`, and what is published
 //! is what [`approve`] answers: `{"user","text"}` for a message, `{"user"}` for a typing
 //! notification, the user always the connection's own (`client.user`), so that nobody can write
-//! in another's name.
+//! in another's name. A message that mentions `@bob` is also published to `notifications:#bob`
+//! (a user channel, to which rpchub subscribes every connection of bob's: every device of his
+//! hears of it) as `{"user","text","channel"}`, event `mention`.
 //!
 //! The answer is not a model's: [`answer`] derives it from the message, so that what a client
 //! prints can be checked.
@@ -58,14 +60,18 @@ pub const MAX_SESSION_ID: usize = 200;
 pub const TYPING: &str = "typing";
 /// The longest message a person may write, in characters.
 pub const MAX_TEXT: usize = 2000;
+/// The namespace of the users' own channels (`notifications:#USER`), where mentions go.
+pub const NOTIFICATIONS: &str = "notifications";
+/// The most people one message notifies.
+pub const MAX_MENTIONS: usize = 5;
 
 /// What the backend needs to know.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// rpchub's base URL, for `POST {rpchub}/api/publish`.
     pub rpchub: String,
-    /// A token with publish rights on `conversation:*` (a static key of rpchub's config, or its
-    /// admin token), sent as `Authorization: Bearer`.
+    /// A token with publish rights on `conversation:*` and `notifications:*` (a static key of
+    /// rpchub's config, or its admin token), sent as `Authorization: Bearer`.
     pub publish_token: String,
     /// The pause between two lines of an answer.
     pub pause: Duration,
@@ -101,13 +107,40 @@ pub fn app(config: Config) -> Router {
 
 /// rpchub's question before a client's publish (`publish_proxy`):
 /// `{"channel","client":{"id","user"?,"remote"},"data"}`.
-async fn publish_check(body: Bytes) -> Response {
+async fn publish_check(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let ask: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let user = ask["client"]["user"].as_str().unwrap_or_default();
-    match approve(ask["channel"].as_str().unwrap_or_default(), user, &ask["data"]) {
-        Ok(data) => axum::Json(json!({"result": {"data": data}})).into_response(),
+    let channel = ask["channel"].as_str().unwrap_or_default();
+    match approve(channel, user, &ask["data"]) {
+        Ok(data) => {
+            let text = data["text"].as_str().unwrap_or_default();
+            for who in mentions(text, user) {
+                let note = json!({"user": user, "text": text, "channel": channel});
+                app.publisher.publish_one(format!("{NOTIFICATIONS}:#{who}"), "mention", note);
+            }
+            axum::Json(json!({"result": {"data": data}})).into_response()
+        }
         Err(m) => error(StatusCode::OK, "forbidden", &m),
     }
+}
+
+/// The users `text` mentions (`@name` at the start of a word, a name of A-Z a-z 0-9 _ . -),
+/// each once, never the writer, at most [`MAX_MENTIONS`].
+pub fn mentions(text: &str, writer: &str) -> Vec<String> {
+    let name = |c: &char| c.is_ascii_alphanumeric() || "_.-".contains(*c);
+    let mut out: Vec<String> = Vec::new();
+    let mut before = ' ';
+    for (i, c) in text.char_indices() {
+        if c == '@' && before.is_whitespace() && out.len() < MAX_MENTIONS {
+            let who: String = text[i + 1..].chars().take_while(name).collect();
+            let who = who.trim_end_matches('.').to_string();
+            if !who.is_empty() && who.len() <= 64 && who != writer && !out.contains(&who) {
+                out.push(who);
+            }
+        }
+        before = c;
+    }
+    out
 }
 
 /// What `user` may publish to `channel` with `data`: a message in a conversation is
@@ -241,6 +274,14 @@ mod tests {
             assert!(approve("conversation:c-1", "bob", &bad).unwrap_err().contains("text"), "{bad}");
         }
         assert!(approve("trades:SOL", "bob", &json!({})).is_err());
+    }
+
+    #[test]
+    fn mentions_are_named_once_never_the_writer_and_capped() {
+        assert_eq!(mentions("@bob see you, @carol. And @bob again", "alice"), ["bob", "carol"]);
+        assert_eq!(mentions("note to @alice and me@, mail bob@example.com", "alice"), Vec::<String>::new());
+        assert_eq!(mentions("no mention here", "alice"), Vec::<String>::new());
+        assert_eq!(mentions("@a @b @c @d @e @f @g", "z").len(), MAX_MENTIONS);
     }
 
     #[test]

@@ -14,7 +14,7 @@ struct Args {
     /// rpchub's base URL, for POST /api/publish.
     #[arg(long, env = "RPCHUB_URL", default_value = DEFAULT_RPCHUB)]
     rpchub: String,
-    /// A token with publish rights on conversation:* (default: the demo key of rpchub.toml).
+    /// A token with publish rights on conversation:* and notifications:* (default: the demo key of rpchub.toml).
     #[arg(long, env = "RPCHUB_PUBLISH_TOKEN", default_value = DEMO_PUBLISH_TOKEN, hide_default_value = true)]
     token: String,
     /// Milliseconds between two words of an answer.

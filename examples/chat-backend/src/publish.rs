@@ -1,5 +1,6 @@
-//! `chat_publish`'s way out: the lines of an answer published one by one to the conversation's
-//! channel through rpchub's `POST /api/publish`, in order, [`Config::pause`] apart.
+//! The backend's way out, rpchub's `POST /api/publish`: `chat_publish`'s answer, its lines
+//! published one by one to the conversation's channel in order, [`Config::pause`] apart; and
+//! the notifications of a mention, to the user channel of whoever is mentioned.
 
 use crate::Config;
 use serde_json::{Value, json};
@@ -35,26 +36,44 @@ impl Publisher {
                 // The pause comes first too: the call's answer goes out before the first chunk.
                 tokio::time::sleep(pause).await;
                 let body = json!({"channel": channel, "event": line["type"], "data": line["data"]});
-                let sent = http
-                    .post(&url)
-                    .bearer_auth(&token)
-                    .header("content-type", "application/json")
-                    .body(body.to_string())
-                    .send()
-                    .await;
-                let failure = match sent {
-                    Ok(r) if r.status().is_success() => continue,
-                    Ok(r) => {
-                        let status = r.status();
-                        format!("{status}: {}", r.text().await.unwrap_or_default())
-                    }
-                    Err(e) => e.to_string(),
-                };
-                eprintln!(
-                    "chat-backend: publishing to {channel} through {url} failed ({failure}); answer stopped"
-                );
-                return;
+                if let Err(failure) = post(&http, &url, &token, body).await {
+                    eprintln!(
+                        "chat-backend: publishing to {channel} through {url} failed ({failure}); answer stopped"
+                    );
+                    return;
+                }
             }
         });
+    }
+
+    /// Publishes one `event` with `data` to `channel` from a task of its own; a failure is
+    /// logged.
+    pub(crate) fn publish_one(&self, channel: String, event: &'static str, data: Value) {
+        let (http, url, token) = (self.http.clone(), self.url.clone(), self.token.clone());
+        tokio::spawn(async move {
+            let body = json!({"channel": channel, "event": event, "data": data});
+            if let Err(failure) = post(&http, &url, &token, body).await {
+                eprintln!("chat-backend: publishing to {channel} through {url} failed ({failure})");
+            }
+        });
+    }
+}
+
+/// One `POST /api/publish`: `Err` says why it was not taken.
+async fn post(http: &reqwest::Client, url: &str, token: &str, body: Value) -> Result<(), String> {
+    let sent = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => {
+            let status = r.status();
+            Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
