@@ -16,6 +16,11 @@ pub const DEFAULT_BROKER: &str = "memory";
 /// similar limits).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
 
+/// Messages shorter than this go uncompressed on a connection with permessage-deflate
+/// (`compression_min_bytes`): deflate's block overhead and a compressor's setup cost more than
+/// a short message saves.
+pub const DEFAULT_COMPRESSION_MIN_BYTES: usize = 256;
+
 /// Largest body of `POST /api/publish`: a batch of 1,000 publications (the most one request may
 /// carry) of up to a client message (4 KiB) each. Only requests with a valid token get this far,
 /// and the body must still arrive at `limits.request_min_rate`.

@@ -13,15 +13,17 @@ use rpchub::transport::frame::{self, Event, OP_CLOSE, Reassembly};
 fuzz_target!(|data: &[u8]| {
     // The first two bytes choose the message limit, so that small limits are explored too.
     let [a, b, rest @ ..] = data else { return };
-    let max_message = u16::from_be_bytes([*a, *b]) as usize;
+    let max_message = u16::from_be_bytes([*a & 0x7f, *b]) as usize;
+    // The top bit says whether the connection negotiated permessage-deflate.
+    let deflate = *a & 0x80 != 0;
     let mut buf = rest.to_vec();
     let mut asm = Reassembly::default();
     let mut at = 0;
     while at < buf.len() {
         let allowance = max_message.saturating_sub(asm.pending());
-        let whole = frame::parse_header(&buf[at..], allowance);
+        let whole = frame::parse_header(&buf[at..], allowance, deflate);
         for cut in 0..(buf.len() - at).min(14) {
-            let part = frame::parse_header(&buf[at..at + cut], allowance);
+            let part = frame::parse_header(&buf[at..at + cut], allowance, deflate);
             assert!(part == Ok(None) || part == whole, "prefix {cut} gave {part:?}, the whole {whole:?}");
         }
         let h = match whole {

@@ -81,6 +81,13 @@ pub struct Config {
     /// of its node: a node that dies without saying goodbye has its clients leave within it.
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// permessage-deflate (RFC 7692) for the WebSocket clients that offer it (`auto`), on every
+    /// front door, or never (`off`): each publication is compressed once for all its
+    /// subscribers.
+    pub compression: Compression,
+    /// Messages with fewer payload bytes than this go uncompressed on a connection with
+    /// permessage-deflate.
+    pub compression_min_bytes: usize,
     /// Hard limits that keep one client from hurting others.
     pub limits: Limits,
     /// Settings of channels whose namespace is not listed in `namespaces` (and of bare names).
@@ -119,6 +126,8 @@ impl Default for Config {
             cors_origins: Vec::new(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             presence_ttl: DEFAULT_PRESENCE_TTL,
+            compression: Compression::Auto,
+            compression_min_bytes: crate::constants::DEFAULT_COMPRESSION_MIN_BYTES,
             limits: Limits::default(),
             default_namespace: NamespaceConfig::default(),
             namespaces: BTreeMap::new(),
@@ -129,6 +138,17 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
         }
     }
+}
+
+/// permessage-deflate for the clients that offer it (`compression`).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// Negotiated with every client that offers it in a form the server can honour.
+    #[default]
+    Auto,
+    /// Never negotiated.
+    Off,
 }
 
 /// How log lines are written (to stderr).

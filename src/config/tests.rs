@@ -262,3 +262,17 @@ fn conversation_options_load_and_auto_subscribe_needs_user_channels() {
         assert_eq!(r.is_ok(), ok, "{value}: {r:?}");
     }
 }
+
+#[test]
+fn compression_is_auto_or_off_with_a_threshold() {
+    let c = Config::load(None, &[]).unwrap();
+    assert_eq!((c.compression, c.compression_min_bytes), (Compression::Auto, 256));
+    let c = Config::load(
+        None,
+        &[("compression".into(), "\"off\"".into()), ("compression_min_bytes".into(), "64".into())],
+    )
+    .unwrap();
+    assert_eq!((c.compression, c.compression_min_bytes), (Compression::Off, 64));
+    let e = Config::load(None, &[("compression".into(), "\"gzip\"".into())]).unwrap_err();
+    assert!(e.to_string().contains("compression"), "{e}");
+}

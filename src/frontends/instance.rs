@@ -16,7 +16,7 @@ use super::Door;
 use crate::auth::{Authenticator, Globs, Kind, Principal};
 use crate::broker::{Publication, StreamPosition};
 use crate::config::{Config, InstanceConfig, Secret};
-use crate::hub::{Encoding, Event, Filter, Sink};
+use crate::hub::{Deflated, Encoding, Event, Filter, Sink};
 use crate::metrics::Metrics;
 use crate::session::{Session, Subscriptions};
 use crate::transport::{Conn, Ending, FrameWriter, Handled, Link, Splice, frame};
@@ -337,7 +337,11 @@ impl InstanceConn {
         }
         let (instances, name) = (self.instances.clone(), self.name.clone());
         let filter = Filter::new(move |p| instances.admits(&name, event_of(p).as_deref()));
-        let encoding: Arc<dyn Encoding> = self.encoding.clone();
+        // A connection's own encoding (its instanceData is its own): compressed for it alone.
+        let encoding: Arc<dyn Encoding> = match outbox.deflate_min() {
+            Some(min_bytes) => Arc::new(Deflated { inner: self.encoding.clone(), min_bytes }),
+            None => self.encoding.clone(),
+        };
         let splice = Splice::new(&[]).expect("an empty splice fits; qed");
         let sink = Sink::new(outbox.clone(), encoding, splice).with_filter(filter);
         let parts: [&[u8]; 1] = [&first];

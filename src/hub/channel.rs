@@ -467,9 +467,7 @@ impl<'a> Frames<'a> {
         let at = match self.built.iter().position(|(k, _)| *k == key) {
             Some(at) => at,
             None => {
-                let encoding = encoding();
-                let mut f = SharedFrame::with_capacity(encoding.size_hint(self.event));
-                f.build(encoding.splice_len(), |w| encoding.encode(self.event, w));
+                let mut f = super::event::frame_of(&**encoding(), self.event);
                 if let Some((at, latency)) = self.stamp {
                     f.stamp(at, latency.clone());
                 }

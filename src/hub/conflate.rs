@@ -171,8 +171,7 @@ impl Conflation {
     /// slow-consumer rule as any publication: the drop stays the last resort.
     fn send(&self, held: &Publication, skipped: u64) -> Push {
         let event = Event::Publication { channel: &self.channel, publication: held, skipped, checksum: None };
-        let mut f = SharedFrame::with_capacity(self.encoding.size_hint(&event));
-        f.build(self.encoding.splice_len(), |w| self.encoding.encode(&event, w));
+        let f = super::event::frame_of(&*self.encoding, &event);
         self.outbox.push(&f.parts(&self.splice))
     }
 

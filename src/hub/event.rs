@@ -117,6 +117,12 @@ pub trait Encoding: Send + Sync + 'static {
         true
     }
 
+    /// For an encoding whose frames are compressed (permessage-deflate, see [`Deflated`]): the
+    /// payload bytes from which a frame is compressed.
+    fn deflate_min(&self) -> Option<usize> {
+        None
+    }
+
     /// Bytes `encode` is likely to write, to size the buffer once.
     fn size_hint(&self, event: &Event<'_>) -> usize {
         match event {
@@ -127,6 +133,70 @@ pub trait Encoding: Send + Sync + 'static {
             Event::Presence { who, .. } => 160 + who.client.len() + who.user.len(),
             Event::Closed { .. } | Event::Heartbeat { .. } | Event::Gap { .. } => 128,
         }
+    }
+}
+
+/// Builds `event`'s frame in `encoding`: compressed when the encoding deflates.
+pub fn frame_of(encoding: &dyn Encoding, event: &Event<'_>) -> crate::transport::SharedFrame {
+    let mut f = crate::transport::SharedFrame::with_capacity(encoding.size_hint(event));
+    if let Some(min) = encoding.deflate_min() {
+        f.build_deflated(encoding.splice_len(), min, |w| encoding.encode(event, w));
+    } else {
+        f.build(encoding.splice_len(), |w| encoding.encode(event, w));
+    }
+    f
+}
+
+/// A front door's encoding for the connections that negotiated permessage-deflate: the same
+/// payloads, compressed once per event for all of them (one `Deflated` per door encoding, so
+/// that its subscribers share frames as plain ones do), those under `min_bytes` as they are.
+#[derive(Debug)]
+pub struct Deflated {
+    /// The encoding whose payloads are compressed.
+    pub inner: Arc<dyn Encoding>,
+    /// Shorter payloads go uncompressed.
+    pub min_bytes: usize,
+}
+
+impl Encoding for Deflated {
+    fn splice_len(&self) -> usize {
+        self.inner.splice_len()
+    }
+    fn encode(&self, event: &Event<'_>, out: &mut FrameWriter<'_>) {
+        self.inner.encode(event, out)
+    }
+    fn cursor_json(&self, channel: &str, offset: u64) -> Option<String> {
+        self.inner.cursor_json(channel, offset)
+    }
+    fn sends_snapshot(&self) -> bool {
+        self.inner.sends_snapshot()
+    }
+    fn deflate_min(&self) -> Option<usize> {
+        Some(self.min_bytes)
+    }
+    fn size_hint(&self, event: &Event<'_>) -> usize {
+        // The compressed frame is smaller; the hint sizes it as if it were not.
+        self.inner.size_hint(event)
+    }
+}
+
+/// A front door's encoding, plain and deflated: each connection uses the one its handshake
+/// chose.
+#[derive(Clone, Debug)]
+pub struct Encodings {
+    plain: Arc<dyn Encoding>,
+    deflated: Arc<dyn Encoding>,
+}
+
+impl Encodings {
+    /// Both variants of `plain`, the compressed one for payloads of at least `min_bytes`.
+    pub fn new(plain: Arc<dyn Encoding>, min_bytes: usize) -> Encodings {
+        Encodings { deflated: Arc::new(Deflated { inner: plain.clone(), min_bytes }), plain }
+    }
+
+    /// The one for a connection's outbox.
+    pub fn of(&self, outbox: &Outbox) -> &Arc<dyn Encoding> {
+        if outbox.deflates() { &self.deflated } else { &self.plain }
     }
 }
 
@@ -193,8 +263,7 @@ impl Sink {
     /// Encodes `event` for this subscriber alone and copies it into its outbox (snapshots,
     /// `closed`): true if queued.
     pub(super) fn push_own(&self, event: &Event<'_>) -> bool {
-        let mut frame = crate::transport::SharedFrame::with_capacity(self.encoding.size_hint(event));
-        frame.build(self.encoding.splice_len(), |w| self.encoding.encode(event, w));
+        let frame = frame_of(&*self.encoding, event);
         self.outbox.push(&frame.parts(&self.splice)) == crate::transport::Push::Queued
     }
 
@@ -209,8 +278,7 @@ impl Sink {
     /// snapshot and what follows it at once): queued as an answer, which the slow-consumer rule
     /// does not count ([`crate::transport::Outbox::push_answer`]).
     pub(super) fn push_answer(&self, event: &Event<'_>) -> bool {
-        let mut frame = crate::transport::SharedFrame::with_capacity(self.encoding.size_hint(event));
-        frame.build(self.encoding.splice_len(), |w| self.encoding.encode(event, w));
+        let frame = frame_of(&*self.encoding, event);
         self.outbox.push_answer(&frame.parts(&self.splice)) == crate::transport::Push::Queued
     }
 }

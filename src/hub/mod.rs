@@ -36,7 +36,7 @@ mod subscription;
 mod tests;
 
 pub use conflate::SLOW_INTERVAL;
-pub use event::{Encoding, Event, Filter, Sink, reason};
+pub use event::{Deflated, Encoding, Encodings, Event, Filter, Sink, frame_of, reason};
 pub use id::{SUB_ID_LEN, SubId, SubIdGen};
 pub use subscription::{Pending, Subscription};
 

@@ -201,7 +201,8 @@ pub async fn start_with(
         pause_reading_bytes: (limits.outbound_queue_bytes / ANSWER_SHARE_OF_OUTBOUND_QUEUE).max(1),
         calls_in_flight: limits.calls_in_flight,
     };
-    let jsonrpc = JsonRpc::new(dispatcher, subscriptions.clone(), metrics.clone());
+    let jsonrpc =
+        JsonRpc::new(dispatcher, subscriptions.clone(), metrics.clone(), config.compression_min_bytes);
     let instances = crate::frontends::instance::Instances::new(
         &config,
         subscriptions.clone(),
@@ -220,6 +221,7 @@ pub async fn start_with(
             metrics.clone(),
             config.limits.calls_per_second,
             backend.clone(),
+            config.compression_min_bytes,
         ),
         metrics: metrics.clone(),
         hub,

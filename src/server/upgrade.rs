@@ -4,6 +4,7 @@
 use super::conns::Admitted;
 use super::io::TimedStream;
 use super::{Node, client_addr, principal_of};
+use crate::config::Compression;
 use crate::frontends::Door;
 use crate::gate::{Body, json_error};
 use crate::gate::{SessionId, SlotTicket};
@@ -37,7 +38,10 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
         None => node.next_session.fetch_add(1, Ordering::Relaxed),
     };
     let limits = &node.config.limits;
-    let link = Arc::new(Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes));
+    // permessage-deflate when the client offers it in a form this server can honour.
+    let deflate = node.config.compression == Compression::Auto && transport::deflate::accepts(req.headers());
+    let link = Link::new(id, limits.outbound_queue_messages, limits.outbound_queue_bytes);
+    let link = Arc::new(if deflate { link.deflating(node.config.compression_min_bytes) } else { link });
     let session = Session::new(id, remote, door.name(), principal, Some(link), limits.calls_per_second);
     let session = match &node.backend {
         Some(b) => session.with_backend(b.forwarded(req.headers())),
@@ -72,11 +76,15 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
             }
         }
     });
-    Response::builder()
+    let response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(hyper::header::CONNECTION, "Upgrade")
         .header(hyper::header::UPGRADE, "websocket")
-        .header("sec-websocket-accept", accept)
-        .body(Body::default())
-        .expect("static headers are valid; qed")
+        .header("sec-websocket-accept", accept);
+    let response = if deflate {
+        response.header("sec-websocket-extensions", transport::deflate::ACCEPTED)
+    } else {
+        response
+    };
+    response.body(Body::default()).expect("static headers are valid; qed")
 }

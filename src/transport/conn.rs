@@ -219,7 +219,7 @@ async fn read_loop(
                 }
             }
             let allowance = limits.max_message.saturating_sub(asm.pending());
-            let h = match frame::parse_header(&buf[at..], allowance) {
+            let h = match frame::parse_header(&buf[at..], allowance, out.deflates()) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(f) => return ReadEnd::Failed(f),

@@ -30,6 +30,14 @@ impl Link {
         }
     }
 
+    /// The same link, for a connection that negotiated permessage-deflate (text messages of at
+    /// least `min_bytes` compressed).
+    pub fn deflating(self, min_bytes: usize) -> Link {
+        let outbox = Arc::try_unwrap(self.outbox).expect("a new link's outbox is its own; qed");
+        let outbox = outbox.deflating(min_bytes);
+        Link { outbox: Arc::new(outbox), ..self }
+    }
+
     /// Counts `n` bytes read from the client.
     pub fn count_read(&self, n: usize) {
         self.read.fetch_add(n as u64, Ordering::Relaxed);

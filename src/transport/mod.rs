@@ -9,6 +9,7 @@
 //! once per publication ([`SharedFrame`]).
 
 mod conn;
+pub mod deflate;
 pub mod frame;
 pub(crate) mod handshake;
 mod link;

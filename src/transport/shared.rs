@@ -10,10 +10,20 @@
 //! Every connection's splice of one frame has the same length ([`SharedFrame::splice_len`]), so
 //! the WebSocket header, which encodes the payload length, is shared too. A frame's producer
 //! (a front door's encoding) decides that length; one frame is built per encoding.
+//!
+//! A frame for connections with permessage-deflate is built compressed the same way, once
+//! ([`SharedFrame::build_deflated`]): the splice then sits in a stored block of its own between
+//! the compressed head and tail (see [`super::deflate`]).
 
-use super::frame;
+use super::{deflate, frame};
 use crate::metrics::Latency;
+use std::cell::RefCell;
 use std::time::Instant;
+
+thread_local! {
+    /// The uncompressed payload of a frame being built compressed.
+    static PLAIN: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Most bytes a [`Splice`] holds: room for a 16-digit id plus a few bytes of framing.
 pub const SPLICE_MAX: usize = 22;
@@ -155,6 +165,49 @@ impl SharedFrame {
         self
     }
 
+    /// Like [`SharedFrame::build`], for connections with permessage-deflate: the payload is
+    /// compressed (RSV1 set) unless it is shorter than `min_bytes` (RFC 7692 lets any message go
+    /// either way), which goes as it is.
+    pub fn build_deflated(
+        &mut self,
+        splice_len: usize,
+        min_bytes: usize,
+        write: impl FnOnce(&mut FrameWriter<'_>),
+    ) -> &SharedFrame {
+        assert!(splice_len <= SPLICE_MAX, "a splice holds at most {SPLICE_MAX} bytes");
+        PLAIN.with_borrow_mut(|plain| {
+            plain.clear();
+            let mut w = FrameWriter { buf: plain, split: None };
+            write(&mut w);
+            let split = w.split.unwrap_or(plain.len());
+            let (prefix, suffix) = plain.split_at(split);
+            self.buf.clear();
+            self.buf.resize(HEADER_ROOM, 0);
+            let compressed = plain.len() + splice_len >= min_bytes;
+            self.split = if compressed {
+                deflate::compress_split(prefix, splice_len, suffix, &mut self.buf)
+            } else {
+                self.buf.extend_from_slice(prefix);
+                let at = self.buf.len();
+                self.buf.extend_from_slice(suffix);
+                at
+            };
+            self.splice_len = splice_len;
+            let payload = self.buf.len() - HEADER_ROOM + splice_len;
+            let (mut header, len) = frame::header_bytes(frame::OP_TEXT, payload);
+            if compressed {
+                header[0] |= deflate::RSV1;
+            }
+            self.start = HEADER_ROOM - len;
+            self.buf[self.start..HEADER_ROOM].copy_from_slice(&header[..len]);
+            // A big payload's scratch is not kept for the thread's life.
+            if plain.capacity() > 1 << 20 {
+                *plain = Vec::new();
+            }
+        });
+        self
+    }
+
     /// The three parts of the frame for a connection with `splice`, which must be
     /// [`SharedFrame::splice_len`] bytes long.
     pub fn parts<'a>(&'a self, splice: &'a Splice) -> [&'a [u8]; 3] {
@@ -206,6 +259,36 @@ mod tests {
                 assert_eq!(p.len(), 1 + n + body);
             }
         }
+    }
+
+    #[test]
+    fn a_deflated_frame_inflates_to_the_plain_one_for_each_splice() {
+        use std::io::Read;
+        let body = br#"{"coin":"SOL","px":"142.25","sz":"10.5","side":"B"}"#.repeat(20);
+        for n in [0usize, 16] {
+            let (mut plain, mut z) = (SharedFrame::default(), SharedFrame::default());
+            let write = |w: &mut FrameWriter<'_>| {
+                w.put(b"{\"subscription\":\"");
+                w.splice_here();
+                w.put(&body);
+            };
+            plain.build(n, write);
+            z.build_deflated(n, 256, write);
+            assert!(z.frame_len() * 4 < plain.frame_len(), "{} vs {}", z.frame_len(), plain.frame_len());
+            let splice = Splice::new(&b"0123456789abcdef"[..n]).unwrap();
+            let whole = z.parts(&splice).concat();
+            let (op, p) = payload(&whole);
+            assert_eq!(op, 0x80 | deflate::RSV1 | frame::OP_TEXT);
+            let mut all = p.to_vec();
+            all.extend_from_slice(&[0, 0, 0xff, 0xff]);
+            let mut out = Vec::new();
+            let _ = flate2::read::DeflateDecoder::new(&all[..]).read_to_end(&mut out);
+            assert_eq!(out, payload(&plain.parts(&splice).concat()).1);
+        }
+        // A short one goes uncompressed.
+        let mut z = SharedFrame::default();
+        z.build_deflated(0, 256, |w| w.put(b"{}"));
+        assert_eq!(z.parts(&Splice::EMPTY).concat(), [0x81, 2, b'{', b'}']);
     }
 
     #[test]

@@ -44,6 +44,32 @@ async fn fanout_delivers_everything_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_with_compression_checks_every_delivery_and_counts_the_wire_bytes() {
+    let server = support::start(support::config()).await;
+    let common = ["fanout", "--subscribers", "10", "--rate", "100", "--seconds", "1", "--drain-seconds", "3"];
+    let book = ["--payload", "book", "--payload-bytes", "2000"];
+    let mut wire = Vec::new();
+    for compress in [false, true] {
+        let mut args: Vec<&str> = common.iter().chain(&book).copied().collect();
+        if compress {
+            args.push("--compress");
+        }
+        let (ok, v, stderr) = bench(server.addr, &args).await;
+        assert!(ok, "{v} {stderr}");
+        assert_eq!((v["compress"].clone(), v["payload"].clone()), (compress.into(), "book".into()), "{v}");
+        assert_eq!(v["payload_bytes"], 2000, "{v}");
+        assert_eq!(v["received"], v["expected"], "{v}");
+        for zero in ["lost", "gaps", "dups", "invalid", "disconnected", "other_messages"] {
+            assert_eq!(v[zero], 0, "{zero}: {v}");
+        }
+        wire.push(v["wire_bytes_per_delivery"].as_f64().unwrap());
+    }
+    // A 2,000-byte book in a ~2,150-byte frame uncompressed; compressed, well under a third.
+    assert!(wire[0] > 2000.0, "{wire:?}");
+    assert!(wire[1] < wire[0] * 0.35, "{wire:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_counts_answered_calls() {
     let server = support::start(support::config()).await;
     let args = ["rpc", "--connections", "4", "--seconds", "0.5", "--warmup-seconds", "0.2"];

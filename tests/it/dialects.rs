@@ -147,3 +147,30 @@ async fn an_instance_style_client_receives_its_events_and_nothing_else() {
     }
     server.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websockets_negotiates_deflate_and_reads_and_writes_compressed_messages() {
+    let Some(python) = python() else { return };
+    let server = start(config()).await;
+    let ch = channel("zlib");
+    // History for the snapshots, compressible: it is compressed with them.
+    let earlier = json!({"trades": (0..80).map(|i| json!({"px": format!("142.{i:02}"), "sz": "3.5", "side": "B"})).collect::<Vec<_>>()});
+    publish(server.addr, &ch, earlier.clone()).await;
+    let args = vec![format!("ws://{}", server.addr), ch.clone(), ADMIN.into()];
+    let (ok, got, output) = run(python, "compressed.py", args).await;
+    server.shutdown();
+    assert!(ok, "{output}");
+    let rpc = &got["rpc"];
+    assert_eq!(rpc["extensions"], json!(["permessage-deflate"]), "{got:#}");
+    assert_eq!(
+        rpc["response_header"], "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        "{got:#}"
+    );
+    assert_eq!(rpc["snapshot"], json!([earlier]), "{got:#}");
+    assert_eq!(rpc["live_is_the_book"], true, "{got:#}");
+    assert_eq!(rpc["published"]["offset"], 2, "{got:#}");
+    assert_eq!(rpc["big_call"], json!({"jsonrpc": "2.0", "id": 3, "result": "pong"}), "{got:#}");
+    let typed = &got["typed"];
+    assert_eq!(typed["extensions"], json!(["permessage-deflate"]), "{got:#}");
+    assert_eq!(typed["snapshot"], json!([earlier, got["book"]]), "{got:#}");
+}

@@ -18,6 +18,7 @@ mod chat_example;
 mod cli;
 mod clients;
 mod compat;
+mod compression;
 mod conversations;
 mod deploy;
 mod dialects;

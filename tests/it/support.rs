@@ -252,10 +252,25 @@ pub(crate) mod raw {
     }
 
     /// Upgrades `s` on `/ws/rpc`.
-    async fn upgrade(mut s: TcpStream, addr: SocketAddr) -> TcpStream {
+    async fn upgrade(s: TcpStream, addr: SocketAddr) -> TcpStream {
+        upgrade_on(s, addr, "/ws/rpc", "").await.0
+    }
+
+    /// Upgrades a TCP connection on `path` with the extra request header lines `headers`
+    /// (each ending in CRLF); returns it and the response's head.
+    pub(crate) async fn connect_with(addr: SocketAddr, path: &str, headers: &str) -> (TcpStream, String) {
+        upgrade_on(TcpStream::connect(addr).await.unwrap(), addr, path, headers).await
+    }
+
+    async fn upgrade_on(
+        mut s: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> (TcpStream, String) {
         let req = format!(
-            "GET /ws/rpc HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
         );
         s.write_all(req.as_bytes()).await.unwrap();
         let mut head = Vec::new();
@@ -270,7 +285,7 @@ pub(crate) mod raw {
             head.to_ascii_lowercase().contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
             "{head}"
         );
-        s
+        (s, head)
     }
 
     /// A client frame: first byte `b0` (FIN, RSV, opcode), masked with a fixed key.
@@ -299,6 +314,11 @@ pub(crate) mod raw {
 
     /// Reads one server frame: (opcode, payload); `None` at the end of the stream.
     pub(crate) async fn read(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+        read_whole(s).await.map(|(b0, p)| (b0 & 0x0f, p))
+    }
+
+    /// Reads one server frame: (its first byte, with FIN, RSV and opcode; payload).
+    pub(crate) async fn read_whole(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
         let mut h = [0u8; 2];
         tokio::time::timeout(WAIT, s.read_exact(&mut h)).await.expect("a frame within the wait").ok()?;
         assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
@@ -317,7 +337,7 @@ pub(crate) mod raw {
         };
         let mut p = vec![0u8; len];
         s.read_exact(&mut p).await.ok()?;
-        Some((h[0] & 0x0f, p))
+        Some((h[0], p))
     }
 
     /// Reads frames until a close frame and returns its code (`None`: the stream ended first).

@@ -16,7 +16,7 @@ use super::client::{SourceIps, Target, block};
 use super::measure::{
     CpuWindow, Errors, histogram, latency_json, round, spawn_runtimes, wait_until, watchdog,
 };
-use super::publisher::{self, Published};
+use super::publisher::{self, Payload, Published};
 use super::report::{self, Progress};
 use super::subscriber::{self, Phase, Scan, Shared, Tally};
 use super::{CommonArgs, Error, check_files, extend};
@@ -46,6 +46,14 @@ pub struct FanoutArgs {
     /// Size of each publication's `data` JSON in bytes (at least 55).
     #[arg(long, default_value_t = 100)]
     pub payload_bytes: usize,
+    /// What fills the data: `pad` (one repeated byte) or `book` (order-book levels, which
+    /// compress as market data does).
+    #[arg(long, value_enum, default_value_t = Payload::Pad)]
+    pub payload: Payload,
+    /// Offer permessage-deflate on the subscriber connections (and inflate what comes
+    /// compressed); the report then says the bytes on the wire per delivery.
+    #[arg(long)]
+    pub compress: bool,
     /// Publish calls in flight (sent, not yet answered).
     #[arg(long, default_value_t = 64)]
     pub window: usize,
@@ -188,7 +196,9 @@ pub(crate) fn run(
             "channel": a.channel,
             "rate": a.rate,
             "seconds": a.seconds,
-            "payload_bytes": publisher::data(a.payload_bytes, 0, 0).len(),
+            "payload_bytes": publisher::data_of(a.payload, a.payload_bytes, 0, 0).len(),
+            "payload": format!("{:?}", a.payload).to_lowercase(),
+            "compress": a.compress,
             "window": a.window,
             "max_lag": a.max_lag,
             "drained": drained,
@@ -219,7 +229,7 @@ fn summary(a: &FanoutArgs, p: &Published, tallies: Vec<Tally>, last: u64) -> Val
     let (mut invalid, mut other, mut setup_errors) =
         (Errors::default(), Errors::default(), Errors::default());
     let mut gone: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut last_delivery_us, mut seen) = (0u64, 0u64);
+    let (mut last_delivery_us, mut seen, mut wire) = (0u64, 0u64, 0u64);
     let mut thread_cpu = vec![round(p.cpu_pct, 1)];
     for t in tallies {
         if let Some(h) = &t.hist {
@@ -242,6 +252,7 @@ fn summary(a: &FanoutArgs, p: &Published, tallies: Vec<Tally>, last: u64) -> Val
         }
         last_delivery_us = last_delivery_us.max(t.last_delivery_us);
         seen += t.seen;
+        wire += t.wire_bytes;
         thread_cpu.push(round(t.cpu_pct, 1));
     }
     let span_s = last_delivery_us.saturating_sub(p.start_us) as f64 / 1e6;
@@ -259,6 +270,7 @@ fn summary(a: &FanoutArgs, p: &Published, tallies: Vec<Tally>, last: u64) -> Val
         "expected": expected,
         "received": received,
         "deliveries_per_s": round(received as f64 / span_s.max(1e-9), 0),
+        "wire_bytes_per_delivery": round(wire as f64 / received.max(1) as f64, 1),
         "delivery_span_s": round(span_s, 3),
         "lost": lost,
         "gaps": gaps,
@@ -289,16 +301,19 @@ pub(crate) fn table(v: &Value) {
         false => format!("{url}, published on {publish_url}"),
     };
     let title = format!(
-        "fanout: {} subscribers on {}, {rate} for {} s, {}-byte payloads ({at})",
+        "fanout: {} subscribers on {}, {rate} for {} s, {}-byte {} payloads{} ({at})",
         v["subscribers"],
         report::text(v, "channel"),
         v["seconds"],
         v["payload_bytes"],
+        report::text(v, "payload"),
+        if v["compress"] == true { ", permessage-deflate" } else { "" },
     );
     let mut rows = vec![
         ("setup", format!("{} of {} subscribed in {} s", v["ready"], v["subscribers"], v["setup_s"])),
         ("published", format!("{} ({}/s)", report::int(v, "published"), report::dec(v, "publish_rate", 1))),
         ("deliveries/s", report::int(v, "deliveries_per_s")),
+        ("wire bytes/delivery", report::dec(v, "wire_bytes_per_delivery", 1)),
         ("latency µs", report::latency(v)),
         ("lost/gaps/dups", format!("{} / {} / {}", v["lost"], v["gaps"], v["dups"])),
         ("disconnects", report::by_reason(v, "disconnected", "disconnect_reasons")),

@@ -89,7 +89,7 @@ impl Group {
                     tokio::task::spawn_local(async move {
                         let permit = permits.acquire().await;
                         let setup = tokio::time::timeout(setup, async {
-                            let mut s = Socket::open(&target, src, read_buffer).await?;
+                            let mut s = Socket::open(&target, src, read_buffer, false).await?;
                             s.subscribe(&channel).await?;
                             Ok::<_, String>(s)
                         });

@@ -6,7 +6,19 @@
 //!
 //! Each publication's data is `{"bench_t":T,"bench_n":N,"pad":"x.."}`, exactly
 //! `--payload-bytes` long: T is the send time on the bench's clock (plus [`T_BASE`], so every
-//! publication of a run has the same size), N its sequence number (plus [`N_BASE`]).
+//! publication of a run has the same size), N its sequence number (plus [`N_BASE`]). With
+//! `--payload book` the padding is an order book's levels instead (`{"px","sz","n"}` objects,
+//! their digits drawn per publication), which compresses as market data does.
+
+/// What fills a publication's data up to `--payload-bytes`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Payload {
+    /// `"pad":"xxx..."`: one repeated byte.
+    #[default]
+    Pad,
+    /// `"levels":[{"px":"67012.5","sz":"1.2345","n":3},...]`: an order book's side.
+    Book,
+}
 
 use super::fanout::Run;
 use super::measure::{Errors, now_us, thread_cpu_pct_until};
@@ -26,6 +38,46 @@ pub(crate) const T_BASE: u64 = 1_000_000_000_000;
 const N_BASE: u64 = 1_000_000_000;
 /// The data's key for the send time; receivers look for it.
 pub(crate) const SEND_TIME_FIELD: &str = "bench_t";
+
+/// A publication's data of `len` bytes of the `kind` (or the least possible, if `len` is
+/// smaller).
+pub(crate) fn data_of(kind: Payload, len: usize, sent_us: u64, seq: u64) -> String {
+    if kind == Payload::Pad {
+        return data(len, sent_us, seq);
+    }
+    let mut d =
+        format!(r#"{{"{SEND_TIME_FIELD}":{},"bench_n":{},"levels":["#, T_BASE + sent_us, N_BASE + seq);
+    // xorshift64, seeded by the sequence number: each publication its own digits.
+    let mut x = (seq + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let base = 60_000 + next() % 10_000;
+    let tail = r#"],"pad":""}"#;
+    for i in 0.. {
+        let r = next();
+        let level = format!(
+            r#"{}{{"px":"{}.{}","sz":"{}.{:04}","n":{}}}"#,
+            if i == 0 { "" } else { "," },
+            base + i / 2,
+            (i % 2) * 5,
+            r % 20,
+            (r >> 8) % 10_000,
+            (r >> 24) % 9 + 1
+        );
+        if d.len() + level.len() + tail.len() > len {
+            break;
+        }
+        d.push_str(&level);
+    }
+    d.push_str(r#"],"pad":""#);
+    d.extend(std::iter::repeat_n(' ', len.saturating_sub(d.len() + 2)));
+    d.push_str("\"}");
+    d
+}
 
 /// A publication's data of `len` bytes (or the least possible, if `len` is smaller).
 pub(crate) fn data(len: usize, sent_us: u64, seq: u64) -> String {
@@ -158,7 +210,7 @@ async fn send_all(run: &Run, ws: super::client::Ws, out: &mut Published) {
         } else if now >= end {
             break;
         }
-        let data = data(a.payload_bytes, now_us(), sent);
+        let data = data_of(a.payload, a.payload_bytes, now_us(), sent);
         let id = sent + 1;
         let call = format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"publish","params":{{"channel":{channel},"data":{data}}}}}"#
@@ -207,5 +259,17 @@ mod tests {
             assert_eq!(v[SEND_TIME_FIELD], T_BASE + 5);
         }
         assert_eq!(data(0, 5, 0).len(), 55, "the least size, as --payload-bytes says");
+    }
+
+    #[test]
+    fn a_book_payload_has_the_requested_size_and_levels_of_its_own() {
+        for len in [100, 2000, 3000] {
+            let (a, b) = (data_of(Payload::Book, len, 5, 0), data_of(Payload::Book, len, 5, 1));
+            assert_eq!((a.len(), b.len()), (len, len));
+            let v: Value = serde_json::from_str(&a).unwrap();
+            assert_eq!(v[SEND_TIME_FIELD], T_BASE + 5);
+            assert!(len < 2000 || v["levels"].as_array().unwrap().len() > 40, "{a}");
+            assert_ne!(a, b, "each publication its own digits");
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! whatever the socket holds and messages are handed out as slices of one buffer. Still checked
 //! on every frame: the framing, that the server did not mask, and control frames (a ping is
 //! answered, a close ends the connection). The upgrade is a hand-written HTTP/1.1 request whose
-//! `Sec-WebSocket-Accept` answer is verified.
+//! `Sec-WebSocket-Accept` answer is verified. With `compress`, the upgrade offers
+//! permessage-deflate (RFC 7692) and compressed messages are inflated (flate2) before they are
+//! handed out, each on its own: the server must answer with `server_no_context_takeover`.
 
 use super::client::Target;
 use serde_json::{Value, json};
@@ -56,6 +58,11 @@ pub(crate) struct Socket {
     replies: Vec<u8>,
     /// State of the xorshift that makes masking keys.
     mask: u32,
+    /// With permessage-deflate: the inflater, and the message it inflated last.
+    inflater: Option<Box<flate2::Decompress>>,
+    inflated: Vec<u8>,
+    /// Bytes read since [`Socket::take_wire`] last asked.
+    wire: u64,
 }
 
 /// A subscription once both its id and its snapshot have arrived.
@@ -72,6 +79,7 @@ impl Socket {
         target: &Target,
         src: Option<Ipv4Addr>,
         read_size: usize,
+        compress: bool,
     ) -> Result<Socket, String> {
         let mut sock = target.tcp(src).await?;
         let key = generate_key();
@@ -82,6 +90,9 @@ impl Socket {
         );
         if let Some(t) = target.token() {
             req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        if compress {
+            req.push_str("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
         }
         req.push_str("\r\n");
         sock.write_all(req.as_bytes()).await.map_err(|e| format!("send upgrade: {e}"))?;
@@ -109,6 +120,24 @@ impl Socket {
         if accept != Some(derive_accept_key(key.as_bytes())) {
             return Err("upgrade answer with a wrong Sec-WebSocket-Accept".into());
         }
+        let extensions = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| value.trim().to_ascii_lowercase())
+        });
+        let inflater = match extensions {
+            None => None,
+            Some(e)
+                if compress
+                    && e.starts_with("permessage-deflate")
+                    && e.contains("server_no_context_takeover") =>
+            {
+                Some(Box::new(flate2::Decompress::new(false)))
+            }
+            Some(e) => return Err(format!("upgrade answer with extensions this client cannot take: {e}")),
+        };
+        let wire = buf.len() as u64;
         buf.drain(..head_len);
         Ok(Socket {
             sock,
@@ -117,7 +146,15 @@ impl Socket {
             partial: None,
             replies: Vec::new(),
             mask: rand::random::<u32>() | 1,
+            inflater,
+            inflated: Vec::new(),
+            wire,
         })
+    }
+
+    /// Bytes read since the last call (the first: since the connection opened).
+    pub(crate) fn take_wire(&mut self) -> u64 {
+        std::mem::take(&mut self.wire)
     }
 
     /// Sends `subscribe` for `channel` (id 1) and reads until both its answer and the snapshot
@@ -201,7 +238,10 @@ impl Socket {
         }
         match self.sock.read_buf(&mut self.buf).await {
             Ok(0) => Err(EOF.into()),
-            Ok(_) => Ok(()),
+            Ok(n) => {
+                self.wire += n as u64;
+                Ok(())
+            }
             Err(e) => Err(format!("read: {e}")),
         }
     }
@@ -216,7 +256,10 @@ impl Socket {
             if b.len() < 2 {
                 break Ok(());
             }
-            let (fin, opcode) = (b[0] & 0x80 != 0, b[0] & 0x0f);
+            let (fin, opcode, compressed) = (b[0] & 0x80 != 0, b[0] & 0x0f, b[0] & 0x40 != 0);
+            if b[0] & 0x30 != 0 || (compressed && (self.inflater.is_none() || opcode >= OP_CLOSE)) {
+                break Err(format!("reserved bits 0x{:02x} on a frame", b[0] & 0x70));
+            }
             if b[1] & 0x80 != 0 {
                 break Err("masked frame from the server".to_string());
             }
@@ -237,6 +280,16 @@ impl Socket {
             let payload = &b[header..header + len];
             at += header + len;
             let more = match opcode {
+                OP_TEXT | OP_BINARY if fin && compressed => {
+                    let d = self.inflater.as_mut().expect("checked above; qed");
+                    if let Err(e) = inflate(d, payload, &mut self.inflated) {
+                        break Err(e);
+                    }
+                    on_message(&self.inflated)
+                }
+                OP_TEXT | OP_BINARY if compressed => {
+                    break Err("fragmented compressed messages are not taken".into());
+                }
                 OP_TEXT | OP_BINARY if fin => on_message(payload),
                 OP_TEXT | OP_BINARY => {
                     self.partial = Some(payload.to_vec());
@@ -282,6 +335,30 @@ impl Socket {
         let replies = std::mem::take(&mut self.replies);
         self.sock.write_all(&replies).await.map_err(|e| format!("send pong: {e}"))
     }
+}
+
+/// Inflates one compressed message (RFC 7692 7.2.2: its payload and the 4 bytes a sync flush
+/// ends with) into `out`. The server's messages never refer to earlier ones
+/// (`server_no_context_takeover`), so the inflater goes on from one to the next unreset.
+fn inflate(d: &mut flate2::Decompress, payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    out.clear();
+    for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+        let mut read = 0;
+        loop {
+            out.reserve((input.len() - read) * 4 + 4096);
+            let before = d.total_in();
+            d.decompress_vec(&input[read..], out, flate2::FlushDecompress::Sync)
+                .map_err(|e| format!("invalid compressed message: {e}"))?;
+            read += (d.total_in() - before) as usize;
+            if out.len() > MAX_MESSAGE {
+                return Err("compressed message inflates too far".into());
+            }
+            if read == input.len() && out.len() < out.capacity() {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Takes one message that arrived while subscribing: the answer to id 1 (the subscription id,

@@ -173,7 +173,7 @@ async fn client(
 ) -> Result<(u64, u64, Result<(), String>), String> {
     let start = now_us();
     let setup = async {
-        let mut s = Socket::open(target, src, 4096).await?;
+        let mut s = Socket::open(target, src, 4096, false).await?;
         s.subscribe(channel).await?;
         Ok::<_, String>(s)
     };

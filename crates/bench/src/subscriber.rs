@@ -115,6 +115,8 @@ pub(crate) struct Tally {
     pub(crate) last_delivery_us: u64,
     /// Messages received after subscribing, of any kind.
     pub(crate) seen: u64,
+    /// Bytes read from the sockets after subscribing (WebSocket frames, compressed or not).
+    pub(crate) wire_bytes: u64,
     pub(crate) invalid: Errors,
     pub(crate) other: Errors,
     pub(crate) setup_errors: Errors,
@@ -205,7 +207,8 @@ async fn subscriber(
 ) {
     let permit = permits.acquire().await;
     let setup = async {
-        let mut s = Socket::open(&run.target, run.ips.for_conn(i), run.args.read_buffer).await?;
+        let mut s =
+            Socket::open(&run.target, run.ips.for_conn(i), run.args.read_buffer, run.args.compress).await?;
         let sub = s.subscribe(&run.args.channel).await?;
         Ok::<_, String>((s, sub))
     };
@@ -220,6 +223,7 @@ async fn subscriber(
     run.shared.max_seen[i].store(sub.offset, Relaxed);
     run.shared.state[i].store(READY, Relaxed);
     run.shared.ready.fetch_add(1, Relaxed);
+    socket.take_wire();
     let reason = loop {
         // One receive time for all that one read returned: all of it had arrived by then.
         let now = now_us();
@@ -232,6 +236,7 @@ async fn subscriber(
         if let Err(e) = socket.fill().await {
             break e;
         }
+        tally.borrow_mut().wire_bytes += socket.take_wire();
     };
     if *phase.borrow() != Phase::Stop {
         run.shared.state[i].store(GONE, Relaxed);

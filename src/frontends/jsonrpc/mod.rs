@@ -12,7 +12,7 @@ pub use encoding::{JsonRpcEncoding, splice};
 
 use super::Door;
 use crate::backend::proxy::Flavor;
-use crate::hub::{Encoding, Sink};
+use crate::hub::{Encodings, Sink};
 use crate::metrics::Metrics;
 use crate::session::{Session, Subscriptions};
 use crate::transport::{Conn, Ending, Handled, Link, Outbox, frame};
@@ -30,23 +30,26 @@ pub struct JsonRpc {
     pub subscriptions: Arc<Subscriptions>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    encoding: Arc<dyn Encoding>,
+    /// The notifications' encoding, plain and compressed.
+    encodings: Encodings,
     /// For the connections, which hold the door.
     me: std::sync::Weak<JsonRpc>,
 }
 
 impl JsonRpc {
-    /// The door over `dispatcher`.
+    /// The door over `dispatcher`; on connections with permessage-deflate, notifications of at
+    /// least `compression_min_bytes` are compressed.
     pub fn new(
         dispatcher: Dispatcher,
         subscriptions: Arc<Subscriptions>,
         metrics: Arc<Metrics>,
+        compression_min_bytes: usize,
     ) -> Arc<JsonRpc> {
         Arc::new_cyclic(|me| JsonRpc {
             dispatcher,
             subscriptions,
             metrics,
-            encoding: Arc::new(JsonRpcEncoding),
+            encodings: Encodings::new(Arc::new(JsonRpcEncoding), compression_min_bytes),
             me: me.clone(),
         })
     }
@@ -68,7 +71,9 @@ impl Door for JsonRpc {
         self.metrics.connection_opened(DOOR);
         self.subscriptions.connected(&session);
         if self.subscriptions.has_auto_subscribe() && session.principal().is_authenticated() {
-            let (subs, s, encoding) = (self.subscriptions.clone(), session.clone(), self.encoding.clone());
+            let outbox = &session.link().expect("a WebSocket session has a link; qed").outbox;
+            let encoding = self.encodings.of(outbox).clone();
+            let (subs, s) = (self.subscriptions.clone(), session.clone());
             tokio::spawn(async move { subs.auto_subscribe(&s, &encoding, encoding::splice).await });
         }
         Arc::new_cyclic(|me| WsConn { door, session, lane: Lane::default(), me: me.clone() })
@@ -100,7 +105,7 @@ impl WsConn {
         let frame: [&[u8]; 2] = [&h[..n], json.as_bytes()];
         let mut first: &[&[u8]] = if answer.json.is_some() { &frame } else { &[] };
         for p in answer.pending {
-            let sink = Sink::new(out.clone(), self.door.encoding.clone(), encoding::splice(p.id()));
+            let sink = Sink::new(out.clone(), self.door.encodings.of(out).clone(), encoding::splice(p.id()));
             // Fails only when the connection is closing: nothing more goes out then anyway.
             let _ = p.go_live(sink, first);
             first = &[];

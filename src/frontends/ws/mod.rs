@@ -22,7 +22,7 @@ use super::jsonrpc::JsonRpc;
 use crate::auth::{AuthError, Authenticator};
 use crate::backend::proxy::{self, Flavor, Takes};
 use crate::backend::{Backend, BackendError};
-use crate::hub::{Encoding, Sink};
+use crate::hub::{Encoding, Encodings, Sink};
 use crate::metrics::Metrics;
 use crate::rpc::api::Since;
 use crate::session::{Session, SubscribeError, Subscriptions, Verdict, pattern};
@@ -43,8 +43,8 @@ pub struct Compat {
     subscriptions: Arc<Subscriptions>,
     auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
-    encoding: Arc<dyn Encoding>,
-    hyperliquid: Arc<dyn Encoding>,
+    encoding: Encodings,
+    hyperliquid: Encodings,
     /// The JSON-RPC door, whose methods `post` requests call.
     jsonrpc: Arc<JsonRpc>,
     default_rate: u32,
@@ -62,13 +62,14 @@ impl Compat {
         metrics: Arc<Metrics>,
         default_rate: u32,
         backend: Option<Arc<Backend>>,
+        compression_min_bytes: usize,
     ) -> Arc<Compat> {
         Arc::new_cyclic(|me| Compat {
             subscriptions,
             auth,
             metrics,
-            encoding: Arc::new(encoding::TypedEncoding),
-            hyperliquid: Arc::new(hyperliquid::HyperliquidEncoding),
+            encoding: Encodings::new(Arc::new(encoding::TypedEncoding), compression_min_bytes),
+            hyperliquid: Encodings::new(Arc::new(hyperliquid::HyperliquidEncoding), compression_min_bytes),
             jsonrpc,
             default_rate,
             backend,
@@ -233,7 +234,7 @@ impl CompatConn {
     async fn auto_subscribe(&self) {
         let subs = &self.door.subscriptions;
         if subs.has_auto_subscribe() {
-            subs.auto_subscribe(&self.session, &self.door.encoding, |_| Splice::EMPTY).await;
+            subs.auto_subscribe(&self.session, self.door.encoding.of(self.outbox()), |_| Splice::EMPTY).await;
         }
     }
 
@@ -434,7 +435,9 @@ impl CompatConn {
                 };
                 let checksum = sub.get("checksum").and_then(serde_json::Value::as_bool);
                 let data = TypedData { channel, since, limit: None, conflate_ms, checksum };
-                if let Err((_, m)) = self.go_live(data, self.door.hyperliquid.clone(), &response).await {
+                if let Err((_, m)) =
+                    self.go_live(data, self.door.hyperliquid.of(self.outbox()).clone(), &response).await
+                {
                     self.send(&error(&m));
                 }
             }
@@ -509,7 +512,9 @@ impl CompatConn {
                 .to_string();
         let checksum = sub.get("checksum").and_then(serde_json::Value::as_bool);
         let data = TypedData { channel, since, limit: None, conflate_ms: conflate_of(sub)?, checksum };
-        self.go_live(data, self.door.hyperliquid.clone(), &response).await.map_err(|(_, m)| m)
+        self.go_live(data, self.door.hyperliquid.of(self.outbox()).clone(), &response)
+            .await
+            .map_err(|(_, m)| m)
     }
 
     /// `Ok` when a list of `n` subscriptions is within the connection's limit in size (each
@@ -535,7 +540,7 @@ impl CompatConn {
         for d in items {
             let channel = d.channel.clone();
             let outcome = if seen.insert(channel.clone()) {
-                self.go_live(d, self.door.encoding.clone(), "").await
+                self.go_live(d, self.door.encoding.of(self.outbox()).clone(), "").await
             } else {
                 Err(("invalid_request", format!("channel {channel} is named more than once in this message")))
             };
@@ -627,7 +632,8 @@ impl CompatConn {
 
     /// `subscribe`: the snapshot is the acknowledgement.
     async fn subscribe(&self, d: TypedData) {
-        if let Err((code, message)) = self.go_live(d, self.door.encoding.clone(), "").await {
+        if let Err((code, message)) = self.go_live(d, self.door.encoding.of(self.outbox()).clone(), "").await
+        {
             self.send(&typed_error(code, &message));
         }
     }

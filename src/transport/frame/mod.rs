@@ -78,19 +78,27 @@ pub struct Header {
     pub len: usize,
     /// Bytes before the payload.
     pub header_len: usize,
+    /// RSV1: the first frame of a compressed message (permessage-deflate).
+    pub compressed: bool,
 }
 
 /// Parses the client frame header at the start of `buf`. `Ok(None)`: more bytes are needed.
 /// `max_payload` bounds data frames; a longer one fails with 1009 before its payload is read.
-pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Failure> {
+/// `deflate`: the connection negotiated permessage-deflate, so RSV1 may mark the first frame of
+/// a data message (never a control or continuation frame, RFC 7692 6.1).
+pub fn parse_header(buf: &[u8], max_payload: usize, deflate: bool) -> Result<Option<Header>, Failure> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let (b0, b1) = (buf[0], buf[1]);
-    if b0 & 0x70 != 0 {
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !deflate) {
         return Err(fail(code::PROTOCOL_ERROR, "reserved bits set without a negotiated extension"));
     }
     let opcode = b0 & 0x0f;
+    if compressed && !matches!(opcode, OP_TEXT | OP_BINARY) {
+        return Err(fail(code::PROTOCOL_ERROR, "RSV1 is for the first frame of a data message"));
+    }
     let fin = b0 & 0x80 != 0;
     if !matches!(opcode, OP_CONT | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG) {
         return Err(fail(code::PROTOCOL_ERROR, "unknown opcode"));
@@ -132,7 +140,7 @@ pub fn parse_header(buf: &[u8], max_payload: usize) -> Result<Option<Header>, Fa
         return Ok(None);
     }
     let mask = buf[2 + ext..header_len].try_into().expect("4 bytes checked above; qed");
-    Ok(Some(Header { fin, opcode, mask, len: len as usize, header_len }))
+    Ok(Some(Header { fin, opcode, mask, len: len as usize, header_len, compressed }))
 }
 
 /// Removes the client's masking from a payload, in place.
@@ -243,6 +251,10 @@ pub struct Reassembly {
     active: bool,
     /// The message in progress came as binary.
     binary: bool,
+    /// The message in progress is compressed (inflated when it is whole).
+    compressed: bool,
+    /// A compressed message, inflated (released with `finish`).
+    inflated: Vec<u8>,
 }
 
 impl Reassembly {
@@ -252,7 +264,7 @@ impl Reassembly {
     }
 
     /// Interprets one complete frame (payload already unmasked). `max_message` bounds the whole
-    /// reassembled message.
+    /// reassembled message, compressed as it came and inflated.
     pub fn frame<'a>(
         &'a mut self,
         h: &Header,
@@ -267,11 +279,16 @@ impl Reassembly {
                 // A binary message that is UTF-8 is taken as text (web3.py and `websocat -b` send
                 // JSON as binary); the answers are text.
                 let binary = h.opcode == OP_BINARY;
+                if h.fin && h.compressed {
+                    super::deflate::inflate(payload, max_message, &mut self.inflated)?;
+                    return message(&self.inflated, binary);
+                }
                 if h.fin {
                     return message(payload, binary);
                 }
                 self.active = true;
                 self.binary = binary;
+                self.compressed = h.compressed;
                 self.partial.extend_from_slice(payload);
                 Ok(Event::Partial)
             }
@@ -288,6 +305,10 @@ impl Reassembly {
                 }
                 self.active = false;
                 // Hand the message out; the buffer is released by `finish` after use.
+                if self.compressed {
+                    super::deflate::inflate(&self.partial, max_message, &mut self.inflated)?;
+                    return message(&self.inflated, self.binary);
+                }
                 message(&self.partial, self.binary)
             }
             OP_CLOSE => check_close_payload(payload).map(Event::Close),
@@ -302,6 +323,7 @@ impl Reassembly {
         if !self.active {
             self.partial = Vec::new();
         }
+        self.inflated = Vec::new();
     }
 }
 

@@ -13,7 +13,7 @@ fn drive(mut bytes: Vec<u8>, max_message: usize) -> (Vec<String>, Vec<Vec<u8>>, 
     let mut at = 0;
     while at < bytes.len() {
         let allowance = max_message.saturating_sub(asm.pending());
-        let h = match parse_header(&bytes[at..], allowance) {
+        let h = match parse_header(&bytes[at..], allowance, false) {
             Ok(Some(h)) => h,
             Ok(None) => break,
             Err(f) => return (texts, pings, Some(f)),
@@ -81,11 +81,11 @@ proptest! {
         let (fin, len) = if control { (true, len % 126) } else { (fin, len) };
         let payload: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
         let f = client_frame(b0(fin, opcode), &payload, mask);
-        let h = parse_header(&f, 1 << 20).unwrap().expect("a whole header");
+        let h = parse_header(&f, 1 << 20, false).unwrap().expect("a whole header");
         prop_assert_eq!((h.fin, h.opcode, h.len, h.mask), (fin, opcode, len, mask));
         prop_assert_eq!(h.header_len + len, f.len());
         for cut in 0..h.header_len {
-            prop_assert_eq!(parse_header(&f[..cut], 1 << 20), Ok(None));
+            prop_assert_eq!(parse_header(&f[..cut], 1 << 20, false), Ok(None));
         }
         let mut p = f[h.header_len..].to_vec();
         unmask(&mut p, h.mask);
@@ -166,6 +166,6 @@ proptest! {
         if with_mask {
             bytes.extend_from_slice(&[1, 2, 3, 4]);
         }
-        prop_assert_eq!(parse_header(&bytes, max).map_err(|f| f.code), Err(code::TOO_BIG));
+        prop_assert_eq!(parse_header(&bytes, max, false).map_err(|f| f.code), Err(code::TOO_BIG));
     }
 }

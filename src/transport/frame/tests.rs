@@ -21,7 +21,7 @@ pub(crate) fn client_frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
 }
 
 fn parse(bytes: &[u8]) -> Result<Option<Header>, Failure> {
-    parse_header(bytes, 4096)
+    parse_header(bytes, 4096, false)
 }
 
 #[test]
@@ -29,7 +29,7 @@ fn parses_every_length_form_and_unmasks() {
     for len in [0usize, 1, 125, 126, 127, 4000, 70_000] {
         let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         let f = client_frame(0x81, &payload, [1, 2, 3, 4]);
-        let h = parse_header(&f, 100_000).unwrap().unwrap();
+        let h = parse_header(&f, 100_000, false).unwrap().unwrap();
         assert_eq!((h.fin, h.opcode, h.len), (true, OP_TEXT, len));
         assert_eq!(h.header_len + len, f.len());
         let mut p = f[h.header_len..].to_vec();
@@ -37,7 +37,7 @@ fn parses_every_length_form_and_unmasks() {
         assert_eq!(p, payload);
         // Every strict prefix of the header asks for more bytes.
         for cut in 0..h.header_len {
-            assert_eq!(parse_header(&f[..cut], 100_000), Ok(None), "cut {cut}");
+            assert_eq!(parse_header(&f[..cut], 100_000, false), Ok(None), "cut {cut}");
         }
     }
 }
@@ -65,7 +65,7 @@ fn rejects_what_the_rfc_forbids_with_its_codes() {
 #[test]
 fn reassembles_fragments_around_control_frames() {
     let mut r = Reassembly::default();
-    let h = |fin, opcode, len| Header { fin, opcode, mask: [0; 4], len, header_len: 6 };
+    let h = |fin, opcode, len| Header { fin, opcode, mask: [0; 4], len, header_len: 6, compressed: false };
     assert_eq!(r.frame(&h(false, OP_TEXT, 3), b"{\"a", 100), Ok(Event::Partial));
     assert_eq!(r.frame(&h(true, OP_PING, 2), b"hi", 100), Ok(Event::Ping(b"hi")));
     assert_eq!(r.frame(&h(false, OP_CONT, 2), b"\":", 100), Ok(Event::Partial));
@@ -81,7 +81,7 @@ fn reassembles_fragments_around_control_frames() {
 #[test]
 fn fragments_count_toward_the_message_limit() {
     let mut r = Reassembly::default();
-    let h = |fin, opcode| Header { fin, opcode, mask: [0; 4], len: 60, header_len: 6 };
+    let h = |fin, opcode| Header { fin, opcode, mask: [0; 4], len: 60, header_len: 6, compressed: false };
     assert_eq!(r.frame(&h(false, OP_TEXT), &[b' '; 60], 100), Ok(Event::Partial));
     assert_eq!(r.frame(&h(true, OP_CONT), &[b' '; 60], 100).unwrap_err().code, 1009);
 }
@@ -89,7 +89,7 @@ fn fragments_count_toward_the_message_limit() {
 #[test]
 fn text_must_be_utf8_and_binary_is_taken_as_text_only_when_it_is() {
     let mut r = Reassembly::default();
-    let h = |opcode, fin| Header { fin, opcode, mask: [0; 4], len: 2, header_len: 6 };
+    let h = |opcode, fin| Header { fin, opcode, mask: [0; 4], len: 2, header_len: 6, compressed: false };
     assert_eq!(r.frame(&h(OP_TEXT, true), &[0xc3, 0x28], 100).unwrap_err().code, 1007);
     assert_eq!(r.frame(&h(OP_BINARY, true), &[0xc3, 0x28], 100).unwrap_err().code, 1003);
     assert!(matches!(r.frame(&h(OP_BINARY, true), b"{}", 100), Ok(Event::Text("{}"))));

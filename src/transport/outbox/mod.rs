@@ -45,10 +45,11 @@ mod tests;
 
 pub use queue::Batch;
 
-use super::frame;
 use super::shared::{SharedFrame, Splice};
+use super::{deflate, frame};
 use parking_lot::Mutex;
 use queue::{Cursor, Item, Queue};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::Notify;
@@ -199,6 +200,15 @@ pub struct Outbox {
     written: AtomicU64,
     max_messages: usize,
     max_bytes: usize,
+    /// With permessage-deflate: text frames queued whole of at least this many payload bytes
+    /// are compressed here ([`Outbox::push`], [`Outbox::push_answer`]); `usize::MAX` without.
+    deflate_min: usize,
+}
+
+thread_local! {
+    /// A whole frame to compress, and the compressed frame ([`Outbox::push`]).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static COMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl Outbox {
@@ -220,7 +230,25 @@ impl Outbox {
             written: AtomicU64::new(0),
             max_messages,
             max_bytes,
+            deflate_min: usize::MAX,
         }
+    }
+
+    /// The same, for a connection that negotiated permessage-deflate: text messages of at
+    /// least `min_bytes` payload bytes are compressed.
+    pub fn deflating(mut self, min_bytes: usize) -> Outbox {
+        self.deflate_min = min_bytes.min(usize::MAX - 1);
+        self
+    }
+
+    /// True when the connection negotiated permessage-deflate.
+    pub fn deflates(&self) -> bool {
+        self.deflate_min != usize::MAX
+    }
+
+    /// With permessage-deflate, the payload bytes from which a text message is compressed.
+    pub fn deflate_min(&self) -> Option<usize> {
+        self.deflates().then_some(self.deflate_min)
     }
 
     /// Counts `n` bytes the socket took.
@@ -266,9 +294,50 @@ impl Outbox {
     }
 
     /// Queues one data message made of `parts` (a complete frame: header and payload), copied.
+    /// On a connection with permessage-deflate an uncompressed text frame of at least
+    /// its `min_bytes` is compressed first; a frame built compressed goes as it is.
     pub fn push(&self, parts: &[&[u8]]) -> Push {
+        if let Some(z) = self.compressed(parts) {
+            return z.with_borrow(|z| self.push_with(z.len(), true, |q| q.push_bytes(&[z])));
+        }
         let len = parts.iter().map(|p| p.len()).sum();
         self.push_with(len, true, |q| q.push_bytes(parts))
+    }
+
+    /// `parts`, a whole uncompressed text frame, compressed into a thread's scratch buffer when
+    /// this connection deflates and the frame is worth it; `None` otherwise.
+    fn compressed(&self, parts: &[&[u8]]) -> Option<&'static std::thread::LocalKey<RefCell<Vec<u8>>>> {
+        if !self.deflates() || parts.first().is_none_or(|h| h.len() < 2 || h[0] != 0x80 | frame::OP_TEXT) {
+            return None;
+        }
+        let h = parts[0];
+        let (header, stated) = match h[1] {
+            126 if h.len() >= 4 => (4, u16::from_be_bytes([h[2], h[3]]) as usize),
+            127 if h.len() >= 10 => {
+                (10, u64::from_be_bytes(h[2..10].try_into().expect("8 bytes; qed")) as usize)
+            }
+            126 | 127 => return None,
+            n => (2, n as usize),
+        };
+        let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() - header;
+        // One frame only (several queued as one go as they are), and one worth compressing.
+        if len != stated || len < self.deflate_min {
+            return None;
+        }
+        SCRATCH.with_borrow_mut(|plain| {
+            plain.clear();
+            for p in parts {
+                plain.extend_from_slice(p);
+            }
+            COMPRESSED.with_borrow_mut(|z| {
+                z.clear();
+                deflate::put_compressed_frame(z, frame::OP_TEXT, &plain[header..]);
+            });
+            if plain.capacity() > 1 << 20 {
+                *plain = Vec::new();
+            }
+        });
+        Some(&COMPRESSED)
     }
 
     /// Queues `frame` with `splice` spliced in, by reference.
@@ -310,6 +379,13 @@ impl Outbox {
     /// them by not reading more calls while they wait ([`Outbox::backlogged`]). Never
     /// [`Push::Overflow`].
     pub fn push_answer(&self, parts: &[&[u8]]) -> Push {
+        if let Some(z) = self.compressed(parts) {
+            return z.with_borrow(|z| self.push_answer_frame(&[z]));
+        }
+        self.push_answer_frame(parts)
+    }
+
+    fn push_answer_frame(&self, parts: &[&[u8]]) -> Push {
         let mut st = self.state.lock();
         if st.ended {
             return Push::Closed;

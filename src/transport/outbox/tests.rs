@@ -296,3 +296,46 @@ fn every_ending_label_is_listed() {
     assert_eq!(Ending::Close(1000, "").label(), None);
     assert_eq!(Ending::Gone.label(), None);
 }
+
+#[test]
+fn a_deflating_outbox_compresses_whole_text_frames_worth_it_and_nothing_else() {
+    use std::io::Read;
+    let frame_of = |payload: &[u8]| {
+        let (h, n) = frame::header_bytes(frame::OP_TEXT, payload.len());
+        [&h[..n], payload].concat()
+    };
+    let taken = |o: &Outbox| {
+        let mut b = Batch::default();
+        assert!(matches!(o.take(&mut b), Take::Data));
+        b.to_vec()
+    };
+    let big = br#"{"jsonrpc":"2.0","id":1,"result":{"levels":[1,2,3,4,5,6,7,8,9]}}"#.repeat(10);
+    let o = Outbox::new(100, 1 << 20).deflating(256);
+    assert_eq!(o.deflate_min(), Some(256));
+    assert_eq!(o.push_answer(&[&frame_of(&big)]), Push::Queued);
+    let got = taken(&o);
+    assert_eq!(got[0], 0x80 | deflate::RSV1 | frame::OP_TEXT);
+    let payload = &got[if got[1] == 126 { 4 } else { 2 }..];
+    assert!(payload.len() * 4 < big.len(), "{} of {}", payload.len(), big.len());
+    let mut all = payload.to_vec();
+    all.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut out = Vec::new();
+    let _ = flate2::read::DeflateDecoder::new(&all[..]).read_to_end(&mut out);
+    assert_eq!(out, big);
+    // Short, several frames as one, a control frame: as they are.
+    let short = frame_of(b"{\"id\":2}");
+    let two = [frame_of(&big), frame_of(&big)].concat();
+    for parts in [short.clone(), two.clone()] {
+        let o = Outbox::new(100, 1 << 20).deflating(256);
+        assert_eq!(o.push(&[&parts]), Push::Queued);
+        assert_eq!(taken(&o), parts);
+    }
+    let o = Outbox::new(100, 1 << 20).deflating(256);
+    o.push_control(frame::OP_PING, &[b'x'; 100]);
+    assert_eq!(taken(&o)[0], 0x80 | frame::OP_PING);
+    // Without the extension nothing is compressed.
+    let o = Outbox::new(100, 1 << 20);
+    assert_eq!(o.deflate_min(), None);
+    assert_eq!(o.push(&[&frame_of(&big)]), Push::Queued);
+    assert_eq!(taken(&o), frame_of(&big));
+}
