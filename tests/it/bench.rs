@@ -1,6 +1,7 @@
 //! `rpchub bench`: the built binary loads a real server (in this process) and reports JSON.
 
 use crate::support::{self, ADMIN};
+use rpchub::config::NamespaceConfig;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -90,6 +91,45 @@ async fn storm_connects_and_leaves() {
     assert_eq!(v["completed"], 50, "{v}");
     assert_eq!(v["failed"], 0, "{v}");
     assert!(v["connects_per_s"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_recovers_every_missed_publication_or_says_it_could_not() {
+    let mut config = support::config();
+    config.namespaces.insert("short".into(), NamespaceConfig { history_size: 5, ..Default::default() });
+    let server = support::start(config).await;
+    let storm = |channel: String, away: &'static str| async move {
+        let args =
+            ["storm", "--since", "--clients", "40", "--concurrency", "16", "--missed", "12", "--away-ms"];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend([away.to_string(), "--channel".to_string(), channel]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench(server.addr, &args).await
+    };
+    // Back at once, while the missed publications go out: each from history or live.
+    let (ok, v, stderr) = storm(support::channel("storm"), "0").await;
+    assert!(ok, "{v} {stderr}");
+    assert_eq!(
+        (v["since"].clone(), v["ready"].clone(), v["back"].clone()),
+        (true.into(), 40.into(), 40.into()),
+        "{v}"
+    );
+    assert_eq!(v["published"], 12, "{v}");
+    assert_eq!(v["expected"], 40 * 12, "{v}");
+    assert_eq!(v["received"], v["expected"], "{v}");
+    for zero in ["not_recovered", "lost", "gaps", "dups", "failed", "not_back"] {
+        assert_eq!(v[zero], 0, "{zero}: {v}");
+    }
+    assert!(v["storm_s"].as_f64().unwrap() > 0.0 && v["latency_us"]["p99"].as_u64().unwrap() > 0, "{v}");
+
+    // Back after the 12 are out, and history holds 5 of them: every snapshot says recovered:
+    // false, and the bench fails saying so instead of counting the clients back.
+    let (ok, v, _) = storm(support::channel("short"), "500").await;
+    assert!(!ok, "{v}");
+    assert_eq!((v["back"].clone(), v["not_recovered"].clone()), (0.into(), 40.into()), "{v}");
+    assert_eq!(v["failure_reasons"]["snapshot with recovered: false"], 40, "{v}");
+    assert!(v["lost"].as_u64().unwrap() >= 40 * 7, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no client came back"), "{v}");
 }
 
 #[tokio::test]

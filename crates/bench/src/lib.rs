@@ -7,7 +7,9 @@
 //!   latency, and per-subscriber offset accounting (lost, gaps, duplicates).
 //! - [`rpc`]: closed-loop calls on C connections; calls/s and latency.
 //! - [`idle`]: N idle subscribed connections; the server's memory per connection.
-//! - [`storm`]: N clients connect, subscribe, get the snapshot and leave; connects/s.
+//! - [`storm`]: N clients connect, subscribe, get the snapshot and leave; connects/s. With
+//!   `--since`, a reconnect storm (`reconnect`): N subscribed clients are cut at once and come
+//!   back with `since`; the time until all have recovered every missed publication.
 //!
 //! The figures mean what the same figures of the peers harness's load generator mean (same
 //! definitions, same measuring method), so a deployment sized here compares with the published
@@ -26,6 +28,7 @@ pub mod fanout;
 pub mod idle;
 mod measure;
 mod publisher;
+mod reconnect;
 mod report;
 pub mod rpc;
 mod socket;
@@ -185,6 +188,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
             Scenario::Fanout(_) => fanout::table(&figures),
             Scenario::Rpc(_) => rpc::table(&figures),
             Scenario::Idle(_) => idle::table(&figures),
+            Scenario::Storm(a) if a.since => reconnect::table(&figures),
             Scenario::Storm(_) => storm::table(&figures),
         }
     }

@@ -71,6 +71,10 @@ pub(crate) struct Subscribed {
     pub(crate) id: Value,
     /// The channel offset the snapshot reached: live publications continue after it.
     pub(crate) offset: u64,
+    /// The snapshot's epoch, `recovered` flag and the offsets of the publications it holds.
+    pub(crate) epoch: String,
+    pub(crate) recovered: bool,
+    pub(crate) offsets: Vec<u64>,
 }
 
 impl Socket {
@@ -160,7 +164,20 @@ impl Socket {
     /// Sends `subscribe` for `channel` (id 1) and reads until both its answer and the snapshot
     /// have arrived, in either order. Later messages stay buffered for [`Socket::drain`].
     pub(crate) async fn subscribe(&mut self, channel: &str) -> Result<Subscribed, String> {
-        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": [channel]});
+        self.subscribe_since(channel, None).await
+    }
+
+    /// [`Socket::subscribe`], recovering from `since` (epoch, offset) when given.
+    pub(crate) async fn subscribe_since(
+        &mut self,
+        channel: &str,
+        since: Option<(&str, u64)>,
+    ) -> Result<Subscribed, String> {
+        let params = match since {
+            None => json!([channel]),
+            Some((epoch, offset)) => json!({"channel": channel, "since": {"epoch": epoch, "offset": offset}}),
+        };
+        let req = json!({"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": params});
         self.send_text(req.to_string().as_bytes()).await?;
         let (mut id, mut snapshot) = (None, None);
         let mut failure = None;
@@ -172,11 +189,11 @@ impl Socket {
             if let Some(e) = failure {
                 return Err(e);
             }
-            if let (Some(id), Some((sub, offset))) = (&id, &snapshot) {
-                if id != sub {
-                    return Err(format!("snapshot for subscription {sub}, expected {id}"));
+            if let (Some(id), Some(snap)) = (&id, snapshot.take()) {
+                if *id != snap.id {
+                    return Err(format!("snapshot for subscription {}, expected {id}", snap.id));
                 }
-                return Ok(Subscribed { id: id.clone(), offset: *offset });
+                return Ok(snap);
             }
             self.fill().await?;
         }
@@ -362,11 +379,12 @@ fn inflate(d: &mut flate2::Decompress, payload: &[u8], out: &mut Vec<u8>) -> Res
 }
 
 /// Takes one message that arrived while subscribing: the answer to id 1 (the subscription id,
-/// or an error) or the snapshot notification (its subscription id and offset).
+/// or an error) or the snapshot notification (its subscription id, offset, epoch, `recovered`
+/// and publications).
 fn read_subscribing(
     m: &[u8],
     id: &mut Option<Value>,
-    snapshot: &mut Option<(Value, u64)>,
+    snapshot: &mut Option<Subscribed>,
 ) -> Result<(), String> {
     let v: Value = serde_json::from_slice(m).map_err(|e| format!("bad JSON while subscribing: {e}"))?;
     if v.get("id") == Some(&json!(1)) {
@@ -375,8 +393,18 @@ fn read_subscribing(
         }
         *id = Some(v.get("result").cloned().ok_or("subscribe answer without a result")?);
     } else if v["method"] == "subscription" && v["params"]["result"]["type"] == "snapshot" {
-        let offset = v["params"]["result"]["offset"].as_u64().ok_or("snapshot without an offset")?;
-        *snapshot = Some((v["params"]["subscription"].clone(), offset));
+        let r = &v["params"]["result"];
+        let offset = r["offset"].as_u64().ok_or("snapshot without an offset")?;
+        let offsets = r["publications"].as_array().map_or(Ok(Vec::new()), |ps| {
+            ps.iter().map(|p| p["offset"].as_u64().ok_or("snapshot publication without an offset")).collect()
+        })?;
+        *snapshot = Some(Subscribed {
+            id: v["params"]["subscription"].clone(),
+            offset,
+            epoch: r["epoch"].as_str().unwrap_or_default().to_string(),
+            recovered: r["recovered"] == true,
+            offsets,
+        });
     }
     Ok(())
 }
@@ -393,7 +421,15 @@ mod tests {
         read_subscribing(snap, &mut id, &mut s).unwrap();
         assert!(id.is_none());
         read_subscribing(answer, &mut id, &mut s).unwrap();
-        assert_eq!((id.unwrap(), s.unwrap()), (json!("00ff"), (json!("00ff"), 9)));
+        let s = s.unwrap();
+        assert_eq!((id.unwrap(), s.id, s.offset, s.epoch.as_str()), (json!("00ff"), json!("00ff"), 9, "e"));
+        assert!(!s.recovered && s.offsets.is_empty());
+        let back = br#"{"jsonrpc":"2.0","method":"subscription","params":{"subscription":"01","result":{"type":"snapshot","channel":"c","epoch":"e","offset":11,"recovered":true,"publications":[{"offset":10,"ts":1,"data":1},{"offset":11,"ts":1,"data":2}]}}}"#;
+        let mut s = None;
+        read_subscribing(back, &mut None, &mut s).unwrap();
+        let s = s.unwrap();
+        assert!(s.recovered);
+        assert_eq!(s.offsets, [10, 11]);
         let refused = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"no"}}"#;
         assert!(read_subscribing(refused, &mut None, &mut None).is_err());
     }

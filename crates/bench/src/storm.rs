@@ -41,6 +41,19 @@ pub struct StormArgs {
     /// Channel each client subscribes to.
     #[arg(long, default_value = "bench:storm")]
     pub channel: String,
+    /// A reconnect storm instead: the clients subscribe and stay, every connection is cut at
+    /// once, `--missed` publications go out, and all come back with `since` (each must get
+    /// `recovered: true` and every missed publication); `--concurrency` bounds the reconnects
+    /// in flight.
+    #[arg(long)]
+    pub since: bool,
+    /// With --since: publications made while the clients are away.
+    #[arg(long, default_value_t = 10, requires = "since")]
+    pub missed: u64,
+    /// With --since: milliseconds between the cut and the clients starting back (0: at once,
+    /// while the missed publications are going out).
+    #[arg(long, default_value_t = 0, requires = "since")]
+    pub away_ms: u64,
 }
 
 /// What one thread counted.
@@ -60,6 +73,9 @@ pub(crate) fn run(
     a: &StormArgs,
     progress: &Progress,
 ) -> Result<Value, Error> {
+    if a.since {
+        return super::reconnect::run(c, target, a, progress);
+    }
     check_files(a.concurrency.min(a.clients))?;
     watchdog("storm", Duration::from_secs_f64(c.setup_seconds + CLOSE_WAIT.as_secs_f64() + 30.0), c.json);
     let threads = c.threads().min(a.clients.max(1));
