@@ -253,12 +253,9 @@ async fn thread(
         tokio::task::spawn_local(async move {
             let outcome = client(i, &run, &tally, setup_permits, again_permits, phase.clone(), last).await;
             if let Some(outcome) = outcome {
-                let mut t = tally.borrow_mut();
-                match outcome {
-                    Ok(()) => {}
-                    Err(e) => *t.failures.entry(e).or_default() += 1,
+                if let Err(e) = outcome {
+                    *tally.borrow_mut().failures.entry(e).or_default() += 1;
                 }
-                drop(t);
                 run.done.fetch_add(1, Relaxed);
                 // Stay connected until the run is over, as clients that came back do.
                 let mut phase = phase;
