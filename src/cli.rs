@@ -97,7 +97,7 @@ pub(crate) enum Command {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
-    /// Load generator for sizing a deployment: `rpchub bench fanout|rpc|idle|storm`.
+    /// Load generator for sizing a deployment: `rpchub bench fanout|market|rpc|idle|storm`.
     Bench(rpchub_bench::BenchArgs),
     /// Writes the API documents generated from the code (rpc-spec/openrpc.json, openapi/openapi.json); with `--check`,
     /// fails naming the first difference when a committed one differs instead.

@@ -71,6 +71,47 @@ async fn fanout_with_compression_checks_every_delivery_and_counts_the_wire_bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn market_accounts_every_subscription_of_every_connection() {
+    let server = support::start(support::config()).await;
+    let prefix = support::channel("mkt").replace(':', "-");
+    for zipf in [None, Some("1.1")] {
+        let mut args = vec!["market", "--channels", "8", "--connections", "30", "--subs-per-conn", "3"];
+        args.extend(["--publishers", "2", "--rate", "300", "--seconds", "1", "--drain-seconds", "3"]);
+        args.extend(["--validate-every", "0", "--channel-prefix", &prefix]);
+        if let Some(s) = zipf {
+            args.extend(["--zipf", s]);
+        }
+        let (ok, v, stderr) = bench(server.addr, &args).await;
+        assert!(ok, "{v} {stderr}");
+        assert_eq!((v["scenario"].clone(), v["ready"].clone()), ("market".into(), 30.into()), "{v}");
+        assert_eq!(v["publishers_ready"], 2, "{v}");
+        assert!(v["published"].as_u64().unwrap() > 200, "{v}");
+        assert_eq!(v["received"], v["expected"], "{v}");
+        assert!(v["received"].as_u64().unwrap() > v["published"].as_u64().unwrap(), "{v}");
+        for zero in ["lost", "gaps", "dups", "invalid", "disconnected", "other_messages", "publish_errors"] {
+            assert_eq!(v[zero], 0, "{zero}: {v}");
+        }
+        let per = &v["subscribers_per_channel"];
+        assert!(
+            per["max"].as_u64().unwrap() <= 30
+                && per["min"].as_u64().unwrap() <= per["max"].as_u64().unwrap()
+        );
+        match zipf {
+            // In turn: every channel gets publications; 90 subscriptions over 8 channels.
+            None => {
+                assert_eq!(v["channels_published"], 8, "{v}");
+                let d = v["deliveries_per_publication"].as_f64().unwrap();
+                assert!((d - 90.0 / 8.0).abs() < 1.0, "{v}");
+            }
+            // Weighted: channel 0 is the most subscribed, on more than half the connections.
+            Some(_) => {
+                assert!(per["channel_0"].as_u64().unwrap() > 15 && per["channel_0"] == per["max"], "{v}")
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_counts_answered_calls() {
     let server = support::start(support::config()).await;
     let args = ["rpc", "--connections", "4", "--seconds", "0.5", "--warmup-seconds", "0.2"];

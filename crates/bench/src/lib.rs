@@ -1,10 +1,12 @@
 //! `rpchub bench`: a load generator for sizing a deployment, run against a node it does not
-//! start (`rpchub bench fanout|rpc|idle|storm [options]`). The `rpchub` binary parses
+//! start (`rpchub bench fanout|market|rpc|idle|storm [options]`). The `rpchub` binary parses
 //! [`BenchArgs`] and calls [`run`]; this crate talks to the node over the network only and does
 //! not depend on the server library.
 //!
 //! - [`fanout`]: N subscribers on one channel, one publisher; deliveries/s, publish-to-receive
 //!   latency, and per-subscriber offset accounting (lost, gaps, duplicates).
+//! - [`market`]: C channels, N connections each on K of them (uniform or Zipf-skewed), P
+//!   publishers; the same figures per (connection, channel) subscription.
 //! - [`rpc`]: closed-loop calls on C connections; calls/s and latency.
 //! - [`idle`]: N idle subscribed connections; the server's memory per connection.
 //! - [`storm`]: N clients connect, subscribe, get the snapshot and leave; connects/s. With
@@ -26,6 +28,7 @@
 mod client;
 pub mod fanout;
 pub mod idle;
+pub mod market;
 mod measure;
 mod publisher;
 mod reconnect;
@@ -58,6 +61,8 @@ pub struct BenchArgs {
 pub enum Scenario {
     /// N subscribers, one publisher: deliveries/s, latency, lost/gaps/duplicates.
     Fanout(fanout::FanoutArgs),
+    /// C channels, N connections x K subscriptions, P publishers: an exchange feed's load.
+    Market(market::MarketArgs),
     /// Closed-loop calls on C connections: calls/s, latency, errors.
     Rpc(rpc::RpcArgs),
     /// N idle subscribed connections: the server's memory per connection (--server-pid).
@@ -70,6 +75,7 @@ impl Scenario {
     fn name(&self) -> &'static str {
         match self {
             Scenario::Fanout(_) => "fanout",
+            Scenario::Market(_) => "market",
             Scenario::Rpc(_) => "rpc",
             Scenario::Idle(_) => "idle",
             Scenario::Storm(_) => "storm",
@@ -165,6 +171,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
         let progress = report::Progress::new(!c.json);
         let result = match &args.scenario {
             Scenario::Fanout(a) => fanout::run(c, target, a, &progress),
+            Scenario::Market(a) => market::run(c, target, a, &progress),
             Scenario::Rpc(a) => rpc::run(c, target, a, &progress),
             Scenario::Idle(a) => idle::run(c, target, a, &progress),
             Scenario::Storm(a) => storm::run(c, target, a, &progress),
@@ -186,6 +193,7 @@ pub fn run(args: BenchArgs) -> Result<(), Error> {
     } else {
         match &args.scenario {
             Scenario::Fanout(_) => fanout::table(&figures),
+            Scenario::Market(_) => market::table(&figures),
             Scenario::Rpc(_) => rpc::table(&figures),
             Scenario::Idle(_) => idle::table(&figures),
             Scenario::Storm(a) if a.since => reconnect::table(&figures),

@@ -127,8 +127,8 @@ pub(crate) struct Tally {
 
 /// The two fields read from every publication, found without parsing the whole message.
 pub(crate) struct Scan {
-    offset: Finder<'static>,
-    sent: Finder<'static>,
+    pub(crate) offset: Finder<'static>,
+    pub(crate) sent: Finder<'static>,
 }
 
 impl Scan {
@@ -143,7 +143,7 @@ impl Scan {
 }
 
 /// The unsigned number right after the first occurrence of `key` in `msg`.
-fn number_after(msg: &[u8], key: &Finder) -> Option<u64> {
+pub(crate) fn number_after(msg: &[u8], key: &Finder) -> Option<u64> {
     let mut i = key.find(msg)? + key.needle().len();
     while msg.get(i) == Some(&b' ') {
         i += 1;
@@ -158,7 +158,7 @@ fn number_after(msg: &[u8], key: &Finder) -> Option<u64> {
 }
 
 /// The full check of a sampled publication notification against the protocol.
-fn validate(msg: &[u8], id: &Value, channel: &str, offset: u64, sent: u64) -> Result<(), String> {
+pub(crate) fn validate(msg: &[u8], id: &Value, channel: &str, offset: u64, sent: u64) -> Result<(), String> {
     let v: Value = serde_json::from_slice(msg).map_err(|e| format!("not JSON: {e}"))?;
     let r = &v["params"]["result"];
     let checks = [

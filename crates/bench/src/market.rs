@@ -1,0 +1,1012 @@
+//! market: the load of an exchange feed or a chat service. `--channels` C channels,
+//! `--connections` N connections each subscribed to `--subs-per-conn` K distinct channels
+//! (drawn with a seeded generator: uniformly, or with `--zipf S` channel i weighted 1/(i+1)^S,
+//! the popular coins against the small ones), and `--publishers` P connections publishing
+//! `--rate` R per second in total (publication j on publisher j mod P, due at j / R) to the
+//! channels in turn, or with `--zipf` to channels drawn by the same weights.
+//!
+//! Each connection sends its K subscribe calls at once (ids 1..K) and is ready when every call
+//! has its subscription id and its snapshot (matched by subscription id, the snapshot's channel
+//! checked). Notifications are told apart by their subscription id, and each (connection,
+//! channel) subscription is accounted as a fanout subscriber: `lost` against its channel's last
+//! offset, `gaps`, `dups`, `invalid` (each subscription's first publication and every
+//! `--validate-every`-th checked in full, the subscription id and the channel included). With
+//! rate 0 each publisher goes as fast as `--window` (its calls unanswered) and `--max-lag`
+//! (messages a subscriber connection is behind on average, over all its channels) allow.
+//!
+//! Figures: as fanout's, plus the subscribers per channel (min, median, max, channel 0), the
+//! deliveries per publication, the channels published to and the publishers that connected.
+
+use super::client::{SourceIps, Target, block};
+use super::measure::{
+    CpuWindow, Errors, histogram, latency_json, now_us, round, spawn_runtimes, thread_cpu_pct_until,
+    wait_until, watchdog,
+};
+use super::publisher::{self, Payload, T_BASE};
+use super::report::{self, Progress};
+use super::socket::Socket;
+use super::subscriber::{Scan, number_after, validate};
+use super::{CommonArgs, Error, check_files, extend};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use memchr::memmem::Finder;
+use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+/// `rpchub bench market` options.
+#[derive(Args, Debug, Clone)]
+pub struct MarketArgs {
+    /// Channels, named PREFIX{i}:RUN (RUN is the run's id, so two runs never share one).
+    #[arg(long, default_value_t = 200)]
+    pub channels: usize,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 2000)]
+    pub connections: usize,
+    /// Distinct channels each connection subscribes to.
+    #[arg(long, default_value_t = 10)]
+    pub subs_per_conn: usize,
+    /// Weigh channel i by 1/(i+1)^S, for the subscriptions and the publications (default:
+    /// uniform).
+    #[arg(long)]
+    pub zipf: Option<f64>,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Publications per second over all publishers; 0: as fast as --window and --max-lag allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Size of each publication's `data` JSON in bytes (at least 55).
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// What fills the data: `pad` or `book` (order-book levels).
+    #[arg(long, value_enum, default_value_t = Payload::Pad)]
+    pub payload: Payload,
+    /// Offer permessage-deflate on the subscriber connections.
+    #[arg(long)]
+    pub compress: bool,
+    /// Publish calls in flight per publisher (sent, not yet answered).
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Pause publishing while subscriber connections are on average this many messages behind,
+    /// over all their channels (0: never).
+    #[arg(long, default_value_t = 64)]
+    pub max_lag: u64,
+    /// Upper bound on publications in one run, over all publishers.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_messages: u64,
+    /// Seconds allowed, after publishing stops, for the server to answer every publish call.
+    #[arg(long, default_value_t = 15.0)]
+    pub answer_seconds: f64,
+    /// Seconds allowed after the last answer for deliveries to arrive.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_seconds: f64,
+    /// Fully check every Nth publication received (and each subscription's first); 0: every one.
+    #[arg(long, default_value_t = 1000)]
+    pub validate_every: u64,
+    /// Read buffer per subscriber connection, bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub read_buffer: usize,
+    /// The channels' name prefix.
+    #[arg(long, default_value = "m")]
+    pub channel_prefix: String,
+    /// Seed of the channel draws: the same seed, the same subscriptions and publications.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Where a run is; subscriber threads and the publishers follow it.
+#[derive(Clone, Copy, PartialEq, PartialOrd, Debug)]
+enum Phase {
+    Setup,
+    Go,
+    Drain,
+    Stop,
+}
+
+/// A connection's state as other threads see it.
+const READY: u8 = 1;
+const FAILED: u8 = 2;
+const GONE: u8 = 3;
+
+/// A per-thread counter on its own cache line.
+#[repr(align(64))]
+struct Counter(AtomicU64);
+
+/// What the threads of one run share.
+struct Run {
+    args: MarketArgs,
+    target: Arc<Target>,
+    ips: SourceIps,
+    publisher_ips: SourceIps,
+    threads: usize,
+    permits: usize,
+    setup: Duration,
+    scan: Scan,
+    /// Channel names, and each connection's channels (indexes).
+    names: Vec<String>,
+    plan: Vec<Vec<usize>>,
+    /// Subscribers of each channel.
+    subscribers: Vec<u64>,
+    /// Per connection: 0 (setting up), READY, FAILED or GONE.
+    state: Vec<AtomicU8>,
+    /// Per subscription (connection i's k-th at i * K + k): the highest offset received.
+    max_seen: Vec<AtomicU64>,
+    ready: AtomicUsize,
+    failed: AtomicUsize,
+    gone: AtomicUsize,
+    live_at_go: AtomicUsize,
+    /// Per thread: publications received.
+    delivered: Vec<Counter>,
+    /// Deliveries the publications sent so far owe (each its channel's subscribers).
+    owed: AtomicU64,
+}
+
+impl Run {
+    /// Messages a live connection is behind on average.
+    fn average_lag(&self) -> f64 {
+        let live = self.live_at_go.load(Relaxed).saturating_sub(self.gone.load(Relaxed)).max(1);
+        let delivered: u64 = self.delivered.iter().map(|d| d.0.load(Relaxed)).sum();
+        (self.owed.load(Relaxed) as f64 - delivered as f64) / live as f64
+    }
+
+    /// True when every subscription of every live connection has its channel's `last` offset.
+    fn all_reached(&self, last: &[u64]) -> bool {
+        let k = self.args.subs_per_conn;
+        self.plan.iter().enumerate().all(|(i, chans)| {
+            self.state[i].load(Relaxed) != READY
+                || chans.iter().enumerate().all(|(j, &c)| self.max_seen[i * k + j].load(Relaxed) >= last[c])
+        })
+    }
+
+    /// Per channel, the highest offset any subscriber received.
+    fn highest_seen(&self) -> Vec<u64> {
+        let k = self.args.subs_per_conn;
+        let mut out = vec![0; self.names.len()];
+        for (i, chans) in self.plan.iter().enumerate() {
+            for (j, &c) in chans.iter().enumerate() {
+                out[c] = out[c].max(self.max_seen[i * k + j].load(Relaxed));
+            }
+        }
+        out
+    }
+}
+
+/// A seeded xorshift64* generator: the same seed, the same draws.
+struct Draws(u64);
+
+impl Draws {
+    fn new(seed: u64) -> Draws {
+        Draws(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// A number in [0, 1).
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A channel index: uniform, or by the cumulative weights `cdf`.
+    fn channel(&mut self, n: usize, cdf: Option<&[f64]>) -> usize {
+        let u = self.unit();
+        match cdf {
+            None => ((u * n as f64) as usize).min(n - 1),
+            Some(cdf) => cdf.partition_point(|&w| w <= u * cdf[n - 1]).min(n - 1),
+        }
+    }
+}
+
+/// Publication j's channel: the channels in turn, or drawn by the weights `cdf` (the same
+/// draw for the same j and seed, whichever publisher sends it).
+fn channel_of(j: u64, n: usize, cdf: Option<&[f64]>, seed: u64) -> usize {
+    match cdf {
+        None => (j % n as u64) as usize,
+        Some(_) => Draws::new(seed ^ j.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ 0x5eed).channel(n, cdf),
+    }
+}
+
+/// Cumulative Zipf weights of `n` channels (channel i: 1/(i+1)^s).
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let mut acc = 0.0;
+    (0..n)
+        .map(|i| {
+            acc += 1.0 / ((i + 1) as f64).powf(s);
+            acc
+        })
+        .collect()
+}
+
+/// Each connection's `k` distinct channels of `n`.
+fn assign(n: usize, connections: usize, k: usize, cdf: Option<&[f64]>, seed: u64) -> Vec<Vec<usize>> {
+    let mut d = Draws::new(seed);
+    (0..connections)
+        .map(|_| {
+            let mut mine: Vec<usize> = Vec::with_capacity(k);
+            while mine.len() < k {
+                let c = d.channel(n, cdf);
+                if !mine.contains(&c) {
+                    mine.push(c);
+                }
+            }
+            mine
+        })
+        .collect()
+}
+
+/// Runs the scenario; the figures as one JSON object (with `error` if nothing was measured).
+pub(crate) fn run(
+    c: &CommonArgs,
+    target: Arc<Target>,
+    a: &MarketArgs,
+    progress: &Progress,
+) -> Result<Value, Error> {
+    check_files(a.connections + a.publishers)?;
+    if a.channels == 0 || a.subs_per_conn == 0 || a.publishers == 0 {
+        return Err(Error::Usage("--channels, --subs-per-conn and --publishers must be at least 1".into()));
+    }
+    if a.subs_per_conn > a.channels {
+        return Err(Error::Usage("--subs-per-conn must not exceed --channels (each is distinct)".into()));
+    }
+    if a.zipf.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+        return Err(Error::Usage("--zipf must be a positive number".into()));
+    }
+    if !(a.rate >= 0.0 && a.seconds > 0.0 && a.answer_seconds >= 0.0 && a.drain_seconds >= 0.0) {
+        return Err(Error::Usage("--rate, --seconds, --answer-seconds, --drain-seconds must be >= 0".into()));
+    }
+    let limit = c.setup_seconds + a.seconds + a.answer_seconds + a.drain_seconds + 30.0;
+    watchdog("market", Duration::from_secs_f64(limit), c.json);
+    let (n, k, threads) = (a.connections, a.subs_per_conn, c.threads());
+    let cdf = a.zipf.map(|s| zipf_cdf(a.channels, s));
+    let plan = assign(a.channels, n, k, cdf.as_deref(), a.seed);
+    let mut subscribers = vec![0u64; a.channels];
+    for c in plan.iter().flatten() {
+        subscribers[*c] += 1;
+    }
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    let run = Arc::new(Run {
+        args: a.clone(),
+        ips: SourceIps::new(c, &target, block::SUBSCRIBERS),
+        publisher_ips: SourceIps::new(c, &target, block::PUBLISHER),
+        target: target.clone(),
+        threads,
+        permits: c.connect_permits(threads),
+        setup: Duration::from_secs_f64(c.setup_seconds),
+        scan: Scan::new(),
+        names: (0..a.channels).map(|i| format!("{}{i}:{run_id}", a.channel_prefix)).collect(),
+        plan,
+        subscribers,
+        state: (0..n).map(|_| AtomicU8::new(0)).collect(),
+        max_seen: (0..n * k).map(|_| AtomicU64::new(0)).collect(),
+        ready: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        gone: AtomicUsize::new(0),
+        live_at_go: AtomicUsize::new(1),
+        delivered: (0..threads).map(|_| Counter(AtomicU64::new(0))).collect(),
+        owed: AtomicU64::new(0),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
+    let setup_started = Instant::now();
+    let subscriber_threads = spawn_runtimes(threads, "bench-sub", {
+        let (run, rx) = (run.clone(), phase_rx.clone());
+        move |t| thread(t, run.clone(), rx.clone())
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let publisher = spawn_runtimes(1, "bench-pub", {
+        let (run, rx, cdf) = (run.clone(), phase_rx.clone(), cdf.clone());
+        move |_| publish_all(run.clone(), cdf.clone(), rx.clone(), ready_tx.clone())
+    });
+    let publisher = publisher.into_iter().next().expect("one thread was started; qed");
+
+    progress.phase("subscribing", n as u64);
+    let mut publishers_ready = None;
+    wait_until(setup_started + run.setup, || {
+        let done = run.ready.load(Relaxed) + run.failed.load(Relaxed);
+        progress.set(done as u64);
+        publishers_ready = publishers_ready.or_else(|| ready_rx.try_recv().ok());
+        done == n && publishers_ready.is_some()
+    });
+    let setup_s = setup_started.elapsed().as_secs_f64();
+    let ready = run.ready.load(Relaxed);
+    run.live_at_go.store(ready.max(1), Relaxed);
+    let cpu = CpuWindow::start(c);
+    let _ = phase_tx.send(if ready > 0 { Phase::Go } else { Phase::Stop });
+    progress.phase("publishing", a.seconds.ceil() as u64);
+    let go = Instant::now();
+    wait_until(go + Duration::from_secs_f64(limit), || {
+        progress.seconds_since(go);
+        publisher.is_finished()
+    });
+    let p = publisher.join().expect("the publisher thread does not panic; qed");
+    let _ = phase_tx.send(if ready > 0 { Phase::Drain } else { Phase::Stop });
+    let seen = run.highest_seen();
+    let mut last: Vec<u64> = p.max_offset.iter().zip(&seen).map(|(a, s)| *a.max(s)).collect();
+    progress.phase("draining", a.drain_seconds.ceil() as u64);
+    let drain_started = Instant::now();
+    let drained = wait_until(drain_started + Duration::from_secs_f64(a.drain_seconds), || {
+        progress.seconds_since(drain_started);
+        run.all_reached(&last)
+    });
+    let used = cpu.stop();
+    let _ = phase_tx.send(Phase::Stop);
+    for (l, s) in last.iter_mut().zip(run.highest_seen()) {
+        *l = (*l).max(s);
+    }
+    let tallies: Vec<Tally> = subscriber_threads
+        .into_iter()
+        .map(|h| h.join().expect("subscriber threads do not panic; qed"))
+        .collect();
+
+    let mut out = summary(&run, &p, tallies, &last);
+    let mut per = run.subscribers.clone();
+    per.sort_unstable();
+    let published_to = p.per_channel.iter().filter(|&&x| x > 0).count();
+    extend(
+        &mut out,
+        json!({
+            "scenario": "market",
+            "url": target.url(),
+            "connections": n,
+            "subs_per_conn": k,
+            "channels": a.channels,
+            "zipf": a.zipf,
+            "publishers": a.publishers,
+            "publishers_ready": p.connected,
+            "ready": ready,
+            "setup_failed": n - ready,
+            "setup_s": round(setup_s, 2),
+            "source_ips": run.ips.count(n),
+            "threads": threads,
+            "rate": a.rate,
+            "seconds": a.seconds,
+            "payload_bytes": publisher::data_of(a.payload, a.payload_bytes, 0, 0).len(),
+            "payload": format!("{:?}", a.payload).to_lowercase(),
+            "compress": a.compress,
+            "window": a.window,
+            "max_lag": a.max_lag,
+            "drained": drained,
+            "validated_every": a.validate_every,
+            "subscribers_per_channel": {
+                "min": per[0], "median": per[per.len() / 2], "max": per[per.len() - 1],
+                "channel_0": run.subscribers[0],
+            },
+            "deliveries_per_publication":
+                round(run.owed.load(Relaxed) as f64 / (p.sent.max(1)) as f64, 1),
+            "channels_published": published_to,
+        }),
+    );
+    let received = out["received"].as_u64().unwrap_or(0);
+    let thread_cpu = out["bench_thread_cpu_pct"].as_array().into_iter().flatten().filter_map(Value::as_f64);
+    let cpu_max = thread_cpu.fold(0.0, f64::max);
+    extend(&mut out, used.json(cpu_max, ("delivery", received)));
+    let first = |key: &str| out[key][0].as_str().map(|e| format!(": {e}")).unwrap_or_default();
+    if ready == 0 {
+        out["error"] = json!(format!("no connection could subscribe{}", first("setup_errors")));
+    } else if p.connected == 0 || p.acked == 0 {
+        out["error"] = json!(format!("no publication was accepted{}", first("publish_error_samples")));
+    }
+    Ok(out)
+}
+
+/// One subscription's offset accounting.
+#[derive(Default)]
+struct Sub {
+    id: Value,
+    /// The id's text, as it appears in notifications.
+    key: Vec<u8>,
+    channel: usize,
+    snap: u64,
+    next: u64,
+    received: u64,
+    gaps: u64,
+    dups: u64,
+}
+
+/// What one thread counted.
+#[derive(Default)]
+struct Tally {
+    /// Per connection of this thread: its subscriptions once ready.
+    conns: Vec<Vec<Sub>>,
+    hist: Option<Histogram<u64>>,
+    delivered: u64,
+    last_delivery_us: u64,
+    seen: u64,
+    wire_bytes: u64,
+    invalid: Errors,
+    other: Errors,
+    setup_errors: Errors,
+    gone: BTreeMap<String, u64>,
+    cpu_pct: f64,
+}
+
+/// Thread `t`: opens and serves its share of the connections (every `threads`-th).
+async fn thread(t: usize, run: Arc<Run>, mut phase: watch::Receiver<Phase>) -> Tally {
+    let mine: Vec<usize> = (t..run.args.connections).step_by(run.threads).collect();
+    let conns = mine.iter().map(|_| Vec::new()).collect();
+    let tally = Rc::new(RefCell::new(Tally { conns, hist: Some(histogram()), ..Tally::default() }));
+    let permits = Rc::new(Semaphore::new(run.permits));
+    let id_key = Rc::new(Finder::new(b"\"subscription\":\"").into_owned());
+    for (slot, &i) in mine.iter().enumerate() {
+        let (run, tally, permits, phase, id_key) =
+            (run.clone(), tally.clone(), permits.clone(), phase.clone(), id_key.clone());
+        tokio::task::spawn_local(connection(t, slot, i, run, tally, permits, phase, id_key));
+    }
+    let _ = phase.wait_for(|p| *p >= Phase::Go).await;
+    let cpu_pct = thread_cpu_pct_until(async {
+        let _ = phase.wait_for(|p| *p >= Phase::Stop).await;
+    })
+    .await;
+    let mut tally = std::mem::take(&mut *tally.borrow_mut());
+    tally.cpu_pct = cpu_pct;
+    tally
+}
+
+/// Sends the K subscribe calls at once and reads until each has its id and its snapshot.
+async fn subscribe_all(s: &mut Socket, run: &Run, chans: &[usize]) -> Result<Vec<Sub>, String> {
+    let mut calls = Vec::new();
+    for (j, &c) in chans.iter().enumerate() {
+        let req = json!({"jsonrpc": "2.0", "id": j + 1, "method": "subscribe", "params": [run.names[c]]});
+        calls.push(req.to_string());
+    }
+    for call in &calls {
+        s.send_text(call.as_bytes()).await?;
+    }
+    let mut ids: Vec<Option<String>> = vec![None; chans.len()];
+    let mut snaps: HashMap<String, (String, u64)> = HashMap::new();
+    loop {
+        let mut failure = None;
+        s.drain(|m| {
+            let v: Value = match serde_json::from_slice(m) {
+                Ok(v) => v,
+                Err(e) => {
+                    failure = Some(format!("bad JSON while subscribing: {e}"));
+                    return false;
+                }
+            };
+            if let Some(j) = v["id"].as_u64().filter(|j| (1..=chans.len() as u64).contains(j)) {
+                match (v["result"].as_str(), v.get("error")) {
+                    (Some(id), _) => ids[j as usize - 1] = Some(id.to_string()),
+                    (None, e) => failure = Some(format!("subscribe error: {}", e.unwrap_or(&Value::Null))),
+                }
+            } else if v["method"] == "subscription" && v["params"]["result"]["type"] == "snapshot" {
+                let r = &v["params"]["result"];
+                let (id, channel) = (v["params"]["subscription"].as_str(), r["channel"].as_str());
+                if let (Some(id), Some(channel), Some(offset)) = (id, channel, r["offset"].as_u64()) {
+                    snaps.insert(id.to_string(), (channel.to_string(), offset));
+                } else {
+                    failure = Some("a snapshot without its subscription, channel or offset".into());
+                }
+            }
+            failure.is_none()
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if ids.iter().all(|id| id.as_ref().is_some_and(|id| snaps.contains_key(id))) {
+            break;
+        }
+        s.fill().await?;
+    }
+    let mut subs = Vec::with_capacity(chans.len());
+    for (id, &c) in ids.into_iter().zip(chans) {
+        let id = id.expect("all answered; qed");
+        let (channel, offset) = snaps.remove(&id).expect("all have snapshots; qed");
+        if channel != run.names[c] {
+            return Err(format!("snapshot of {channel} for the subscription to {}", run.names[c]));
+        }
+        subs.push(Sub {
+            key: id.as_bytes().to_vec(),
+            id: Value::String(id),
+            channel: c,
+            snap: offset,
+            next: offset + 1,
+            ..Sub::default()
+        });
+    }
+    Ok(subs)
+}
+
+/// Connection `i` (the `slot`-th of thread `t`).
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    t: usize,
+    slot: usize,
+    i: usize,
+    run: Arc<Run>,
+    tally: Rc<RefCell<Tally>>,
+    permits: Rc<Semaphore>,
+    phase: watch::Receiver<Phase>,
+    id_key: Rc<Finder<'static>>,
+) {
+    let permit = permits.acquire().await;
+    let setup = async {
+        let mut s =
+            Socket::open(&run.target, run.ips.for_conn(i), run.args.read_buffer, run.args.compress).await?;
+        let subs = subscribe_all(&mut s, &run, &run.plan[i]).await?;
+        Ok::<_, String>((s, subs))
+    };
+    let (mut socket, subs) = match tokio::time::timeout(run.setup, setup).await {
+        Ok(Ok(x)) => x,
+        outcome => {
+            let e = outcome.map_or_else(|_| "timed out".to_string(), |r| r.err().unwrap_or_default());
+            tally.borrow_mut().setup_errors.add(e);
+            run.state[i].store(FAILED, Relaxed);
+            run.failed.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    drop(permit);
+    let k = run.args.subs_per_conn;
+    for (j, s) in subs.iter().enumerate() {
+        run.max_seen[i * k + j].store(s.snap, Relaxed);
+    }
+    tally.borrow_mut().conns[slot] = subs;
+    run.state[i].store(READY, Relaxed);
+    run.ready.fetch_add(1, Relaxed);
+    socket.take_wire();
+    let reason = loop {
+        let now = now_us();
+        let drained =
+            socket.drain(|m| on_message(&mut tally.borrow_mut(), &run, &id_key, t, slot, i, m, now));
+        if let Err(e) = drained {
+            break e;
+        }
+        if let Err(e) = socket.flush_replies().await {
+            break e;
+        }
+        if let Err(e) = socket.fill().await {
+            break e;
+        }
+        tally.borrow_mut().wire_bytes += socket.take_wire();
+    };
+    if *phase.borrow() != Phase::Stop {
+        run.state[i].store(GONE, Relaxed);
+        run.gone.fetch_add(1, Relaxed);
+        *tally.borrow_mut().gone.entry(reason).or_default() += 1;
+    }
+}
+
+/// Counts one message of connection `i`; always asks for the next one.
+#[allow(clippy::too_many_arguments)]
+fn on_message(
+    tally: &mut Tally,
+    run: &Run,
+    id_key: &Finder,
+    t: usize,
+    slot: usize,
+    i: usize,
+    msg: &[u8],
+    now: u64,
+) -> bool {
+    tally.seen += 1;
+    let scanned = (number_after(msg, &run.scan.offset), number_after(msg, &run.scan.sent));
+    let id = id_key.find(msg).map(|at| &msg[at + id_key.needle().len()..]);
+    let j = id.and_then(|rest| {
+        tally.conns[slot]
+            .iter()
+            .position(|s| rest.len() > s.key.len() && rest.starts_with(&s.key) && rest[s.key.len()] == b'"')
+    });
+    let (Some(offset), Some(sent), Some(j)) = (scanned.0, scanned.1, j) else {
+        tally.other.add(String::from_utf8_lossy(&msg[..msg.len().min(160)]).into_owned());
+        return true;
+    };
+    let s = &mut tally.conns[slot][j];
+    if offset < s.next {
+        s.dups += 1;
+        return true;
+    }
+    if offset > s.next {
+        s.gaps += 1;
+    }
+    s.next = offset + 1;
+    s.received += 1;
+    let first = s.received == 1;
+    run.max_seen[i * run.args.subs_per_conn + j].store(offset, Relaxed);
+    if let Some(h) = tally.hist.as_mut() {
+        h.saturating_record(now.saturating_sub(sent.saturating_sub(T_BASE)).max(1));
+    }
+    tally.delivered += 1;
+    tally.last_delivery_us = now;
+    run.delivered[t].0.store(tally.delivered, Relaxed);
+    let every = run.args.validate_every;
+    let sampled = first || every == 0 || tally.delivered.is_multiple_of(every);
+    if sampled {
+        let s = &tally.conns[slot][j];
+        if let Err(e) = validate(msg, &s.id, &run.names[s.channel], offset, sent) {
+            tally.invalid.add(e);
+        }
+    }
+    true
+}
+
+/// What the publishers did.
+#[derive(Default)]
+struct Published {
+    /// Publishers that connected.
+    connected: usize,
+    sent: u64,
+    acked: u64,
+    unanswered: u64,
+    errors: Errors,
+    /// Per channel: the highest offset answered, and the publications answered.
+    max_offset: Vec<u64>,
+    per_channel: Vec<u64>,
+    start_us: u64,
+    publish_s: f64,
+    lag_wait_s: f64,
+    behind_max_s: f64,
+    cpu_pct: f64,
+}
+
+/// What one publisher's reader collected.
+#[derive(Default)]
+struct Answers {
+    acked: u64,
+    errors: Errors,
+    closed: bool,
+    /// The channel of each call in flight, by id.
+    pending: HashMap<u64, usize>,
+}
+
+/// The publishers: P connections on this thread; reports readiness on `ready` (the number
+/// that connected), publishes from [`Phase::Go`], waits for the answers.
+async fn publish_all(
+    run: Arc<Run>,
+    cdf: Option<Vec<f64>>,
+    mut phase: watch::Receiver<Phase>,
+    ready: std::sync::mpsc::Sender<usize>,
+) -> Published {
+    let a = &run.args;
+    let mut out = Published {
+        max_offset: vec![0; a.channels],
+        per_channel: vec![0; a.channels],
+        start_us: now_us(),
+        ..Published::default()
+    };
+    let mut conns = Vec::new();
+    for p in 0..a.publishers {
+        match run.target.connect(run.publisher_ips.for_conn(p), 64 * 1024).await {
+            Ok(ws) => conns.push(ws),
+            Err(e) => out.errors.add(format!("publisher {p}: {e}")),
+        }
+    }
+    out.connected = conns.len();
+    let _ = ready.send(conns.len());
+    let _ = phase.wait_for(|p| *p >= Phase::Go).await;
+    if *phase.borrow() == Phase::Stop || conns.is_empty() {
+        return out;
+    }
+    let shared = Rc::new(RefCell::new(out));
+    let started = Instant::now();
+    shared.borrow_mut().start_us = now_us();
+    let count = conns.len() as u64;
+    let mut tasks = Vec::new();
+    for (p, ws) in conns.into_iter().enumerate() {
+        let (run, shared, cdf) = (run.clone(), shared.clone(), cdf.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            one_publisher(&run, p as u64, count, ws, started, &shared, cdf.as_deref()).await
+        }));
+    }
+    let cpu = thread_cpu_pct_until(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
+    let mut out = std::mem::take(&mut *shared.borrow_mut());
+    out.cpu_pct = cpu;
+    out.publish_s = out.publish_s.max(1e-9);
+    out
+}
+
+/// Publisher `p` of `count`: publications p, p + count, ... due at j / rate.
+async fn one_publisher(
+    run: &Run,
+    p: u64,
+    count: u64,
+    ws: super::client::Ws,
+    started: Instant,
+    out: &RefCell<Published>,
+    cdf: Option<&[f64]>,
+) {
+    let a = &run.args;
+    let (mut sink, mut stream) = ws.split();
+    let answers = Rc::new(RefCell::new(Answers::default()));
+    let window = Rc::new(Semaphore::new(a.window.max(1)));
+    let per_channel = Rc::new(RefCell::new((vec![0u64; a.channels], vec![0u64; a.channels])));
+    let reader = tokio::task::spawn_local({
+        let (answers, window, per_channel) = (answers.clone(), window.clone(), per_channel.clone());
+        async move {
+            while let Some(msg) = stream.next().await {
+                let text = match msg {
+                    Ok(Message::Text(t)) => t,
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => continue,
+                };
+                let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                let mut ans = answers.borrow_mut();
+                let channel = v["id"].as_u64().and_then(|id| ans.pending.remove(&id));
+                match (v["result"]["offset"].as_u64(), v.get("error"), channel) {
+                    (Some(offset), _, Some(c)) => {
+                        ans.acked += 1;
+                        let mut pc = per_channel.borrow_mut();
+                        pc.0[c] = pc.0[c].max(offset);
+                        pc.1[c] += 1;
+                    }
+                    (None, Some(e), _) => ans.errors.add(format!("publish error: {e}")),
+                    _ => ans
+                        .errors
+                        .add(format!("unexpected answer: {}", &text.as_str()[..text.len().min(120)])),
+                }
+                window.add_permits(1);
+            }
+            answers.borrow_mut().closed = true;
+        }
+    });
+    let end = started + Duration::from_secs_f64(a.seconds);
+    let (mut sent, mut lag_wait, mut behind) = (0u64, Duration::ZERO, Duration::ZERO);
+    let mut j = p;
+    'publishing: while j < a.max_messages && !answers.borrow().closed {
+        match tokio::time::timeout_at(end.into(), window.acquire()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            _ => break,
+        }
+        if a.max_lag > 0 && run.average_lag() > a.max_lag as f64 {
+            let waiting = Instant::now();
+            while run.average_lag() > a.max_lag as f64 {
+                if Instant::now() >= end {
+                    break 'publishing;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            lag_wait += waiting.elapsed();
+        }
+        let now = Instant::now();
+        if a.rate > 0.0 {
+            let due = started + Duration::from_secs_f64(j as f64 / a.rate);
+            if due >= end {
+                break;
+            }
+            if due > now {
+                tokio::time::sleep_until(due.into()).await;
+            } else {
+                behind = behind.max(now - due);
+            }
+        } else if now >= end {
+            break;
+        }
+        let c = channel_of(j, a.channels, cdf, a.seed);
+        let data = publisher::data_of(a.payload, a.payload_bytes, now_us(), j);
+        let id = j + 1;
+        let channel = serde_json::to_string(&run.names[c]).expect("a string serializes; qed");
+        let call = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"publish","params":{{"channel":{channel},"data":{data}}}}}"#
+        );
+        answers.borrow_mut().pending.insert(id, c);
+        run.owed.fetch_add(run.subscribers[c], Relaxed);
+        if let Err(e) = sink.send(Message::text(call)).await {
+            out.borrow_mut().errors.add(format!("publisher send: {e}"));
+            break;
+        }
+        sent += 1;
+        j += count;
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs_f64(a.answer_seconds);
+    loop {
+        let done = {
+            let ans = answers.borrow();
+            ans.acked + ans.errors.count >= sent || ans.closed
+        };
+        if done || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    reader.abort();
+    let ans = std::mem::take(&mut *answers.borrow_mut());
+    let mut out = out.borrow_mut();
+    let unanswered = sent.saturating_sub(ans.acked + ans.errors.count);
+    if unanswered > 0 {
+        out.errors.add(format!("{unanswered} publish calls unanswered after {} s", a.answer_seconds));
+    }
+    out.sent += sent;
+    out.unanswered += unanswered;
+    out.acked += ans.acked;
+    out.errors.merge(ans.errors);
+    let pc = per_channel.borrow();
+    for c in 0..a.channels {
+        out.max_offset[c] = out.max_offset[c].max(pc.0[c]);
+        out.per_channel[c] += pc.1[c];
+    }
+    out.publish_s = out.publish_s.max(publish_s);
+    out.lag_wait_s = out.lag_wait_s.max(lag_wait.as_secs_f64());
+    out.behind_max_s = out.behind_max_s.max(behind.as_secs_f64());
+}
+
+/// The figures of the publishers' result and the threads' tallies, against `last` per channel.
+fn summary(run: &Run, p: &Published, tallies: Vec<Tally>, last: &[u64]) -> Value {
+    let mut hist = histogram();
+    let (mut received, mut expected, mut lost, mut gaps, mut dups, mut beyond) = (0u64, 0u64, 0, 0, 0, 0);
+    let (mut invalid, mut other, mut setup_errors) =
+        (Errors::default(), Errors::default(), Errors::default());
+    let mut gone: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut last_delivery_us, mut seen, mut wire) = (0u64, 0u64, 0u64);
+    let mut thread_cpu = vec![round(p.cpu_pct, 1)];
+    for t in tallies {
+        if let Some(h) = &t.hist {
+            hist.add(h).expect("histograms of equal bounds add; qed");
+        }
+        for s in t.conns.iter().flatten() {
+            let exp = last[s.channel].saturating_sub(s.snap);
+            expected += exp;
+            received += s.received;
+            lost += exp.saturating_sub(s.received);
+            beyond += s.received.saturating_sub(exp);
+            gaps += s.gaps;
+            dups += s.dups;
+        }
+        invalid.merge(t.invalid);
+        other.merge(t.other);
+        setup_errors.merge(t.setup_errors);
+        for (k, v) in t.gone {
+            *gone.entry(k).or_default() += v;
+        }
+        last_delivery_us = last_delivery_us.max(t.last_delivery_us);
+        seen += t.seen;
+        wire += t.wire_bytes;
+        thread_cpu.push(round(t.cpu_pct, 1));
+    }
+    let span_s = last_delivery_us.saturating_sub(p.start_us) as f64 / 1e6;
+    json!({
+        "setup_errors": setup_errors.samples,
+        "published": p.acked,
+        "unanswered_publishes": p.unanswered,
+        "publish_errors": p.errors.count,
+        "publish_error_samples": p.errors.samples,
+        "publish_rate": round(p.acked as f64 / p.publish_s.max(1e-9), 1),
+        "publish_s": round(p.publish_s, 3),
+        "lag_wait_s": round(p.lag_wait_s, 3),
+        "publisher_behind_max_ms": round(p.behind_max_s * 1e3, 1),
+        "expected": expected,
+        "received": received,
+        "deliveries_per_s": round(received as f64 / span_s.max(1e-9), 0),
+        "wire_bytes_per_delivery": round(wire as f64 / received.max(1) as f64, 1),
+        "delivery_span_s": round(span_s, 3),
+        "lost": lost,
+        "gaps": gaps,
+        "dups": dups,
+        "unexpected": beyond,
+        "invalid": invalid.count,
+        "invalid_samples": invalid.samples,
+        "other_messages": other.count,
+        "other_samples": other.samples,
+        "disconnected": gone.values().sum::<u64>(),
+        "disconnect_reasons": gone,
+        "messages_seen": seen,
+        "bench_thread_cpu_pct": thread_cpu,
+        "latency_us": latency_json(&hist),
+        "max_messages_reached": p.sent >= run.args.max_messages,
+    })
+}
+
+/// Prints the main figures of a market result.
+pub(crate) fn table(v: &Value) {
+    let rate = match v["rate"].as_f64() {
+        Some(r) if r > 0.0 => format!("{r}/s"),
+        _ => "as fast as allowed".into(),
+    };
+    let skew = match v["zipf"].as_f64() {
+        Some(s) => format!("zipf {s}"),
+        None => "uniform".into(),
+    };
+    let title = format!(
+        "market: {} connections x {} subscriptions over {} channels ({skew}), {} publishers, {rate} for {} s ({})",
+        v["connections"],
+        v["subs_per_conn"],
+        v["channels"],
+        v["publishers"],
+        v["seconds"],
+        report::text(v, "url"),
+    );
+    let per = &v["subscribers_per_channel"];
+    let mut rows = vec![
+        ("setup", format!("{} of {} subscribed in {} s", v["ready"], v["connections"], v["setup_s"])),
+        (
+            "subscribers/channel",
+            format!(
+                "min {} median {} max {} (channel 0: {})",
+                per["min"], per["median"], per["max"], per["channel_0"]
+            ),
+        ),
+        ("published", format!("{} ({}/s)", report::int(v, "published"), report::dec(v, "publish_rate", 1))),
+        ("deliveries/publication", report::dec(v, "deliveries_per_publication", 1)),
+        ("deliveries/s", report::int(v, "deliveries_per_s")),
+        ("latency µs", report::latency(v)),
+        ("lost/gaps/dups", format!("{} / {} / {}", v["lost"], v["gaps"], v["dups"])),
+        ("disconnects", report::by_reason(v, "disconnected", "disconnect_reasons")),
+    ];
+    if v["compress"] == true {
+        rows.push(("wire bytes/delivery", report::dec(v, "wire_bytes_per_delivery", 1)));
+    }
+    rows.extend(report::cpu_rows(v, "delivery"));
+    let notes = [
+        ("setup errors", report::samples(v, "setup_errors")),
+        ("publish errors", report::samples(v, "publish_error_samples")),
+        ("invalid", report::samples(v, "invalid_samples")),
+        ("other messages", report::samples(v, "other_samples")),
+    ];
+    rows.extend(notes.into_iter().filter_map(|(k, s)| Some((k, s?))));
+    if v["publisher_behind_max_ms"].as_f64().unwrap_or(0.0) > 50.0 {
+        rows.push(("note", "the publishers fell behind their rate: latency includes queueing".into()));
+    }
+    if v["drained"] == false {
+        rows.push(("note", "not every subscription received its channel's last publication in time".into()));
+    }
+    report::print_table(&title, &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_connection_gets_distinct_channels_the_same_for_the_same_seed() {
+        let a = assign(200, 500, 10, None, 1);
+        assert_eq!(a, assign(200, 500, 10, None, 1));
+        assert_ne!(a, assign(200, 500, 10, None, 2));
+        for chans in &a {
+            let mut c = chans.clone();
+            c.sort_unstable();
+            c.dedup();
+            assert_eq!(c.len(), 10);
+            assert!(c.iter().all(|&c| c < 200));
+        }
+    }
+
+    #[test]
+    fn publications_go_to_the_channels_in_turn_or_by_the_weights() {
+        assert_eq!((0..400).filter(|&j| channel_of(j, 200, None, 1) == 7).count(), 2);
+        let cdf = zipf_cdf(200, 1.1);
+        let mut per = vec![0u32; 200];
+        for j in 0..100_000 {
+            per[channel_of(j, 200, Some(&cdf), 1)] += 1;
+        }
+        let share = |i: usize| (cdf[i] - if i == 0 { 0.0 } else { cdf[i - 1] }) / cdf[199];
+        for i in [0, 10, 150] {
+            let got = f64::from(per[i]) / 100_000.0;
+            assert!((got - share(i)).abs() < 0.2 * share(i) + 0.001, "channel {i}: {got} vs {}", share(i));
+        }
+        assert_eq!(channel_of(12345, 200, Some(&cdf), 1), channel_of(12345, 200, Some(&cdf), 1));
+    }
+
+    #[test]
+    fn zipf_draws_favour_the_first_channels() {
+        let cdf = zipf_cdf(200, 1.1);
+        let a = assign(200, 2000, 10, Some(&cdf), 1);
+        let mut per = vec![0; 200];
+        for c in a.iter().flatten() {
+            per[*c] += 1;
+        }
+        // Channel 0 is on nearly every connection; the last channels on few.
+        assert!(per[0] > 1700, "{}", per[0]);
+        assert!(per[199] < 60 && per[199] > 0, "{}", per[199]);
+        let uniform = assign(200, 2000, 10, None, 1);
+        let mut flat = vec![0; 200];
+        for c in uniform.iter().flatten() {
+            flat[*c] += 1;
+        }
+        assert!(flat.iter().all(|&n| (50..160).contains(&n)), "{flat:?}");
+    }
+}
