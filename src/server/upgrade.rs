@@ -68,6 +68,7 @@ pub(super) fn upgrade(node: &Arc<Node>, door: &dyn Door, mut req: Request<Incomi
                 let stream = parts.io.into_inner().into_inner();
                 // A task of its own: an idle connection holds the connection's state only, not
                 // the upgrade's too.
+                let stream = std::sync::Arc::new(stream);
                 shutdown.spawn(transport::run(conn, registry, conn_limits, stream, leftover, slot));
             }
             Err(_) => {

@@ -47,12 +47,13 @@ pub use queue::Batch;
 
 use super::shared::{SharedFrame, Splice};
 use super::{deflate, frame};
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use queue::{Cursor, Item, Queue};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::Notify;
+use std::task::Poll;
 
 /// What happened to a pushed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,9 +187,9 @@ pub struct Outbox {
     /// [`Outbox::prefetch_tail`]. Only a hint: it may be stale, and it is never dereferenced.
     tail: AtomicUsize,
     /// Wakes the writer: data queued into an empty queue, or the connection is ending.
-    writer: Notify,
+    writer: Signal,
     /// Wakes the reader: the connection is ending, or the queue drained.
-    reader: Notify,
+    reader: Signal,
     /// How the connection ends; set once (under the state lock), readable without it.
     ending: OnceLock<Ending>,
     /// Odd while the writer finds the socket full, even while it takes data: each stretch in
@@ -203,6 +204,40 @@ pub struct Outbox {
     /// With permessage-deflate: text frames queued whole of at least this many payload bytes
     /// are compressed here ([`Outbox::push`], [`Outbox::push_answer`]); `usize::MAX` without.
     deflate_min: usize,
+}
+
+/// A wake-up for the one task that waits on it (the writer, or the reader), kept as a permit
+/// when nobody waits yet, as `Notify::notify_one` does. Unlike `Notify`, the waiting future
+/// holds no waiter node of its own (the waker is kept here): every idle connection's reader
+/// and writer wait on one, so their futures stay small.
+#[derive(Debug, Default)]
+struct Signal {
+    set: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    /// Wakes the waiting task, or the next one to wait.
+    fn notify(&self) {
+        self.set.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Resolves once notified since the last wait resolved. One task at a time may wait.
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.set.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A notify between the check and the registration found no waker to wake.
+            match self.set.swap(false, Ordering::AcqRel) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
 thread_local! {
@@ -223,8 +258,8 @@ impl Outbox {
                 queue: Queue::default(),
             }),
             tail: AtomicUsize::new(0),
-            writer: Notify::new(),
-            reader: Notify::new(),
+            writer: Signal::default(),
+            reader: Signal::default(),
             ending: OnceLock::new(),
             stall: AtomicU64::new(0),
             written: AtomicU64::new(0),
@@ -413,7 +448,7 @@ impl Outbox {
         self.note_tail(&st);
         drop(st);
         if was_empty && wake {
-            self.writer.notify_one();
+            self.writer.notify();
         }
         Push::Queued
     }
@@ -438,8 +473,8 @@ impl Outbox {
         drop(st);
         // Shared frames are released outside the lock.
         drop(dropped);
-        self.writer.notify_one();
-        self.reader.notify_one();
+        self.writer.notify();
+        self.reader.notify();
     }
 
     /// True once the connection is ending (closing or aborted).
@@ -476,7 +511,7 @@ impl Outbox {
     /// writable only once a third of its send buffer is free, which a client that reads slowly
     /// may take long to free; the sweeper's nudge once a second sees progress that small too.
     pub fn nudge_writer(&self) {
-        self.writer.notify_one();
+        self.writer.notify();
     }
 
     /// Writer: swaps the queued messages into `into` (which must be empty), keeping buffers'
@@ -495,7 +530,7 @@ impl Outbox {
             st.writing = Writing::Nobody;
             if st.reader_waits_for_drain {
                 st.reader_waits_for_drain = false;
-                self.reader.notify_one();
+                self.reader.notify();
             }
             return match self.ending() {
                 Some(e) => Take::End(e),
@@ -528,30 +563,30 @@ impl Outbox {
     }
 
     /// Reader: ends an inline write. What the socket did not take goes back to the front of the
-    /// queue for the writer task; `batch` is left empty and, when the queue is empty, its
-    /// buffers are swapped back in so their capacity is reused.
+    /// queue for the writer task; `batch` is left empty. A batch written whole is freed, not
+    /// handed back: a connection answered inline is most often one that then sits idle (a
+    /// subscriber after its answer and snapshot), and an idle connection should hold no queue
+    /// buffers; a connection making calls allocates its answer's buffer once per answer.
     pub fn finish_inline(&self, batch: &mut Batch) {
         let rest = if batch.is_done() {
-            batch.clear(usize::MAX);
+            batch.clear(0);
             None
         } else {
             Some(batch.rest())
         };
         let mut st = self.state.lock();
         st.writing = Writing::Nobody;
-        if let Some(mut rest) = rest {
-            if !st.ended {
-                rest.append(&mut st.queue);
-                st.queue = rest;
-            }
-        } else if st.queue.is_empty() {
-            std::mem::swap(&mut st.queue, &mut batch.q);
+        if let Some(mut rest) = rest
+            && !st.ended
+        {
+            rest.append(&mut st.queue);
+            st.queue = rest;
         }
         let wake = !st.queue.is_empty() || st.ended;
         self.note_tail(&st);
         drop(st);
         if wake {
-            self.writer.notify_one();
+            self.writer.notify();
         }
     }
 
@@ -573,7 +608,7 @@ impl Outbox {
 
     /// Writer: waits until something is queued or the connection ends.
     pub async fn writer_wait(&self) {
-        self.writer.notified().await
+        self.writer.wait().await
     }
 
     /// Reader: waits for the writer to drain the queue (or for the connection to end), so that
@@ -587,12 +622,12 @@ impl Outbox {
             }
             st.reader_waits_for_drain = true;
         }
-        self.reader.notified().await
+        self.reader.wait().await
     }
 
     /// Reader: resolves when the connection starts ending or the queue drains (a wake-up; check
     /// [`Outbox::is_ending`]).
     pub async fn reader_wait(&self) {
-        self.reader.notified().await
+        self.reader.wait().await
     }
 }

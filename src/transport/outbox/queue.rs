@@ -41,6 +41,8 @@ impl Queue {
     }
 
     pub(super) fn push_bytes(&mut self, parts: &[&[u8]]) {
+        // One allocation for the message, also into a queue that holds none.
+        self.bytes.reserve(parts.iter().map(|p| p.len()).sum());
         let mut n = 0;
         for p in parts {
             self.bytes.extend_from_slice(p);
