@@ -286,7 +286,13 @@ struct InstanceConn {
 }
 
 /// A text frame of `payload`, appended to `out`.
-fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
+/// Appends `payload` as a text frame, compressed when the connection deflates messages of at
+/// least `deflate_min` bytes (the snapshot goes out as several frames in one piece, which the
+/// outbox would queue as they are).
+fn push_frame(out: &mut Vec<u8>, payload: &[u8], deflate_min: Option<usize>) {
+    if deflate_min.is_some_and(|min| payload.len() >= min) {
+        return crate::transport::deflate::put_compressed_frame(out, frame::OP_TEXT, payload);
+    }
     let (h, n) = frame::header_bytes(frame::OP_TEXT, payload.len());
     out.extend_from_slice(&h[..n]);
     out.extend_from_slice(payload);
@@ -326,13 +332,13 @@ impl InstanceConn {
         if asked && !recovered {
             let data = serde_json::json!({"recovered": false, "epoch": &*page.epoch, "offset": page.offset});
             self.encoding.notice("resync", data, &mut payload);
-            push_frame(&mut first, &payload);
+            push_frame(&mut first, &payload, outbox.deflate_min());
         }
         for p in &page.publications {
             if self.instances.admits(&self.name, event_of(p).as_deref()) {
                 payload.clear();
                 self.encoding.publication(p, &mut payload);
-                push_frame(&mut first, &payload);
+                push_frame(&mut first, &payload, outbox.deflate_min());
             }
         }
         let (instances, name) = (self.instances.clone(), self.name.clone());

@@ -83,21 +83,25 @@ thread_local! {
     static INFLATER: RefCell<(Decompress, Box<[u8]>)> = RefCell::new((Decompress::new(false), vec![0; 16 << 10].into()));
 }
 
-/// Appends `input`, deflated by a fresh compressor and sync-flushed, to `out`: whole blocks
-/// ending on a byte boundary with [`TAIL`].
-fn deflate_flushed(input: &[u8], out: &mut Vec<u8>) {
+/// Appends `inputs`, one after the other as one input deflated by a fresh compressor and
+/// sync-flushed, to `out`: whole blocks ending on a byte boundary with [`TAIL`].
+fn deflate_flushed(inputs: &[&[u8]], out: &mut Vec<u8>) {
     COMPRESSOR.with_borrow_mut(|c| {
         c.reset();
-        let mut read = 0;
-        loop {
-            // A sync flush adds at most a few bytes beyond what deflate's worst case holds.
-            out.reserve(input.len() - read + 64);
-            let before = c.total_in();
-            c.compress_vec(&input[read..], out, FlushCompress::Sync).expect("deflate takes any input; qed");
-            read += (c.total_in() - before) as usize;
-            // Done once everything is read and the flush had room to end.
-            if read == input.len() && out.len() < out.capacity() {
-                break;
+        let last = inputs.len().saturating_sub(1);
+        for (k, input) in inputs.iter().enumerate() {
+            let flush = if k == last { FlushCompress::Sync } else { FlushCompress::None };
+            let mut read = 0;
+            loop {
+                // A sync flush adds at most a few bytes beyond what deflate's worst case holds.
+                out.reserve(input.len() - read + 64);
+                let before = c.total_in();
+                c.compress_vec(&input[read..], out, flush).expect("deflate takes any input; qed");
+                read += (c.total_in() - before) as usize;
+                // Done once everything is read and, for the flush, it had room to end.
+                if read == input.len() && (flush == FlushCompress::None || out.len() < out.capacity()) {
+                    break;
+                }
             }
         }
     });
@@ -108,12 +112,11 @@ fn deflate_flushed(input: &[u8], out: &mut Vec<u8>) {
 /// `out`; returns where in `out` the splice goes. With no splice the message is one stream.
 pub fn compress_split(prefix: &[u8], splice_len: usize, suffix: &[u8], out: &mut Vec<u8>) -> usize {
     if splice_len == 0 {
-        deflate_flushed(&[prefix, suffix].concat(), out);
-        out.truncate(out.len() - TAIL.len());
+        compress_message(&[prefix, suffix], out);
         return out.len();
     }
     if !prefix.is_empty() {
-        deflate_flushed(prefix, out);
+        deflate_flushed(&[prefix], out);
     }
     // A stored block, not the last: BFINAL 0, BTYPE 00, padded to the byte, then LEN, NLEN.
     let len = splice_len as u16;
@@ -122,25 +125,39 @@ pub fn compress_split(prefix: &[u8], splice_len: usize, suffix: &[u8], out: &mut
     out.extend_from_slice(&(!len).to_le_bytes());
     let at = out.len();
     // Even an empty tail is a flushed block, so that the receiver's appended TAIL completes it.
-    deflate_flushed(suffix, out);
+    deflate_flushed(&[suffix], out);
     out.truncate(out.len() - TAIL.len());
     at
 }
 
-/// One whole message's payload compressed, as a frame with RSV1 set: appended to `out`.
-pub fn put_compressed_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    COMPRESSED.with_borrow_mut(|z| {
-        z.clear();
-        compress_split(payload, 0, &[], z);
-        let (mut h, n) = frame::header_bytes(opcode, z.len());
-        h[0] |= RSV1;
-        out.extend_from_slice(&h[..n]);
-        out.extend_from_slice(z);
-    });
+/// Appends the compressed payload of the message made of `parts` (one after the other) to
+/// `out`, as a frame carries it (RFC 7692 7.2.1: without the flush's final 4 bytes).
+pub fn compress_message(parts: &[&[u8]], out: &mut Vec<u8>) {
+    deflate_flushed(if parts.is_empty() { &[&[]] } else { parts }, out);
+    out.truncate(out.len() - TAIL.len());
 }
 
-thread_local! {
-    static COMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+/// The largest frame header (RFC 6455 5.2, server frames: no mask).
+const MAX_HEADER: usize = 10;
+
+/// Replaces `out` with one frame of `opcode` and RSV1 whose payload is the message made of
+/// `parts`, compressed; returns where in `out` the frame starts. The payload is compressed in
+/// place after room for the largest header, whose last bytes the real header then fills.
+pub fn compressed_frame_into(out: &mut Vec<u8>, opcode: u8, parts: &[&[u8]]) -> usize {
+    out.clear();
+    out.resize(MAX_HEADER, 0);
+    compress_message(parts, out);
+    let (mut h, n) = frame::header_bytes(opcode, out.len() - MAX_HEADER);
+    h[0] |= RSV1;
+    out[MAX_HEADER - n..MAX_HEADER].copy_from_slice(&h[..n]);
+    MAX_HEADER - n
+}
+
+/// One whole message's payload compressed, as a frame with RSV1 set: appended to `out`.
+pub fn put_compressed_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let mut f = Vec::new();
+    let at = compressed_frame_into(&mut f, opcode, &[payload]);
+    out.extend_from_slice(&f[at..]);
 }
 
 /// The bit of a frame's first byte that marks a compressed message (RFC 7692 6).
@@ -306,5 +323,36 @@ mod tests {
         let len = (f[1] & 0x7f) as usize;
         assert_eq!(len, f.len() - 2);
         assert_eq!(receive(&f[2..]), b"{\"a\":1}".repeat(100));
+    }
+
+    #[test]
+    fn a_message_in_parts_compresses_as_the_whole_and_its_frame_starts_at_its_header() {
+        let whole =
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"".iter().chain(&[b'z'; 900]).chain(b"\"}").copied();
+        let whole: Vec<u8> = whole.collect();
+        let parts: [&[u8]; 4] = [&whole[..10], &[], &whole[10..500], &whole[500..]];
+        let mut z = Vec::new();
+        compress_message(&parts, &mut z);
+        assert_eq!(receive(&z), whole);
+        let mut one = Vec::new();
+        compress_message(&[&whole], &mut one);
+        assert_eq!(z, one, "the same stream, parts or not");
+        // The frame: its header right before the payload, wherever that starts in the buffer.
+        let mut f = vec![1, 2, 3];
+        let at = compressed_frame_into(&mut f, frame::OP_TEXT, &parts);
+        let frame = &f[at..];
+        assert_eq!(frame[0], 0x80 | RSV1 | frame::OP_TEXT);
+        let (len, header) = match frame[1] {
+            126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+            n => (n as usize, 2),
+        };
+        assert_eq!(len, frame.len() - header);
+        assert_eq!(receive(&frame[header..]), whole);
+        let big: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let at = compressed_frame_into(&mut f, frame::OP_TEXT, &[&big]);
+        assert_eq!(f[at + 1], 126, "a 16-bit length");
+        assert_eq!(u16::from_be_bytes([f[at + 2], f[at + 3]]) as usize, f.len() - at - 4);
+        assert_eq!(receive(&f[at + 4..]), big);
+        compress_message(&[], &mut Vec::new());
     }
 }

@@ -177,6 +177,46 @@ async fn a_publication_is_compressed_once_for_every_subscriber_with_its_own_id()
 }
 
 #[tokio::test]
+async fn an_instance_stream_s_missed_events_come_compressed_each_in_its_own_frame() {
+    let mut c = config();
+    c.instances_file = std::env::temp_dir().join(format!("rpchub-it-deflate-{}.json", std::process::id()));
+    let token = "deflate-shop-token-0123";
+    let shop = rpchub::config::InstanceConfig {
+        token: rpchub::config::Secret(token.into()),
+        enabled: true,
+        events: vec![],
+        media_base64: false,
+    };
+    c.instances.insert("dshop".into(), shop);
+    let server = start(c).await;
+    let data = book(20);
+    let publish_one = |n: u64| {
+        let body =
+            json!({"channel": "instance:dshop", "event": "e", "data": {"n": n, "book": data}}).to_string();
+        let auth = format!("Bearer {ADMIN}");
+        async move {
+            let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+            let (status, pos) = http(server.addr, "POST", "/api/publish", &headers, &body).await;
+            assert_eq!(status, 200, "{pos}");
+            serde_json::from_str::<Value>(&pos).unwrap()
+        }
+    };
+    let first = publish_one(1).await;
+    for n in 2..=3 {
+        publish_one(n).await;
+    }
+    let since = format!("{}:{}", first["epoch"].as_str().unwrap(), first["offset"].as_u64().unwrap() - 1);
+    let mut s = deflating(server.addr, &format!("/ws/dshop?token={token}&since={since}")).await;
+    // The three missed events went out together, each a compressed frame of its own.
+    for n in 1..=3u64 {
+        let (compressed, v) = message(&mut s).await;
+        assert!(compressed, "{v}");
+        assert_eq!((v["data"]["n"].as_u64(), &v["data"]["book"]), (Some(n), &data), "{v}");
+    }
+    server.shutdown();
+}
+
+#[tokio::test]
 async fn compressed_client_messages_are_inflated_within_the_limit_and_bad_ones_fail_their_connection() {
     let addr = shared();
     let call = |id: u32| {

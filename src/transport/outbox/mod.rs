@@ -241,8 +241,7 @@ impl Signal {
 }
 
 thread_local! {
-    /// A whole frame to compress, and the compressed frame ([`Outbox::push`]).
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The compressed frame ([`Outbox::push`]).
     static COMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -332,16 +331,20 @@ impl Outbox {
     /// On a connection with permessage-deflate an uncompressed text frame of at least
     /// its `min_bytes` is compressed first; a frame built compressed goes as it is.
     pub fn push(&self, parts: &[&[u8]]) -> Push {
-        if let Some(z) = self.compressed(parts) {
-            return z.with_borrow(|z| self.push_with(z.len(), true, |q| q.push_bytes(&[z])));
+        if let Some((z, at)) = self.compressed(parts) {
+            return z.with_borrow(|z| self.push_with(z.len() - at, true, |q| q.push_bytes(&[&z[at..]])));
         }
         let len = parts.iter().map(|p| p.len()).sum();
         self.push_with(len, true, |q| q.push_bytes(parts))
     }
 
-    /// `parts`, a whole uncompressed text frame, compressed into a thread's scratch buffer when
-    /// this connection deflates and the frame is worth it; `None` otherwise.
-    fn compressed(&self, parts: &[&[u8]]) -> Option<&'static std::thread::LocalKey<RefCell<Vec<u8>>>> {
+    /// `parts`, a whole uncompressed text frame, compressed into this thread's buffer when this
+    /// connection deflates and the frame is worth it: the buffer, and where in it the frame
+    /// starts; `None` otherwise. The payload is compressed straight from `parts`.
+    fn compressed(
+        &self,
+        parts: &[&[u8]],
+    ) -> Option<(&'static std::thread::LocalKey<RefCell<Vec<u8>>>, usize)> {
         if !self.deflates() || parts.first().is_none_or(|h| h.len() < 2 || h[0] != 0x80 | frame::OP_TEXT) {
             return None;
         }
@@ -359,20 +362,22 @@ impl Outbox {
         if len != stated || len < self.deflate_min {
             return None;
         }
-        SCRATCH.with_borrow_mut(|plain| {
-            plain.clear();
-            for p in parts {
-                plain.extend_from_slice(p);
+        // The payload's pieces: the first part after the header, then the others (a frame comes
+        // in a few parts; one of more is queued uncompressed).
+        let mut payload: [&[u8]; 8] = [&[]; 8];
+        let n = parts.len();
+        if n > payload.len() {
+            return None;
+        }
+        payload[0] = &h[header..];
+        payload[1..n].copy_from_slice(&parts[1..n]);
+        let at = COMPRESSED.with_borrow_mut(|z| {
+            if z.capacity() > 1 << 20 {
+                *z = Vec::new();
             }
-            COMPRESSED.with_borrow_mut(|z| {
-                z.clear();
-                deflate::put_compressed_frame(z, frame::OP_TEXT, &plain[header..]);
-            });
-            if plain.capacity() > 1 << 20 {
-                *plain = Vec::new();
-            }
+            deflate::compressed_frame_into(z, frame::OP_TEXT, &payload[..n])
         });
-        Some(&COMPRESSED)
+        Some((&COMPRESSED, at))
     }
 
     /// Queues `frame` with `splice` spliced in, by reference.
@@ -414,8 +419,8 @@ impl Outbox {
     /// them by not reading more calls while they wait ([`Outbox::backlogged`]). Never
     /// [`Push::Overflow`].
     pub fn push_answer(&self, parts: &[&[u8]]) -> Push {
-        if let Some(z) = self.compressed(parts) {
-            return z.with_borrow(|z| self.push_answer_frame(&[z]));
+        if let Some((z, at)) = self.compressed(parts) {
+            return z.with_borrow(|z| self.push_answer_frame(&[&z[at..]]));
         }
         self.push_answer_frame(parts)
     }
