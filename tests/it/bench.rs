@@ -91,6 +91,7 @@ async fn market_accounts_every_subscription_of_every_connection() {
         for zero in ["lost", "gaps", "dups", "invalid", "disconnected", "other_messages", "publish_errors"] {
             assert_eq!(v[zero], 0, "{zero}: {v}");
         }
+        assert!(v["server_bytes_per_conn"].is_number(), "{v}");
         let per = &v["subscribers_per_channel"];
         assert!(
             per["max"].as_u64().unwrap() <= 30

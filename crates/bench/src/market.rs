@@ -15,12 +15,13 @@
 //! (messages a subscriber connection is behind on average, over all its channels) allow.
 //!
 //! Figures: as fanout's, plus the subscribers per channel (min, median, max, channel 0), the
-//! deliveries per publication, the channels published to and the publishers that connected.
+//! deliveries per publication, the channels published to and the publishers that connected,
+//! and with `--server-pid` the server's memory growth per connection while they subscribed.
 
 use super::client::{SourceIps, Target, block};
 use super::measure::{
-    CpuWindow, Errors, histogram, latency_json, now_us, round, spawn_runtimes, thread_cpu_pct_until,
-    wait_until, watchdog,
+    CpuWindow, Errors, histogram, latency_json, now_us, pid_rss_kib, round, spawn_runtimes,
+    thread_cpu_pct_until, wait_until, watchdog,
 };
 use super::publisher::{self, Payload, T_BASE};
 use super::report::{self, Progress};
@@ -297,6 +298,8 @@ pub(crate) fn run(
         owed: AtomicU64::new(0),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
+    let rss = || c.server_pid.and_then(pid_rss_kib);
+    let rss_before = rss();
     let setup_started = Instant::now();
     let subscriber_threads = spawn_runtimes(threads, "bench-sub", {
         let (run, rx) = (run.clone(), phase_rx.clone());
@@ -319,6 +322,7 @@ pub(crate) fn run(
     });
     let setup_s = setup_started.elapsed().as_secs_f64();
     let ready = run.ready.load(Relaxed);
+    let rss_ready = rss();
     run.live_at_go.store(ready.max(1), Relaxed);
     let cpu = CpuWindow::start(c);
     let _ = phase_tx.send(if ready > 0 { Phase::Go } else { Phase::Stop });
@@ -366,6 +370,12 @@ pub(crate) fn run(
             "ready": ready,
             "setup_failed": n - ready,
             "setup_s": round(setup_s, 2),
+            "server_rss_before_kib": rss_before,
+            "server_rss_ready_kib": rss_ready,
+            // The server's memory growth while the connections subscribed, per connection (its
+            // RSS, as idle measures it: kernel socket buffers are not in it).
+            "server_bytes_per_conn": rss_before.zip(rss_ready).filter(|_| ready > 0)
+                .map(|(b, r)| round(r.saturating_sub(b) as f64 * 1024.0 / ready as f64, 0)),
             "source_ips": run.ips.count(n),
             "threads": threads,
             "rate": a.rate,
@@ -923,6 +933,13 @@ pub(crate) fn table(v: &Value) {
     let per = &v["subscribers_per_channel"];
     let mut rows = vec![
         ("setup", format!("{} of {} subscribed in {} s", v["ready"], v["connections"], v["setup_s"])),
+        (
+            "server memory/conn",
+            match v["server_bytes_per_conn"].as_f64() {
+                Some(b) => format!("{b} bytes (RSS growth while subscribing)"),
+                None => "n/a (give --server-pid)".into(),
+            },
+        ),
         (
             "subscribers/channel",
             format!(
