@@ -13,16 +13,14 @@
 //! notifications (every `--validate-every`-th and each subscriber's first) failing a full check.
 
 use super::client::{SourceIps, Target, block};
-use super::measure::{
-    CpuWindow, Errors, histogram, latency_json, round, spawn_runtimes, wait_until, watchdog,
-};
-use super::publisher::{self, Payload, Published};
+use super::counts::{self, LoadArgs, Publishing, Totals};
+use super::measure::{CpuWindow, round, spawn_runtimes, wait_until, watchdog};
+use super::publisher::{self, Published};
 use super::report::{self, Progress};
 use super::subscriber::{self, Phase, Scan, Shared, Tally};
 use super::{CommonArgs, Error, check_files, extend};
 use clap::Args;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
@@ -37,44 +35,12 @@ pub struct FanoutArgs {
     /// Channel every subscriber joins and the publisher publishes to.
     #[arg(long, default_value = "bench:fanout")]
     pub channel: String,
-    /// Publications per second; 0: as fast as --window and --max-lag allow.
-    #[arg(long, default_value_t = 0.0)]
-    pub rate: f64,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
-    /// Size of each publication's `data` JSON in bytes (at least 55).
-    #[arg(long, default_value_t = 100)]
-    pub payload_bytes: usize,
-    /// What fills the data: `pad` (one repeated byte) or `book` (order-book levels, which
-    /// compress as market data does).
-    #[arg(long, value_enum, default_value_t = Payload::Pad)]
-    pub payload: Payload,
-    /// Offer permessage-deflate on the subscriber connections (and inflate what comes
-    /// compressed); the report then says the bytes on the wire per delivery.
-    #[arg(long)]
-    pub compress: bool,
-    /// Publish calls in flight (sent, not yet answered).
-    #[arg(long, default_value_t = 64)]
-    pub window: usize,
-    /// Pause publishing while subscribers are on average this many publications behind (0: never).
-    #[arg(long, default_value_t = 64)]
-    pub max_lag: u64,
-    /// Upper bound on publications in one run.
-    #[arg(long, default_value_t = 2_000_000)]
-    pub max_messages: u64,
-    /// Seconds allowed, after publishing stops, for the server to answer every publish call.
-    #[arg(long, default_value_t = 15.0)]
-    pub answer_seconds: f64,
-    /// Seconds allowed after the last answer for deliveries to arrive.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain_seconds: f64,
-    /// Fully check every Nth publication received (and each subscriber's first); 0: every one.
-    #[arg(long, default_value_t = 1000)]
-    pub validate_every: u64,
-    /// Read buffer per subscriber connection, bytes.
-    #[arg(long, default_value_t = 16 * 1024)]
-    pub read_buffer: usize,
+    /// Publishing and counting.
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// WebSocket URL the publisher connects to (default: --url), e.g. another node on the same
     /// broker: then latency is from a publish on one node to delivery on the other.
     #[arg(long)]
@@ -107,10 +73,11 @@ pub(crate) fn run(
     progress: &Progress,
 ) -> Result<Value, Error> {
     check_files(a.subscribers + 1)?;
-    if !(a.rate >= 0.0 && a.seconds > 0.0 && a.answer_seconds >= 0.0 && a.drain_seconds >= 0.0) {
+    if !(a.load.rate >= 0.0 && a.seconds > 0.0 && a.load.answer_seconds >= 0.0 && a.load.drain_seconds >= 0.0)
+    {
         return Err(Error::Usage("--rate, --seconds, --answer-seconds, --drain-seconds must be >= 0".into()));
     }
-    let limit = c.setup_seconds + a.seconds + a.answer_seconds + a.drain_seconds + 30.0;
+    let limit = c.setup_seconds + a.seconds + a.load.answer_seconds + a.load.drain_seconds + 30.0;
     watchdog("fanout", Duration::from_secs_f64(limit), c.json);
     let (n, threads) = (a.subscribers, c.threads());
     let ips = SourceIps::new(c, &target, block::SUBSCRIBERS);
@@ -168,9 +135,9 @@ pub(crate) fn run(
     // The last offset every subscriber must reach: the highest answered, or higher if a
     // publication whose answer never came was delivered (the server accepted it).
     let last = p.max_offset.max(if p.acked > 0 { run.shared.highest_seen() } else { 0 });
-    progress.phase("draining", a.drain_seconds.ceil() as u64);
+    progress.phase("draining", a.load.drain_seconds.ceil() as u64);
     let drain_started = Instant::now();
-    let drained = wait_until(drain_started + Duration::from_secs_f64(a.drain_seconds), || {
+    let drained = wait_until(drain_started + Duration::from_secs_f64(a.load.drain_seconds), || {
         progress.seconds_since(drain_started);
         run.shared.all_reached(last)
     });
@@ -194,15 +161,15 @@ pub(crate) fn run(
             "source_ips": ips.count(n),
             "threads": threads,
             "channel": a.channel,
-            "rate": a.rate,
+            "rate": a.load.rate,
             "seconds": a.seconds,
-            "payload_bytes": publisher::data_of(a.payload, a.payload_bytes, 0, 0).len(),
-            "payload": format!("{:?}", a.payload).to_lowercase(),
-            "compress": a.compress,
-            "window": a.window,
-            "max_lag": a.max_lag,
+            "payload_bytes": publisher::data_of(a.load.payload, a.load.payload_bytes, 0, 0).len(),
+            "payload": format!("{:?}", a.load.payload).to_lowercase(),
+            "compress": a.load.compress,
+            "window": a.load.window,
+            "max_lag": a.load.max_lag,
             "drained": drained,
-            "validated_every": a.validate_every,
+            "validated_every": a.load.validate_every,
         }),
     );
     let received = out["received"].as_u64().unwrap_or(0);
@@ -224,69 +191,25 @@ pub(crate) fn run(
 
 /// The figures of the publisher's result and the subscriber threads' tallies.
 fn summary(a: &FanoutArgs, p: &Published, tallies: Vec<Tally>, last: u64) -> Value {
-    let mut hist = histogram();
-    let (mut received, mut expected, mut lost, mut gaps, mut dups, mut beyond) = (0u64, 0u64, 0, 0, 0, 0);
-    let (mut invalid, mut other, mut setup_errors) =
-        (Errors::default(), Errors::default(), Errors::default());
-    let mut gone: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut last_delivery_us, mut seen, mut wire) = (0u64, 0u64, 0u64);
-    let mut thread_cpu = vec![round(p.cpu_pct, 1)];
+    let mut totals = Totals::new(p.cpu_pct);
     for t in tallies {
-        if let Some(h) = &t.hist {
-            hist.add(h).expect("histograms of equal bounds add; qed");
-        }
         for s in t.subs.iter().filter(|s| s.ready) {
-            let exp = last.saturating_sub(s.snap);
-            expected += exp;
-            received += s.received;
-            lost += exp.saturating_sub(s.received);
-            beyond += s.received.saturating_sub(exp);
-            gaps += s.gaps;
-            dups += s.dups;
+            totals.subscription(last.saturating_sub(s.snap), &s.offsets);
         }
-        invalid.merge(t.invalid);
-        other.merge(t.other);
-        setup_errors.merge(t.setup_errors);
-        for (k, v) in t.gone {
-            *gone.entry(k).or_default() += v;
-        }
-        last_delivery_us = last_delivery_us.max(t.last_delivery_us);
-        seen += t.seen;
-        wire += t.wire_bytes;
-        thread_cpu.push(round(t.cpu_pct, 1));
+        totals.thread(t.r);
     }
-    let span_s = last_delivery_us.saturating_sub(p.start_us) as f64 / 1e6;
-    json!({
-        "setup_errors": setup_errors.samples,
-        "published": p.acked,
-        "unanswered_publishes": p.unanswered,
-        "publish_errors": p.errors.count,
-        "publish_error_samples": p.errors.samples,
-        "publish_rate": round(p.acked as f64 / p.publish_s.max(1e-9), 1),
-        "publish_s": round(p.publish_s, 3),
-        "lag_wait_s": round(p.lag_wait_s, 3),
-        "publisher_behind_max_ms": round(p.behind_max_s * 1e3, 1),
-        "last_offset": last,
-        "expected": expected,
-        "received": received,
-        "deliveries_per_s": round(received as f64 / span_s.max(1e-9), 0),
-        "wire_bytes_per_delivery": round(wire as f64 / received.max(1) as f64, 1),
-        "delivery_span_s": round(span_s, 3),
-        "lost": lost,
-        "gaps": gaps,
-        "dups": dups,
-        "unexpected": beyond,
-        "invalid": invalid.count,
-        "invalid_samples": invalid.samples,
-        "other_messages": other.count,
-        "other_samples": other.samples,
-        "disconnected": gone.values().sum::<u64>(),
-        "disconnect_reasons": gone,
-        "messages_seen": seen,
-        "bench_thread_cpu_pct": thread_cpu,
-        "latency_us": latency_json(&hist),
-        "max_messages_reached": p.acked + p.unanswered >= a.max_messages,
-    })
+    let mut out = totals.json(&Publishing {
+        acked: p.acked,
+        unanswered: p.unanswered,
+        errors: &p.errors,
+        start_us: p.start_us,
+        publish_s: p.publish_s,
+        lag_wait_s: p.lag_wait_s,
+        behind_max_s: p.behind_max_s,
+        max_messages_reached: p.acked + p.unanswered >= a.load.max_messages,
+    });
+    out["last_offset"] = json!(last);
+    out
 }
 
 /// Prints the main figures of a fanout result.
@@ -309,28 +232,10 @@ pub(crate) fn table(v: &Value) {
         report::text(v, "payload"),
         if v["compress"] == true { ", permessage-deflate" } else { "" },
     );
-    let mut rows = vec![
-        ("setup", format!("{} of {} subscribed in {} s", v["ready"], v["subscribers"], v["setup_s"])),
-        ("published", format!("{} ({}/s)", report::int(v, "published"), report::dec(v, "publish_rate", 1))),
-        ("deliveries/s", report::int(v, "deliveries_per_s")),
-        ("wire bytes/delivery", report::dec(v, "wire_bytes_per_delivery", 1)),
-        ("latency µs", report::latency(v)),
-        ("lost/gaps/dups", format!("{} / {} / {}", v["lost"], v["gaps"], v["dups"])),
-        ("disconnects", report::by_reason(v, "disconnected", "disconnect_reasons")),
-    ];
-    rows.extend(report::cpu_rows(v, "delivery"));
-    let notes = [
-        ("setup errors", report::samples(v, "setup_errors")),
-        ("publish errors", report::samples(v, "publish_error_samples")),
-        ("invalid", report::samples(v, "invalid_samples")),
-        ("other messages", report::samples(v, "other_samples")),
-    ];
-    rows.extend(notes.into_iter().filter_map(|(k, s)| Some((k, s?))));
-    if v["publisher_behind_max_ms"].as_f64().unwrap_or(0.0) > 50.0 {
-        rows.push(("note", "the publisher fell behind its rate: latency includes queueing".into()));
-    }
-    if v["drained"] == false {
-        rows.push(("note", "not every subscriber received the last publication in time".into()));
-    }
+    let mut rows =
+        vec![("setup", format!("{} of {} subscribed in {} s", v["ready"], v["subscribers"], v["setup_s"]))];
+    rows.extend(counts::rows(v));
+    rows.insert(3, ("wire bytes/delivery", report::dec(v, "wire_bytes_per_delivery", 1)));
+    counts::closing_rows(v, "subscribers", &mut rows);
     report::print_table(&title, &rows);
 }

@@ -26,6 +26,8 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod client;
+mod counts;
+pub use counts::LoadArgs;
 pub mod fanout;
 pub mod idle;
 pub mod market;

@@ -19,22 +19,21 @@
 //! and with `--server-pid` the server's memory growth per connection while they subscribed.
 
 use super::client::{SourceIps, Target, block};
+use super::counts::{self, LoadArgs, Offsets, Publishing, Received, Totals, pace, wait_until_async};
 use super::measure::{
-    CpuWindow, Errors, histogram, latency_json, now_us, pid_rss_kib, round, spawn_runtimes,
-    thread_cpu_pct_until, wait_until, watchdog,
+    CpuWindow, Errors, now_us, pid_rss_kib, round, spawn_runtimes, thread_cpu_pct_until, wait_until, watchdog,
 };
-use super::publisher::{self, Payload, T_BASE};
+use super::publisher::{self, T_BASE};
 use super::report::{self, Progress};
 use super::socket::Socket;
 use super::subscriber::{Scan, number_after, validate};
 use super::{CommonArgs, Error, check_files, extend};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use memchr::memmem::Finder;
 use serde_json::{Value, json};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -61,43 +60,12 @@ pub struct MarketArgs {
     /// Publisher connections.
     #[arg(long, default_value_t = 4)]
     pub publishers: usize,
-    /// Publications per second over all publishers; 0: as fast as --window and --max-lag allow.
-    #[arg(long, default_value_t = 0.0)]
-    pub rate: f64,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// Size of each publication's `data` JSON in bytes (at least 55).
-    #[arg(long, default_value_t = 100)]
-    pub payload_bytes: usize,
-    /// What fills the data: `pad` or `book` (order-book levels).
-    #[arg(long, value_enum, default_value_t = Payload::Pad)]
-    pub payload: Payload,
-    /// Offer permessage-deflate on the subscriber connections.
-    #[arg(long)]
-    pub compress: bool,
-    /// Publish calls in flight per publisher (sent, not yet answered).
-    #[arg(long, default_value_t = 64)]
-    pub window: usize,
-    /// Pause publishing while subscriber connections are on average this many messages behind,
-    /// over all their channels (0: never).
-    #[arg(long, default_value_t = 64)]
-    pub max_lag: u64,
-    /// Upper bound on publications in one run, over all publishers.
-    #[arg(long, default_value_t = 2_000_000)]
-    pub max_messages: u64,
-    /// Seconds allowed, after publishing stops, for the server to answer every publish call.
-    #[arg(long, default_value_t = 15.0)]
-    pub answer_seconds: f64,
-    /// Seconds allowed after the last answer for deliveries to arrive.
-    #[arg(long, default_value_t = 5.0)]
-    pub drain_seconds: f64,
-    /// Fully check every Nth publication received (and each subscription's first); 0: every one.
-    #[arg(long, default_value_t = 1000)]
-    pub validate_every: u64,
-    /// Read buffer per subscriber connection, bytes.
-    #[arg(long, default_value_t = 16 * 1024)]
-    pub read_buffer: usize,
+    /// Publishing and counting.
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// The channels' name prefix.
     #[arg(long, default_value = "m")]
     pub channel_prefix: String,
@@ -263,10 +231,11 @@ pub(crate) fn run(
     if a.zipf.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
         return Err(Error::Usage("--zipf must be a positive number".into()));
     }
-    if !(a.rate >= 0.0 && a.seconds > 0.0 && a.answer_seconds >= 0.0 && a.drain_seconds >= 0.0) {
+    if !(a.load.rate >= 0.0 && a.seconds > 0.0 && a.load.answer_seconds >= 0.0 && a.load.drain_seconds >= 0.0)
+    {
         return Err(Error::Usage("--rate, --seconds, --answer-seconds, --drain-seconds must be >= 0".into()));
     }
-    let limit = c.setup_seconds + a.seconds + a.answer_seconds + a.drain_seconds + 30.0;
+    let limit = c.setup_seconds + a.seconds + a.load.answer_seconds + a.load.drain_seconds + 30.0;
     watchdog("market", Duration::from_secs_f64(limit), c.json);
     let (n, k, threads) = (a.connections, a.subs_per_conn, c.threads());
     let cdf = a.zipf.map(|s| zipf_cdf(a.channels, s));
@@ -336,9 +305,9 @@ pub(crate) fn run(
     let _ = phase_tx.send(if ready > 0 { Phase::Drain } else { Phase::Stop });
     let seen = run.highest_seen();
     let mut last: Vec<u64> = p.max_offset.iter().zip(&seen).map(|(a, s)| *a.max(s)).collect();
-    progress.phase("draining", a.drain_seconds.ceil() as u64);
+    progress.phase("draining", a.load.drain_seconds.ceil() as u64);
     let drain_started = Instant::now();
-    let drained = wait_until(drain_started + Duration::from_secs_f64(a.drain_seconds), || {
+    let drained = wait_until(drain_started + Duration::from_secs_f64(a.load.drain_seconds), || {
         progress.seconds_since(drain_started);
         run.all_reached(&last)
     });
@@ -378,15 +347,15 @@ pub(crate) fn run(
                 .map(|(b, r)| round(r.saturating_sub(b) as f64 * 1024.0 / ready as f64, 0)),
             "source_ips": run.ips.count(n),
             "threads": threads,
-            "rate": a.rate,
+            "rate": a.load.rate,
             "seconds": a.seconds,
-            "payload_bytes": publisher::data_of(a.payload, a.payload_bytes, 0, 0).len(),
-            "payload": format!("{:?}", a.payload).to_lowercase(),
-            "compress": a.compress,
-            "window": a.window,
-            "max_lag": a.max_lag,
+            "payload_bytes": publisher::data_of(a.load.payload, a.load.payload_bytes, 0, 0).len(),
+            "payload": format!("{:?}", a.load.payload).to_lowercase(),
+            "compress": a.load.compress,
+            "window": a.load.window,
+            "max_lag": a.load.max_lag,
             "drained": drained,
-            "validated_every": a.validate_every,
+            "validated_every": a.load.validate_every,
             "subscribers_per_channel": {
                 "min": per[0], "median": per[per.len() / 2], "max": per[per.len() - 1],
                 "channel_0": run.subscribers[0],
@@ -417,34 +386,22 @@ struct Sub {
     key: Vec<u8>,
     channel: usize,
     snap: u64,
-    next: u64,
-    received: u64,
-    gaps: u64,
-    dups: u64,
+    offsets: Offsets,
 }
 
-/// What one thread counted.
+/// What one thread counted: per connection of this thread its subscriptions once ready, and
+/// the rest.
 #[derive(Default)]
 struct Tally {
-    /// Per connection of this thread: its subscriptions once ready.
     conns: Vec<Vec<Sub>>,
-    hist: Option<Histogram<u64>>,
-    delivered: u64,
-    last_delivery_us: u64,
-    seen: u64,
-    wire_bytes: u64,
-    invalid: Errors,
-    other: Errors,
-    setup_errors: Errors,
-    gone: BTreeMap<String, u64>,
-    cpu_pct: f64,
+    r: Received,
 }
 
 /// Thread `t`: opens and serves its share of the connections (every `threads`-th).
 async fn thread(t: usize, run: Arc<Run>, mut phase: watch::Receiver<Phase>) -> Tally {
     let mine: Vec<usize> = (t..run.args.connections).step_by(run.threads).collect();
     let conns = mine.iter().map(|_| Vec::new()).collect();
-    let tally = Rc::new(RefCell::new(Tally { conns, hist: Some(histogram()), ..Tally::default() }));
+    let tally = Rc::new(RefCell::new(Tally { conns, r: Received::new() }));
     let permits = Rc::new(Semaphore::new(run.permits));
     let id_key = Rc::new(Finder::new(b"\"subscription\":\"").into_owned());
     for (slot, &i) in mine.iter().enumerate() {
@@ -458,7 +415,7 @@ async fn thread(t: usize, run: Arc<Run>, mut phase: watch::Receiver<Phase>) -> T
     })
     .await;
     let mut tally = std::mem::take(&mut *tally.borrow_mut());
-    tally.cpu_pct = cpu_pct;
+    tally.r.cpu_pct = cpu_pct;
     tally
 }
 
@@ -520,8 +477,7 @@ async fn subscribe_all(s: &mut Socket, run: &Run, chans: &[usize]) -> Result<Vec
             id: Value::String(id),
             channel: c,
             snap: offset,
-            next: offset + 1,
-            ..Sub::default()
+            offsets: Offsets::after(offset),
         });
     }
     Ok(subs)
@@ -542,7 +498,8 @@ async fn connection(
     let permit = permits.acquire().await;
     let setup = async {
         let mut s =
-            Socket::open(&run.target, run.ips.for_conn(i), run.args.read_buffer, run.args.compress).await?;
+            Socket::open(&run.target, run.ips.for_conn(i), run.args.load.read_buffer, run.args.load.compress)
+                .await?;
         let subs = subscribe_all(&mut s, &run, &run.plan[i]).await?;
         Ok::<_, String>((s, subs))
     };
@@ -550,7 +507,7 @@ async fn connection(
         Ok(Ok(x)) => x,
         outcome => {
             let e = outcome.map_or_else(|_| "timed out".to_string(), |r| r.err().unwrap_or_default());
-            tally.borrow_mut().setup_errors.add(e);
+            tally.borrow_mut().r.setup_errors.add(e);
             run.state[i].store(FAILED, Relaxed);
             run.failed.fetch_add(1, Relaxed);
             return;
@@ -565,25 +522,16 @@ async fn connection(
     run.state[i].store(READY, Relaxed);
     run.ready.fetch_add(1, Relaxed);
     socket.take_wire();
-    let reason = loop {
-        let now = now_us();
-        let drained =
-            socket.drain(|m| on_message(&mut tally.borrow_mut(), &run, &id_key, t, slot, i, m, now));
-        if let Err(e) = drained {
-            break e;
-        }
-        if let Err(e) = socket.flush_replies().await {
-            break e;
-        }
-        if let Err(e) = socket.fill().await {
-            break e;
-        }
-        tally.borrow_mut().wire_bytes += socket.take_wire();
-    };
+    let reason = socket
+        .receive(
+            |m, now| on_message(&mut tally.borrow_mut(), &run, &id_key, t, slot, i, m, now),
+            |n| tally.borrow_mut().r.wire_bytes += n,
+        )
+        .await;
     if *phase.borrow() != Phase::Stop {
         run.state[i].store(GONE, Relaxed);
         run.gone.fetch_add(1, Relaxed);
-        *tally.borrow_mut().gone.entry(reason).or_default() += 1;
+        *tally.borrow_mut().r.gone.entry(reason).or_default() += 1;
     }
 }
 
@@ -599,43 +547,36 @@ fn on_message(
     msg: &[u8],
     now: u64,
 ) -> bool {
-    tally.seen += 1;
+    let r = &mut tally.r;
+    r.seen += 1;
     let scanned = (number_after(msg, &run.scan.offset), number_after(msg, &run.scan.sent));
     let id = id_key.find(msg).map(|at| &msg[at + id_key.needle().len()..]);
+    let subs = &mut tally.conns[slot];
     let j = id.and_then(|rest| {
-        tally.conns[slot]
-            .iter()
+        subs.iter()
             .position(|s| rest.len() > s.key.len() && rest.starts_with(&s.key) && rest[s.key.len()] == b'"')
     });
     let (Some(offset), Some(sent), Some(j)) = (scanned.0, scanned.1, j) else {
-        tally.other.add(String::from_utf8_lossy(&msg[..msg.len().min(160)]).into_owned());
+        r.other.add(String::from_utf8_lossy(&msg[..msg.len().min(160)]).into_owned());
         return true;
     };
-    let s = &mut tally.conns[slot][j];
-    if offset < s.next {
-        s.dups += 1;
+    let s = &mut subs[j];
+    if !s.offsets.see(offset) {
         return true;
     }
-    if offset > s.next {
-        s.gaps += 1;
-    }
-    s.next = offset + 1;
-    s.received += 1;
-    let first = s.received == 1;
+    let first = s.offsets.received == 1;
     run.max_seen[i * run.args.subs_per_conn + j].store(offset, Relaxed);
-    if let Some(h) = tally.hist.as_mut() {
+    if let Some(h) = r.hist.as_mut() {
         h.saturating_record(now.saturating_sub(sent.saturating_sub(T_BASE)).max(1));
     }
-    tally.delivered += 1;
-    tally.last_delivery_us = now;
-    run.delivered[t].0.store(tally.delivered, Relaxed);
-    let every = run.args.validate_every;
-    let sampled = first || every == 0 || tally.delivered.is_multiple_of(every);
-    if sampled {
-        let s = &tally.conns[slot][j];
-        if let Err(e) = validate(msg, &s.id, &run.names[s.channel], offset, sent) {
-            tally.invalid.add(e);
-        }
+    r.delivered += 1;
+    r.last_delivery_us = now;
+    run.delivered[t].0.store(r.delivered, Relaxed);
+    let every = run.args.load.validate_every;
+    if (first || every == 0 || r.delivered.is_multiple_of(every))
+        && let Err(e) = validate(msg, &s.id, &run.names[s.channel], offset, sent)
+    {
+        r.invalid.add(e);
     }
     true
 }
@@ -733,7 +674,7 @@ async fn one_publisher(
     let a = &run.args;
     let (mut sink, mut stream) = ws.split();
     let answers = Rc::new(RefCell::new(Answers::default()));
-    let window = Rc::new(Semaphore::new(a.window.max(1)));
+    let window = Rc::new(Semaphore::new(a.load.window.max(1)));
     let per_channel = Rc::new(RefCell::new((vec![0u64; a.channels], vec![0u64; a.channels])));
     let reader = tokio::task::spawn_local({
         let (answers, window, per_channel) = (answers.clone(), window.clone(), per_channel.clone());
@@ -767,37 +708,14 @@ async fn one_publisher(
     let end = started + Duration::from_secs_f64(a.seconds);
     let (mut sent, mut lag_wait, mut behind) = (0u64, Duration::ZERO, Duration::ZERO);
     let mut j = p;
-    'publishing: while j < a.max_messages && !answers.borrow().closed {
-        match tokio::time::timeout_at(end.into(), window.acquire()).await {
-            Ok(Ok(permit)) => permit.forget(),
-            _ => break,
-        }
-        if a.max_lag > 0 && run.average_lag() > a.max_lag as f64 {
-            let waiting = Instant::now();
-            while run.average_lag() > a.max_lag as f64 {
-                if Instant::now() >= end {
-                    break 'publishing;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            lag_wait += waiting.elapsed();
-        }
-        let now = Instant::now();
-        if a.rate > 0.0 {
-            let due = started + Duration::from_secs_f64(j as f64 / a.rate);
-            if due >= end {
-                break;
-            }
-            if due > now {
-                tokio::time::sleep_until(due.into()).await;
-            } else {
-                behind = behind.max(now - due);
-            }
-        } else if now >= end {
+    while j < a.load.max_messages && !answers.borrow().closed {
+        let lag = || run.average_lag();
+        if !pace(&window, end, started, j, a.load.rate, a.load.max_lag, lag, &mut lag_wait, &mut behind).await
+        {
             break;
         }
         let c = channel_of(j, a.channels, cdf, a.seed);
-        let data = publisher::data_of(a.payload, a.payload_bytes, now_us(), j);
+        let data = publisher::data_of(a.load.payload, a.load.payload_bytes, now_us(), j);
         let id = j + 1;
         let channel = serde_json::to_string(&run.names[c]).expect("a string serializes; qed");
         let call = format!(
@@ -813,23 +731,17 @@ async fn one_publisher(
         j += count;
     }
     let publish_s = started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs_f64(a.answer_seconds);
-    loop {
-        let done = {
-            let ans = answers.borrow();
-            ans.acked + ans.errors.count >= sent || ans.closed
-        };
-        if done || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let answered = || {
+        let ans = answers.borrow();
+        ans.acked + ans.errors.count >= sent || ans.closed
+    };
+    wait_until_async(Instant::now() + Duration::from_secs_f64(a.load.answer_seconds), answered).await;
     reader.abort();
     let ans = std::mem::take(&mut *answers.borrow_mut());
     let mut out = out.borrow_mut();
     let unanswered = sent.saturating_sub(ans.acked + ans.errors.count);
     if unanswered > 0 {
-        out.errors.add(format!("{unanswered} publish calls unanswered after {} s", a.answer_seconds));
+        out.errors.add(format!("{unanswered} publish calls unanswered after {} s", a.load.answer_seconds));
     }
     out.sent += sent;
     out.unanswered += unanswered;
@@ -847,67 +759,22 @@ async fn one_publisher(
 
 /// The figures of the publishers' result and the threads' tallies, against `last` per channel.
 fn summary(run: &Run, p: &Published, tallies: Vec<Tally>, last: &[u64]) -> Value {
-    let mut hist = histogram();
-    let (mut received, mut expected, mut lost, mut gaps, mut dups, mut beyond) = (0u64, 0u64, 0, 0, 0, 0);
-    let (mut invalid, mut other, mut setup_errors) =
-        (Errors::default(), Errors::default(), Errors::default());
-    let mut gone: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut last_delivery_us, mut seen, mut wire) = (0u64, 0u64, 0u64);
-    let mut thread_cpu = vec![round(p.cpu_pct, 1)];
+    let mut totals = Totals::new(p.cpu_pct);
     for t in tallies {
-        if let Some(h) = &t.hist {
-            hist.add(h).expect("histograms of equal bounds add; qed");
-        }
         for s in t.conns.iter().flatten() {
-            let exp = last[s.channel].saturating_sub(s.snap);
-            expected += exp;
-            received += s.received;
-            lost += exp.saturating_sub(s.received);
-            beyond += s.received.saturating_sub(exp);
-            gaps += s.gaps;
-            dups += s.dups;
+            totals.subscription(last[s.channel].saturating_sub(s.snap), &s.offsets);
         }
-        invalid.merge(t.invalid);
-        other.merge(t.other);
-        setup_errors.merge(t.setup_errors);
-        for (k, v) in t.gone {
-            *gone.entry(k).or_default() += v;
-        }
-        last_delivery_us = last_delivery_us.max(t.last_delivery_us);
-        seen += t.seen;
-        wire += t.wire_bytes;
-        thread_cpu.push(round(t.cpu_pct, 1));
+        totals.thread(t.r);
     }
-    let span_s = last_delivery_us.saturating_sub(p.start_us) as f64 / 1e6;
-    json!({
-        "setup_errors": setup_errors.samples,
-        "published": p.acked,
-        "unanswered_publishes": p.unanswered,
-        "publish_errors": p.errors.count,
-        "publish_error_samples": p.errors.samples,
-        "publish_rate": round(p.acked as f64 / p.publish_s.max(1e-9), 1),
-        "publish_s": round(p.publish_s, 3),
-        "lag_wait_s": round(p.lag_wait_s, 3),
-        "publisher_behind_max_ms": round(p.behind_max_s * 1e3, 1),
-        "expected": expected,
-        "received": received,
-        "deliveries_per_s": round(received as f64 / span_s.max(1e-9), 0),
-        "wire_bytes_per_delivery": round(wire as f64 / received.max(1) as f64, 1),
-        "delivery_span_s": round(span_s, 3),
-        "lost": lost,
-        "gaps": gaps,
-        "dups": dups,
-        "unexpected": beyond,
-        "invalid": invalid.count,
-        "invalid_samples": invalid.samples,
-        "other_messages": other.count,
-        "other_samples": other.samples,
-        "disconnected": gone.values().sum::<u64>(),
-        "disconnect_reasons": gone,
-        "messages_seen": seen,
-        "bench_thread_cpu_pct": thread_cpu,
-        "latency_us": latency_json(&hist),
-        "max_messages_reached": p.sent >= run.args.max_messages,
+    totals.json(&Publishing {
+        acked: p.acked,
+        unanswered: p.unanswered,
+        errors: &p.errors,
+        start_us: p.start_us,
+        publish_s: p.publish_s,
+        lag_wait_s: p.lag_wait_s,
+        behind_max_s: p.behind_max_s,
+        max_messages_reached: p.sent >= run.args.load.max_messages,
     })
 }
 
@@ -947,30 +814,13 @@ pub(crate) fn table(v: &Value) {
                 per["min"], per["median"], per["max"], per["channel_0"]
             ),
         ),
-        ("published", format!("{} ({}/s)", report::int(v, "published"), report::dec(v, "publish_rate", 1))),
         ("deliveries/publication", report::dec(v, "deliveries_per_publication", 1)),
-        ("deliveries/s", report::int(v, "deliveries_per_s")),
-        ("latency µs", report::latency(v)),
-        ("lost/gaps/dups", format!("{} / {} / {}", v["lost"], v["gaps"], v["dups"])),
-        ("disconnects", report::by_reason(v, "disconnected", "disconnect_reasons")),
     ];
+    rows.extend(counts::rows(v));
     if v["compress"] == true {
         rows.push(("wire bytes/delivery", report::dec(v, "wire_bytes_per_delivery", 1)));
     }
-    rows.extend(report::cpu_rows(v, "delivery"));
-    let notes = [
-        ("setup errors", report::samples(v, "setup_errors")),
-        ("publish errors", report::samples(v, "publish_error_samples")),
-        ("invalid", report::samples(v, "invalid_samples")),
-        ("other messages", report::samples(v, "other_samples")),
-    ];
-    rows.extend(notes.into_iter().filter_map(|(k, s)| Some((k, s?))));
-    if v["publisher_behind_max_ms"].as_f64().unwrap_or(0.0) > 50.0 {
-        rows.push(("note", "the publishers fell behind their rate: latency includes queueing".into()));
-    }
-    if v["drained"] == false {
-        rows.push(("note", "not every subscription received its channel's last publication in time".into()));
-    }
+    counts::closing_rows(v, "subscriptions", &mut rows);
     report::print_table(&title, &rows);
 }
 

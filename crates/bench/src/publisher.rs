@@ -20,6 +20,7 @@ pub enum Payload {
     Book,
 }
 
+use super::counts::{pace, wait_until_async};
 use super::fanout::Run;
 use super::measure::{Errors, now_us, thread_cpu_pct_until};
 use super::subscriber::Phase;
@@ -149,7 +150,7 @@ async fn send_all(run: &Run, ws: super::client::Ws, out: &mut Published) {
     let a = &run.args;
     let (mut sink, mut stream) = ws.split();
     let answers = Rc::new(RefCell::new(Answers::default()));
-    let window = Rc::new(Semaphore::new(a.window.max(1)));
+    let window = Rc::new(Semaphore::new(a.load.window.max(1)));
     let reader = tokio::task::spawn_local({
         let (answers, window) = (answers.clone(), window.clone());
         async move {
@@ -181,36 +182,14 @@ async fn send_all(run: &Run, ws: super::client::Ws, out: &mut Published) {
     let end = started + Duration::from_secs_f64(a.seconds);
     out.start_us = now_us();
     let (mut sent, mut lag_wait, mut behind) = (0u64, Duration::ZERO, Duration::ZERO);
-    'publishing: while sent < a.max_messages && !answers.borrow().closed {
-        match tokio::time::timeout_at(end.into(), window.acquire()).await {
-            Ok(Ok(permit)) => permit.forget(),
-            _ => break,
-        }
-        if a.max_lag > 0 && run.shared.average_lag(sent) > a.max_lag as f64 {
-            let waiting = Instant::now();
-            while run.shared.average_lag(sent) > a.max_lag as f64 {
-                if Instant::now() >= end {
-                    break 'publishing;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            lag_wait += waiting.elapsed();
-        }
-        let now = Instant::now();
-        if a.rate > 0.0 {
-            let due = started + Duration::from_secs_f64(sent as f64 / a.rate);
-            if due >= end {
-                break;
-            }
-            if due > now {
-                tokio::time::sleep_until(due.into()).await;
-            } else {
-                behind = behind.max(now - due);
-            }
-        } else if now >= end {
+    while sent < a.load.max_messages && !answers.borrow().closed {
+        let lag = || run.shared.average_lag(sent);
+        if !pace(&window, end, started, sent, a.load.rate, a.load.max_lag, lag, &mut lag_wait, &mut behind)
+            .await
+        {
             break;
         }
-        let data = data_of(a.payload, a.payload_bytes, now_us(), sent);
+        let data = data_of(a.load.payload, a.load.payload_bytes, now_us(), sent);
         let id = sent + 1;
         let call = format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"publish","params":{{"channel":{channel},"data":{data}}}}}"#
@@ -224,22 +203,17 @@ async fn send_all(run: &Run, ws: super::client::Ws, out: &mut Published) {
     out.publish_s = started.elapsed().as_secs_f64();
     out.lag_wait_s = lag_wait.as_secs_f64();
     out.behind_max_s = behind.as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs_f64(a.answer_seconds);
-    loop {
-        let done = {
-            let ans = answers.borrow();
-            ans.acked + ans.errors.count >= sent || ans.closed
-        };
-        if done || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let answered = || {
+        let ans = answers.borrow();
+        ans.acked + ans.errors.count >= sent || ans.closed
+    };
+    wait_until_async(Instant::now() + Duration::from_secs_f64(a.load.answer_seconds), answered).await;
     reader.abort();
     let ans = std::mem::take(&mut *answers.borrow_mut());
     out.unanswered = sent.saturating_sub(ans.acked + ans.errors.count);
     if out.unanswered > 0 {
-        out.errors.add(format!("{} publish calls unanswered after {} s", out.unanswered, a.answer_seconds));
+        out.errors
+            .add(format!("{} publish calls unanswered after {} s", out.unanswered, a.load.answer_seconds));
     }
     out.acked = ans.acked;
     out.max_offset = ans.max_offset;

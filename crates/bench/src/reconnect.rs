@@ -16,6 +16,7 @@
 //! every client; failures by reason; the server's CPU over the storm.
 
 use super::client::{SourceIps, Target, block};
+use super::counts::Offsets;
 use super::measure::{
     CpuWindow, Errors, histogram, latency_json, now_us, round, spawn_runtimes, thread_cpu_pct_until,
     wait_until, watchdog,
@@ -318,17 +319,18 @@ async fn client(
     };
     let took = now_us().saturating_sub(from_us).max(1);
     let mut t = tally.borrow_mut();
+    let o = got.offsets;
     t.expected += got.last.saturating_sub(sub.offset);
-    t.received += got.received;
-    t.lost += got.last.saturating_sub(sub.offset).saturating_sub(got.received);
-    t.gaps += got.gaps;
-    t.dups += got.dups;
+    t.received += o.received;
+    t.lost += got.last.saturating_sub(sub.offset).saturating_sub(o.received);
+    t.gaps += o.gaps;
+    t.dups += o.dups;
     t.from_snapshots += got.from_snapshot;
     if !got.recovered {
         t.not_recovered += 1;
         return Some(Err("snapshot with recovered: false".into()));
     }
-    if got.gaps > 0 || got.dups > 0 {
+    if o.gaps > 0 || o.dups > 0 {
         return Some(Err("a gap or a duplicate".into()));
     }
     t.back += 1;
@@ -340,29 +342,10 @@ async fn client(
 /// What one client got back.
 struct Got {
     recovered: bool,
-    /// The offset expected next.
-    next: u64,
     /// The last offset published while it was away.
     last: u64,
-    received: u64,
+    offsets: Offsets,
     from_snapshot: u64,
-    gaps: u64,
-    dups: u64,
-}
-
-impl Got {
-    /// Counts publication `o`: a duplicate if it is behind, a gap if it skips some.
-    fn see(&mut self, o: u64) {
-        if o < self.next {
-            self.dups += 1;
-            return;
-        }
-        if o > self.next {
-            self.gaps += 1;
-        }
-        self.next = o + 1;
-        self.received += 1;
-    }
 }
 
 /// Reconnects, subscribes with `since` (`epoch`, `offset`), and reads until it holds every
@@ -376,28 +359,21 @@ async fn come_back(
 ) -> Result<Got, String> {
     let mut s = Socket::open(&run.target, run.again_ips.for_conn(i), 4096, false).await?;
     let sub = s.subscribe_since(&run.args.channel, Some((epoch, offset))).await?;
-    let mut got = Got {
-        recovered: sub.recovered,
-        next: offset + 1,
-        last: 0,
-        received: 0,
-        from_snapshot: 0,
-        gaps: 0,
-        dups: 0,
-    };
+    let mut got =
+        Got { recovered: sub.recovered, last: 0, offsets: Offsets::after(offset), from_snapshot: 0 };
     for &o in &sub.offsets {
-        got.see(o);
+        got.offsets.see(o);
         got.from_snapshot += 1;
     }
     loop {
         s.drain(|m| {
             if let Some(o) = publication_offset(m, &sub.id) {
-                got.see(o);
+                got.offsets.see(o);
             }
             true
         })?;
         let l = *last.borrow();
-        if l > 0 && got.next > l {
+        if l > 0 && got.offsets.next > l {
             got.last = l;
             return Ok(got);
         }

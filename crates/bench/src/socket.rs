@@ -344,6 +344,29 @@ impl Socket {
         result
     }
 
+    /// Receives until the connection ends: hands each message to `on_message` with the time its
+    /// read returned (µs on the bench clock; all of one read had arrived by then), answers pings,
+    /// and tells `on_read` the bytes of each read. Returns why it ended.
+    pub(crate) async fn receive(
+        &mut self,
+        mut on_message: impl FnMut(&[u8], u64) -> bool,
+        mut on_read: impl FnMut(u64),
+    ) -> String {
+        loop {
+            let now = super::measure::now_us();
+            if let Err(e) = self.drain(|m| on_message(m, now)) {
+                return e;
+            }
+            if let Err(e) = self.flush_replies().await {
+                return e;
+            }
+            if let Err(e) = self.fill().await {
+                return e;
+            }
+            on_read(self.take_wire());
+        }
+    }
+
     /// Sends the pongs queued by [`Socket::drain`], if any.
     pub(crate) async fn flush_replies(&mut self) -> Result<(), String> {
         if self.replies.is_empty() {

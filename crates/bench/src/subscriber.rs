@@ -5,15 +5,14 @@
 //! what they must: each subscriber's state and highest offset (the main thread's drain wait),
 //! and each thread's delivery count (the publisher's lag bound).
 
+use super::counts::{Offsets, Received};
 use super::fanout::Run;
-use super::measure::{Errors, histogram, now_us, thread_cpu_pct_until};
+use super::measure::thread_cpu_pct_until;
 use super::publisher::{SEND_TIME_FIELD, T_BASE};
 use super::socket::Socket;
-use hdrhistogram::Histogram;
 use memchr::memmem::Finder;
 use serde_json::Value;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -98,31 +97,15 @@ pub(crate) struct Sub {
     id: Value,
     /// The snapshot's offset: publications after it are expected.
     pub(crate) snap: u64,
-    next: u64,
-    pub(crate) received: u64,
-    pub(crate) gaps: u64,
-    pub(crate) dups: u64,
+    pub(crate) offsets: Offsets,
     pub(crate) ready: bool,
 }
 
-/// What one thread counted.
+/// What one thread counted: per subscriber, and the rest.
 #[derive(Default)]
 pub(crate) struct Tally {
     pub(crate) subs: Vec<Sub>,
-    /// Publish-to-receive latency, µs.
-    pub(crate) hist: Option<Histogram<u64>>,
-    delivered: u64,
-    pub(crate) last_delivery_us: u64,
-    /// Messages received after subscribing, of any kind.
-    pub(crate) seen: u64,
-    /// Bytes read from the sockets after subscribing (WebSocket frames, compressed or not).
-    pub(crate) wire_bytes: u64,
-    pub(crate) invalid: Errors,
-    pub(crate) other: Errors,
-    pub(crate) setup_errors: Errors,
-    /// Connections that ended during the run, by reason.
-    pub(crate) gone: BTreeMap<String, u64>,
-    pub(crate) cpu_pct: f64,
+    pub(crate) r: Received,
 }
 
 /// The two fields read from every publication, found without parsing the whole message.
@@ -179,7 +162,7 @@ pub(crate) fn validate(msg: &[u8], id: &Value, channel: &str, offset: u64, sent:
 pub(crate) async fn thread(t: usize, run: Arc<Run>, mut phase: watch::Receiver<Phase>) -> Tally {
     let mine: Vec<usize> = (t..run.args.subscribers).step_by(run.threads).collect();
     let subs = mine.iter().map(|_| Sub::default()).collect();
-    let tally = Rc::new(RefCell::new(Tally { subs, hist: Some(histogram()), ..Tally::default() }));
+    let tally = Rc::new(RefCell::new(Tally { subs, r: Received::new() }));
     let permits = Rc::new(Semaphore::new(run.permits));
     for (k, &i) in mine.iter().enumerate() {
         let (run, tally, permits, phase) = (run.clone(), tally.clone(), permits.clone(), phase.clone());
@@ -191,7 +174,7 @@ pub(crate) async fn thread(t: usize, run: Arc<Run>, mut phase: watch::Receiver<P
     })
     .await;
     let mut tally = std::mem::take(&mut *tally.borrow_mut());
-    tally.cpu_pct = cpu_pct;
+    tally.r.cpu_pct = cpu_pct;
     tally
 }
 
@@ -208,7 +191,8 @@ async fn subscriber(
     let permit = permits.acquire().await;
     let setup = async {
         let mut s =
-            Socket::open(&run.target, run.ips.for_conn(i), run.args.read_buffer, run.args.compress).await?;
+            Socket::open(&run.target, run.ips.for_conn(i), run.args.load.read_buffer, run.args.load.compress)
+                .await?;
         let sub = s.subscribe(&run.args.channel).await?;
         Ok::<_, String>((s, sub))
     };
@@ -219,68 +203,55 @@ async fn subscriber(
     };
     drop(permit);
     tally.borrow_mut().subs[k] =
-        Sub { id: sub.id, snap: sub.offset, next: sub.offset + 1, ready: true, ..Sub::default() };
+        Sub { id: sub.id, snap: sub.offset, offsets: Offsets::after(sub.offset), ready: true };
     run.shared.max_seen[i].store(sub.offset, Relaxed);
     run.shared.state[i].store(READY, Relaxed);
     run.shared.ready.fetch_add(1, Relaxed);
     socket.take_wire();
-    let reason = loop {
-        // One receive time for all that one read returned: all of it had arrived by then.
-        let now = now_us();
-        if let Err(e) = socket.drain(|m| on_message(&mut tally.borrow_mut(), &run, t, k, i, m, now)) {
-            break e;
-        }
-        if let Err(e) = socket.flush_replies().await {
-            break e;
-        }
-        if let Err(e) = socket.fill().await {
-            break e;
-        }
-        tally.borrow_mut().wire_bytes += socket.take_wire();
-    };
+    let reason = socket
+        .receive(
+            |m, now| on_message(&mut tally.borrow_mut(), &run, t, k, i, m, now),
+            |n| tally.borrow_mut().r.wire_bytes += n,
+        )
+        .await;
     if *phase.borrow() != Phase::Stop {
         run.shared.state[i].store(GONE, Relaxed);
         run.shared.gone.fetch_add(1, Relaxed);
-        *tally.borrow_mut().gone.entry(reason).or_default() += 1;
+        *tally.borrow_mut().r.gone.entry(reason).or_default() += 1;
     }
 }
 
 fn setup_failed(tally: &RefCell<Tally>, run: &Run, i: usize, e: String) {
-    tally.borrow_mut().setup_errors.add(e);
+    tally.borrow_mut().r.setup_errors.add(e);
     run.shared.state[i].store(FAILED, Relaxed);
     run.shared.failed.fetch_add(1, Relaxed);
 }
 
 /// Counts one message of subscriber `i`; always asks for the next one.
 fn on_message(tally: &mut Tally, run: &Run, t: usize, k: usize, i: usize, msg: &[u8], now: u64) -> bool {
-    tally.seen += 1;
+    let r = &mut tally.r;
+    r.seen += 1;
     let (Some(offset), Some(sent)) = (number_after(msg, &run.scan.offset), number_after(msg, &run.scan.sent))
     else {
-        tally.other.add(String::from_utf8_lossy(&msg[..msg.len().min(160)]).into_owned());
+        r.other.add(String::from_utf8_lossy(&msg[..msg.len().min(160)]).into_owned());
         return true;
     };
     let s = &mut tally.subs[k];
-    if offset < s.next {
-        s.dups += 1;
+    if !s.offsets.see(offset) {
         return true;
     }
-    if offset > s.next {
-        s.gaps += 1;
-    }
-    s.next = offset + 1;
-    s.received += 1;
-    let first = s.received == 1;
+    let first = s.offsets.received == 1;
     run.shared.max_seen[i].store(offset, Relaxed);
-    if let Some(h) = tally.hist.as_mut() {
+    if let Some(h) = r.hist.as_mut() {
         h.saturating_record(now.saturating_sub(sent.saturating_sub(T_BASE)).max(1));
     }
-    tally.delivered += 1;
-    tally.last_delivery_us = now;
-    run.shared.delivered[t].0.store(tally.delivered, Relaxed);
-    let every = run.args.validate_every;
-    let sampled = first || every == 0 || tally.delivered.is_multiple_of(every);
-    if let Some(Err(e)) = sampled.then(|| validate(msg, &tally.subs[k].id, &run.args.channel, offset, sent)) {
-        tally.invalid.add(e);
+    r.delivered += 1;
+    r.last_delivery_us = now;
+    run.shared.delivered[t].0.store(r.delivered, Relaxed);
+    let every = run.args.load.validate_every;
+    let sampled = first || every == 0 || r.delivered.is_multiple_of(every);
+    if let Some(Err(e)) = sampled.then(|| validate(msg, &s.id, &run.args.channel, offset, sent)) {
+        r.invalid.add(e);
     }
     true
 }
