@@ -140,24 +140,26 @@ pub fn compress_message(parts: &[&[u8]], out: &mut Vec<u8>) {
 /// The largest frame header (RFC 6455 5.2, server frames: no mask).
 const MAX_HEADER: usize = 10;
 
-/// Replaces `out` with one frame of `opcode` and RSV1 whose payload is the message made of
+/// Appends to `out` one frame of `opcode` and RSV1 whose payload is the message made of
 /// `parts`, compressed; returns where in `out` the frame starts. The payload is compressed in
-/// place after room for the largest header, whose last bytes the real header then fills.
-pub fn compressed_frame_into(out: &mut Vec<u8>, opcode: u8, parts: &[&[u8]]) -> usize {
-    out.clear();
-    out.resize(MAX_HEADER, 0);
+/// place after room for the largest header, whose last bytes the real header then fills: up to
+/// 8 bytes before the frame are left unused.
+pub fn append_compressed_frame(out: &mut Vec<u8>, opcode: u8, parts: &[&[u8]]) -> usize {
+    let room = out.len();
+    out.resize(room + MAX_HEADER, 0);
     compress_message(parts, out);
-    let (mut h, n) = frame::header_bytes(opcode, out.len() - MAX_HEADER);
+    let (mut h, n) = frame::header_bytes(opcode, out.len() - room - MAX_HEADER);
     h[0] |= RSV1;
-    out[MAX_HEADER - n..MAX_HEADER].copy_from_slice(&h[..n]);
-    MAX_HEADER - n
+    let at = room + MAX_HEADER - n;
+    out[at..room + MAX_HEADER].copy_from_slice(&h[..n]);
+    at
 }
 
 /// One whole message's payload compressed, as a frame with RSV1 set: appended to `out`.
 pub fn put_compressed_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
-    let mut f = Vec::new();
-    let at = compressed_frame_into(&mut f, opcode, &[payload]);
-    out.extend_from_slice(&f[at..]);
+    let room = out.len();
+    let at = append_compressed_frame(out, opcode, &[payload]);
+    out.drain(room..at);
 }
 
 /// The bit of a frame's first byte that marks a compressed message (RFC 7692 6).
@@ -326,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn a_message_in_parts_compresses_as_the_whole_and_its_frame_starts_at_its_header() {
+    fn a_message_in_parts_compresses_as_the_whole_and_its_frame_is_appended_at_its_header() {
         let whole =
             b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":\"".iter().chain(&[b'z'; 900]).chain(b"\"}").copied();
         let whole: Vec<u8> = whole.collect();
@@ -339,7 +341,8 @@ mod tests {
         assert_eq!(z, one, "the same stream, parts or not");
         // The frame: its header right before the payload, wherever that starts in the buffer.
         let mut f = vec![1, 2, 3];
-        let at = compressed_frame_into(&mut f, frame::OP_TEXT, &parts);
+        let at = append_compressed_frame(&mut f, frame::OP_TEXT, &parts);
+        assert_eq!(&f[..3], [1, 2, 3], "what was there stays");
         let frame = &f[at..];
         assert_eq!(frame[0], 0x80 | RSV1 | frame::OP_TEXT);
         let (len, header) = match frame[1] {
@@ -349,10 +352,17 @@ mod tests {
         assert_eq!(len, frame.len() - header);
         assert_eq!(receive(&frame[header..]), whole);
         let big: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        let at = compressed_frame_into(&mut f, frame::OP_TEXT, &[&big]);
+        f.clear();
+        let at = append_compressed_frame(&mut f, frame::OP_TEXT, &[&big]);
         assert_eq!(f[at + 1], 126, "a 16-bit length");
         assert_eq!(u16::from_be_bytes([f[at + 2], f[at + 3]]) as usize, f.len() - at - 4);
         assert_eq!(receive(&f[at + 4..]), big);
         compress_message(&[], &mut Vec::new());
+        // Appended after what was there, with no room left between.
+        let mut two = b"xy".to_vec();
+        put_compressed_frame(&mut two, frame::OP_TEXT, &whole);
+        assert_eq!((&two[..2], two[2]), (&b"xy"[..], 0x80 | RSV1 | frame::OP_TEXT));
+        let header = if two[3] == 126 { 4 } else { 2 };
+        assert_eq!(receive(&two[2 + header..]), whole);
     }
 }

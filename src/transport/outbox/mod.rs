@@ -375,7 +375,8 @@ impl Outbox {
             if z.capacity() > 1 << 20 {
                 *z = Vec::new();
             }
-            deflate::compressed_frame_into(z, frame::OP_TEXT, &payload[..n])
+            z.clear();
+            deflate::append_compressed_frame(z, frame::OP_TEXT, &payload[..n])
         });
         Some((&COMPRESSED, at))
     }
