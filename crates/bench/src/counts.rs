@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// The options of a run that publishes and counts deliveries (fanout, market).
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +52,21 @@ pub struct LoadArgs {
     /// Read buffer per subscriber connection, bytes.
     #[arg(long, default_value_t = 16 * 1024)]
     pub read_buffer: usize,
+}
+
+impl LoadArgs {
+    /// The options as the figures report them.
+    pub(crate) fn json(&self) -> Value {
+        json!({
+            "rate": self.rate,
+            "payload_bytes": super::publisher::data_of(self.payload, self.payload_bytes, 0, 0).len(),
+            "payload": format!("{:?}", self.payload).to_lowercase(),
+            "compress": self.compress,
+            "window": self.window,
+            "max_lag": self.max_lag,
+            "validated_every": self.validate_every,
+        })
+    }
 }
 
 /// One subscription's offsets: the one expected next, and what came, skipped or came twice.
@@ -305,6 +321,34 @@ pub(crate) async fn pace(
         return false;
     }
     true
+}
+
+/// Reads a publisher's answers until its connection ends: each text answer, as JSON and as
+/// it came, to `on_answer`, and one place of `window` given back per answer.
+pub(crate) async fn read_answers(
+    mut stream: impl futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
+    window: &Semaphore,
+    mut on_answer: impl FnMut(&Value, &str),
+) {
+    use futures_util::StreamExt;
+    while let Some(msg) = stream.next().await {
+        let text = match msg {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+        on_answer(&v, text.as_str());
+        window.add_permits(1);
+    }
+}
+
+/// What is wrong with an answer that was not taken: the server's error, or the text.
+pub(crate) fn answer_error(v: &Value, text: &str) -> String {
+    match v.get("error") {
+        Some(e) if v["result"]["offset"].is_null() => format!("publish error: {e}"),
+        _ => format!("unexpected answer: {}", &text[..text.len().min(120)]),
+    }
 }
 
 /// Checks `done` every millisecond until it holds or `deadline` comes; whether it held.

@@ -14,7 +14,7 @@
 
 use super::client::{SourceIps, Target, block};
 use super::counts::{self, LoadArgs, Publishing, Totals};
-use super::measure::{CpuWindow, round, spawn_runtimes, wait_until, watchdog};
+use super::measure::{round, spawn_runtimes, wait_until, watchdog};
 use super::publisher::{self, Published};
 use super::report::{self, Progress};
 use super::subscriber::{self, Phase, Scan, Shared, Tally};
@@ -121,17 +121,8 @@ pub(crate) fn run(
     let setup_s = setup_started.elapsed().as_secs_f64();
     let ready = run.shared.ready.load(Relaxed);
     run.shared.live_at_go.store(ready.max(1), Relaxed);
-    let cpu = CpuWindow::start(c);
-    // With no subscriber there is nothing to measure: skip publishing.
-    let _ = phase_tx.send(if ready > 0 { Phase::Go } else { Phase::Stop });
-    progress.phase("publishing", a.seconds.ceil() as u64);
-    let go = Instant::now();
-    wait_until(go + Duration::from_secs_f64(limit), || {
-        progress.seconds_since(go);
-        publisher.is_finished()
-    });
-    let p = publisher.join().expect("the publisher thread does not panic; qed");
-    let _ = phase_tx.send(if ready > 0 { Phase::Drain } else { Phase::Stop });
+    let limit_d = Duration::from_secs_f64(limit);
+    let (p, cpu) = subscriber::publish_phase(c, &phase_tx, ready, a.seconds, limit_d, progress, publisher);
     // The last offset every subscriber must reach: the highest answered, or higher if a
     // publication whose answer never came was delivered (the server accepted it).
     let last = p.max_offset.max(if p.acked > 0 { run.shared.highest_seen() } else { 0 });
@@ -161,20 +152,14 @@ pub(crate) fn run(
             "source_ips": ips.count(n),
             "threads": threads,
             "channel": a.channel,
-            "rate": a.load.rate,
             "seconds": a.seconds,
-            "payload_bytes": publisher::data_of(a.load.payload, a.load.payload_bytes, 0, 0).len(),
-            "payload": format!("{:?}", a.load.payload).to_lowercase(),
-            "compress": a.load.compress,
-            "window": a.load.window,
-            "max_lag": a.load.max_lag,
             "drained": drained,
-            "validated_every": a.load.validate_every,
         }),
     );
     let received = out["received"].as_u64().unwrap_or(0);
     let thread_cpu = out["bench_thread_cpu_pct"].as_array().into_iter().flatten().filter_map(Value::as_f64);
     let cpu_max = thread_cpu.fold(0.0, f64::max);
+    extend(&mut out, a.load.json());
     extend(&mut out, used.json(cpu_max, ("delivery", received)));
     if !c.also_pids.is_empty() {
         out["also_cpu"] = used.also_json(&[("delivery", received), ("publication", p.acked)]);

@@ -19,14 +19,18 @@
 //! and with `--server-pid` the server's memory growth per connection while they subscribed.
 
 use super::client::{SourceIps, Target, block};
-use super::counts::{self, LoadArgs, Offsets, Publishing, Received, Totals, pace, wait_until_async};
+use super::counts::{
+    self, LoadArgs, Offsets, Publishing, Received, Totals, answer_error, pace, read_answers, wait_until_async,
+};
 use super::measure::{
-    CpuWindow, Errors, now_us, pid_rss_kib, round, spawn_runtimes, thread_cpu_pct_until, wait_until, watchdog,
+    Errors, now_us, pid_rss_kib, round, spawn_runtimes, thread_cpu_pct_until, wait_until, watchdog,
 };
 use super::publisher::{self, T_BASE};
 use super::report::{self, Progress};
 use super::socket::Socket;
-use super::subscriber::{Scan, number_after, validate};
+use super::subscriber::{
+    Counter, FAILED, GONE, Phase, READY, Scan, cpu_from_go_to_stop, number_after, publish_phase, validate,
+};
 use super::{CommonArgs, Error, check_files, extend};
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
@@ -73,24 +77,6 @@ pub struct MarketArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
-
-/// Where a run is; subscriber threads and the publishers follow it.
-#[derive(Clone, Copy, PartialEq, PartialOrd, Debug)]
-enum Phase {
-    Setup,
-    Go,
-    Drain,
-    Stop,
-}
-
-/// A connection's state as other threads see it.
-const READY: u8 = 1;
-const FAILED: u8 = 2;
-const GONE: u8 = 3;
-
-/// A per-thread counter on its own cache line.
-#[repr(align(64))]
-struct Counter(AtomicU64);
 
 /// What the threads of one run share.
 struct Run {
@@ -293,16 +279,8 @@ pub(crate) fn run(
     let ready = run.ready.load(Relaxed);
     let rss_ready = rss();
     run.live_at_go.store(ready.max(1), Relaxed);
-    let cpu = CpuWindow::start(c);
-    let _ = phase_tx.send(if ready > 0 { Phase::Go } else { Phase::Stop });
-    progress.phase("publishing", a.seconds.ceil() as u64);
-    let go = Instant::now();
-    wait_until(go + Duration::from_secs_f64(limit), || {
-        progress.seconds_since(go);
-        publisher.is_finished()
-    });
-    let p = publisher.join().expect("the publisher thread does not panic; qed");
-    let _ = phase_tx.send(if ready > 0 { Phase::Drain } else { Phase::Stop });
+    let limit_d = Duration::from_secs_f64(limit);
+    let (p, cpu) = publish_phase(c, &phase_tx, ready, a.seconds, limit_d, progress, publisher);
     let seen = run.highest_seen();
     let mut last: Vec<u64> = p.max_offset.iter().zip(&seen).map(|(a, s)| *a.max(s)).collect();
     progress.phase("draining", a.load.drain_seconds.ceil() as u64);
@@ -347,15 +325,8 @@ pub(crate) fn run(
                 .map(|(b, r)| round(r.saturating_sub(b) as f64 * 1024.0 / ready as f64, 0)),
             "source_ips": run.ips.count(n),
             "threads": threads,
-            "rate": a.load.rate,
             "seconds": a.seconds,
-            "payload_bytes": publisher::data_of(a.load.payload, a.load.payload_bytes, 0, 0).len(),
-            "payload": format!("{:?}", a.load.payload).to_lowercase(),
-            "compress": a.load.compress,
-            "window": a.load.window,
-            "max_lag": a.load.max_lag,
             "drained": drained,
-            "validated_every": a.load.validate_every,
             "subscribers_per_channel": {
                 "min": per[0], "median": per[per.len() / 2], "max": per[per.len() - 1],
                 "channel_0": run.subscribers[0],
@@ -368,6 +339,7 @@ pub(crate) fn run(
     let received = out["received"].as_u64().unwrap_or(0);
     let thread_cpu = out["bench_thread_cpu_pct"].as_array().into_iter().flatten().filter_map(Value::as_f64);
     let cpu_max = thread_cpu.fold(0.0, f64::max);
+    extend(&mut out, a.load.json());
     extend(&mut out, used.json(cpu_max, ("delivery", received)));
     let first = |key: &str| out[key][0].as_str().map(|e| format!(": {e}")).unwrap_or_default();
     if ready == 0 {
@@ -409,11 +381,7 @@ async fn thread(t: usize, run: Arc<Run>, mut phase: watch::Receiver<Phase>) -> T
             (run.clone(), tally.clone(), permits.clone(), phase.clone(), id_key.clone());
         tokio::task::spawn_local(connection(t, slot, i, run, tally, permits, phase, id_key));
     }
-    let _ = phase.wait_for(|p| *p >= Phase::Go).await;
-    let cpu_pct = thread_cpu_pct_until(async {
-        let _ = phase.wait_for(|p| *p >= Phase::Stop).await;
-    })
-    .await;
+    let cpu_pct = cpu_from_go_to_stop(&mut phase).await;
     let mut tally = std::mem::take(&mut *tally.borrow_mut());
     tally.r.cpu_pct = cpu_pct;
     tally
@@ -672,36 +640,27 @@ async fn one_publisher(
     cdf: Option<&[f64]>,
 ) {
     let a = &run.args;
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, stream) = ws.split();
     let answers = Rc::new(RefCell::new(Answers::default()));
     let window = Rc::new(Semaphore::new(a.load.window.max(1)));
     let per_channel = Rc::new(RefCell::new((vec![0u64; a.channels], vec![0u64; a.channels])));
     let reader = tokio::task::spawn_local({
         let (answers, window, per_channel) = (answers.clone(), window.clone(), per_channel.clone());
         async move {
-            while let Some(msg) = stream.next().await {
-                let text = match msg {
-                    Ok(Message::Text(t)) => t,
-                    Ok(Message::Close(_)) | Err(_) => break,
-                    Ok(_) => continue,
-                };
-                let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+            read_answers(stream, &window, |v, text| {
                 let mut ans = answers.borrow_mut();
                 let channel = v["id"].as_u64().and_then(|id| ans.pending.remove(&id));
-                match (v["result"]["offset"].as_u64(), v.get("error"), channel) {
-                    (Some(offset), _, Some(c)) => {
+                match (v["result"]["offset"].as_u64(), channel) {
+                    (Some(offset), Some(c)) => {
                         ans.acked += 1;
                         let mut pc = per_channel.borrow_mut();
                         pc.0[c] = pc.0[c].max(offset);
                         pc.1[c] += 1;
                     }
-                    (None, Some(e), _) => ans.errors.add(format!("publish error: {e}")),
-                    _ => ans
-                        .errors
-                        .add(format!("unexpected answer: {}", &text.as_str()[..text.len().min(120)])),
+                    _ => ans.errors.add(answer_error(v, text)),
                 }
-                window.add_permits(1);
-            }
+            })
+            .await;
             answers.borrow_mut().closed = true;
         }
     });

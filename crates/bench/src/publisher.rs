@@ -20,12 +20,11 @@ pub enum Payload {
     Book,
 }
 
-use super::counts::{pace, wait_until_async};
+use super::counts::{answer_error, pace, read_answers, wait_until_async};
 use super::fanout::Run;
 use super::measure::{Errors, now_us, thread_cpu_pct_until};
 use super::subscriber::Phase;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -148,32 +147,23 @@ pub(crate) async fn publish(
 
 async fn send_all(run: &Run, ws: super::client::Ws, out: &mut Published) {
     let a = &run.args;
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, stream) = ws.split();
     let answers = Rc::new(RefCell::new(Answers::default()));
     let window = Rc::new(Semaphore::new(a.load.window.max(1)));
     let reader = tokio::task::spawn_local({
         let (answers, window) = (answers.clone(), window.clone());
         async move {
-            while let Some(msg) = stream.next().await {
-                let text = match msg {
-                    Ok(Message::Text(t)) => t,
-                    Ok(Message::Close(_)) | Err(_) => break,
-                    Ok(_) => continue,
-                };
-                let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+            read_answers(stream, &window, |v, text| {
                 let mut ans = answers.borrow_mut();
-                match (v["result"]["offset"].as_u64(), v.get("error")) {
-                    (Some(offset), _) => {
+                match v["result"]["offset"].as_u64() {
+                    Some(offset) => {
                         ans.acked += 1;
                         ans.max_offset = ans.max_offset.max(offset);
                     }
-                    (None, Some(e)) => ans.errors.add(format!("publish error: {e}")),
-                    _ => ans
-                        .errors
-                        .add(format!("unexpected answer: {}", &text.as_str()[..text.len().min(120)])),
+                    None => ans.errors.add(answer_error(v, text)),
                 }
-                window.add_permits(1);
-            }
+            })
+            .await;
             answers.borrow_mut().closed = true;
         }
     });
@@ -223,6 +213,7 @@ async fn send_all(run: &Run, ws: super::client::Ws, out: &mut Published) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn data_has_the_requested_size() {

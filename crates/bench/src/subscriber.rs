@@ -5,10 +5,12 @@
 //! what they must: each subscriber's state and highest offset (the main thread's drain wait),
 //! and each thread's delivery count (the publisher's lag bound).
 
+use super::CommonArgs;
 use super::counts::{Offsets, Received};
 use super::fanout::Run;
-use super::measure::thread_cpu_pct_until;
+use super::measure::{CpuWindow, thread_cpu_pct_until, wait_until};
 use super::publisher::{SEND_TIME_FIELD, T_BASE};
+use super::report::Progress;
 use super::socket::Socket;
 use memchr::memmem::Finder;
 use serde_json::Value;
@@ -16,9 +18,10 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 
-/// Where a fanout run is; subscriber threads and the publisher follow it.
+/// Where a fanout or market run is; subscriber threads and the publishers follow it.
 #[derive(Clone, Copy, PartialEq, PartialOrd, Debug)]
 pub(crate) enum Phase {
     /// Connections are being opened and subscribed.
@@ -33,12 +36,12 @@ pub(crate) enum Phase {
 
 /// A subscriber's state as other threads see it.
 pub(crate) const READY: u8 = 1;
-const FAILED: u8 = 2;
-const GONE: u8 = 3;
+pub(crate) const FAILED: u8 = 2;
+pub(crate) const GONE: u8 = 3;
 
 /// A per-thread counter on its own cache line, so threads do not slow each other down.
 #[repr(align(64))]
-struct Counter(AtomicU64);
+pub(crate) struct Counter(pub(crate) AtomicU64);
 
 /// What the threads of a fanout run share.
 pub(crate) struct Shared {
@@ -168,14 +171,45 @@ pub(crate) async fn thread(t: usize, run: Arc<Run>, mut phase: watch::Receiver<P
         let (run, tally, permits, phase) = (run.clone(), tally.clone(), permits.clone(), phase.clone());
         tokio::task::spawn_local(subscriber(t, k, i, run, tally, permits, phase));
     }
-    let _ = phase.wait_for(|p| *p >= Phase::Go).await;
-    let cpu_pct = thread_cpu_pct_until(async {
-        let _ = phase.wait_for(|p| *p >= Phase::Stop).await;
-    })
-    .await;
+    let cpu_pct = cpu_from_go_to_stop(&mut phase).await;
     let mut tally = std::mem::take(&mut *tally.borrow_mut());
     tally.r.cpu_pct = cpu_pct;
     tally
+}
+
+/// Waits for [`Phase::Go`], then returns this thread's CPU (% of a core) from then until
+/// [`Phase::Stop`].
+pub(crate) async fn cpu_from_go_to_stop(phase: &mut watch::Receiver<Phase>) -> f64 {
+    let _ = phase.wait_for(|p| *p >= Phase::Go).await;
+    thread_cpu_pct_until(async {
+        let _ = phase.wait_for(|p| *p >= Phase::Stop).await;
+    })
+    .await
+}
+
+/// Opens the CPU window and starts publishing (with nobody `ready` there is nothing to measure:
+/// publishing is skipped), waits at most `limit` for the publishing thread, and moves the run on
+/// to draining. The publishers' result and the open window.
+pub(crate) fn publish_phase<T>(
+    c: &CommonArgs,
+    phase: &watch::Sender<Phase>,
+    ready: usize,
+    seconds: f64,
+    limit: Duration,
+    progress: &Progress,
+    publisher: std::thread::JoinHandle<T>,
+) -> (T, CpuWindow) {
+    let cpu = CpuWindow::start(c);
+    let _ = phase.send(if ready > 0 { Phase::Go } else { Phase::Stop });
+    progress.phase("publishing", seconds.ceil() as u64);
+    let go = Instant::now();
+    wait_until(go + limit, || {
+        progress.seconds_since(go);
+        publisher.is_finished()
+    });
+    let p = publisher.join().expect("the publisher thread does not panic; qed");
+    let _ = phase.send(if ready > 0 { Phase::Drain } else { Phase::Stop });
+    (p, cpu)
 }
 
 /// Subscriber `i` (the `k`-th of thread `t`).
