@@ -114,6 +114,26 @@ async fn a_flushed_redis_starts_new_epochs() {
     assert_eq!(after.offset, 1, "from offset 1");
 }
 
+#[tokio::test]
+async fn a_redis_that_forgot_the_scripts_is_given_them_again() {
+    let Some(server) = shared() else { return };
+    let b = RedisBroker::connect(&server.url()).await.unwrap();
+    let ch = channel("script-flush");
+    let first = b.publish(&ch, new_publication(1), RETENTION).await.unwrap().position;
+    // What a restarted Redis (or an operator's SCRIPT FLUSH) leaves: no script is known.
+    server.cli(&["SCRIPT", "FLUSH"]);
+    let next =
+        b.publish(&ch, new_publication(2), RETENTION).await.expect("publish loads the script again").position;
+    assert_eq!(
+        (next.epoch.as_str(), next.offset),
+        (first.epoch.as_str(), 2),
+        "the same stream, the next offset"
+    );
+    let page = b.history(&ch, HistoryRange::Newest(None), RETENTION).await.unwrap();
+    let data: Vec<&str> = page.publications.iter().map(|p| p.data()).collect();
+    assert_eq!(data, ["1", "2"], "each publication once, in order");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_lost_on_a_quiet_channel_is_caught_by_the_position_check() {
     let Some(server) = shared() else { return };

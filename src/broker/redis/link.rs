@@ -192,10 +192,9 @@ pub(super) fn cursors_key(user: &str) -> String {
     format!("rpchub:cursors:{{{user}}}")
 }
 
-/// The creation notice channel of `channel`'s namespace (the part before its first `:`, or
-/// the whole name).
-pub(super) fn notice(channel: &str) -> String {
-    notice_of(channel.split_once(':').map_or(channel, |(ns, _)| ns))
+/// `channel`'s namespace: the part before its first `:`, or the whole name.
+pub(super) fn namespace(channel: &str) -> &str {
+    channel.split_once(':').map_or(channel, |(ns, _)| ns)
 }
 
 /// The creation notice channel of namespace `ns`.
@@ -230,4 +229,67 @@ pub(super) fn ttl_ms(r: Retention) -> u64 {
 
 pub(super) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
+}
+
+/// One call of a Lua script, written straight into one command buffer (`EVALSHA`, its keys,
+/// its arguments). redis-rs's `ScriptInvocation` holds each key and argument in a vector of
+/// its own and copies them into a command when it is sent: a dozen allocations per call on
+/// the publish path, where this makes two (the command and a scratch string for the keys).
+pub(super) struct Eval<'s> {
+    script: &'s Script,
+    cmd: Cmd,
+    scratch: String,
+}
+
+impl<'s> Eval<'s> {
+    /// A call of `script` with `keys` keys: exactly that many [`Eval::key`] calls come first,
+    /// then the arguments.
+    pub(super) fn new(script: &'s Script, keys: usize) -> Eval<'s> {
+        let mut cmd = Cmd::with_capacity(keys + 16, 512);
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+        Eval { script, cmd, scratch: String::with_capacity(128) }
+    }
+
+    /// Adds `channel`'s key `what` (as [`key`] names it).
+    pub(super) fn key(&mut self, channel: &str, what: &[&str]) -> &mut Self {
+        self.scratch.clear();
+        [PREFIX, channel, "}:"].iter().chain(what).for_each(|p| self.scratch.push_str(p));
+        self.cmd.arg(self.scratch.as_bytes());
+        self
+    }
+
+    /// Adds an argument.
+    pub(super) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Adds one argument made of `parts`, one after the other.
+    pub(super) fn joined(&mut self, parts: &[&str]) -> &mut Self {
+        self.scratch.clear();
+        parts.iter().for_each(|p| self.scratch.push_str(p));
+        self.cmd.arg(self.scratch.as_bytes());
+        self
+    }
+
+    /// Adds a new epoch, as [`new_epoch`] makes one.
+    pub(super) fn new_epoch(&mut self) -> &mut Self {
+        use std::fmt::Write;
+        self.scratch.clear();
+        let _ = write!(self.scratch, "{:012x}", rand::random::<u64>() >> 16);
+        self.cmd.arg(self.scratch.as_bytes());
+        self
+    }
+
+    /// Runs the call; when Redis does not have the script (a restart, `SCRIPT FLUSH`), loads it
+    /// and runs the call again, as `ScriptInvocation` does.
+    pub(super) async fn invoke<T: FromRedisValue>(&self, conn: &mut Conn) -> RedisResultOf<T> {
+        match self.cmd.query_async(conn).await {
+            Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::NoScript) => {
+                self.script.prepare_invoke().load_async(conn).await?;
+                self.cmd.query_async(conn).await
+            }
+            other => other,
+        }
+    }
 }

@@ -81,17 +81,19 @@
 use super::*;
 use crate::config::BrokerTls;
 use crate::constants::{
-    REDIS_COMMAND_TIMEOUT, REDIS_PING_PERIOD, REDIS_POSITION_CHECK_PERIOD, REDIS_RELIST_PERIOD,
+    REDIS_COMMAND_TIMEOUT, REDIS_FAN_IN_RUN as FAN_IN_RUN, REDIS_PING_PERIOD, REDIS_POSITION_CHECK_PERIOD,
+    REDIS_RELIST_PERIOD,
 };
+use crate::transport::holding_wakes;
 use ::redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::{
-    AsyncConnectionConfig, ClientTlsConfig, Cmd, Pipeline, PushKind, RedisError, RedisFuture, Script,
-    TlsCertificates, Value,
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, FromRedisValue, Pipeline, PushInfo, PushKind, RedisError,
+    RedisFuture, Script, TlsCertificates, ToRedisArgs, Value,
 };
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -333,27 +335,26 @@ impl Broker for RedisBroker {
                 true if p.data.get().trim() == "null" => "d",
                 true => "s",
             };
-            let mut inv = inner.publish.prepare_invoke();
-            inv.key(key(channel, "meta")).key(key(channel, "stream"));
+            let mut call = Eval::new(&inner.publish, 4);
+            call.key(channel, &["meta"]).key(channel, &["stream"]);
             match &p.idempotency_key {
-                Some(k) => inv.key(key(channel, &format!("key:{k}"))),
-                None => inv.key(key(channel, "meta")),
+                Some(k) => call.key(channel, &["key:", k]),
+                None => call.key(channel, &["meta"]),
             };
-            inv.key(key(channel, "state"));
-            inv.arg(new_epoch())
+            call.key(channel, &["state"]);
+            call.new_epoch()
                 .arg(retention.size)
                 .arg(ttl_ms(retention))
-                .arg(fields)
+                .arg(fields.as_str())
                 .arg(p.data.get())
                 .arg(if p.idempotency_key.is_some() { "1" } else { "0" })
-                .arg(key(channel, "pub"))
+                .key(channel, &["pub"])
                 .arg(if matches!(inner.target, Target::Cluster(..)) { "SPUBLISH" } else { "PUBLISH" })
-                .arg(notice(channel))
+                .joined(&[NOTICE, namespace(channel)])
                 .arg(channel)
                 .arg(state)
                 .arg(p.key.as_deref().unwrap_or(""));
-            let (epoch, offset, duplicate) =
-                inner.run(inv.invoke_async::<(String, u64, u8)>(&mut conn)).await?;
+            let (epoch, offset, duplicate) = inner.run(call.invoke::<(String, u64, u8)>(&mut conn)).await?;
             Ok(Published { position: StreamPosition { epoch, offset }, duplicate: duplicate == 1 })
         })
     }

@@ -339,3 +339,52 @@ fn a_deflating_outbox_compresses_whole_text_frames_worth_it_and_nothing_else() {
     assert_eq!(o.push(&[&frame_of(&big)]), Push::Queued);
     assert_eq!(taken(&o), frame_of(&big));
 }
+
+/// A waker that counts its wake-ups.
+struct Counted(std::sync::atomic::AtomicUsize);
+
+impl futures::task::ArcWake for Counted {
+    fn wake_by_ref(me: &Arc<Self>) {
+        me.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Polls `o`'s writer wait once with a counting waker; returns the counter and whether the wait
+/// resolved.
+fn writer_waits(o: &Outbox) -> (Arc<Counted>, bool) {
+    let counted = Arc::new(Counted(AtomicUsize::new(0)));
+    let waker = futures::task::waker(counted.clone());
+    let mut wait = std::pin::pin!(o.writer_wait());
+    let ready = wait.as_mut().poll(&mut std::task::Context::from_waker(&waker)).is_ready();
+    (counted, ready)
+}
+
+#[test]
+fn held_wakes_reach_each_writer_once_when_the_run_ends() {
+    let (a, b) = (Outbox::new(100, 1 << 20), Outbox::new(100, 1 << 20));
+    let (wa, ready_a) = writer_waits(&a);
+    let (wb, ready_b) = writer_waits(&b);
+    assert!(!ready_a && !ready_b, "nothing queued: both writers wait");
+    let f = shared(r#"{"n":1}"#);
+    holding_wakes(|| {
+        holding_wakes(|| {
+            assert_eq!(a.push_shared(&f, Ids(0).next()), Push::Queued);
+        });
+        assert_eq!(wa.0.load(Ordering::SeqCst), 0, "an inner run's end wakes nobody");
+        for _ in 0..3 {
+            assert_eq!(a.push_shared(&f, Ids(0).next()), Push::Queued);
+            assert_eq!(b.push_shared(&f, Ids(0).next()), Push::Queued);
+        }
+        assert_eq!((wa.0.load(Ordering::SeqCst), wb.0.load(Ordering::SeqCst)), (0, 0), "held");
+        assert_eq!(a.queued_messages(), 4, "queued at once, only the wake-up waits");
+    });
+    assert_eq!((wa.0.load(Ordering::SeqCst), wb.0.load(Ordering::SeqCst)), (1, 1), "woken once each");
+    let (_, ready) = writer_waits(&a);
+    assert!(ready, "the permit is there for the writer's next wait");
+    // Outside a run, a push into an empty queue wakes its writer at once.
+    let mut batch = Batch::default();
+    let _ = a.take(&mut batch);
+    let (wa, _) = writer_waits(&a);
+    assert_eq!(a.push_shared(&f, Ids(0).next()), Push::Queued);
+    assert_eq!(wa.0.load(Ordering::SeqCst), 1);
+}
