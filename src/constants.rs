@@ -166,11 +166,6 @@ pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// connection while Redis is down.
 pub const REDIS_PING_PERIOD: Duration = Duration::from_secs(1);
 
-/// The most pub/sub messages a node's fan-in hands to the hub as one run, their writers woken
-/// once at its end (`transport::holding_wakes`): what arrived together goes out together, and a
-/// long burst still reaches the writers every few milliseconds at most.
-pub const REDIS_FAN_IN_RUN: usize = 64;
-
 /// How often the Redis broker checks the position of every channel with local interest against
 /// what its pub/sub delivered, which catches a lost message on a quiet channel.
 pub const REDIS_POSITION_CHECK_PERIOD: Duration = Duration::from_secs(2);

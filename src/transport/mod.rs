@@ -19,6 +19,6 @@ mod shared;
 
 pub use conn::{Conn, ConnLimits, Handled, run};
 pub use link::Link;
-pub use outbox::{Batch, Ending, Outbox, Push, Take, holding_wakes};
+pub use outbox::{Batch, Ending, Outbox, Push, Take};
 pub use registry::{Registry, Slot};
 pub use shared::{FrameWriter, SPLICE_MAX, SharedFrame, Splice};

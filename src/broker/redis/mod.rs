@@ -81,19 +81,17 @@
 use super::*;
 use crate::config::BrokerTls;
 use crate::constants::{
-    REDIS_COMMAND_TIMEOUT, REDIS_FAN_IN_RUN as FAN_IN_RUN, REDIS_PING_PERIOD, REDIS_POSITION_CHECK_PERIOD,
-    REDIS_RELIST_PERIOD,
+    REDIS_COMMAND_TIMEOUT, REDIS_PING_PERIOD, REDIS_POSITION_CHECK_PERIOD, REDIS_RELIST_PERIOD,
 };
-use crate::transport::holding_wakes;
 use ::redis::aio::{ConnectionLike, MultiplexedConnection, PubSubSink};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::{
-    AsyncConnectionConfig, ClientTlsConfig, Cmd, FromRedisValue, Pipeline, PushInfo, PushKind, RedisError,
-    RedisFuture, Script, TlsCertificates, ToRedisArgs, Value,
+    AsyncConnectionConfig, ClientTlsConfig, Cmd, FromRedisValue, Pipeline, PushKind, RedisError, RedisFuture,
+    Script, TlsCertificates, ToRedisArgs, Value,
 };
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

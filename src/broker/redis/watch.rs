@@ -336,26 +336,7 @@ impl Inner {
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
                     msg = stream.next() => match msg {
-                        Some(msg) => {
-                            // The pub/sub connection's own task parses what one read brought and
-                            // hands each message on: those waiting now are fanned out as one run.
-                            let ended = holding_wakes(|| {
-                                self.arrived(msg.get_channel_name(), msg.get_payload_bytes());
-                                for _ in 1..FAN_IN_RUN {
-                                    match stream.next().now_or_never() {
-                                        Some(Some(msg)) => {
-                                            self.arrived(msg.get_channel_name(), msg.get_payload_bytes())
-                                        }
-                                        Some(None) => return true,
-                                        None => break,
-                                    }
-                                }
-                                false
-                            });
-                            if ended {
-                                break;
-                            }
-                        }
+                        Some(msg) => self.arrived(msg.get_channel_name(), msg.get_payload_bytes()),
                         None => break,
                     },
                     _ = ping.tick() => {
@@ -416,45 +397,31 @@ impl Inner {
                     None => return,
                 },
             };
-            // Pushes waiting now are handled as one run (see `fan_in`).
-            holding_wakes(|| {
-                self.pushed(push, &mut disconnected);
-                for _ in 1..FAN_IN_RUN {
-                    match pushes.try_recv() {
-                        Ok(push) => self.pushed(push, &mut disconnected),
-                        Err(_) => break,
+            match push.kind {
+                PushKind::SMessage | PushKind::Message => {
+                    if let [name, payload] = push.data.as_slice()
+                        && let (Some(name), Value::BulkString(payload)) = (text(name), payload)
+                    {
+                        self.arrived(name, payload);
                     }
                 }
-            });
-        }
-    }
-
-    /// One push of the cluster's pub/sub connections.
-    fn pushed(self: &Arc<Self>, push: PushInfo, disconnected: &mut bool) {
-        match push.kind {
-            PushKind::SMessage | PushKind::Message => {
-                if let [name, payload] = push.data.as_slice()
-                    && let (Some(name), Value::BulkString(payload)) = (text(name), payload)
-                {
-                    self.arrived(name, payload);
-                }
-            }
-            PushKind::Disconnection => *disconnected = true,
-            PushKind::SSubscribe | PushKind::Subscribe if *disconnected => {
-                *disconnected = false;
-                let channels: Vec<Box<str>> = self.interest.lock().keys().cloned().collect();
-                tracing::info!(
-                    channels = channels.len(),
-                    "redis cluster pub/sub is back; rechecking its channels"
-                );
-                if let Some(l) = self.listener() {
-                    for c in &channels {
-                        l.lagged(c);
+                PushKind::Disconnection => disconnected = true,
+                PushKind::SSubscribe | PushKind::Subscribe if disconnected => {
+                    disconnected = false;
+                    let channels: Vec<Box<str>> = self.interest.lock().keys().cloned().collect();
+                    tracing::info!(
+                        channels = channels.len(),
+                        "redis cluster pub/sub is back; rechecking its channels"
+                    );
+                    if let Some(l) = self.listener() {
+                        for c in &channels {
+                            l.lagged(c);
+                        }
                     }
+                    tokio::spawn(self.clone().relist_owned());
                 }
-                tokio::spawn(self.clone().relist_owned());
+                _ => {}
             }
-            _ => {}
         }
     }
 

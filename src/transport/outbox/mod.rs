@@ -53,7 +53,7 @@ use queue::{Cursor, Item, Queue};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Poll, Waker};
+use std::task::Poll;
 
 /// What happened to a pushed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,21 +223,6 @@ impl Signal {
         self.waker.wake();
     }
 
-    /// Like [`Signal::notify`], but inside [`holding_wakes`] the waiting task's wake-up is kept
-    /// for the end of it (the permit is set at once, so a task that is running sees it).
-    fn notify_or_hold(&self) {
-        self.set.store(true, Ordering::Release);
-        let held = HELD.with_borrow_mut(|(holding, held)| {
-            if *holding && let Some(w) = self.waker.take() {
-                held.push(w);
-            }
-            *holding
-        });
-        if !held {
-            self.waker.wake();
-        }
-    }
-
     /// Resolves once notified since the last wait resolved. One task at a time may wait.
     async fn wait(&self) {
         std::future::poll_fn(|cx| {
@@ -258,42 +243,6 @@ impl Signal {
 thread_local! {
     /// The compressed frame ([`Outbox::push`]).
     static COMPRESSED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// The writers' wake-ups held back while [`holding_wakes`] runs on this thread.
-    /// (Whether one runs, the wake-ups; the vector is kept for the next run.)
-    static HELD: RefCell<(bool, Vec<Waker>)> = const { RefCell::new((false, Vec::new())) };
-}
-
-/// Runs `deliver` with the writer wake-ups its pushes cause held back until it returns; then
-/// wakes each writer once. For a caller that fans out a run of publications back to back (the
-/// Redis broker's fan-in, handing on what arrived together): a writer woken by the run's first
-/// publication would otherwise run on another core at once and write that one frame, and again
-/// for the next; held, it finds the whole run queued and writes it in one go. The caller bounds
-/// the run, as each publication of it waits for the ones before to be fanned out. Nested calls
-/// hold until the outermost returns.
-pub fn holding_wakes<R>(deliver: impl FnOnce() -> R) -> R {
-    struct Release;
-    impl Drop for Release {
-        fn drop(&mut self) {
-            let mut held = HELD.with_borrow_mut(|(holding, held)| {
-                *holding = false;
-                std::mem::take(held)
-            });
-            for w in held.drain(..) {
-                w.wake();
-            }
-            HELD.with_borrow_mut(|(_, kept)| {
-                if kept.capacity() < held.capacity() {
-                    *kept = held;
-                }
-            });
-        }
-    }
-    let outermost = HELD.with_borrow_mut(|(holding, _)| !std::mem::replace(holding, true));
-    // (Not `then_some`: it would make, and drop, a `Release` in an inner run too.)
-    let release = outermost.then(|| Release);
-    let out = deliver();
-    drop(release);
-    out
 }
 
 impl Outbox {
@@ -505,7 +454,7 @@ impl Outbox {
         self.note_tail(&st);
         drop(st);
         if was_empty && wake {
-            self.writer.notify_or_hold();
+            self.writer.notify();
         }
         Push::Queued
     }
