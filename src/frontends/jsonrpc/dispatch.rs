@@ -470,8 +470,8 @@ impl Dispatcher {
         if is_notification {
             return None;
         }
-        let (json, _, _) = response.into_parts();
-        Some(json.get().to_string())
+        // The response's own buffer, not a copy of it.
+        Some(Box::<str>::from(response.into_json()).into())
     }
 
     /// A call of a method the backend serves. A streamed reply is taken on a WebSocket
@@ -544,6 +544,5 @@ fn result_json(id: &Id<'_>, result: &str) -> String {
 
 /// An error response object as JSON.
 pub fn error_json(id: Id<'_>, err: ErrorObjectOwned) -> String {
-    let (json, _, _) = MethodResponse::error(id, err).into_parts();
-    json.get().to_string()
+    Box::<str>::from(MethodResponse::error(id, err).into_json()).into()
 }
