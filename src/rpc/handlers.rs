@@ -52,8 +52,9 @@ impl std::fmt::Debug for NodeState {
 #[derive(Clone, Debug)]
 pub struct Handlers(pub Arc<NodeState>);
 
-fn call_ctx(ext: &Extensions) -> Result<&Arc<CallCtx>, RpcError> {
-    ext.get::<Arc<CallCtx>>().ok_or_else(|| RpcError::Internal("call without a session".into()))
+/// The call being run (the methods' `Extensions` carry nothing: see [`CallCtx`]).
+fn call_ctx(_: &Extensions) -> Result<Arc<CallCtx>, RpcError> {
+    CallCtx::current().ok_or_else(|| RpcError::Internal("call without a session".into()))
 }
 
 fn session(ext: &Extensions) -> Result<Arc<Session>, RpcError> {
@@ -223,7 +224,7 @@ impl ChannelApiServer for Handlers {
         ext: &Extensions,
         subscriptions: Vec<SubscribeItem>,
     ) -> RpcResult<SubscribeManyResult> {
-        let ctx = call_ctx(ext)?;
+        let ctx = &call_ctx(ext)?;
         let service = &self.0.subscriptions;
         let max = service.max_per_connection();
         if subscriptions.is_empty() || subscriptions.len() > max {

@@ -448,13 +448,18 @@ impl Dispatcher {
         let id = id.unwrap_or(Id::Null);
         let params = Params::new(call.params.map(RawValue::get));
         let ctx = Arc::new(CallCtx::new(session.clone()));
-        let mut ext = Extensions::new();
-        ext.insert(ctx.clone());
+        let ext = Extensions::new();
         let response = match callback {
-            MethodCallback::Sync(f) => f(id, params, UNBOUNDED, ext),
+            MethodCallback::Sync(f) => CallCtx::sync_scope(ctx.clone(), || f(id, params, UNBOUNDED, ext)),
             MethodCallback::Async(f) => {
-                f(id.into_owned(), params.into_owned(), ConnectionId(session.id as usize), UNBOUNDED, ext)
-                    .await
+                let call = f(
+                    id.into_owned(),
+                    params.into_owned(),
+                    ConnectionId(session.id as usize),
+                    UNBOUNDED,
+                    ext,
+                );
+                CallCtx::scope(ctx.clone(), call).await
             }
             MethodCallback::Subscription(_) | MethodCallback::Unsubscription(_) => {
                 MethodResponse::error(id, standard(error::INTERNAL_ERROR))
@@ -463,7 +468,12 @@ impl Dispatcher {
         counters.duration.observe(started.elapsed().as_secs_f64());
         if response.is_success() {
             counters.ok.inc();
-            answer.pending.append(&mut ctx.take_pending());
+            let mut pending = ctx.take_pending();
+            if answer.pending.is_empty() {
+                answer.pending = pending; // (the call's vector itself, most often the only one)
+            } else {
+                answer.pending.append(&mut pending);
+            }
         } else {
             counters.error.inc();
         }
