@@ -233,8 +233,9 @@ pub(super) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 
 /// One call of a Lua script, written straight into one command buffer (`EVALSHA`, its keys,
 /// its arguments). redis-rs's `ScriptInvocation` holds each key and argument in a vector of
-/// its own and copies them into a command when it is sent: a dozen allocations per call on
-/// the publish path, where this makes two (the command and a scratch string for the keys).
+/// its own and copies them into a command when it is sent, and the keys were strings of their
+/// own before that: on the publish path (5 keys, 12 arguments) about 35 allocations per call,
+/// where this makes three (the command's two buffers and a scratch string for the keys).
 pub(super) struct Eval<'s> {
     script: &'s Script,
     cmd: Cmd,
