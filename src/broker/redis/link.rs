@@ -244,9 +244,9 @@ pub(super) struct Eval<'s> {
 
 impl<'s> Eval<'s> {
     /// A call of `script` with `keys` keys: exactly that many [`Eval::key`] calls come first,
-    /// then the arguments.
-    pub(super) fn new(script: &'s Script, keys: usize) -> Eval<'s> {
-        let mut cmd = Cmd::with_capacity(keys + 16, 512);
+    /// then the arguments; `bytes` is about what they will take (the buffer grows past it).
+    pub(super) fn new(script: &'s Script, keys: usize, bytes: usize) -> Eval<'s> {
+        let mut cmd = Cmd::with_capacity(keys + 16, bytes.saturating_add(64));
         cmd.arg("EVALSHA").arg(script.get_hash()).arg(keys);
         Eval { script, cmd, scratch: String::with_capacity(128) }
     }

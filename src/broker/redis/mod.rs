@@ -333,7 +333,12 @@ impl Broker for RedisBroker {
                 true if p.data.get().trim() == "null" => "d",
                 true => "s",
             };
-            let mut call = Eval::new(&inner.publish, 4);
+            // The command's size: six names made of the channel's, the data, the fields, the
+            // keys, and the fixed arguments with the protocol's framing (under 256 bytes).
+            let given = [p.idempotency_key.as_deref(), p.key.as_deref()].map(|k| k.map_or(0, str::len));
+            let bytes =
+                6 * channel.len() + p.data.get().len() + fields.len() + given.iter().sum::<usize>() + 256;
+            let mut call = Eval::new(&inner.publish, 4, bytes);
             call.key(channel, &["meta"]).key(channel, &["stream"]);
             match &p.idempotency_key {
                 Some(k) => call.key(channel, &["key:", k]),
