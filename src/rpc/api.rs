@@ -36,7 +36,7 @@ pub trait ChannelApi {
     /// map of channel to position. On a state channel (`mode = "state"`) the snapshot is the
     /// latest publication of each key with the state's `checksum`, and `checksum: true` adds the
     /// state's checksum to every publication event.
-    #[method(name = "subscribe", with_extensions)]
+    #[method(name = "subscribe")]
     async fn subscribe_channel(
         &self,
         channel: String,
@@ -52,11 +52,11 @@ pub trait ChannelApi {
     /// make and its call rate. Each subscription then gets its own snapshot, in the order of the
     /// items. A channel named twice fails its second item; an item over the connection's
     /// subscriptions limit fails with -32002. More items than the limit in one call is -32602.
-    #[method(name = "subscribe_many", with_extensions)]
+    #[method(name = "subscribe_many")]
     async fn subscribe_many(&self, subscriptions: Vec<SubscribeItem>) -> RpcResult<SubscribeManyResult>;
 
     /// Ends a subscription of this connection. `true` if it was active, else `false`.
-    #[method(name = "unsubscribe", with_extensions)]
+    #[method(name = "unsubscribe")]
     fn unsubscribe_channel(&self, subscription: String) -> RpcResult<bool>;
 
     /// Publishes `data` (any JSON) to `channel`, with an optional `event` name. A repeated
@@ -64,7 +64,7 @@ pub trait ChannelApi {
     /// and publishes nothing. On a state channel (`mode = "state"`), `key` names the key it sets
     /// (absent: the whole value) and `data: null` deletes it. Returns the publication's
     /// `{epoch, offset}`.
-    #[method(name = "publish", with_extensions)]
+    #[method(name = "publish")]
     async fn publish(
         &self,
         channel: String,
@@ -77,7 +77,7 @@ pub trait ChannelApi {
     /// Reads a channel's history, oldest first: with `since`, the first `limit` publications
     /// after it; without, the newest `limit`. A channel that does not exist reads as an empty
     /// page in the empty epoch `""` at offset 0, and the read creates nothing.
-    #[method(name = "history", with_extensions)]
+    #[method(name = "history")]
     async fn history(
         &self,
         channel: String,
@@ -87,7 +87,7 @@ pub trait ChannelApi {
 
     /// Channels with subscribers on this node, optionally only those starting with `prefix`
     /// (callers with a token only).
-    #[method(name = "channels", with_extensions)]
+    #[method(name = "channels")]
     fn channels(&self, prefix: Option<String>) -> RpcResult<Vec<ChannelInfo>>;
 }
 }
@@ -107,7 +107,7 @@ pub trait NodeApi {
 
     /// Authenticates the connection with a token (a static key or a JWT), replacing its rights.
     /// A failed `auth` leaves the connection's rights as they were.
-    #[method(name = "auth", with_extensions)]
+    #[method(name = "auth")]
     fn auth(&self, token: String) -> RpcResult<AuthResult>;
 }
 }
@@ -120,7 +120,7 @@ STREAM_METHODS;
 pub trait StreamApi {
     /// Cancels streamed reply `stream` of this connection: the backend's request is dropped and
     /// no more of it is sent. `true` if it was running, else `false`.
-    #[method(name = "stream_cancel", with_extensions)]
+    #[method(name = "stream_cancel")]
     fn stream_cancel(&self, stream: String) -> RpcResult<bool>;
 }
 }
@@ -135,30 +135,30 @@ pub trait ConversationApi {
     /// `history`. A client is listed from its subscription until it unsubscribes or
     /// disconnects; one whose node died without saying goodbye is listed until the node's
     /// entries expire (`presence_ttl` and a third of it).
-    #[method(name = "presence", with_extensions)]
+    #[method(name = "presence")]
     async fn presence(&self, channel: String) -> RpcResult<PresenceResult>;
 
     /// How many clients, and how many distinct users among them, are subscribed to `channel`
     /// (as `presence` counts them).
-    #[method(name = "presence_stats", with_extensions)]
+    #[method(name = "presence_stats")]
     async fn presence_stats(&self, channel: String) -> RpcResult<PresenceStats>;
 
     /// Sets the caller's read cursor of `channel` to `offset`: the stored value is the highest
     /// ever set (a lower one changes nothing), and is returned. An offset beyond the channel's
     /// newest is -32005. The user's other connections are told of a change with a `cursor`
     /// notification. Needs a token and read rights on the channel.
-    #[method(name = "cursor_set", with_extensions)]
+    #[method(name = "cursor_set")]
     async fn cursor_set(&self, channel: String, offset: u64) -> RpcResult<CursorResult>;
 
     /// The caller's read cursors of `channels` (at most 1,000), as `{channel: offset}`; a cursor
     /// never set reads 0.
-    #[method(name = "cursor_get", with_extensions)]
+    #[method(name = "cursor_get")]
     async fn cursor_get(&self, channels: Vec<String>) -> RpcResult<std::collections::BTreeMap<String, u64>>;
 
     /// For each of `channels` (at most 1,000), the publications after the caller's read cursor:
     /// `{channel: {count, capped}}`, the count capped at what history holds (`capped: true`
     /// when some are no longer kept).
-    #[method(name = "unread", with_extensions)]
+    #[method(name = "unread")]
     async fn unread(&self, channels: Vec<String>) -> RpcResult<std::collections::BTreeMap<String, Unread>>;
 }
 }

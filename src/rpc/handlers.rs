@@ -16,7 +16,6 @@ use crate::config::Config;
 use crate::hub::{ChannelInfo, Hub, SubId};
 use crate::metrics::Metrics;
 use crate::session::{Session, Subscriptions};
-use jsonrpsee::Extensions;
 use jsonrpsee::core::{RpcResult, async_trait};
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -52,13 +51,13 @@ impl std::fmt::Debug for NodeState {
 #[derive(Clone, Debug)]
 pub struct Handlers(pub Arc<NodeState>);
 
-/// The call being run (the methods' `Extensions` carry nothing: see [`CallCtx`]).
-fn call_ctx(_: &Extensions) -> Result<Arc<CallCtx>, RpcError> {
+/// The call being run (see [`CallCtx`]).
+fn call_ctx() -> Result<Arc<CallCtx>, RpcError> {
     CallCtx::current().ok_or_else(|| RpcError::Internal("call without a session".into()))
 }
 
-fn session(ext: &Extensions) -> Result<Arc<Session>, RpcError> {
-    call_ctx(ext).map(|c| c.session.clone())
+fn session() -> Result<Arc<Session>, RpcError> {
+    call_ctx().map(|c| c.session.clone())
 }
 
 impl Handlers {
@@ -162,14 +161,13 @@ impl Handlers {
 impl ChannelApiServer for Handlers {
     async fn subscribe_channel(
         &self,
-        ext: &Extensions,
         channel: String,
         since: Option<Since>,
         limit: Option<usize>,
         conflate_ms: Option<u64>,
         checksum: Option<bool>,
     ) -> RpcResult<String> {
-        let ctx = call_ctx(ext)?;
+        let ctx = call_ctx()?;
         if crate::session::pattern::is_pattern(&channel) {
             if checksum == Some(true) {
                 return Err(
@@ -219,12 +217,8 @@ impl ChannelApiServer for Handlers {
         Ok(id)
     }
 
-    async fn subscribe_many(
-        &self,
-        ext: &Extensions,
-        subscriptions: Vec<SubscribeItem>,
-    ) -> RpcResult<SubscribeManyResult> {
-        let ctx = &call_ctx(ext)?;
+    async fn subscribe_many(&self, subscriptions: Vec<SubscribeItem>) -> RpcResult<SubscribeManyResult> {
+        let ctx = &call_ctx()?;
         let service = &self.0.subscriptions;
         let max = service.max_per_connection();
         if subscriptions.is_empty() || subscriptions.len() > max {
@@ -282,33 +276,31 @@ impl ChannelApiServer for Handlers {
         Ok(SubscribeManyResult { results, limits })
     }
 
-    fn unsubscribe_channel(&self, ext: &Extensions, subscription: String) -> RpcResult<bool> {
-        let s = session(ext)?;
+    fn unsubscribe_channel(&self, subscription: String) -> RpcResult<bool> {
+        let s = session()?;
         let Some(id) = SubId::parse(&subscription) else { return Ok(false) };
         Ok(self.0.subscriptions.unsubscribe(&s, id))
     }
 
     async fn publish(
         &self,
-        ext: &Extensions,
         channel: String,
         data: JsonData,
         event: Option<String>,
         idempotency_key: Option<String>,
         key: Option<String>,
     ) -> RpcResult<StreamPosition> {
-        let s = session(ext)?;
+        let s = session()?;
         Ok(self.publish_by_client(&s, &channel, data, event, idempotency_key, key).await?)
     }
 
     async fn history(
         &self,
-        ext: &Extensions,
         channel: String,
         since: Option<StreamPosition>,
         limit: Option<usize>,
     ) -> RpcResult<HistoryResult> {
-        let s = session(ext)?;
+        let s = session()?;
         self.allow(&s, Action::Subscribe, &channel)?;
         self.0.subscriptions.ask_backend(&s, &channel).await.map_err(RpcError::from_check)?;
         let h = self.0.hub.history(&channel, since, limit).await.map_err(RpcError::from)?;
@@ -324,8 +316,8 @@ impl ChannelApiServer for Handlers {
         Ok(HistoryResult { epoch: h.position.epoch, offset: h.position.offset, publications })
     }
 
-    fn channels(&self, ext: &Extensions, prefix: Option<String>) -> RpcResult<Vec<ChannelInfo>> {
-        let s = session(ext)?;
+    fn channels(&self, prefix: Option<String>) -> RpcResult<Vec<ChannelInfo>> {
+        let s = session()?;
         if !s.principal().is_authenticated() {
             return Err(RpcError::Unauthorized("channels is for callers with a token".into()).into());
         }
@@ -351,8 +343,8 @@ impl NodeApiServer for Handlers {
         })
     }
 
-    fn auth(&self, ext: &Extensions, token: String) -> RpcResult<AuthResult> {
-        let s = session(ext)?;
+    fn auth(&self, token: String) -> RpcResult<AuthResult> {
+        let s = session()?;
         let p = self.0.auth.authenticate(&token).map_err(|e| {
             RpcError::Unauthorized(match e {
                 AuthError::Invalid(m) => m,
@@ -366,8 +358,8 @@ impl NodeApiServer for Handlers {
 }
 
 impl StreamApiServer for Handlers {
-    fn stream_cancel(&self, ext: &Extensions, stream: String) -> RpcResult<bool> {
-        let s = session(ext)?;
+    fn stream_cancel(&self, stream: String) -> RpcResult<bool> {
+        let s = session()?;
         Ok(stream.parse::<u64>().is_ok_and(|id| s.calls().is_some_and(|c| c.cancel(id))))
     }
 }
@@ -377,12 +369,8 @@ use crate::constants::MAX_CURSOR_CHANNELS;
 impl Handlers {
     /// The checks of `presence` and `presence_stats`: a valid channel of a namespace with
     /// `presence`, read rights (and the backend's, where its namespace asks).
-    async fn presence_of(
-        &self,
-        ext: &Extensions,
-        channel: &str,
-    ) -> Result<crate::broker::PresencePage, RpcError> {
-        let s = session(ext)?;
+    async fn presence_of(&self, channel: &str) -> Result<crate::broker::PresencePage, RpcError> {
+        let s = session()?;
         self.allow(&s, Action::Subscribe, channel)?;
         if !self.0.config.namespace_of(channel).presence {
             return Err(RpcError::Unacceptable(format!(
@@ -395,8 +383,8 @@ impl Handlers {
 
     /// The caller of a cursor method: a user (a token is needed) who may read every one of
     /// `channels`.
-    fn cursor_user(&self, ext: &Extensions, channels: &[String]) -> Result<(Arc<Session>, String), RpcError> {
-        let s = session(ext)?;
+    fn cursor_user(&self, channels: &[String]) -> Result<(Arc<Session>, String), RpcError> {
+        let s = session()?;
         let p = s.principal();
         if !p.is_authenticated() {
             return Err(RpcError::Unauthorized(
@@ -421,18 +409,18 @@ impl Handlers {
 
 #[async_trait]
 impl ConversationApiServer for Handlers {
-    async fn presence(&self, ext: &Extensions, channel: String) -> RpcResult<PresenceResult> {
-        let page = self.presence_of(ext, &channel).await?;
+    async fn presence(&self, channel: String) -> RpcResult<PresenceResult> {
+        let page = self.presence_of(&channel).await?;
         Ok(PresenceResult { clients: page.clients, count: page.count })
     }
 
-    async fn presence_stats(&self, ext: &Extensions, channel: String) -> RpcResult<PresenceStats> {
-        let page = self.presence_of(ext, &channel).await?;
+    async fn presence_stats(&self, channel: String) -> RpcResult<PresenceStats> {
+        let page = self.presence_of(&channel).await?;
         Ok(PresenceStats { clients: page.count, users: page.users })
     }
 
-    async fn cursor_set(&self, ext: &Extensions, channel: String, offset: u64) -> RpcResult<CursorResult> {
-        let (s, user) = self.cursor_user(ext, std::slice::from_ref(&channel))?;
+    async fn cursor_set(&self, channel: String, offset: u64) -> RpcResult<CursorResult> {
+        let (s, user) = self.cursor_user(std::slice::from_ref(&channel))?;
         let origin = self.0.subscriptions.client_id(s.id);
         match self.0.hub.cursor_set(&user, &channel, offset, &origin).await {
             Ok(Ok(offset)) => Ok(CursorResult { offset }),
@@ -447,22 +435,14 @@ impl ConversationApiServer for Handlers {
         }
     }
 
-    async fn cursor_get(
-        &self,
-        ext: &Extensions,
-        channels: Vec<String>,
-    ) -> RpcResult<std::collections::BTreeMap<String, u64>> {
-        let (_, user) = self.cursor_user(ext, &channels)?;
+    async fn cursor_get(&self, channels: Vec<String>) -> RpcResult<std::collections::BTreeMap<String, u64>> {
+        let (_, user) = self.cursor_user(&channels)?;
         let got = self.0.hub.cursor_get(&user, &channels).await.map_err(RpcError::from)?;
         Ok(channels.into_iter().zip(got).collect())
     }
 
-    async fn unread(
-        &self,
-        ext: &Extensions,
-        channels: Vec<String>,
-    ) -> RpcResult<std::collections::BTreeMap<String, Unread>> {
-        let (_, user) = self.cursor_user(ext, &channels)?;
+    async fn unread(&self, channels: Vec<String>) -> RpcResult<std::collections::BTreeMap<String, Unread>> {
+        let (_, user) = self.cursor_user(&channels)?;
         let cursors = self.0.hub.cursor_get(&user, &channels).await.map_err(RpcError::from)?;
         let mut out = std::collections::BTreeMap::new();
         for (c, cursor) in channels.into_iter().zip(cursors) {
