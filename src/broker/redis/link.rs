@@ -184,7 +184,15 @@ pub fn redacted(url: &str) -> String {
 }
 
 pub(super) fn key(channel: &str, what: &str) -> String {
-    format!("{PREFIX}{channel}}}:{what}")
+    let mut out = String::new();
+    write_key(&mut out, channel, &[what]);
+    out
+}
+
+/// Appends `channel`'s key made of `what`'s parts to `out`: `rpchub:{CHANNEL}:WHAT` (one
+/// channel's keys share the hash tag, so they sit in one slot of a cluster).
+fn write_key(out: &mut String, channel: &str, what: &[&str]) {
+    [PREFIX, channel, "}:"].iter().chain(what).for_each(|p| out.push_str(p));
 }
 
 /// The hash of `user`'s read cursors (its own hash tag: one user's cursors sit in one slot).
@@ -220,7 +228,15 @@ pub(super) fn channel_of(pubsub: &str) -> Option<&str> {
 }
 
 pub(super) fn new_epoch() -> String {
-    format!("{:012x}", rand::random::<u64>() >> 16)
+    let mut out = String::new();
+    write_new_epoch(&mut out);
+    out
+}
+
+/// Appends a new random epoch to `out`: 12 hex digits.
+fn write_new_epoch(out: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(out, "{:012x}", rand::random::<u64>() >> 16);
 }
 
 pub(super) fn ttl_ms(r: Retention) -> u64 {
@@ -254,7 +270,7 @@ impl<'s> Eval<'s> {
     /// Adds `channel`'s key `what` (as [`key`] names it).
     pub(super) fn key(&mut self, channel: &str, what: &[&str]) -> &mut Self {
         self.scratch.clear();
-        [PREFIX, channel, "}:"].iter().chain(what).for_each(|p| self.scratch.push_str(p));
+        write_key(&mut self.scratch, channel, what);
         self.cmd.arg(self.scratch.as_bytes());
         self
     }
@@ -275,9 +291,8 @@ impl<'s> Eval<'s> {
 
     /// Adds a new epoch, as [`new_epoch`] makes one.
     pub(super) fn new_epoch(&mut self) -> &mut Self {
-        use std::fmt::Write;
         self.scratch.clear();
-        let _ = write!(self.scratch, "{:012x}", rand::random::<u64>() >> 16);
+        write_new_epoch(&mut self.scratch);
         self.cmd.arg(self.scratch.as_bytes());
         self
     }
